@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= conf/site.ini
+# Debian packages of the real peers the tests drive (sipp, baresip, kamailio).
+DEB_PEERS := sip-tester baresip kamailio
+DEB_BINS := sipp baresip kamailio
+
+.PHONY: run test bench install install-test peers clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+# Installed editable in compat mode: the project root goes on sys.path, so
+# twistd finds twisted/plugins/ from the source tree.
+install: $(BIN)/python
+	$(BIN)/pip install -q -e . --config-settings editable_mode=compat
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+
+# Installs missing peers when run as root; otherwise says what is missing.
+peers:
+	@missing=""; for b in $(DEB_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $(DEB_PEERS)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PEERS); \
+	  else echo "not root: cannot install$$missing; tests needing them will fail"; fi; \
+	fi
+
+run: install
+	mkdir -p var
+	$(BIN)/twistd -n --pidfile= sosimple-proxy -c $(CONFIG)
+
+test: install-test peers
+	$(BIN)/python -m pytest -q -ra
+
+bench: install-test peers
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info var .pytest_cache .hypothesis

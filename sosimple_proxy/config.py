@@ -1,0 +1,397 @@
+"""Reading and validating ``site.ini``.
+
+The key names are an outside contract (``shared/site-ini.md``): admins and
+scripts rely on them.  Every bad value raises :class:`ConfigError`, whose text
+is one line naming the section, the key and the problem, so that startup can
+stop before any port is bound.  Unknown sections and keys are only warned
+about, so that a newer ``site.ini`` still starts an older proxy.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import re
+from typing import Callable, Iterable
+
+import attrs
+from twisted.logger import Logger
+
+log = Logger()
+
+SIP_TRANSPORTS = ("udp", "tcp", "tls")
+
+
+class ConfigError(Exception):
+    """A bad site.ini value; ``str()`` is the one line shown to the admin."""
+
+    def __init__(self, section: str, key: str | None, problem: str) -> None:
+        self.section, self.key, self.problem = section, key, problem
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        super().__init__(f"site.ini: {where}: {problem}")
+
+
+@attrs.frozen
+class ListenAddress:
+    """One SIP listen address, ``transport:host:port``."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family6(self) -> bool:
+        return ":" in self.host
+
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if self.family6 else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.hostport()}"
+
+
+# --- value parsers: each takes the raw string, returns a value or raises ValueError
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw.strip()!r} is not an integer") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"{value} is below the minimum of {lo}")
+        if hi is not None and value > hi:
+            raise ValueError(f"{value} is above the maximum of {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float = 0.0, strict: bool = True) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw.strip()!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{raw.strip()!r} is not a finite number")
+        if value < lo or (strict and value == lo):
+            raise ValueError(f"{value:g} must be greater than {lo:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{raw.strip()!r} is not yes or no")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        word = raw.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{raw.strip()!r} is not one of {', '.join(choices)}")
+        return word
+
+    return parse
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(w for w in re.split(r"[\s,]+", raw.strip()) if w)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
+
+
+def _domain(word: str) -> str:
+    if not _HOSTNAME.match(word):
+        try:
+            ipaddress.ip_address(word.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{word!r} is not a domain name") from None
+    return word.lower().rstrip(".")
+
+
+def _domains(raw: str) -> tuple[str, ...]:
+    return tuple(_domain(w) for w in _words(raw))
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{what}: {text!r} is not a port number")
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{what}: port {port} is out of range 0-65535")
+    return port
+
+
+def parse_listen_address(item: str) -> ListenAddress:
+    """``udp:127.0.0.1:5060`` or ``tcp:[::1]:5060``."""
+    m = re.fullmatch(r"(?P<t>[A-Za-z]+):(?:\[(?P<v6>[^\]]+)\]|(?P<h>[^:\[\]]+)):(?P<p>[^:]*)", item)
+    if not m:
+        raise ValueError(f"{item!r} is not transport:host:port")
+    transport = m["t"].lower()
+    if transport not in SIP_TRANSPORTS:
+        raise ValueError(f"{item!r}: transport {m['t']!r} is not one of {', '.join(SIP_TRANSPORTS)}")
+    host = m["v6"] or m["h"]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{item!r}: {host!r} is not an IP address") from None
+    if m["v6"] and addr.version != 6:
+        raise ValueError(f"{item!r}: only IPv6 addresses go in brackets")
+    if not m["v6"] and addr.version == 6:
+        raise ValueError(f"{item!r}: an IPv6 address must be written in brackets")
+    return ListenAddress(transport, str(addr), _port(m["p"], repr(item)))
+
+
+def _listen(raw: str) -> tuple[ListenAddress, ...]:
+    items = [i.strip() for i in raw.split(",") if i.strip()]
+    addrs = tuple(parse_listen_address(i) for i in items)
+    seen: set[tuple[str, str, int]] = set()
+    for a in addrs:
+        if a.port != 0 and (a.transport, a.host, a.port) in seen:
+            raise ValueError(f"{a} is listed twice")
+        seen.add((a.transport, a.host, a.port))
+    return addrs
+
+
+def _hostports(raw: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for word in _words(raw):
+        m = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]|(?P<h>[^:\[\]]+)):(?P<p>.*)", word)
+        if not m:
+            raise ValueError(f"{word!r} is not host:port")
+        out.append((m["v6"] or m["h"], _port(m["p"], repr(word))))
+    return tuple(out)
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+# --- the schema: section -> key -> (parser, default raw value)
+
+Schema = dict[str, tuple[Callable[[str], object], str]]
+
+PROXY: Schema = {
+    "listen": (_listen, "udp:127.0.0.1:5060, tcp:127.0.0.1:5060"),
+    "domains": (_domains, "localhost"),
+    "mode": (_choice("proxy", "redirect"), "proxy"),
+    "record_route": (_bool, "yes"),
+    "recurse_on_3xx": (_bool, "no"),
+    "max_message_size": (_int(1024, 16 * 1024 * 1024), "65536"),
+}
+SIP: Schema = {
+    "t1": (_float(), "0.5"),
+    "t2": (_float(), "4"),
+    "t4": (_float(), "5"),
+    "timer_c": (_float(), "180"),
+    "udp_rcvbuf": (_int(0), "4194304"),
+    "tcp_idle_timeout": (_float(), "600"),
+}
+REGISTRAR: Schema = {
+    "min_expires": (_int(0), "60"),
+    "max_expires": (_int(1), "3600"),
+    "default_expires": (_int(1), "3600"),
+    "max_contacts": (_int(1), "10"),
+}
+LOCATION: Schema = {
+    "order": (_words, "local overlay routes dns pstn"),
+}
+OVERLAY: Schema = {
+    "listen": (_text, "tcp:7000:interface=127.0.0.1"),
+    "domains": (_domains, ""),
+    "advertise": (_text, ""),
+    "bootstrap": (_hostports, ""),
+    "replicas": (_int(0, 16), "2"),
+    "successors": (_int(1, 64), "8"),
+    "stabilize_interval": (_float(), "5"),
+    "state_dir": (_text, "var/overlay"),
+    "key_scheme": (_choice("flat", "domain"), "flat"),
+    "domain_bits": (_int(1, 128), "32"),
+    "home_domain": (_text, ""),
+    "node_id": (_text, ""),
+}
+DNS: Schema = {"servers": (_hostports, "")}
+TLS: Schema = {
+    "certificate": (_text, ""),
+    "key": (_text, ""),
+    "ca": (_text, ""),
+    "verify": (_bool, "no"),
+}
+AUTH: Schema = {
+    "required": (_bool, "no"),
+    "users_file": (_text, ""),
+    "algorithms": (_words, "SHA-256 MD5"),
+    "realm": (_text, ""),
+}
+ADMIN: Schema = {
+    "listen": (_text, "tcp:8080:interface=127.0.0.1"),
+    "max_name": (_int(1), "256"),
+    "max_value": (_int(1), "1048576"),
+}
+PSTN: Schema = {
+    "country_code": (_text, ""),
+    "local_patterns": (_text, ""),
+}
+GATEWAY: Schema = {
+    "uri": (_text, ""),
+    "prefixes": (_words, ""),
+    "priority": (_int(0), "1"),
+    "weight": (_int(0), "1"),
+    "strip": (_int(0), "0"),
+    "prepend": (_text, ""),
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "proxy": PROXY,
+    "sip": SIP,
+    "registrar": REGISTRAR,
+    "location": LOCATION,
+    "overlay": OVERLAY,
+    "dns": DNS,
+    "tls": TLS,
+    "auth": AUTH,
+    "admin": ADMIN,
+    "pstn": PSTN,
+}
+PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY, "gateway:": GATEWAY}
+# Sections whose keys are free-form (a domain, a number).
+FREE_FORM = ("routes", "did")
+
+
+class Section(dict):
+    """The parsed values of one section, with attribute access."""
+
+    name: str = ""
+
+    def __getattr__(self, key: str) -> object:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+@attrs.define
+class Config:
+    """A validated site.ini: typed sections, plus the free-form ones raw."""
+
+    path: str
+    sections: dict[str, Section]
+    warnings: list[str] = attrs.field(factory=list)
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def proxy(self) -> Section:
+        return self.sections["proxy"]
+
+    @property
+    def sip(self) -> Section:
+        return self.sections["sip"]
+
+    def section(self, name: str) -> Section:
+        return self.sections[name]
+
+    def named(self, prefix: str) -> dict[str, Section]:
+        """All ``[prefix:NAME]`` sections, by NAME."""
+        return {n.split(":", 1)[1]: s for n, s in self.sections.items() if n.startswith(prefix + ":")}
+
+
+def _parse_section(name: str, schema: Schema, raw: dict[str, str], warnings: list[str]) -> Section:
+    section = Section()
+    section.name = name
+    for key, value in raw.items():
+        if key not in schema:
+            warnings.append(f"site.ini: [{name}] {key}: unknown key, ignored")
+    for key, (parse, default) in schema.items():
+        text = raw.get(key, default)
+        try:
+            section[key] = parse(text)
+        except ValueError as e:
+            raise ConfigError(name, key, str(e)) from None
+    return section
+
+
+def _cross_checks(cfg: Config) -> None:
+    sip, reg, proxy = cfg.sections["sip"], cfg.sections["registrar"], cfg.sections["proxy"]
+    if sip["t2"] < sip["t1"]:
+        raise ConfigError("sip", "t2", f"{sip['t2']:g} must not be below t1 ({sip['t1']:g})")
+    if reg["min_expires"] > reg["max_expires"]:
+        raise ConfigError("registrar", "min_expires", f"{reg['min_expires']} is above max_expires ({reg['max_expires']})")
+    if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
+        raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
+    for a in proxy["listen"]:
+        if a.transport == "tls" and not (cfg.sections["tls"]["certificate"] and cfg.sections["tls"]["key"]):
+            raise ConfigError("proxy", "listen", f"{a} needs [tls] certificate and key")
+
+
+def parse_config(text: str, path: str = "site.ini") -> Config:
+    """Parse and validate site.ini text; raises ConfigError."""
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=("#", ";"), strict=True, empty_lines_in_values=False
+    )
+    parser.optionxform = str.lower  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(e.section, e.option, "is given twice") from None
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(e.section, None, "section is given twice") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError("(top)", None, f"line {e.lineno}: a key before any [section] header") from None
+    except configparser.ParsingError as e:
+        lineno = e.errors[0][0] if e.errors else "?"
+        raise ConfigError("(file)", None, f"line {lineno}: not a 'key = value' line") from None
+
+    warnings: list[str] = []
+    sections: dict[str, Section] = {}
+    for name in parser.sections():
+        raw = dict(parser.items(name))
+        if name in SCHEMAS:
+            continue
+        prefix = next((p for p in PREFIXED if name.startswith(p) and len(name) > len(p)), None)
+        if prefix:
+            sections[name] = _parse_section(name, PREFIXED[prefix], raw, warnings)
+        elif name in FREE_FORM:
+            s = Section(raw)
+            s.name = name
+            sections[name] = s
+        else:
+            warnings.append(f"site.ini: [{name}]: unknown section, ignored")
+    for name, schema in SCHEMAS.items():
+        raw = dict(parser.items(name)) if parser.has_section(name) else {}
+        sections[name] = _parse_section(name, schema, raw, warnings)
+    for name in FREE_FORM:
+        sections.setdefault(name, Section())
+    cfg = Config(path=path, sections=sections, warnings=warnings)
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_config(path: str) -> Config:
+    """Read site.ini from disk; a missing or unreadable file is a ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("(file)", None, f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("(file)", None, f"{path} is not UTF-8 text") from None
+    return parse_config(text, path)
+
+
+def all_domains(cfg: Config) -> Iterable[str]:
+    return cfg.proxy["domains"]

@@ -1,0 +1,1 @@
+"""The SIP protocol layer: messages, URIs, parser, transports, transactions."""

@@ -1,0 +1,482 @@
+"""SIP messages as data: start line, ordered header fields, body bytes.
+
+Header fields are kept as they came on the wire (name as written, value as
+written) so that a proxy forwards what it does not understand unchanged
+(RFC 3261 section 16.6: a proxy forwards unknown header fields).  Structured
+views (Via, CSeq, name-addr...) are parsed on demand by
+:mod:`sosimple_proxy.sip.headers` and cached until the headers change.
+
+Values are ``str`` decoded from UTF-8 with ``surrogateescape``, so that any
+byte sequence survives a parse/serialize round trip exactly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+
+# RFC 3261 section 7.3.3 and later RFCs: compact form -> long form (lower case).
+COMPACT: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+
+# How we spell header names we write ourselves.
+_SPELLING: dict[str, str] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+}
+
+# Headers whose value is a comma-separated list (RFC 3261 section 7.3.1).
+# Contact, Via, Route, Record-Route: list of structured values.
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "allow",
+        "allow-events",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "content-language",
+        "in-reply-to",
+        "alert-info",
+        "call-info",
+        "error-info",
+        "warning",
+        "reply-to",
+    }
+)
+
+
+def header_key(name: str) -> str:
+    """The canonical lookup key of a header name: lower case, long form."""
+    key = name.lower()
+    return COMPACT.get(key, key)
+
+
+def spell(name: str) -> str:
+    """The conventional spelling of a header name for headers we add."""
+    key = header_key(name)
+    return _SPELLING.get(key) or "-".join(p.capitalize() for p in key.split("-"))
+
+
+class Headers:
+    """Ordered header fields, each ``[name_as_written, value_as_written]``.
+
+    Lookups take any spelling (``"v"``, ``"VIA"``, ``"Via"``) and find both
+    compact and long forms.  A field line may hold several comma-separated
+    values; :meth:`values` splits them where the grammar allows.
+    """
+
+    __slots__ = ("_fields", "_version")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        # Each entry: [key, name_as_written, value]
+        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
+        self._version = 0
+
+    # -- reading
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for _key, name, value in self._fields:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, name: str) -> bool:
+        key = header_key(name)
+        return any(f[0] == key for f in self._fields)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of the first field of this name, or ``default``."""
+        key = header_key(name)
+        for f in self._fields:
+            if f[0] == key:
+                return f[2]
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every field value of this name, one per header line, in order."""
+        key = header_key(name)
+        return [f[2] for f in self._fields if f[0] == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a list header, comma-separated values split apart."""
+        from sosimple_proxy.sip.headers import split_commas
+
+        out: list[str] = []
+        for raw in self.get_all(name):
+            out.extend(split_commas(raw))
+        return out
+
+    def count(self, name: str) -> int:
+        key = header_key(name)
+        return sum(1 for f in self._fields if f[0] == key)
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(n, v) for _k, n, v in self._fields]
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change, so cached parsed views can be invalidated."""
+        return self._version
+
+    # -- changing
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field at the end."""
+        self._fields.append([header_key(name), name, value])
+        self._version += 1
+
+    def prepend(self, name: str, value: str) -> None:
+        """Put a field before the first one of the same name (or at the top).
+
+        This is how Via and Record-Route are added (RFC 3261 16.6 step 8).
+        """
+        key = header_key(name)
+        for i, f in enumerate(self._fields):
+            if f[0] == key:
+                self._fields.insert(i, [key, name, value])
+                break
+        else:
+            self._fields.insert(0, [key, name, value])
+        self._version += 1
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field of this name by one, at the first one's place."""
+        key = header_key(name)
+        for i, f in enumerate(self._fields):
+            if f[0] == key:
+                f[1], f[2] = name, value
+                self._fields[i + 1 :] = [g for g in self._fields[i + 1 :] if g[0] != key]
+                break
+        else:
+            self._fields.append([key, name, value])
+        self._version += 1
+
+    def remove(self, name: str) -> int:
+        """Remove every field of this name; returns how many there were."""
+        key = header_key(name)
+        before = len(self._fields)
+        self._fields = [f for f in self._fields if f[0] != key]
+        removed = before - len(self._fields)
+        if removed:
+            self._version += 1
+        return removed
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (e.g. top Via).
+
+        If the first field line holds several comma-separated values, only
+        the first value is removed and the rest stay on that line.
+        """
+        from sosimple_proxy.sip.headers import split_commas
+
+        key = header_key(name)
+        for i, f in enumerate(self._fields):
+            if f[0] == key:
+                parts = split_commas(f[2])
+                if not parts:
+                    del self._fields[i]
+                    self._version += 1
+                    continue
+                first = parts[0]
+                if len(parts) == 1:
+                    del self._fields[i]
+                else:
+                    f[2] = ", ".join(parts[1:])
+                self._version += 1
+                return first
+        return None
+
+    def copy(self) -> "Headers":
+        h = Headers.__new__(Headers)
+        h._fields = [list(f) for f in self._fields]
+        h._version = 0
+        return h
+
+    def serialize_into(self, out: list[str], skip: str | None = None) -> None:
+        for key, name, value in self._fields:
+            if key != skip:
+                out.append(f"{name}: {value}\r\n")
+
+
+class Message:
+    """What requests and responses share: headers, body, parsed-view cache."""
+
+    __slots__ = ("headers", "body", "version", "_cache", "_cache_version")
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self.version = version
+        self._cache: dict[str, Any] = {}
+        self._cache_version = -1
+
+    def cached(self, key: str, compute: Any) -> Any:
+        """A parsed view of the headers, recomputed after any header change."""
+        if self._cache_version != self.headers.version:
+            self._cache = {}
+            self._cache_version = self.headers.version
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = compute()
+            return value
+
+    def start_line(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        """Wire bytes; Content-Length is always written and always right."""
+        out = [self.start_line(), "\r\n"]
+        self.headers.serialize_into(out, skip="content-length")
+        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "".join(out).encode(ENCODING, ERRORS) + self.body
+
+    # Structured views; implemented in headers.py so that parsing rules live
+    # in one place.  Each raises ParseError when the header is malformed.
+
+    @property
+    def vias(self) -> list["Via"]:
+        from sosimple_proxy.sip import headers
+
+        return self.cached("vias", lambda: headers.parse_vias(self.headers.get_all("via")))
+
+    @property
+    def top_via(self) -> "Via | None":
+        from sosimple_proxy.sip import headers
+
+        return self.cached("top_via", lambda: headers.parse_top_via(self.headers.get("via")))
+
+    @property
+    def cseq(self) -> "CSeq":
+        from sosimple_proxy.sip import headers
+
+        return self.cached("cseq", lambda: headers.parse_cseq(self.headers.get("cseq")))
+
+    @property
+    def call_id(self) -> str | None:
+        value = self.headers.get("call-id")
+        return value.strip() if value is not None else None
+
+    @property
+    def from_(self) -> "NameAddr":
+        from sosimple_proxy.sip import headers
+
+        return self.cached("from", lambda: headers.parse_name_addr_header(self.headers.get("from"), "From"))
+
+    @property
+    def to(self) -> "NameAddr":
+        from sosimple_proxy.sip import headers
+
+        return self.cached("to", lambda: headers.parse_name_addr_header(self.headers.get("to"), "To"))
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body, version)
+        self.method = method
+        # The Request-URI as on the wire; ``ruri`` is the parsed view.
+        self.uri = uri
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    @property
+    def ruri(self) -> "URI":
+        from sosimple_proxy.sip.uri import parse_uri
+
+        uri = self.uri
+        return self.cached("ruri:" + uri, lambda: parse_uri(uri))
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body, version)
+        self.status = status
+        self.reason = reason if reason is not None else REASONS.get(status, "")
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# RFC 3261 section 21 and friends.
+REASONS: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    428: "Use Identity Header",
+    429: "Provide Referrer Identity",
+    430: "Flow Failed",
+    433: "Anonymity Disallowed",
+    436: "Bad Identity-Info",
+    437: "Unsupported Certificate",
+    438: "Invalid Identity Header",
+    439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded",
+    469: "Bad Info Package",
+    470: "Consent Needed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+
+def new_tag() -> str:
+    return secrets.token_hex(5)
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request`` built per RFC 3261 section 8.2.6.2.
+
+    "The From field of the response MUST equal the From header field of the
+    request.  The Call-ID header field of the response MUST equal the
+    Call-ID header field of the request.  The CSeq header field of the
+    response MUST equal the CSeq field of the request.  The Via header field
+    values in the response MUST equal the Via header field values in the
+    request and MUST maintain the same ordering."  A To tag is added to
+    every response but 100 when the request had none.
+    """
+    fields: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        key = header_key(name)
+        if key in ("via", "from", "call-id", "cseq"):
+            fields.append((name, value))
+        elif key == "to":
+            if status > 100 and ";tag=" not in value.replace(" ", "").lower():
+                value = f"{value};tag={to_tag or new_tag()}"
+            fields.append((name, value))
+    fields.extend(extra)
+    return Response(status, reason, Headers(fields), body)
+
+
+# Forward references for type checkers only.
+if TYPE_CHECKING:  # pragma: no cover
+    from sosimple_proxy.sip.headers import CSeq, NameAddr, Via
+    from sosimple_proxy.sip.uri import URI
