@@ -1,0 +1,98 @@
+"""site.ini parsing: defaults, every kind of bad value, warnings."""
+
+import pytest
+
+from sosimple_proxy.config import ConfigError, ListenAddress, load_config, parse_config
+
+
+def test_defaults_follow_the_contract():
+    cfg = parse_config("")
+    assert cfg.proxy["listen"] == (ListenAddress("udp", "127.0.0.1", 5060), ListenAddress("tcp", "127.0.0.1", 5060))
+    assert cfg.proxy["domains"] == ("localhost",)
+    assert cfg.proxy["mode"] == "proxy"
+    assert cfg.proxy["record_route"] is True
+    assert cfg.proxy["recurse_on_3xx"] is False
+    assert cfg.proxy["max_message_size"] == 65536
+    assert (cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"], cfg.sip["timer_c"]) == (0.5, 4.0, 5.0, 180.0)
+    assert cfg.sip["udp_rcvbuf"] == 4194304
+    assert cfg.sip["tcp_idle_timeout"] == 600.0
+    assert cfg.section("location")["order"] == ("local", "overlay", "routes", "dns", "pstn")
+    assert cfg.warnings == []
+
+
+def test_shipped_site_ini_is_valid_and_warns_about_nothing():
+    cfg = load_config("conf/site.ini")
+    assert cfg.warnings == []
+    assert cfg.proxy["domains"] == ("localhost",)
+
+
+def test_ipv6_listen_and_domain_lists():
+    cfg = parse_config("[proxy]\nlisten = udp:[::1]:5062, tcp:[::1]:0\ndomains = Example.COM, b.test  c.test\n")
+    assert cfg.proxy["listen"] == (ListenAddress("udp", "::1", 5062), ListenAddress("tcp", "::1", 0))
+    assert str(cfg.proxy["listen"][0]) == "udp:[::1]:5062"
+    assert cfg.proxy["domains"] == ("example.com", "b.test", "c.test")
+
+
+@pytest.mark.parametrize(
+    "text, section, key, words",
+    [
+        ("[proxy]\nlisten = udp:127.0.0.1:notaport\n", "proxy", "listen", "not a port number"),
+        ("[proxy]\nlisten = udp:127.0.0.1:70000\n", "proxy", "listen", "out of range"),
+        ("[proxy]\nlisten = sctp:127.0.0.1:5060\n", "proxy", "listen", "transport"),
+        ("[proxy]\nlisten = udp:::1:5060\n", "proxy", "listen", "transport:host:port"),
+        ("[proxy]\nlisten = udp:not-an-ip:5060\n", "proxy", "listen", "not an IP address"),
+        ("[proxy]\nlisten = udp:127.0.0.1:5060, udp:127.0.0.1:5060\n", "proxy", "listen", "listed twice"),
+        ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "proxy", "listen", "[tls] certificate"),
+        ("[proxy]\ndomains = bad_domain!\n", "proxy", "domains", "not a domain name"),
+        ("[proxy]\nmode = relay\n", "proxy", "mode", "not one of proxy, redirect"),
+        ("[proxy]\nrecord_route = maybe\n", "proxy", "record_route", "not yes or no"),
+        ("[proxy]\nmax_message_size = 12\n", "proxy", "max_message_size", "below the minimum"),
+        ("[proxy]\nmax_message_size = big\n", "proxy", "max_message_size", "not an integer"),
+        ("[sip]\nt1 = 0\n", "sip", "t1", "greater than 0"),
+        ("[sip]\nt1 = nan\n", "sip", "t1", "not a finite number"),
+        ("[sip]\nt2 = 0.1\n", "sip", "t2", "must not be below t1"),
+        ("[sip]\nudp_rcvbuf = -1\n", "sip", "udp_rcvbuf", "below the minimum"),
+        ("[registrar]\nmin_expires = 7200\n", "registrar", "min_expires", "above max_expires"),
+        ("[overlay]\nbootstrap = 127.0.0.1\n", "overlay", "bootstrap", "not host:port"),
+        ("[overlay]\nkey_scheme = tree\n", "overlay", "key_scheme", "not one of flat, domain"),
+        ("[gateway:a]\npriority = high\n", "gateway:a", "priority", "not an integer"),
+        ("[proxy]\nlisten = udp:127.0.0.1:5060\nlisten = tcp:127.0.0.1:5060\n", "proxy", "listen", "given twice"),
+    ],
+)
+def test_bad_values_name_section_key_and_problem(text, section, key, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    err = info.value
+    assert (err.section, err.key) == (section, key)
+    line = str(err)
+    assert "\n" not in line
+    assert line.startswith(f"site.ini: [{section}] {key}: ")
+    assert words in line
+
+
+def test_broken_file_structure_is_one_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config("listen = x\n[proxy]\n")
+    assert "before any [section]" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config("[proxy]\nthis line has no equals sign\n")
+    assert "line 2" in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "nope.ini"))
+    assert "cannot read" in str(info.value)
+
+
+def test_unknown_sections_and_keys_warn_but_do_not_stop():
+    cfg = parse_config("[proxy]\ncolour = blue\n[future]\nx = 1\n[routes]\nother.test = sip:127.0.0.1:5070\n")
+    assert "site.ini: [proxy] colour: unknown key, ignored" in cfg.warnings
+    assert "site.ini: [future]: unknown section, ignored" in cfg.warnings
+    assert cfg.section("routes")["other.test"] == "sip:127.0.0.1:5070"
+
+
+def test_named_sections():
+    cfg = parse_config("[overlay:corp]\nlisten = tcp:7001\ndomains = corp.test\n[gateway:a]\nuri = sip:127.0.0.1:5080\n")
+    assert cfg.named("overlay")["corp"]["domains"] == ("corp.test",)
+    assert cfg.named("gateway")["a"]["uri"] == "sip:127.0.0.1:5080"
