@@ -1,0 +1,75 @@
+"""The two sides of node-to-node talk.
+
+:class:`IOverlayRPC` is what a node calls to reach another (by address;
+every method returns a Deferred).  :class:`IOverlayPeer` is what a node
+answers; transports (the simulated network, AMP) call it for incoming
+requests.  The node itself never does I/O: give it an ``IOverlayRPC`` and
+it runs over whatever that one runs over.  Timeouts are the node's own
+business (it adds them with its clock), so a transport may leave a call
+unanswered forever, as a lost packet would.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+from zope.interface import Interface
+
+from .messages import EntryId, Peer, Version
+from .records import Record
+
+
+class IOverlayRPC(Interface):
+    """Calls to another node; each returns a Deferred of the peer's answer."""
+
+    def state(address: Hashable):
+        """Deferred[NodeState]: the peer's predecessor and successor list."""
+
+    def find(address: Hashable, key: int):
+        """Deferred[FindResult]: one lookup step towards ``key``."""
+
+    def notify(address: Hashable, peer: Peer):
+        """Deferred[None]: ``peer`` thinks it is the callee's predecessor."""
+
+    def successor_hint(address: Hashable, peer: Peer):
+        """Deferred[None]: ``peer`` just joined right after the callee."""
+
+    def store(address: Hashable, records: Sequence[Record]):
+        """Deferred[int]: merge records in; how many were new."""
+
+    def fetch(address: Hashable, key: int, kind: str | None):
+        """Deferred[FetchResult]: what the callee holds under ``key``."""
+
+    def sync(address: Hashable, lo: int, hi: int, versions: dict[EntryId, Version]):
+        """Deferred[SyncResult]: compare holdings of keys in ``(lo, hi]``."""
+
+    def leave(address: Hashable, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]):
+        """Deferred[None]: ``peer`` leaves; here are its neighbours."""
+
+
+class IOverlayPeer(Interface):
+    """What a node answers; a value or a Deferred of one."""
+
+    def remote_state():
+        """NodeState."""
+
+    def remote_find(key: int):
+        """FindResult."""
+
+    def remote_notify(peer: Peer):
+        """None."""
+
+    def remote_successor_hint(peer: Peer):
+        """None."""
+
+    def remote_store(records: Sequence[Record]):
+        """int."""
+
+    def remote_fetch(key: int, kind: str | None):
+        """FetchResult."""
+
+    def remote_sync(lo: int, hi: int, versions: dict[EntryId, Version]):
+        """SyncResult."""
+
+    def remote_leave(peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]):
+        """None."""
