@@ -1,0 +1,504 @@
+"""Helpers for tests of sosimple-proxy, ours and our users'.
+
+As ``treq.testing`` does for treq, this module holds what a test needs to
+drive the proxy from outside:
+
+- :func:`free_port` / :func:`free_ports`: loopback ports nobody listens on;
+- :class:`ProxyProcess`: the proxy under ``twistd`` in a subprocess, with
+  its own ``site.ini`` in a temporary directory, started once it answers
+  an OPTIONS, stopped with SIGTERM then SIGKILL;
+- :func:`run_sipp` / :func:`start_sipp`: SIPp with the options that make it
+  behave on loopback (``shared/peers.md``).
+
+Everything here is blocking and uses the standard library only (no
+reactor), so it works from plain pytest tests and from trial tests alike.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import attrs
+
+__all__ = [
+    "free_port",
+    "free_ports",
+    "ProxyProcess",
+    "ProxyStartError",
+    "options_request",
+    "sip_options_ping",
+    "SIPP",
+    "SIPP_BUILTIN_SCENARIOS",
+    "SIPP_OPTIONS_SCENARIO",
+    "SippResult",
+    "SippProcess",
+    "sipp_command",
+    "start_sipp",
+    "run_sipp",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Ports handed out by this process recently: the kernel may give the same
+# ephemeral port twice in a row, and two helpers must not collide.
+_given: set[tuple[str, int]] = set()
+
+
+def _bind(kind: int, family: int, host: str, port: int) -> socket.socket | None:
+    s = socket.socket(family, kind)
+    try:
+        s.bind((host, port))
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def free_port(transport: str = "udp", host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that is free right now for ``transport``.
+
+    ``transport`` is ``udp``, ``tcp`` (or ``tls``), or ``both``: a port free
+    for UDP and TCP at once, as the default ``site.ini`` listens on both with
+    one number.  There is a window between this and the real bind; tests
+    live with it (a clash shows as a clear "could not bind" error).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    transport = "tcp" if transport == "tls" else transport
+    if transport not in ("udp", "tcp", "both"):
+        raise ValueError(f"transport must be udp, tcp or both, not {transport!r}")
+    for _ in range(200):
+        first = _bind(socket.SOCK_STREAM if transport != "udp" else socket.SOCK_DGRAM, family, host, 0)
+        if first is None:
+            raise OSError(f"cannot bind anything on {host}")
+        port = first.getsockname()[1]
+        held = [first]
+        try:
+            if transport == "both":
+                other = _bind(socket.SOCK_DGRAM, family, host, port)
+                if other is None:
+                    continue
+                held.append(other)
+            if (host, port) in _given:
+                continue
+            _given.add((host, port))
+            return port
+        finally:
+            for s in held:
+                s.close()
+    raise OSError(f"no free {transport} port found on {host}")
+
+
+def free_ports(n: int, transport: str = "udp", host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports (see :func:`free_port`)."""
+    return [free_port(transport, host) for _ in range(n)]
+
+
+def options_request(host: str, port: int, via_host: str, via_port: int, transport: str = "UDP") -> bytes:
+    """An OPTIONS addressed to the proxy itself (no user part), for probing."""
+    hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    vhp = f"[{via_host}]:{via_port}" if ":" in via_host else f"{via_host}:{via_port}"
+    tag = secrets.token_hex(6)
+    return (
+        f"OPTIONS sip:{hp} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} {vhp};branch=z9hG4bK-{secrets.token_hex(8)};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:probe@{vhp}>;tag={tag}\r\n"
+        f"To: <sip:{hp}>\r\n"
+        f"Call-ID: probe-{tag}@{vhp}\r\n"
+        f"CSeq: 1 OPTIONS\r\n"
+        f"Accept: application/sdp\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def sip_options_ping(host: str, port: int, timeout: float = 1.0) -> bytes | None:
+    """Send one OPTIONS over UDP; the response bytes, or None if none came."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        s.settimeout(timeout)
+        s.sendto(options_request(host, port, host, s.getsockname()[1]), (host, port))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = s.recv(65536)
+            except (socket.timeout, ConnectionRefusedError):
+                return None
+            if data.startswith(b"SIP/2.0 "):
+                return data
+            if time.monotonic() >= deadline:
+                return None
+
+
+class ProxyStartError(Exception):
+    """The proxy did not come up; the message ends with the tail of its logs."""
+
+
+def _ini_text(sections: Mapping[str, Mapping[str, object]]) -> str:
+    out = []
+    for name, keys in sections.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {v}" for k, v in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+class ProxyProcess:
+    """The proxy under ``twistd -n`` as a subprocess, on free loopback ports.
+
+    ``config`` is either a whole ``site.ini`` text, or sections that are
+    merged over a default made for tests: SIP on one free port for UDP and
+    TCP on 127.0.0.1, no overlay or admin listener, location ``local``.
+    ``command`` replaces the twistd command line (its items are formatted
+    with ``ini``, ``log``, ``host`` and ``port``), for testing this helper.
+
+        with ProxyProcess({"proxy": {"domains": "example.com"}}) as proxy:
+            run_sipp("uac", f"127.0.0.1:{proxy.port}", ...)
+    """
+
+    def __init__(
+        self,
+        config: str | Mapping[str, Mapping[str, object]] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port("both", host)
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._own_dir = workdir is None
+        self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="sosimple-proxy-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ini_path = self.dir / "site.ini"
+        self.log_path = self.dir / "twistd.log"
+        self.output_path = self.dir / "output.txt"  # stdout and stderr: what comes before logging starts
+        self._command = list(command) if command is not None else None
+        self._env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_response: bytes | None = None
+        self.returncode: int | None = None
+        if isinstance(config, str):
+            self.config_text = config
+        else:
+            self.config_text = _ini_text(self._merged(config or {}))
+        self.ini_path.write_text(self.config_text, encoding="utf-8")
+
+    def _merged(self, overrides: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+        hp = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        sections: dict[str, dict[str, object]] = {
+            "proxy": {"listen": f"udp:{hp}, tcp:{hp}", "domains": "localhost"},
+            "overlay": {"listen": ""},
+            "admin": {"listen": ""},
+            "location": {"order": "local"},
+        }
+        for name, keys in overrides.items():
+            sections.setdefault(name, {}).update(keys)
+        return sections
+
+    @property
+    def udp_address(self) -> tuple[str, int]:
+        """Where the readiness OPTIONS goes: the first UDP listen address in the
+        config if it can be read, else ``(host, port)``."""
+        try:
+            from sosimple_proxy.config import parse_config
+
+            for a in parse_config(self.config_text, str(self.ini_path)).proxy["listen"]:
+                if a.transport == "udp":
+                    return a.host, a.port
+        except Exception:
+            pass
+        return self.host, self.port
+
+    def argv(self) -> list[str]:
+        if self._command is not None:
+            fmt = {"ini": str(self.ini_path), "log": str(self.log_path), "host": self.host, "port": self.port}
+            return [part.format(**fmt) for part in self._command]
+        # `python -m twisted` is `twist`, which has no -n/--pidfile; this is twistd.
+        return [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "-l",
+            str(self.log_path),
+            "sosimple-proxy",
+            "-c",
+            str(self.ini_path),
+        ]
+
+    def environ(self) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self._env)
+        return env
+
+    # -- life cycle
+
+    def start(self) -> ProxyProcess:
+        """Start, and return once the proxy answers an OPTIONS over UDP.
+
+        Raises :class:`ProxyStartError` (with the log tail) if it exits or
+        stays silent for ``startup_timeout`` seconds.
+        """
+        if self.process is not None:
+            raise RuntimeError("already started")
+        out = open(self.output_path, "wb")
+        try:
+            self.process = subprocess.Popen(
+                self.argv(),
+                cwd=self.dir,
+                env=self.environ(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C of the test run is not sent to it twice
+            )
+        finally:
+            out.close()
+        host, port = self.udp_address
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            rc = self.process.poll()
+            if rc is not None:
+                self.returncode = rc
+                raise ProxyStartError(f"proxy exited with status {rc} before answering OPTIONS\n{self.log_tail()}")
+            answer = sip_options_ping(host, port, timeout=0.25)
+            if answer is not None:
+                self.ready_response = answer
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ProxyStartError(
+                    f"proxy did not answer OPTIONS on udp {host}:{port} within {self.startup_timeout:g}s\n{self.log_tail()}"
+                )
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; the exit status.  Idempotent."""
+        p = self.process
+        if p is None:
+            return self.returncode
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            except ProcessLookupError:
+                p.wait()
+        self.returncode = p.returncode
+        return self.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cleanup(self) -> None:
+        """Stop, and remove the temporary directory if this helper made it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ProxyProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the twistd log and of the process's own output."""
+        parts = []
+        for label, path in (("output", self.output_path), ("twistd.log", self.log_path)):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if text.strip():
+                tail = "\n".join(text.rstrip("\n").splitlines()[-lines:])
+                parts.append(f"--- {label} ({path}) ---\n{tail}")
+        return "\n".join(parts) or "(no output)"
+
+
+# --- SIPp
+
+SIPP = shutil.which("sipp")
+SIPP_BUILTIN_SCENARIOS = frozenset(
+    {"uac", "uas", "regexp", "3pcc-C-A", "3pcc-C-B", "3pcc-A", "3pcc-B", "branchc", "branchs", "uac_pcap"}
+)
+
+# One OPTIONS to the proxy itself (no user part), expecting ``expected`` (200
+# by default: format the text with ``expected=...`` for another status).
+SIPP_OPTIONS_SCENARIO_TEMPLATE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="OPTIONS to the proxy">
+  <send retrans="500">
+    <![CDATA[
+OPTIONS sip:[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 OPTIONS
+Max-Forwards: 70
+Accept: application/sdp
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="{expected}"/>
+</scenario>
+"""
+SIPP_OPTIONS_SCENARIO = SIPP_OPTIONS_SCENARIO_TEMPLATE.format(expected=200)
+
+
+@attrs.frozen
+class SippResult:
+    """How a SIPp run ended: exit status 0 only if every call succeeded,
+    1 if one failed, 255 when its ``-timeout`` ended it (run_sipp passes
+    ``-timeout_error``; without it SIPp says 97), 254 if it could not bind;
+    -9 if we had to kill it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    args: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def __str__(self) -> str:
+        return f"sipp exit {self.returncode}: {' '.join(self.args)}\n--- stderr ---\n{self.stderr[-3000:]}"
+
+
+def sipp_command(
+    scenario: str,
+    *args: str,
+    calls: int | None = 1,
+    timeout: float = 30.0,
+    local_ip: str = "127.0.0.1",
+    buff_size: int = 4194304,
+    workdir: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """The SIPp command line: ``scenario`` is a built-in name (``uac``,
+    ``uas``...), a path to an XML file, or XML text (written to ``workdir``)."""
+    if SIPP is None:
+        raise FileNotFoundError("sipp is not installed (Debian package sip-tester)")
+    if scenario in SIPP_BUILTIN_SCENARIOS:
+        chosen = ["-sn", scenario]
+    elif scenario.lstrip().startswith("<"):
+        where = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="sipp-"))
+        path = where / f"scenario-{secrets.token_hex(4)}.xml"
+        path.write_text(scenario, encoding="utf-8")
+        chosen = ["-sf", str(path)]
+    elif os.path.exists(scenario):
+        chosen = ["-sf", str(scenario)]
+    else:
+        raise ValueError(f"{scenario!r} is neither a built-in SIPp scenario, an XML file nor XML text")
+    cmd = [SIPP, *chosen, "-i", local_ip, "-buff_size", str(buff_size), "-nostdin"]
+    if calls is not None:
+        cmd += ["-m", str(calls)]
+    # -timeout_error: without it SIPp waits for calls in progress after its
+    # -timeout (a retransmitting UAC runs on), and an idle UAS exits 97.
+    cmd += ["-timeout", f"{max(1, int(round(timeout)))}s", "-timeout_error"]
+    return cmd + list(args)
+
+
+class SippProcess:
+    """A SIPp started in the background (a UAS, usually); :meth:`wait` for it."""
+
+    def __init__(self, cmd: list[str], timeout: float, workdir: Path, own_dir: bool) -> None:
+        self.args = tuple(cmd)
+        self.timeout = timeout
+        self.dir = workdir
+        self._own_dir = own_dir
+        self._out = workdir / f"sipp-{secrets.token_hex(4)}.out"
+        self._err = self._out.with_suffix(".err")
+        with open(self._out, "wb") as out, open(self._err, "wb") as err:
+            # Files, not pipes: a chatty SIPp must never block on a full pipe.
+            self.process = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+
+    def wait(self, grace: float = 10.0) -> SippResult:
+        """Wait for it to end by itself (its own ``-timeout`` plus ``grace``), else kill it."""
+        try:
+            rc = self.process.wait(self.timeout + grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            rc = -9
+        return self._result(rc)
+
+    def kill(self) -> SippResult:
+        if self.process.poll() is None:
+            self.process.kill()
+        return self._result(self.process.wait())
+
+    def _result(self, rc: int) -> SippResult:
+        read = lambda p: p.read_text(encoding="utf-8", errors="replace") if p.exists() else ""  # noqa: E731
+        result = SippResult(rc, read(self._out), read(self._err), self.args)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return result
+
+
+def start_sipp(
+    scenario: str,
+    *args: str,
+    calls: int | None = 1,
+    timeout: float = 30.0,
+    local_ip: str = "127.0.0.1",
+    buff_size: int = 4194304,
+    workdir: str | os.PathLike[str] | None = None,
+) -> SippProcess:
+    """Start SIPp without waiting (see :func:`run_sipp` for the arguments)."""
+    own = workdir is None
+    where = Path(tempfile.mkdtemp(prefix="sipp-")) if own else Path(workdir)  # type: ignore[arg-type]
+    cmd = sipp_command(
+        scenario, *args, calls=calls, timeout=timeout, local_ip=local_ip, buff_size=buff_size, workdir=where
+    )
+    return SippProcess(cmd, timeout, where, own)
+
+
+def run_sipp(
+    scenario: str,
+    *args: str,
+    calls: int | None = 1,
+    timeout: float = 30.0,
+    local_ip: str = "127.0.0.1",
+    buff_size: int = 4194304,
+    workdir: str | os.PathLike[str] | None = None,
+) -> SippResult:
+    """Run SIPp to the end and return its exit status and output.
+
+    Adds what loopback tests need (``shared/peers.md``): ``-i 127.0.0.1``
+    so Via/Contact/SDP name loopback, ``-buff_size 4194304``, ``-m calls``,
+    ``-timeout`` with ``-timeout_error`` (the run ends at the timeout, with
+    status 255, even with calls in progress) and ``-nostdin``; ``args`` follow, e.g. ``"127.0.0.1:5060"``,
+    ``"-t", "t1"``, ``"-p", str(port)``.  SIPp is killed if it overruns its
+    own timeout by 10 s.
+    """
+    return start_sipp(
+        scenario, *args, calls=calls, timeout=timeout, local_ip=local_ip, buff_size=buff_size, workdir=workdir
+    ).wait()
