@@ -18,16 +18,16 @@ from typing import Union
 
 import attrs
 
-__all__ = ["Frame", "KeepAlive", "FramingError", "FrameEvent", "StreamFramer", "PONG"]
+__all__ = ["Frame", "KeepAlive", "FramingError", "FrameEvent", "StreamFramer", "PONG", "content_length", "head_end"]
 
 PONG = b"\r\n"
 _PING = b"\r\n\r\n"
 
-# End of the header section: an empty line.  Bare LF is tolerated (RFC 3261
-# section 7 asks for CRLF, but lenient elements accept LF, and the parser does).
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-# One header line: name, colon, value (continuation lines already joined).
-_LINE_SPLIT = re.compile(rb"\r?\n")
+# A Content-Length field, long or compact name, any case, whitespace before
+# the colon allowed (RFC 3261 section 7.3.1), with its continuation lines.
+# Starts with a literal LF so that the regex engine skips ahead quickly.
+_CL_FIELD = re.compile(rb"\n(?:content-length|l)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE)
+_FOLD = re.compile(rb"[ \t]*\r?\n[ \t]*")
 _DIGITS = re.compile(rb"[0-9]+")
 # More digits than this cannot be a size we would accept; also keeps int()
 # away from its quadratic / "too many digits" behaviour on hostile input.
@@ -65,29 +65,36 @@ class FramingError:
 FrameEvent = Union[Frame, KeepAlive, FramingError]
 
 
-def content_length(head: bytes) -> int | str:
-    """The Content-Length of a header section, or the reason it has none usable.
+def head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Where the header section that began before ``start`` ends (just after
+    its empty line), or -1.
+
+    The empty line is CRLF CRLF; a bare LF is tolerated on either line
+    (RFC 3261 section 7 asks for CRLF, lenient elements accept LF, and so
+    does the parser).  Every such ending contains LF CRLF or LF LF, which
+    plain ``find`` locates much faster than a regex.
+    """
+    k = buf.find(b"\n\r\n", start)
+    j = buf.find(b"\n\n", start, k + 3 if k >= 0 else len(buf))
+    if j >= 0:
+        return j + 2
+    return k + 3 if k >= 0 else -1
+
+
+def content_length(head: bytes | bytearray, end: int | None = None) -> int | str:
+    """The Content-Length of a header section (``head[:end]``), or the
+    reason it has none usable.
 
     Looks at both the long name and the compact ``l``, case-insensitively,
     with folded (continuation) lines joined.  Several Content-Length fields
     with the same value are accepted; different values are a conflict.
     """
-    lines = _LINE_SPLIT.split(head)
-    found: list[bytes] = []
-    current: bytes | None = None  # the value of a Content-Length field being read
-    for line in lines[1:]:  # lines[0] is the start line
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current += b" " + line.strip()
-            continue
-        if current is not None:
-            found.append(current)
-            current = None
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            current = value.strip()
-    if current is not None:
-        found.append(current)
+    if end is None:
+        end = len(head)
+    start = head.find(b"\n", 0, end)  # the end of the start line
+    if start < 0:
+        return "Missing Content-Length"
+    found = [_FOLD.sub(b" ", v) for v in _CL_FIELD.findall(head, start, end)]
     if not found:
         return "Missing Content-Length"
     values: set[int] = set()
@@ -153,23 +160,21 @@ class StreamFramer:
                     # A lone CRLF (or a stray CR or LF) before a start line.
                     del buf[: 2 if buf.startswith(b"\r\n") else 1]
                     continue
-            m = _HEAD_END.search(buf, max(0, self._scan - 3))
-            if m is None:
+            head_len = head_end(buf, max(0, self._scan - 2))
+            if head_len < 0:
                 if len(buf) > self.max_size:
                     return self._fail(events, self._cut(bytes(buf[: self.max_size])), 513, "Message Too Large")
-                # Resume after what was scanned; the end pattern is at most 4
-                # bytes, so a partial match at the tail is found next time.
+                # Resume after what was scanned; the end patterns are at most
+                # 3 bytes, so one cut by the chunk boundary is found next time.
                 self._scan = max(1, len(buf))
                 break
-            head_len = m.end()
-            head = bytes(buf[:head_len])
             if head_len > self.max_size:
-                return self._fail(events, self._cut(head[: self.max_size]), 513, "Message Too Large")
-            length = content_length(head)
+                return self._fail(events, self._cut(bytes(buf[: self.max_size])), 513, "Message Too Large")
+            length = content_length(buf, head_len)  # in place: no copy of the head
             if isinstance(length, str):
-                return self._fail(events, head, 400, length)
+                return self._fail(events, bytes(buf[:head_len]), 400, length)
             if head_len + length > self.max_size:
-                return self._fail(events, head, 513, "Message Too Large")
+                return self._fail(events, bytes(buf[:head_len]), 513, "Message Too Large")
             self._need = head_len + length
         return events
 

@@ -125,6 +125,11 @@ class ITransportLayer(Interface):
 
 
 @functools.lru_cache(maxsize=4096)
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+@functools.lru_cache(maxsize=4096)
 def _normal_host(host: str) -> str:
     """One spelling per address, so table lookups match (``::0:1`` is ``::1``)."""
     h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -366,6 +371,8 @@ class TransportLayer(service.Service):
         self.tls_client = tls_client
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
         self._udp: list[tuple[ListenAddress, Any]] = []  # (bound address, port)
+        self._udp_by_local: dict[ListenAddress, Any] = {}
+        self._udp_choice: dict[tuple[bool, bool], Any] = {}  # (IPv6, loopback dest) -> port
         self._streams: dict[Peer, _Stream] = {}
         self._all_streams: set[_Stream] = set()
         self._connecting: dict[Peer, _Connecting] = {}
@@ -388,6 +395,8 @@ class TransportLayer(service.Service):
                 port.stopListening()
             self._ports.clear()
             self._udp.clear()
+            self._udp_by_local.clear()
+            self._udp_choice.clear()
             raise
         super().startService()
 
@@ -400,6 +409,8 @@ class TransportLayer(service.Service):
             waits.append(defer.maybeDeferred(port.stopListening))
         self._ports.clear()
         self._udp.clear()
+        self._udp_by_local.clear()
+        self._udp_choice.clear()
         for pending in list(self._connecting.values()):
             if pending.attempt is not None:
                 pending.attempt.cancel()
@@ -415,6 +426,8 @@ class TransportLayer(service.Service):
         proto.local = bound
         self._ports.append((bound, port))
         self._udp.append((bound, port))
+        self._udp_by_local[bound] = port
+        self._udp_choice.clear()
         sock = getattr(port, "socket", None)
         if sock is not None and self.udp_rcvbuf:
             got = _set_rcvbuf(sock, self.udp_rcvbuf)
@@ -480,11 +493,16 @@ class TransportLayer(service.Service):
 
     def _udpPort(self, dest: Peer, local: ListenAddress | None) -> Any:
         if local is not None:
-            for addr, port in self._udp:
-                if addr == local:
-                    return port
+            port = self._udp_by_local.get(local)
+            if port is not None:
+                return port
+        key = (dest.family6, _is_loopback(dest.host))
+        try:
+            return self._udp_choice[key]
+        except KeyError:
+            pass
         fallback = None
-        loop_dest = ipaddress.ip_address(dest.host).is_loopback
+        chosen = None
         for addr, port in self._udp:
             if addr.family6 != dest.family6:
                 continue
@@ -492,9 +510,14 @@ class TransportLayer(service.Service):
                 fallback = port
             # Prefer a socket that can reach the destination: loopback to
             # loopback, anything else from a non-loopback (or wildcard) address.
-            if ipaddress.ip_address(addr.host).is_loopback == loop_dest or ipaddress.ip_address(addr.host).is_unspecified:
-                return port
-        return fallback
+            ip = ipaddress.ip_address(addr.host)
+            if ip.is_loopback == key[1] or ip.is_unspecified:
+                chosen = port
+                break
+        chosen = chosen or fallback
+        if chosen is not None:
+            self._udp_choice[key] = chosen
+        return chosen
 
     def _sendUDP(self, data: bytes, dest: Peer, local: ListenAddress | None) -> defer.Deferred:
         port = self._udpPort(dest, local)

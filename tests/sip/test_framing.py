@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sosimple_proxy.sip.framing import Frame, FramingError, KeepAlive, StreamFramer, content_length
+from sosimple_proxy.sip.framing import Frame, FramingError, KeepAlive, StreamFramer, content_length, head_end
 
 INVITE_BODY = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -99,6 +99,14 @@ def test_leading_zeros_and_duplicates_equal():
 def test_bare_lf_head():
     m = b"OPTIONS sip:a SIP/2.0\nVia: x\nContent-Length: 2\n\nok"
     assert StreamFramer(65536).feed(m + m) == [Frame(m), Frame(m)]
+
+
+def test_head_end_variants():
+    for end in (b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n"):
+        head = b"OPTIONS sip:a SIP/2.0\r\nl: 0" + end
+        assert head_end(head + b"body\n\n\r\n\r\n") == len(head), end
+        assert StreamFramer(1000).feed(head + head) == [Frame(head), Frame(head)], end
+    assert head_end(b"OPTIONS sip:a SIP/2.0\r\nl: 0\r\n\r") == -1
 
 
 # --- keep-alives (RFC 5626 section 3.5.1)
@@ -223,6 +231,23 @@ def test_large_message_byte_by_byte_is_linear():
     assert out == [Frame(m)]
     # 46k feeds; a rescanning framer would do ~2e10 byte comparisons.
     assert elapsed < 20
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_content_length_never_raises(head):
+    assert isinstance(content_length(head), (int, str))
+    f = StreamFramer(256)
+    for i in range(0, len(head), 17):
+        f.feed(head[i : i + 17])
+
+
+@given(st.lists(st.sampled_from([b"Content-Length", b"l", b"CONTENT-length", b"X-Other", b"lx", b"Length"]), max_size=4), st.integers(0, 10**6))
+def test_content_length_against_simple_reading(names, n):
+    lines = [name + b": %d" % n for name in names]
+    head = b"MESSAGE sip:a SIP/2.0\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+    counted = [x for x in names if x.lower() in (b"content-length", b"l")]
+    assert content_length(head) == (n if counted else "Missing Content-Length")
 
 
 # --- property: any split of a stream of valid messages yields the same frames
