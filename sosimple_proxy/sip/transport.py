@@ -342,10 +342,13 @@ class _Connecting:
 class TransportLayer(service.Service):
     """All SIP listening sockets and stream connections of one proxy.
 
-    ``tls_server`` (an OpenSSL context factory for listening) and
-    ``tls_client`` (host name -> ``IOpenSSLClientConnectionCreator``) are
-    for the TLS work: with them, ``tls:`` addresses listen and ``Peer("tls",
-    ...)`` connects, sharing everything else with TCP.
+    ``tls_server`` (an OpenSSL context factory, e.g. ``CertificateOptions``,
+    for listening) and ``tls_client`` (:class:`Peer` ->
+    ``IOpenSSLClientConnectionCreator``, e.g. ``optionsForClientTLS``: it
+    gets the whole peer so that it can pick the name to verify) are for the
+    TLS work: with them, ``tls:`` addresses listen and ``Peer("tls", ...)``
+    connects, sharing the connection table, framing and idle handling with
+    TCP.
     """
 
     def __init__(
@@ -358,7 +361,7 @@ class TransportLayer(service.Service):
         tcp_idle_timeout: float = 600.0,
         connect_timeout: float = 30.0,
         tls_server: Any = None,
-        tls_client: Callable[[str], Any] | None = None,
+        tls_client: Callable[[Peer], Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
@@ -568,7 +571,7 @@ class TransportLayer(service.Service):
             return tcp
         if self.tls_client is None:
             raise TransportError(dest, "TLS is not configured")
-        return wrapClientTLS(self.tls_client(dest.host), tcp)
+        return wrapClientTLS(self.tls_client(dest), tcp)
 
     def _connected(self, proto: _Stream, dest: Peer) -> None:
         pending = self._connecting.pop(dest, None)
