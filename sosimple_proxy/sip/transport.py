@@ -51,6 +51,7 @@ __all__ = [
     "ITransportLayer",
     "TransportLayer",
     "STREAM_TRANSPORTS",
+    "stun_binding_response",
 ]
 
 log = Logger()
@@ -129,6 +130,11 @@ def _is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
+@functools.lru_cache(maxsize=64)
+def _is_unspecified(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
 @functools.lru_cache(maxsize=4096)
 def _normal_host(host: str) -> str:
     """One spelling per address, so table lookups match (``::0:1`` is ``::1``)."""
@@ -151,6 +157,33 @@ def _cut_head(data: bytes, limit: int) -> bytes:
     part = data[:limit]
     nl = part.rfind(b"\n")
     return part[: nl + 1] if nl >= 0 else part
+
+
+_STUN_COOKIE = 0x2112A442
+
+
+def stun_binding_response(request: bytes, host: str, port: int) -> bytes | None:
+    """A STUN Binding success response (RFC 5389) to ``request`` telling the
+    client it is seen at ``host``:``port``, or None if it is no Binding request.
+
+    RFC 5626 section 4.4.2: a UA keeps its UDP flow alive with STUN, and an
+    edge proxy answers on its SIP port; XOR-MAPPED-ADDRESS is all it needs.
+    """
+    if len(request) < 20 or request[0:2] != b"\x00\x01":
+        return None
+    length = int.from_bytes(request[2:4], "big")
+    if length % 4 or len(request) != 20 + length or int.from_bytes(request[4:8], "big") != _STUN_COOKIE:
+        return None
+    txid = request[8:20]
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        family, xaddr = 1, (int(ip) ^ _STUN_COOKIE).to_bytes(4, "big")
+    else:
+        mask = int.from_bytes(request[4:20], "big")  # cookie + transaction id
+        family, xaddr = 2, (int(ip) ^ mask).to_bytes(16, "big")
+    value = bytes([0, family]) + (port ^ (_STUN_COOKIE >> 16)).to_bytes(2, "big") + xaddr
+    attr = (0x0020).to_bytes(2, "big") + len(value).to_bytes(2, "big") + value
+    return b"\x01\x01" + len(attr).to_bytes(2, "big") + request[4:8] + txid + attr
 
 
 def _set_rcvbuf(sock: socket.socket, wanted: int) -> int:
@@ -211,8 +244,13 @@ class _Datagrams(DatagramProtocol):
             log.debug("{source}: empty keep-alive datagram dropped", source=source)
             return
         if data[0] < 0x04:
-            # STUN (RFC 5389: first two bits zero), the RFC 5626 UDP keep-alive.
-            log.debug("{source}: STUN datagram dropped (not supported)", source=source)
+            # STUN (RFC 5389: first two bits zero), the RFC 5626 UDP keep-alive:
+            # answer a Binding request with the address we see.
+            answer = stun_binding_response(data, source.host, source.port)
+            if answer is None:
+                log.debug("{source}: non-SIP binary datagram dropped", source=source)
+            else:
+                layer.send(answer, source, self.local)
             return
         try:
             layer.sink.messageReceived(data, source, self.local)
@@ -243,6 +281,10 @@ class _Stream(Protocol):
         self.peer = Peer(self.transport_name, _normal_host(addr.host), addr.port)
         if self.local is None:
             self.local = self.layer._localFor(self.transport_name, self.transport.getHost())
+        elif _is_unspecified(self.local.host):
+            # A wildcard listener: say which of our addresses the peer reached,
+            # since that is what belongs in Via and Record-Route.
+            self.local = attrs.evolve(self.local, host=_normal_host(self.transport.getHost().host))
         self.last_activity = self.layer.reactor.seconds()
         self._idle_call = self.layer.reactor.callLater(self.layer.tcp_idle_timeout, self._checkIdle)
         self.layer._register(self, self.peer)

@@ -3,6 +3,7 @@ then real sockets on 127.0.0.1 and [::1]."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -26,6 +27,7 @@ from sosimple_proxy.sip.transport import (
     TransportError,
     TransportLayer,
     _set_rcvbuf,
+    stun_binding_response,
 )
 
 
@@ -283,11 +285,34 @@ class FakeReactorTests(unittest.SynchronousTestCase):
     def test_udp_keepalives_dropped(self) -> None:
         layer, r, sink = fake_layer()
         proto, port = r.udp[0]
-        for junk in (b"\r\n\r\n", b"\r\n", b"\0", b"\x00\x01\x00\x00!\x12\xa4B" + b"\0" * 12):
+        for junk in (b"\r\n\r\n", b"\r\n", b"\0", b"\x00\x01\x00\x04!\x12\xa4B" + b"\0" * 12):
             proto.datagramReceived(junk, ("10.0.0.1", 5070))
         self.assertEqual((sink.messages, sink.errors), ([], []))
         proto.datagramReceived(message(), ("10.0.0.1", 5070))
         self.assertEqual(sink.messages, [(message(), Peer("udp", "10.0.0.1", 5070), LISTEN[0])])
+
+    def test_udp_stun_binding_answered(self) -> None:
+        layer, r, sink = fake_layer()
+        proto, port = r.udp[0]
+        txid = bytes(range(12))
+        proto.datagramReceived(b"\x00\x01\x00\x00!\x12\xa4B" + txid, ("192.0.2.7", 5070))
+        self.assertEqual(sink.messages, [])
+        [(answer, addr)] = port.written
+        self.assertEqual(addr, ("192.0.2.7", 5070))
+        # RFC 5389 section 15.2: X-Port = 5070 ^ 0x2112, X-Address = 192.0.2.7 ^ cookie.
+        xport = (5070 ^ 0x2112).to_bytes(2, "big")
+        xaddr = bytes(a ^ b for a, b in zip(bytes([192, 0, 2, 7]), b"!\x12\xa4B"))
+        self.assertEqual(answer, b"\x01\x01\x00\x0c!\x12\xa4B" + txid + b"\x00\x20\x00\x08\x00\x01" + xport + xaddr)
+
+    def test_stun_v6_and_garbage(self) -> None:
+        txid = bytes(range(12))
+        answer = stun_binding_response(b"\x00\x01\x00\x00!\x12\xa4B" + txid, "2001:db8::1", 5070)
+        assert answer is not None
+        mask = b"!\x12\xa4B" + txid
+        addr = bytes(a ^ b for a, b in zip(answer[-16:], mask))
+        self.assertEqual(addr, ipaddress.ip_address("2001:db8::1").packed)
+        for bad in (b"\x00\x01", b"\x00\x02\x00\x00!\x12\xa4B" + txid, b"\x00\x01\x00\x00XXXX" + txid, b"\x00\x01\x00\x08!\x12\xa4B" + txid):
+            self.assertIsNone(stun_binding_response(bad, "127.0.0.1", 1))
 
     def test_udp_send_picks_family_and_local(self) -> None:
         layer, r, sink = fake_layer()
@@ -599,6 +624,17 @@ class RealSocketTests(unittest.TestCase):
             self.addCleanup(cport.stopListening)
             cport.write(message(), ("127.0.0.1", self._bound(layer, "udp").port))
             await sink.wait(1)
+
+        return defer.ensureDeferred(run())
+
+    def test_wildcard_listener_reports_the_address_reached(self) -> defer.Deferred:
+        async def run() -> None:
+            layer, sink = self.layer("tcp:0.0.0.0:0")
+            bound = layer.listening()[0]
+            client, t = await self._connect(ListenAddress("tcp", "127.0.0.1", bound.port))
+            t.write(message())
+            await sink.wait(1)
+            self.assertEqual(sink.messages[0][2], ListenAddress("tcp", "127.0.0.1", bound.port))
 
         return defer.ensureDeferred(run())
 
