@@ -83,6 +83,11 @@ class Peer:
     def family6(self) -> bool:
         return ":" in self.host
 
+    @property
+    def reliable(self) -> bool:
+        """A stream transport: no retransmissions (RFC 3261 section 17)."""
+        return self.transport in STREAM_TRANSPORTS
+
     def hostport(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family6 else f"{self.host}:{self.port}"
 
@@ -402,6 +407,7 @@ class TransportLayer(service.Service):
         udp_rcvbuf: int = 4194304,
         tcp_idle_timeout: float = 600.0,
         connect_timeout: float = 30.0,
+        stop_grace: float = 5.0,
         tls_server: Any = None,
         tls_client: Callable[[Peer], Any] | None = None,
     ) -> None:
@@ -412,6 +418,7 @@ class TransportLayer(service.Service):
         self.udp_rcvbuf = udp_rcvbuf
         self.tcp_idle_timeout = tcp_idle_timeout
         self.connect_timeout = connect_timeout
+        self.stop_grace = stop_grace
         self.tls_server = tls_server
         self.tls_client = tls_client
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
@@ -459,10 +466,23 @@ class TransportLayer(service.Service):
         for pending in list(self._connecting.values()):
             if pending.attempt is not None:
                 pending.attempt.cancel()
-        for conn in list(self._all_streams):
+        streams = list(self._all_streams)
+        for conn in streams:
             waits.append(conn.lost)
             conn.close()
-        return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+        done = defer.DeferredList(waits, consumeErrors=True)
+        if streams:
+            # A peer that stops reading would keep a graceful close waiting
+            # for its flush forever; shutdown must not hang on it.
+            def abort() -> None:
+                for conn in streams:
+                    if not conn.lost.called:
+                        log.info("{peer}: not closed in {t:g}s, aborting", peer=conn.peer, t=self.stop_grace)
+                        conn.transport.abortConnection()
+
+            timer = self.reactor.callLater(self.stop_grace, abort)
+            done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return done.addCallback(lambda _: None)
 
     def _listenUDP(self, addr: ListenAddress) -> None:
         proto = _Datagrams(self, addr)

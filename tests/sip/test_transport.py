@@ -344,6 +344,23 @@ class FakeReactorTests(unittest.SynchronousTestCase):
         self.successResultOf(stopped)
         self.failureResultOf(layer.send(b"x", Peer("tcp", "10.0.0.9", 5060)), TransportError)
 
+    def test_stop_aborts_connections_that_do_not_close(self) -> None:
+        layer, r, sink = fake_layer(stop_grace=5.0)
+        proto, t = accept(r)
+        aborted = []
+        t.abortConnection = lambda: (aborted.append(True), proto.connectionLost(Failure(ConnectionRefusedError())))  # type: ignore[method-assign]
+        stopped = layer.stopService()
+        self.assertNoResult(stopped)
+        r.advance(5)
+        self.assertEqual(aborted, [True])
+        self.successResultOf(stopped)
+
+    def test_peer_helpers(self) -> None:
+        self.assertTrue(Peer("tcp", "::1", 5060).reliable and Peer("tls", "::1", 5061).reliable)
+        self.assertFalse(Peer("udp", "::1", 5060).reliable)
+        self.assertEqual(str(Peer("udp", "::1", 5060)), "udp:[::1]:5060")
+        self.assertEqual(Peer("tcp", "127.0.0.1", 5060).hostport(), "127.0.0.1:5060")
+
     def test_bind_failure_unbinds_the_rest(self) -> None:
         r = FakeReactor()
         stopped = []
