@@ -40,6 +40,7 @@ __all__ = [
     "SIPP",
     "SIPP_BUILTIN_SCENARIOS",
     "SIPP_OPTIONS_SCENARIO",
+    "SIPP_OPTIONS_SCENARIO_TEMPLATE",
     "SippResult",
     "SippProcess",
     "sipp_command",

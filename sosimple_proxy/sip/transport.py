@@ -49,6 +49,7 @@ __all__ = [
     "TransportError",
     "IMessageSink",
     "ITransportLayer",
+    "IConnectionObserver",
     "TransportLayer",
     "STREAM_TRANSPORTS",
     "stun_binding_response",
@@ -115,6 +116,14 @@ class IMessageSink(Interface):
         """Input that cannot be delivered (a stream out of step, a datagram
         over the size limit).  Return a response to write back first (e.g. a
         513 built from ``head``), or None; a stream is closed afterwards."""
+
+
+class IConnectionObserver(Interface):
+    """Optional, for a sink that tracks stream connections (RFC 5626 flows:
+    a registration bound to a connection is gone when the connection is)."""
+
+    def connectionClosed(peer: Peer) -> None:
+        """The stream connection with ``peer`` is closed, by either side."""
 
 
 class ITransportLayer(Interface):
@@ -333,6 +342,12 @@ class _Stream(Protocol):
             log.info("{peer}: closed with {n} bytes of an unfinished message", peer=self.peer, n=self.framer.buffered)
         log.debug("{peer}: connection closed", peer=self.peer)
         self.lost.callback(None)
+        sink = self.layer.sink
+        if self.peer is not None and IConnectionObserver.providedBy(sink):
+            try:
+                sink.connectionClosed(self.peer)
+            except Exception:
+                log.failure("connection observer failed for {peer}", peer=self.peer)
 
     # -- used by the layer
 

@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.transport import (
+    IConnectionObserver,
     IMessageSink,
     ITransportLayer,
     Peer,
@@ -255,6 +256,22 @@ class FakeReactorTests(unittest.SynchronousTestCase):
         self.assertEqual(layer.connections(), [])
         layer.send(b"x", Peer("tcp", "10.0.0.1", 5070))
         self.assertEqual(len(r.tcpClients), 1)
+
+    def test_connection_observer_told_of_close(self) -> None:
+        closed: list[Peer] = []
+
+        @implementer(IMessageSink, IConnectionObserver)
+        class ObservingSink(RecordingSink):
+            def connectionClosed(self, peer: Peer) -> None:
+                closed.append(peer)
+
+        r = FakeReactor()
+        layer = TransportLayer(r, LISTEN, ObservingSink())
+        layer.startService()
+        proto, t = accept(r)
+        self.assertEqual(closed, [])
+        proto.connectionLost(Failure(ConnectionRefusedError()))
+        self.assertEqual(closed, [Peer("tcp", "10.0.0.1", 5070)])
 
     def test_idle_close_with_clock(self) -> None:
         layer, r, sink = fake_layer(tcp_idle_timeout=60.0)
