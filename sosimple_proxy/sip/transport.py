@@ -156,6 +156,10 @@ def _normal_host(host: str) -> str:
     return str(ipaddress.ip_address(h))
 
 
+def _ignore(failure: Failure) -> None:
+    """For sends nobody waits on: send() has logged the error already."""
+
+
 def _reason(failure: Failure | BaseException) -> str:
     exc = failure.value if isinstance(failure, Failure) else failure
     text = str(exc).strip() or type(exc).__name__
@@ -251,7 +255,7 @@ class _Datagrams(DatagramProtocol):
                 _cut_head(data, layer.max_message_size), 513, "Message Too Large", source
             )
             if answer:
-                layer.send(answer, source, self.local)
+                layer.send(answer, source, self.local).addErrback(_ignore)
             return
         if data[:1] in (b"\r", b"\n", b"", b"\0") and not data.strip(b"\r\n\t \0"):
             # A CRLF keep-alive some UAs send over UDP: nothing to answer.
@@ -264,7 +268,7 @@ class _Datagrams(DatagramProtocol):
             if answer is None:
                 log.debug("{source}: non-SIP binary datagram dropped", source=source)
             else:
-                layer.send(answer, source, self.local)
+                layer.send(answer, source, self.local).addErrback(_ignore)
             return
         try:
             layer.sink.messageReceived(data, source, self.local)
@@ -559,6 +563,8 @@ class TransportLayer(service.Service):
                 return defer.fail(TransportError(dest, f"{dest.host!r} is not an IP address"))
             if host != dest.host:
                 dest = attrs.evolve(dest, host=host)
+            if not 0 < dest.port < 65536:
+                return defer.fail(TransportError(dest, f"port {dest.port} is out of range"))
             if dest.transport == "udp":
                 return self._sendUDP(data, dest, local)
             if dest.transport in STREAM_TRANSPORTS:
@@ -594,7 +600,8 @@ class TransportLayer(service.Service):
             if ip.is_loopback == key[1] or ip.is_unspecified:
                 chosen = port
                 break
-        chosen = chosen or fallback
+        if chosen is None:
+            chosen = fallback
         if chosen is not None:
             self._udp_choice[key] = chosen
         return chosen

@@ -346,7 +346,13 @@ class FakeReactorTests(unittest.SynchronousTestCase):
 
     def test_bad_destinations_fail_without_raising(self) -> None:
         layer, r, sink = fake_layer()
-        for dest in (Peer("udp", "example.com", 5060), Peer("sctp", "127.0.0.1", 5060), Peer("tls", "127.0.0.1", 5061)):
+        for dest in (
+            Peer("udp", "example.com", 5060),
+            Peer("sctp", "127.0.0.1", 5060),
+            Peer("tls", "127.0.0.1", 5061),
+            Peer("udp", "127.0.0.1", 70000),
+            Peer("tcp", "127.0.0.1", 0),
+        ):
             self.failureResultOf(layer.send(b"x", dest), TransportError)
 
     def test_stop_cancels_pending_and_closes(self) -> None:
