@@ -282,8 +282,13 @@ class ProxyProcess:
             if rc is not None:
                 self.returncode = rc
                 raise ProxyStartError(f"proxy exited with status {rc} before answering OPTIONS\n{self.log_tail()}")
+            t0 = time.monotonic()
             answer = sip_options_ping(host, port, timeout=0.25)
-            if answer is not None:
+            if answer is None:
+                # ICMP "port unreachable" makes a probe fail at once: do not
+                # spin while the process is still importing.
+                time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+            else:
                 self.ready_response = answer
                 return self
             if time.monotonic() > deadline:
