@@ -441,6 +441,7 @@ class TransportLayer(service.Service):
         self.tls_server = tls_server
         self.tls_client = tls_client
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
+        self._bound = False
         self._udp: list[tuple[ListenAddress, Any]] = []  # (bound address, port)
         self._udp_by_local: dict[ListenAddress, Any] = {}
         self._udp_choice: dict[tuple[bool, bool], Any] = {}  # (IPv6, loopback dest) -> port
@@ -452,9 +453,21 @@ class TransportLayer(service.Service):
 
     # -- Service
 
+    def privilegedStartService(self) -> None:
+        """Bind while twistd still has its privileges (``--uid``, ports below 1024)."""
+        self._bind()
+        super().privilegedStartService()
+
     def startService(self) -> None:
+        if not self._bound:
+            self._bind()
+        super().startService()
+
+    def _bind(self) -> None:
         """Bind every listen address now, or raise and bind none (a port in
         use must stop startup, not leave half a proxy running)."""
+        if self._bound:
+            return
         try:
             for addr in self.listen:
                 if addr.transport == "udp":
@@ -469,12 +482,13 @@ class TransportLayer(service.Service):
             self._udp_by_local.clear()
             self._udp_choice.clear()
             raise
-        super().startService()
+        self._bound = True
 
     def stopService(self) -> defer.Deferred:
         """Stop listening, close every connection, abandon pending connects;
         fires when all of it is done."""
         super().stopService()
+        self._bound = False
         waits = []
         for _, port in self._ports:
             waits.append(defer.maybeDeferred(port.stopListening))

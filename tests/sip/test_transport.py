@@ -147,6 +147,15 @@ class FakeReactorTests(unittest.SynchronousTestCase):
         # Datagrams are read whole so that oversize ones can be recognised.
         self.assertEqual(r.udp[0][1].written, [])
 
+    def test_privileged_start_binds_once(self) -> None:
+        r = FakeReactor()
+        layer = TransportLayer(r, LISTEN, RecordingSink())
+        layer.privilegedStartService()
+        self.assertEqual((len(r.udp), len(r.tcpServers)), (2, 2))
+        layer.startService()
+        self.assertEqual((len(r.udp), len(r.tcpServers)), (2, 2))
+        self.assertTrue(layer.running)
+
     def test_ephemeral_port_reported(self) -> None:
         layer, _, _ = fake_layer(listen=[ListenAddress("udp", "127.0.0.1", 0)])
         self.assertEqual(layer.listening(), [ListenAddress("udp", "127.0.0.1", 40000)])
