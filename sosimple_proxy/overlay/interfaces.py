@@ -29,7 +29,10 @@ class IOverlayRPC(Interface):
         """Deferred[FindResult]: one lookup step towards ``key``."""
 
     def notify(address: Hashable, peer: Peer):
-        """Deferred[None]: ``peer`` thinks it is the callee's predecessor."""
+        """Deferred[NodeState]: ``peer`` thinks it is the callee's predecessor.
+
+        The answer is the callee's state after taking that in, so that one
+        call per round does stabilize's asking and telling both."""
 
     def successor_hint(address: Hashable, peer: Peer):
         """Deferred[None]: ``peer`` just joined right after the callee."""
@@ -57,7 +60,7 @@ class IOverlayPeer(Interface):
         """FindResult."""
 
     def remote_notify(peer: Peer):
-        """None."""
+        """NodeState."""
 
     def remote_successor_hint(peer: Peer):
         """None."""

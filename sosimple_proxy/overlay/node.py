@@ -125,6 +125,9 @@ class ChordNode:
     stops it (as a crash would, for tests).
     """
 
+    #: how far stabilize may walk back from its successor in one round
+    WALK_BACK = 64
+
     def __init__(
         self,
         node_id: int,
@@ -168,6 +171,7 @@ class ChordNode:
         self._covered_from: int | None = None
         self._sync_call: IDelayedCall | None = None
         self._last_seq = 0
+        self._pred_heard = float("-inf")
 
     # ------------------------------------------------------------------ life
 
@@ -429,14 +433,15 @@ class ChordNode:
         while self.successors:
             succ = self.successors[0]
             try:
-                state = yield self._call(succ.address, "state")
+                # one call both tells the successor about us and asks its view
+                state = yield self._call(succ.address, "notify", self.peer)
             except Exception:
                 self._failed(succ.address)
                 continue
             # Walk back while the successor's predecessor sits between us:
             # after many joins at once this closes in a round what one step
             # a round would take as many rounds as there were joiners.
-            for _ in range(self.config.successors):
+            for _ in range(self.WALK_BACK):
                 x = state.predecessor
                 if (
                     x is None
@@ -446,13 +451,12 @@ class ChordNode:
                 ):
                     break
                 try:
-                    xstate = yield self._call(x.address, "state")
+                    xstate = yield self._call(x.address, "notify", self.peer)
                 except Exception:
                     self._failed(x.address)
                     break
                 succ, state = x, xstate
             self._set_successors([succ, *state.successors])
-            self._call(succ.address, "notify", self.peer).addErrback(_ignore)
             return None
         yield self._recover()
         return None
@@ -476,6 +480,8 @@ class ChordNode:
         pred = self.predecessor
         if pred is None:
             return None
+        if self._pred_heard > self.clock.seconds() - 1.5 * self.config.stabilize_interval:
+            return None  # it notified us lately: alive
         try:
             yield self._call(pred.address, "state")
         except Exception:
@@ -507,6 +513,18 @@ class ChordNode:
     @defer.inlineCallbacks
     def _fix_finger(self, i: int):
         start = ids.finger_start(self.id, i, self.config.m)
+        current = self.fingers.get(i)
+        if current is not None and not self._is_suspect(current.address):
+            # one call instead of a lookup: the finger is still right if
+            # nothing sits between the finger's start and the finger
+            try:
+                state = yield self._call(current.address, "state")
+            except Exception:
+                self._failed(current.address)
+            else:
+                p = state.predecessor
+                if p is None or p.address == self.address or not ids.in_closed_open(p.id, start, current.id):
+                    return current
         try:
             result = yield self.lookup(start, verify=False)
         except LookupFailed:
@@ -831,9 +849,9 @@ class ChordNode:
     def remote_find(self, key: int) -> FindResult:
         return self._find_local(key)
 
-    def remote_notify(self, peer: Peer) -> None:
+    def remote_notify(self, peer: Peer) -> NodeState:
         if peer.address == self.address or peer.id == self.id:
-            return None
+            return self.remote_state()
         self._suspects.pop(peer.address, None)
         pred = self.predecessor
         if pred is None or ids.in_open(peer.id, pred.id, self.id):
@@ -841,9 +859,11 @@ class ChordNode:
             if pred is not None and pred.address != peer.address and self.running:
                 # tell the old predecessor at once, rather than at its next round
                 self._call(pred.address, "successor_hint", peer).addErrback(_ignore)
+        if self.predecessor is not None and self.predecessor.address == peer.address:
+            self._pred_heard = self.clock.seconds()
         if not self.successors:
             self._set_successors([peer])
-        return None
+        return self.remote_state()
 
     def remote_successor_hint(self, peer: Peer) -> None:
         if peer.address == self.address:

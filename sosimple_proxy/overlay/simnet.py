@@ -207,8 +207,11 @@ class SimCluster:
         if bootstrap is None:
             members = self.joined()
             bootstrap = [self.rng.choice(members).address] if members else []
-        node.start(bootstrap)
+        node.start(bootstrap).addBoth(self._joined)
         return node
+
+    def _joined(self, result: Any) -> None:
+        self._ring = None  # the truth changed: one more member
 
     def kill(self, node: ChordNode) -> None:
         """Crash a node: no handover, no goodbye."""

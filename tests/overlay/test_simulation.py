@@ -1,0 +1,151 @@
+"""The ring at scale, in simulation: the figures issue 5 asks for.
+
+Every scenario runs with five seeds, all of which must pass; each prints
+what it measured (see ``conftest.py``).  Set ``OVERLAY_BIG=1`` to also run
+the larger versions (more seeds, bigger rings).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from sosimple_proxy.overlay.node import LookupFailed, NodeConfig
+from sosimple_proxy.overlay.simnet import SimCluster, percentile
+
+SEEDS = [1, 2, 3, 4, 5]
+BIG = pytest.mark.skipif(not os.environ.get("OVERLAY_BIG"), reason="set OVERLAY_BIG=1 for the large simulations")
+
+
+def build(seed: int, n: int, **cfg) -> SimCluster:
+    c = SimCluster(seed, NodeConfig(stabilize_interval=1.0, **cfg))
+    c.grow(n, per_round=50)
+    c.settle()
+    return c
+
+
+def lookup_batch(c: SimCluster, count: int) -> tuple[int, list[int], int]:
+    """``count`` lookups of random keys from random nodes: (right, hops, failed)."""
+    nodes = c.joined()
+    keys, ds = [], []
+    for _ in range(count):
+        key = c.random_key()
+        keys.append(key)
+        ds.append(c.rng.choice(nodes).lookup(key))
+    results = c.gather(ds)
+    right, hops, failed = 0, [], 0
+    for (ok, r), key in zip(results, keys):
+        if not ok:
+            failed += 1
+            continue
+        hops.append(r.hops)
+        right += r.responsible.id == c.true_successor(key)
+    return right, hops, failed
+
+
+def run_stable_lookups(seed: int, n: int, lookups: int, figures) -> None:
+    c = build(seed, n)
+    c.run(3)
+    right, hops, failed = lookup_batch(c, lookups)
+    mean = sum(hops) / len(hops)
+    bound = 0.5 * math.log2(n) + 1
+    figures(
+        f"N={n} seed={seed}: {right}/{lookups} lookups right, hops mean {mean:.2f} "
+        f"(bound {bound:.2f}) p99 {percentile(hops, 99):g} max {max(hops)}"
+    )
+    assert failed == 0
+    assert right == lookups
+    assert mean <= bound
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lookups_in_a_stable_ring_of_1000(seed, figures):
+    run_stable_lookups(seed, 1000, 10_000, figures)
+
+
+@BIG
+@pytest.mark.parametrize("seed", range(6, 11))
+def test_lookups_in_a_stable_ring_of_4000(seed, figures):
+    run_stable_lookups(seed, 4000, 10_000, figures)
+
+
+def store_records(c: SimCluster, count: int) -> list:
+    """Put ``count`` records of random keys through random nodes."""
+    nodes = c.joined()
+    records = [c.make_record(value=b"r%d" % i) for i in range(count)]
+    acks = c.gather([c.rng.choice(nodes).put(r) for r in records])
+    assert all(ok and n == c.config.replicas + 1 for ok, n in acks)
+    return records
+
+
+def read_all(c: SimCluster, records: list) -> int:
+    """Read every record back through random nodes; how many came back right."""
+    nodes = c.joined()
+    results = c.gather([c.rng.choice(nodes).get(r.key) for r in records])
+    return sum(1 for (ok, got), r in zip(results, records) if ok and got == [r])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_killing_two_nodes_at_once_loses_nothing(seed, figures):
+    """replicas = 2: 100 trials of two simultaneous crashes, repaired in between."""
+    c = build(seed, 64, replicas=2)
+    records = store_records(c, 300)
+    lost = unreadable = 0
+    repair_rounds = []
+    for trial in range(100):
+        victims = c.rng.sample(c.joined(), 2)
+        for v in victims:
+            c.kill(v)
+        lost += sum(1 for r in records if not c.holders(r))
+        # reads work at once, before any repair
+        sample = c.rng.sample(records, 10)
+        unreadable += len(sample) - read_all(c, sample)
+        # then the ring re-replicates: every record back at replicas + 1 copies
+        rounds = c.settle(until=lambda: all(c.copies_in_place(r) == 3 for r in records), max_rounds=30)
+        repair_rounds.append(rounds)
+        # keep the ring's size: two newcomers join (and pull their keys)
+        c.add_node()
+        c.add_node()
+    c.settle(until=lambda: all(c.copies_in_place(r) == 3 for r in records))
+    readable = read_all(c, records)
+    figures(
+        f"seed={seed}: 100 trials x 2 crashes in 64 nodes, replicas=2: lost {lost} of 300 records, "
+        f"{unreadable} failed reads right after a crash, repaired to 3 copies in "
+        f"mean {sum(repair_rounds) / len(repair_rounds):.1f} max {max(repair_rounds)} rounds, {readable}/300 readable at the end"
+    )
+    assert lost == 0 and unreadable == 0 and readable == len(records)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_killing_30_percent_at_once(seed, figures):
+    """successors = 20 (2 log2 N): nothing is lost that had a surviving copy; lookups recover."""
+    n = 1000
+    c = build(seed, n, successors=20, replicas=2)
+    records = store_records(c, 2000)
+    replica_sets = {r.key: set(c.true_replica_set(r.key)) for r in records}
+    victims = c.rng.sample(c.joined(), int(0.3 * n))
+    for v in victims:
+        c.kill(v)
+    dead = {v.id for v in victims}
+    doomed = [r for r in records if replica_sets[r.key] <= dead]
+    survivors = [r for r in records if not replica_sets[r.key] <= dead]
+    success = []
+    for _ in range(10):
+        c.run(1)
+        right, _, failed = lookup_batch(c, 500)
+        success.append(right / 500)
+        if right == 500:
+            break
+    recovered = len(success)
+    c.settle(until=lambda: all(c.copies_in_place(r) == 3 for r in survivors))
+    lost = sum(1 for r in survivors if not c.holders(r))
+    readable = read_all(c, survivors)
+    figures(
+        f"seed={seed}: killed 300 of 1000 (successors=20): {len(doomed)} records had their whole replica set killed, "
+        f"{lost} of the other {len(survivors)} lost, {readable} readable; lookup success by round "
+        + " ".join(f"{s:.1%}" for s in success)
+    )
+    assert lost == 0 and readable == len(survivors)
+    assert success[-1] == 1.0 and recovered <= 10
