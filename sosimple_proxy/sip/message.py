@@ -111,6 +111,14 @@ class Headers:
         self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
         self._version = 0
 
+    @classmethod
+    def from_parsed(cls, fields: list[list[str]]) -> "Headers":
+        """Adopt ``[key, name, value]`` lists built by the parser (no copy)."""
+        h = cls.__new__(cls)
+        h._fields = fields
+        h._version = 0
+        return h
+
     # -- reading
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -308,6 +316,40 @@ class Message:
         from sosimple_proxy.sip import headers
 
         return self.cached("to", lambda: headers.parse_name_addr_header(self.headers.get("to"), "To"))
+
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (0-255), None when absent."""
+        from sosimple_proxy.sip import headers
+
+        return self.cached("max-forwards", lambda: headers.parse_max_forwards(self.headers.get("max-forwards")))
+
+    @property
+    def contacts(self) -> list["NameAddr"]:
+        """Every Contact value (``*`` is one NameAddr with ``wildcard``)."""
+        from sosimple_proxy.sip import headers
+
+        return self.cached("contact", lambda: headers.parse_contacts(self.headers.get_all("contact")))
+
+    @property
+    def routes(self) -> list["NameAddr"]:
+        from sosimple_proxy.sip import headers
+
+        return self.cached(
+            "route", lambda: headers.parse_name_addrs(self.headers.get_all("route"), "Route", brackets_required=True)
+        )
+
+    @property
+    def record_routes(self) -> list["NameAddr"]:
+        from sosimple_proxy.sip import headers
+
+        return self.cached(
+            "record-route",
+            lambda: headers.parse_name_addrs(
+                self.headers.get_all("record-route"), "Record-Route", brackets_required=True
+            ),
+        )
 
 
 class Request(Message):

@@ -1,0 +1,288 @@
+"""Bytes -> :class:`Request` / :class:`Response`, sans I/O.
+
+:func:`parse_message` takes one whole message: a UDP datagram, or one
+message that the stream framing (``framing.py``) has cut out by its
+Content-Length.  It parses eagerly only the start line and the header lines
+(name, value) -- structured headers are parsed lazily by the message's
+accessors -- and then, unless ``validate=False``, runs the cheap checks a
+proxy needs before it processes a message (:func:`validate_request`,
+:func:`validate_response`).
+
+Choices (RFC 3261 leaves them to us):
+
+- Folded header lines (CRLF followed by SP/HT) are unfolded: each fold
+  becomes one SP in the stored value (RFC 3261 7.3.1: "A recipient MAY
+  replace any linear white space with a single SP before interpreting the
+  field value or forwarding the message downstream").  White space around
+  the colon is dropped.  Everything else in a value is kept as written.
+- Leading CRLFs before the start line are skipped (RFC 3261 7.5).
+- Line endings must be CRLF; a bare CR or LF, or a control character, in
+  the header section is an error (it could smuggle a header line).
+- Liberal where RFC 4475 allows it: an empty reason phrase with or without
+  the SP before it; Via branches without the magic cookie (RFC 2543); no
+  Max-Forwards in a request (the proxy adds one).  Strict (400) where
+  RFC 4475 says rejecting is acceptable: extra spaces in the Request-Line
+  (lwsstart), a Request-URI in ``<>`` (ltgtruri) or with ``?headers``
+  (escruri), an addr-spec with ``?`` (regbadct), an unquoted display name
+  that is not a token sequence (baddn).
+
+:class:`ParseError` is the only exception that leaves :func:`parse_message`,
+for any input.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Union
+
+from sosimple_proxy.sip.errors import ParseError, show
+from sosimple_proxy.sip.headers import parse_contacts, parse_content_length, parse_max_forwards, parse_name_addrs
+from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
+
+__all__ = ["ParseError", "parse_message", "validate_request", "validate_response"]
+
+_TOKEN_FULL = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+").fullmatch
+_FOLD = re.compile(r"\r\n[ \t]+")
+# Control characters other than HT, and CR / LF not part of a CRLF pair.
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_BAD_CHAR_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_ABS_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]+")
+_CALL_ID = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?")
+
+Message = Union[Request, Response]
+
+
+def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -> Message:
+    """Parse one SIP message; raise :class:`ParseError` saying what is wrong.
+
+    ``stream``: the message came over TCP/TLS, where Content-Length is
+    mandatory (RFC 3261 18.3 and 20.14).  For a datagram a missing
+    Content-Length means "the rest of the datagram".
+    ``validate``: also run :func:`validate_request` / :func:`validate_response`.
+    """
+    try:
+        return _parse(bytes(data), stream, validate)
+    except ParseError:
+        raise
+    except Exception as exc:  # pragma: no cover - a bug; never let it escape
+        raise ParseError(f"internal parser error: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse(data: bytes, stream: bool, validate: bool) -> Message:
+    start = 0
+    # RFC 3261 7.5: ignore CRLFs before the start line.
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        terminated = False
+        head = data[start:]
+        body = b""
+    else:
+        terminated = True
+        head = data[start:end]
+        body = data[end + 4 :]
+    if not head:
+        raise ParseError("empty message")
+    text = head.decode(ENCODING, ERRORS)
+    if "\r\n " in text or "\r\n\t" in text:
+        text = _FOLD.sub(" ", text)
+    lines = text.split("\r\n")
+    if not terminated and lines[-1] == "":
+        lines.pop()
+    error: Optional[str] = None
+    status = 400
+    if _BAD_CHAR.search(text) is not None:
+        bad = [ln for ln in lines if _BAD_CHAR_LINE.search(ln)]
+        error = f"control character or bare CR/LF in line {show(bad[0]) if bad else ''!r}"
+        lines = [ln for ln in lines if not _BAD_CHAR_LINE.search(ln)] if lines and lines[0] not in bad else [""]
+
+    # -- header lines (RFC 3261 7.3): name HCOLON value; HCOLON = *WSP ":" SWS
+    fields: list[list[str]] = []
+    lengths: list[str] = []
+    compact = COMPACT
+    for i in range(1, len(lines)):
+        line = lines[i]
+        colon = line.find(":")
+        if colon <= 0:
+            if error is None:
+                error = f"invalid header line {show(line)!r}" if line else "empty header line"
+            continue
+        name = line[:colon]
+        if name[-1] in " \t":
+            name = name.rstrip(" \t")
+        if not _TOKEN_FULL(name):
+            if error is None:
+                error = f"invalid header name {show(name)!r}"
+            continue
+        value = line[colon + 1 :].strip(" \t")
+        key = name.lower()
+        key = compact.get(key, key)
+        fields.append([key, name, value])
+        if key == "content-length":
+            lengths.append(value)
+    headers = Headers.from_parsed(fields)
+
+    # -- start line (RFC 3261 7.1, 7.2)
+    first = lines[0]
+    msg: Optional[Message] = None
+    is_request: Optional[bool]
+    if first[:4].upper() == "SIP/":
+        is_request = False
+        parts = first.split(" ", 2)
+        version = parts[0]
+        code = parts[1] if len(parts) > 1 else ""
+        reason = parts[2] if len(parts) > 2 else ""  # liberal: "SIP/2.0 100" (RFC 4475 3.1.1.13)
+        if not (len(code) == 3 and code.isdigit() and code.isascii()):
+            error = f"invalid status code {show(code, 20)!r}"
+        elif not 100 <= int(code) <= 699:
+            error = f"status code {code} is out of range 100-699"
+        else:
+            if version.upper() != "SIP/2.0":
+                error = f"unsupported SIP version {show(version, 20)!r}"
+            msg = Response(int(code), reason, headers, version=version)
+    else:
+        is_request = True
+        parts = first.split(" ")
+        if len(parts) != 3 or not all(parts):
+            error = (
+                "Request-Line has extra white space"
+                if len(first.split()) == 3
+                else f"invalid Request-Line {show(first)!r}"
+            )
+            parts = first.split()
+            if len(parts) != 3:
+                raise ParseError(error, is_request=True)
+        method, uri, version = parts
+        bad_start = None
+        if not _TOKEN_FULL(method):
+            bad_start = f"invalid method {show(method, 20)!r}"
+        elif uri[0] == "<":
+            bad_start = "Request-URI must not be enclosed in <>"
+        elif not _ABS_URI.fullmatch(uri):
+            bad_start = f"Request-URI {show(uri)!r} is not an absolute URI"
+        elif version.upper() != "SIP/2.0":
+            if _VERSION.fullmatch(version):
+                # RFC 3261 8.2.2 / 21.5.6: 505 Version Not Supported.
+                bad_start = f"SIP version {show(version, 20)} is not supported"
+                status = 505
+            else:
+                bad_start = f"invalid SIP version {show(version, 20)!r}"
+        if bad_start is not None:
+            error = bad_start
+        if _TOKEN_FULL(method):
+            msg = Request(method, uri, headers, version=version)
+
+    # -- body (RFC 3261 18.3, 20.14)
+    if error is None:
+        if not terminated:
+            error = "header section not terminated by an empty line"
+        elif lengths:
+            try:
+                values = [parse_content_length(v) for v in lengths]
+            except ParseError as exc:
+                error = exc.message
+            else:
+                if len(set(values)) > 1:
+                    error = "conflicting Content-Length values " + " and ".join(str(v) for v in values)
+                else:
+                    length = values[0]
+                    if len(body) < length:
+                        error = f"Content-Length {length} exceeds the {len(body)} bytes of body"
+                    elif len(body) > length:
+                        # Bytes beyond Content-Length are not part of this message.
+                        body = body[:length]
+        elif stream:
+            error = "missing Content-Length (mandatory over stream transports)"
+    if msg is not None and error is None:
+        msg.body = body
+    if error is not None:
+        raise ParseError(error, is_request=is_request, partial=msg, status=status)
+    assert msg is not None
+    if validate:
+        if is_request:
+            validate_request(msg)  # type: ignore[arg-type]
+        else:
+            validate_response(msg)  # type: ignore[arg-type]
+    return msg
+
+
+_SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-type")
+_SPELL = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
+          "max-forwards": "Max-Forwards", "content-type": "Content-Type"}
+
+
+def _counts(headers: Headers) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key, _name, _value in headers._fields:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _check_common(msg: Message, counts: dict[str, int], required: tuple[str, ...]) -> None:
+    missing = [_SPELL[k] for k in required if k not in counts]
+    if missing:
+        raise ParseError("missing " + ", ".join(missing) + (" header" if len(missing) == 1 else " headers"))
+    for key in _SINGLE:
+        if counts.get(key, 0) > 1:
+            raise ParseError(f"more than one {_SPELL[key]} header")
+    call_id = msg.call_id
+    if not call_id or not _CALL_ID.fullmatch(call_id):
+        raise ParseError(f"invalid Call-ID {show(call_id or '')!r}")
+    msg.vias  # noqa: B018 - every Via must parse
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+
+
+def validate_request(req: Request) -> None:
+    """What a proxy checks before processing a request (RFC 3261 16.3).
+
+    Mandatory headers (8.1.1; Max-Forwards may be absent, the proxy adds
+    it), single headers not repeated, syntax of Request-URI, Via, From, To,
+    CSeq (method equal to the request's), Call-ID, Max-Forwards (0-255),
+    Contact, Route and Record-Route.  On failure raises :class:`ParseError`
+    with ``partial=req`` and ``is_request=True``.
+    """
+    try:
+        counts = _counts(req.headers)
+        _check_common(req, counts, ("to", "from", "call-id", "cseq", "via"))
+        cseq = req.cseq
+        # RFC 3261 8.1.1.5: "The method MUST match that of the request."
+        if cseq.method != req.method:
+            raise ParseError(f"CSeq method {cseq.method} does not match request method {req.method}")
+        if "max-forwards" in counts:
+            req.max_forwards  # noqa: B018
+        ruri = req.ruri
+        if ruri.headers:
+            # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
+            # (RFC 4475 3.1.2.11, escruri).
+            raise ParseError("Request-URI must not contain headers ('?...')")
+        if "contact" in counts:
+            parse_contacts(req.headers.get_all("contact"))
+        if "route" in counts:
+            parse_name_addrs(req.headers.get_all("route"), "Route", brackets_required=True)
+        if "record-route" in counts:
+            parse_name_addrs(req.headers.get_all("record-route"), "Record-Route", brackets_required=True)
+    except ParseError as exc:
+        exc.is_request = True
+        exc.partial = req
+        raise
+
+
+def validate_response(resp: Response) -> None:
+    """What a proxy checks before processing a response: Via, From, To,
+    Call-ID, CSeq present and well formed (a malformed response is dropped,
+    RFC 4475 3.1.2.5, 3.1.2.19)."""
+    try:
+        counts = _counts(resp.headers)
+        _check_common(resp, counts, ("to", "from", "call-id", "cseq", "via"))
+        resp.cseq  # noqa: B018
+        if "contact" in counts:
+            parse_contacts(resp.headers.get_all("contact"))
+        if "record-route" in counts:
+            parse_name_addrs(resp.headers.get_all("record-route"), "Record-Route", brackets_required=True)
+    except ParseError as exc:
+        exc.is_request = False
+        exc.partial = resp
+        raise
