@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-# Until sip/headers.py (structured Via/CSeq views) lands, these cannot run.
-pytest.importorskip("sosimple_proxy.sip.headers")
-
 from sosimple_proxy.sip.message import Headers, Request
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import (

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-# Until sip/headers.py (structured Via/CSeq views) lands, these cannot run.
-pytest.importorskip("sosimple_proxy.sip.headers")
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-# Until sip/headers.py (structured Via/CSeq views) lands, these cannot run.
-pytest.importorskip("sosimple_proxy.sip.headers")
-
 from sosimple_proxy.sip.transaction import response_peer, stamp_via
 from sosimple_proxy.sip.transport import Peer
 from tests.sip.test_transaction_fakes import make_layer, request, response
