@@ -33,6 +33,17 @@ How the stack uses it
 * Before a new request reaches the TU, the layer adds ``received`` and fills
   ``rport`` in its top Via (RFC 3261 18.2.1, RFC 3581); :func:`stamp_via` is
   the same operation for code that handles requests outside the layer.
+  Responses of a server transaction go where :func:`response_peer` says
+  (RFC 3261 18.2.2, RFC 3581), from the local address the request came in on.
+
+Lifetimes: every transaction ends by the RFC timers once it has a final
+response.  Before that, an INVITE client transaction in Proceeding and an
+INVITE server transaction waiting for the TU live until the TU acts (Timer C
+is the proxy's: it CANCELs, or calls ``terminate()``); a non-INVITE server
+transaction the TU never answers is forgotten after 64*T1 + T4, when its
+client has long given up.  ``ServerTransaction.terminate()`` lets a TU act
+statelessly on a request (e.g. forward a CANCEL it has no context for, RFC
+3261 16.10): retransmissions then reach it again as new requests.
 """
 
 from __future__ import annotations
@@ -67,6 +78,13 @@ __all__ = [
     "response_peer",
     "TIMEOUT",
     "TRANSPORT_ERROR",
+    "CALLING",
+    "TRYING",
+    "PROCEEDING",
+    "COMPLETED",
+    "CONFIRMED",
+    "ACCEPTED",
+    "TERMINATED",
 ]
 
 log = Logger()
