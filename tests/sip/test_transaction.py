@@ -823,3 +823,74 @@ def test_headers_round_trip_objects():
     req = request()
     assert isinstance(req, Request) and isinstance(req.headers, Headers)
     assert req.top_via.branch == "z9hG4bK776asdhds"
+
+
+def test_client_cancel_in_proceeding_is_sent_at_once_to_its_own_user():
+    layer, clock, wire, tu = make_layer()
+    req = request()
+    txn = layer.send_request(req, NEXT)
+    layer.receive(response(req, 183), NEXT)
+    got = []
+
+    class Owner:
+        def responseReceived(self, response, transaction):
+            got.append((response.status, transaction.method))
+
+    assert txn.cancel(Owner()) is True
+    assert wire.first_lines()[-1] == "CANCEL sip:bob@example.com SIP/2.0"
+    layer.receive(response(txn.cancel_transaction.request, 200), NEXT)
+    assert got == [(200, "CANCEL")] and tu.statuses == [183]
+
+
+def test_client_terminate_stops_everything_silently():
+    layer, clock, wire, tu = make_layer()
+    txn = layer.send_request(request(), NEXT)
+    txn.terminate()
+    clock.advance(100)
+    assert len(wire.sent) == 1 and tu.responses == [] and layer.client_count == 0
+
+
+def test_failed_ack_is_not_reported():
+    layer, clock, wire, tu = make_layer()
+    req = request()
+    txn = layer.send_request(req, NEXT)
+    wire.fail_all = True
+    layer.receive(response(req, 500), NEXT)
+    clock.advance(0)
+    assert tu.statuses == [500] and txn.failure is None
+
+
+def test_send_stateless():
+    layer, clock, wire, tu = make_layer()
+    ack = request("ACK", to_tag="x")
+    d = layer.send_stateless(ack, NEXT)
+    assert wire.first_lines() == ["ACK sip:bob@example.com SIP/2.0"] and d.called
+    wire.fail_all = True
+    failed = layer.send_stateless(ack, NEXT)
+    results = []
+    failed.addBoth(results.append)
+    assert results == [None]  # logged and swallowed
+    assert layer.client_count == 0 and layer.server_count == 0
+
+
+def test_find_server_transaction_for_acks():
+    layer, clock, wire, tu = make_layer(trying_delay=None)
+    inv = request(branch=None)
+    layer.receive(inv, UA)
+    txn = tu.requests[0][1]
+    final = response(inv, 404, to_tag="srv")
+    txn.respond(final)
+    assert layer.find_server_transaction(make_ack(inv, final)) is txn
+    inv3261 = request()
+    layer.receive(inv3261, UA)
+    txn2 = tu.requests[1][1]
+    assert layer.find_server_transaction(make_ack(inv3261, response(inv3261, 404))) is txn2
+    assert layer.find_server_transaction(request("ACK", branch="z9hG4bKother")) is None
+
+
+def test_stamp_via_keeps_quoted_parameters_intact():
+    from sosimple_proxy.sip.transaction import stamp_via
+
+    req = request(host="192.0.2.1", via_params=';x="a;b";rport')
+    stamp_via(req, Peer("udp", "198.51.100.7", 999))
+    assert req.headers.get_all("via")[0].endswith(';x="a;b";rport=999;received=198.51.100.7')
