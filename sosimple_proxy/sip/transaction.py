@@ -839,14 +839,17 @@ class ServerTransaction(_Transaction):
                     # transport layer for transmission. [...] timer J to fire
                     # in 64*T1 seconds for unreliable transports, and zero
                     # seconds for reliable transports."
-                    _cancel(self._timeout)  # the unanswered-request limit
-                    self._timeout = None
                     self._sent(response)
                     if self.reliable:
                         self._terminate()
                     else:
                         self.state = COMPLETED
-                        self._timeout = self._later(t.J, self._timer_end)
+                        # Timer J reuses the unanswered-request limit's call.
+                        call = self._timeout
+                        if call is not None and call.active():
+                            call.reset(t.J)
+                        else:
+                            self._timeout = self._later(t.J, self._timer_end)
                 return True
             # 17.2.2: "Any other final responses passed by the TU to the
             # server transaction MUST be discarded while in the "Completed"
@@ -969,10 +972,11 @@ class ServerTransaction(_Transaction):
         self._terminate()
 
     def _timer_abandon(self) -> None:
+        """The unanswered non-INVITE limit, or Timer J once answered."""
         self._timeout = None
         if self.state is TRYING or self.state is PROCEEDING:
             log.info("{txn}: no final response from the TU in time; forgotten", txn=self)
-            self._terminate()
+        self._terminate()
 
     def terminate(self) -> None:
         """Forget this transaction without answering (e.g. a CANCEL the TU
