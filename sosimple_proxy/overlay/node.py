@@ -28,6 +28,7 @@ also asks the replicas and merges.
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 import random
 from typing import Hashable, Iterable, Sequence
@@ -172,6 +173,7 @@ class ChordNode:
         self._sync_call: IDelayedCall | None = None
         self._last_seq = 0
         self._pred_heard = float("-inf")
+        self._rtts: collections.deque[float] = collections.deque(maxlen=32)
 
     # ------------------------------------------------------------------ life
 
@@ -389,8 +391,33 @@ class ChordNode:
 
     def _call(self, address: Hashable, method: str, *args: object) -> defer.Deferred:
         d = getattr(self.rpc, method)(address, *args)
+        d.addCallback(self._rtt_sample, self.clock.seconds())
         d.addTimeout(self.config.rpc_timeout, self.clock)
         return d
+
+    def _hop(self, address: Hashable, method: str, *args: object) -> defer.Deferred:
+        """A lookup or read step: timed out as soon as the answer is overdue.
+
+        A dead hop costs the whole lookup its timeout, so lookups do not
+        wait ``rpc_timeout`` but twice the slowest of the last answers (the
+        peers asked vary, so TCP's per-peer SRTT would be too eager), between
+        a tenth of ``rpc_timeout`` and all of it; under churn that is what
+        keeps lookups inside their deadline.
+        """
+        d = getattr(self.rpc, method)(address, *args)
+        d.addCallback(self._rtt_sample, self.clock.seconds())
+        d.addTimeout(self.hop_timeout(), self.clock)
+        return d
+
+    def hop_timeout(self) -> float:
+        cap = self.config.rpc_timeout
+        if len(self._rtts) < 8:
+            return cap
+        return min(cap, max(cap / 10, 2 * max(self._rtts)))
+
+    def _rtt_sample(self, result: object, started: float) -> object:
+        self._rtts.append(self.clock.seconds() - started)
+        return result
 
     # ------------------------------------------------------------ maintenance
 
@@ -486,6 +513,16 @@ class ChordNode:
             yield self._call(pred.address, "state")
         except Exception:
             self._failed(pred.address)
+        return None
+
+    @defer.inlineCallbacks
+    def _probe_predecessor(self, pred: Peer, candidate: Peer):
+        try:
+            yield self._hop(pred.address, "state")
+        except Exception:
+            self._failed(pred.address)
+            if self.predecessor is None and not self._is_suspect(candidate.address):
+                self._set_predecessor(candidate)
         return None
 
     def _first_finger(self) -> int:
@@ -653,7 +690,7 @@ class ChordNode:
             res: FindResult | None
             if via is not None:
                 try:
-                    res = yield self._call(via, "find", key)
+                    res = yield self._hop(via, "find", key)
                 except Exception:
                     # the caller has other addresses to try: let it
                     raise LookupFailed(f"{via} did not answer") from None
@@ -676,7 +713,7 @@ class ChordNode:
                     ):
                         return LookupResult(key, tuple(peers), hops)
                     try:
-                        answer = yield self._call(first.address, "find", key)
+                        answer = yield self._hop(first.address, "find", key)
                     except Exception:
                         hops += 1
                         self._failed(first.address)
@@ -718,7 +755,7 @@ class ChordNode:
                     break
                 tried.add(nxt.address)
                 try:
-                    res = yield self._call(nxt.address, "find", key)
+                    res = yield self._hop(nxt.address, "find", key)
                 except Exception:
                     self._failed(nxt.address)
                     res = None
@@ -800,7 +837,7 @@ class ChordNode:
                 answer = self.remote_fetch(key, kind)
             else:
                 try:
-                    answer = yield self._call(p.address, "fetch", key, kind)
+                    answer = yield self._hop(p.address, "fetch", key, kind)
                 except Exception:
                     self._failed(p.address)
                     continue
@@ -859,6 +896,10 @@ class ChordNode:
             if pred is not None and pred.address != peer.address and self.running:
                 # tell the old predecessor at once, rather than at its next round
                 self._call(pred.address, "successor_hint", peer).addErrback(_ignore)
+        elif pred.address != peer.address and self.running:
+            # Someone before our predecessor takes us for its successor: our
+            # predecessor may be dead.  Find out now rather than rounds later.
+            self._guarded("probe_predecessor", lambda: self._probe_predecessor(pred, peer))
         if self.predecessor is not None and self.predecessor.address == peer.address:
             self._pred_heard = self.clock.seconds()
         if not self.successors:

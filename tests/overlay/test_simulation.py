@@ -149,3 +149,104 @@ def test_killing_30_percent_at_once(seed, figures):
     )
     assert lost == 0 and readable == len(survivors)
     assert success[-1] == 1.0 and recovered <= 10
+
+
+def poisson(rng, mean: float) -> int:
+    """A Poisson-distributed count (Knuth's method; fine for small means)."""
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def run_churn(seed: int, n: int, rounds: int, figures, median_session: float = 20.0) -> None:
+    """Poisson joins and crashes around ``n`` nodes, with lookups, writes and reads throughout."""
+    c = build(seed, n)
+    rng = c.rng
+    records = store_records(c, 300)
+    rate = math.log(2) / median_session  # crashes per node per round: exponential sessions
+    stats = {"lookups": 0, "lookups_ok": 0, "reads": 0, "reads_ok": 0, "writes": 0, "writes_ok": 0}
+    joins = crashes = 0
+
+    def at(delay, f, *args):
+        c.clock.callLater(delay, f, *args)
+
+    def crash():
+        live = c.joined()
+        if len(live) > n // 2:
+            c.kill(rng.choice(live))
+
+    def lookup():
+        node, key = rng.choice(c.joined()), c.random_key()
+
+        def done(result):
+            if node.address not in c.net.alive:
+                return  # the asker crashed: not the ring's fault
+            stats["lookups"] += 1
+            ok = not isinstance(result, Exception) and hasattr(result, "responsible")
+            stats["lookups_ok"] += ok and result.responsible.id == c.true_successor(key)
+
+        node.lookup(key).addBoth(done)
+
+    def read():
+        node, record = rng.choice(c.joined()), rng.choice(records)
+        if not c.holders(record):
+            return  # every copy died: no read can find it
+
+        def done(result):
+            if node.address not in c.net.alive:
+                return
+            stats["reads"] += 1
+            stats["reads_ok"] += isinstance(result, list) and record in result
+
+        node.get(record.key).addBoth(done)
+
+    def write():
+        node, record = rng.choice(c.joined()), c.make_record(value=b"churn")
+
+        def done(result):
+            if node.address not in c.net.alive:
+                return
+            stats["writes"] += 1
+            if isinstance(result, int):
+                stats["writes_ok"] += 1
+                records.append(record)
+
+        node.put(record).addBoth(done)
+
+    for _ in range(rounds):
+        width = c.interval
+        for _ in range(poisson(rng, rate * len(c.joined()))):
+            crashes += 1
+            at(rng.random() * width, crash)
+        for _ in range(poisson(rng, rate * n)):
+            joins += 1
+            at(rng.random() * width, c.add_node)
+        for _ in range(20):
+            at(rng.random() * width, lookup)
+        for _ in range(5):
+            at(rng.random() * width, read)
+        at(rng.random() * width, write)
+        c.run(1)
+    c.run(5)  # let what is in flight finish
+    c.settle(max_rounds=60)
+    c.run(5)
+    with_copy = [r for r in records if c.holders(r)]
+    readable = read_all(c, with_copy)
+    lookup_rate = stats["lookups_ok"] / stats["lookups"]
+    read_rate = stats["reads_ok"] / stats["reads"]
+    figures(
+        f"seed={seed}: {n} nodes, {rounds} rounds, {joins} joins, {crashes} crashes (median session {median_session:g} rounds): "
+        f"lookups {stats['lookups_ok']}/{stats['lookups']} = {lookup_rate:.2%} right, "
+        f"reads {stats['reads_ok']}/{stats['reads']} = {read_rate:.2%}, writes {stats['writes_ok']}/{stats['writes']}; "
+        f"records: {len(records)} stored, {len(records) - len(with_copy)} lost every copy, "
+        f"{readable}/{len(with_copy)} with a live copy readable"
+    )
+    assert lookup_rate >= 0.99
+    assert readable == len(with_copy)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_churn_500_nodes_200_rounds(seed, figures):
+    run_churn(seed, 500, 200, figures)
