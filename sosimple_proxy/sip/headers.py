@@ -15,7 +15,20 @@ import re
 from typing import Iterable, Optional, Union
 
 from sosimple_proxy.sip.errors import ParseError, show
-from sosimple_proxy.sip.uri import URI, Params, check_host, check_ipv6, format_host, parse_uri
+from sosimple_proxy.sip.uri import (
+    HOST_FAST,
+    PARAM_CHARS,
+    URI,
+    USER_CHARS,
+    Params,
+    build_sip_uri,
+    check_host,
+    check_ipv6,
+    format_host,
+    new_params,
+    parse_uri,
+    simple_params,
+)
 
 __all__ = [
     "Via",
@@ -31,6 +44,10 @@ __all__ = [
     "parse_name_addr_header",
     "parse_name_addrs",
     "parse_contacts",
+    "parse_from",
+    "parse_to",
+    "parse_routes",
+    "parse_record_routes",
     "parse_max_forwards",
     "parse_content_length",
     "quote",
@@ -77,10 +94,10 @@ def split_commas(value: str) -> list[str]:
     empty element is kept (as ``""``) so callers can reject it; an empty or
     blank value gives ``[]``.
     """
+    if "," not in value:
+        v = value.strip()
+        return [v] if v else []
     if '"' not in value and "<" not in value:
-        if "," not in value:
-            v = value.strip()
-            return [v] if v else []
         return [p.strip() for p in value.split(",")]
     out: list[str] = []
     start = 0
@@ -266,8 +283,56 @@ class Via:
     __hash__ = None  # type: ignore[assignment]
 
 
+_VCH = r"A-Za-z0-9\-.!%*_+`'~"
+# The common shape, no optional white space: SIP/2.0/UDP host:port;a=b;c
+_VIA_FAST = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+    rf"((?:;[{_VCH}]+(?:=[{_VCH}:\[\]]+)?)*)"
+).fullmatch
+_KNOWN_VIA = ("received", "rport", "ttl", "maddr")
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 25.1)."""
+    m = _VIA_FAST(text)
+    if m is not None:
+        transport, host, port, ptext = m.groups()
+        if host[0] == "[":
+            host = check_ipv6(host[1:-1], "Via")
+        elif ".." in host or "-." in host or host[-1] == "-" or (host[0].isdigit() and host.replace(".", "").isdigit()):
+            check_host(host, "Via")
+        p = None
+        if port is not None:
+            p = int(port)
+            if p > 65535:
+                raise ParseError(f"Via: port {p} is out of range")
+        if ptext:
+            params = simple_params(ptext)
+            if params is None:
+                raise ParseError("Via: a parameter appears more than once")
+            branch = params.get("branch")
+            if (
+                ("branch" in params and (not branch or ":" in branch or "[" in branch or "]" in branch))
+                or params.get("rport") is not None
+                or "received" in params
+                or "ttl" in params
+                or "maddr" in params
+            ):
+                _check_via_params(params)
+        else:
+            params = new_params()
+        via = Via.__new__(Via)
+        via.protocol = "SIP"
+        via.version = "2.0"
+        via.transport = transport.upper()
+        via.host = host
+        via.port = p
+        via.params = params
+        return via
+    return _parse_via_general(text)
+
+
+def _parse_via_general(text: str) -> Via:
     text = unfold(text)
     m = _VIA_FRONT.match(text)
     if m is None:
@@ -330,6 +395,8 @@ def parse_vias(values: Iterable[str] | str | None) -> list[Via]:
         return []
     if isinstance(values, str):
         values = [values]
+    if len(values) == 1 and "," not in values[0] and "\n" not in values[0]:  # type: ignore[arg-type]
+        return [parse_via(values[0])]  # type: ignore[index]
     out: list[Via] = []
     for raw in values:
         parts = split_commas(unfold(raw))
@@ -516,8 +583,96 @@ class NameAddr:
         return f"<NameAddr {self}>"
 
 
+_PV = rf"[{_VCH}:\[\]]+"
+# The common shapes, no optional white space around ';' and '=':
+# [display] <sip:...>;a=b  and  sip:...;a=b
+_NA_FAST = re.compile(
+    rf'(?:("(?:[^"\\]|\\.)*")[ \t]*|({_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?<([^<>"\s]+)>'
+    rf"((?:;{_TOKEN}(?:={_PV})?)*)"
+).fullmatch
+_SPEC_FAST = re.compile(rf'([A-Za-z][A-Za-z0-9+\-.]*:[^;<>"\s,?]+)((?:;{_TOKEN}(?:={_PV})?)*)').fullmatch
+
+
+# Name-addr with a plain sip/sips URI, all in one match.
+_NA_SIP_FAST = re.compile(
+    rf'(?:("(?:[^"\\]|\\.)*")[ \t]*|({_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?'
+    rf"<(sips?):(?:([{USER_CHARS}]+)@)?({HOST_FAST})(?::([0-9]{{1,5}}))?((?:;[{PARAM_CHARS}]+(?:=[{PARAM_CHARS}]+)?)*)>"
+    rf"((?:;{_TOKEN}(?:={_PV})?)*)"
+).fullmatch
+# addr-spec with a plain sip/sips URI: ';' starts the header parameters.
+_SPEC_SIP_FAST = re.compile(
+    rf"(sips?):(?:([{USER_CHARS.replace(';', '').replace('?', '')}]+)@)?({HOST_FAST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;{_TOKEN}(?:={_PV})?)*)"
+).fullmatch
+
+
+def _fast_name_addr(text: str, what: str, brackets_required: bool) -> Optional[NameAddr]:
+    m = _NA_SIP_FAST(text)
+    if m is not None:
+        quoted, tokens, scheme, user, host, port, uparams, ptext = m.groups()
+        display = quoted or tokens
+    elif brackets_required:
+        return None
+    else:
+        m = _SPEC_SIP_FAST(text)
+        if m is None:
+            return None
+        scheme, user, host, port, ptext = m.groups()
+        display = uparams = None
+    uri = build_sip_uri(scheme, user, host, port, uparams, what)
+    if ptext:
+        params = simple_params(ptext)
+        if params is None:
+            raise ParseError(f"{what}: a parameter appears more than once")
+    else:
+        params = new_params()
+    na = NameAddr.__new__(NameAddr)
+    na.raw_display = display
+    na.uri = uri
+    na.params = params
+    na.wildcard = False
+    return na
+
+
 def parse_name_addr(
     text: str, header_name: str = "header", *, brackets_required: bool = False
+) -> NameAddr:
+    """Parse ``( name-addr / addr-spec ) *( SEMI param )``.
+
+    RFC 3261 20.10: in the addr-spec form (no angle brackets) every
+    ``;param`` belongs to the header, and a URI holding a comma, question
+    mark or semicolon MUST be written in angle brackets.
+    """
+    na = _fast_name_addr(text, header_name, brackets_required)
+    if na is not None:
+        return na
+    m = _NA_FAST(text)
+    if m is not None:
+        quoted, tokens, uri_text, ptext = m.groups()
+    elif not brackets_required:
+        m = _SPEC_FAST(text)
+        if m is None:
+            return _parse_name_addr_general(text, header_name, brackets_required)
+        quoted = tokens = None
+        uri_text, ptext = m.groups()
+    else:
+        return _parse_name_addr_general(text, header_name, brackets_required)
+    if ptext:
+        params = simple_params(ptext)
+        if params is None:
+            raise ParseError(f"{header_name}: a parameter appears more than once")
+    else:
+        params = Params()
+    na = NameAddr.__new__(NameAddr)
+    na.raw_display = quoted or tokens
+    na.uri = parse_uri(uri_text, header_name)
+    na.params = params
+    na.wildcard = False
+    return na
+
+
+def _parse_name_addr_general(
+    text: str, header_name: str = "header", brackets_required: bool = False
 ) -> NameAddr:
     """Parse ``( name-addr / addr-spec ) *( SEMI param )``.
 
@@ -583,27 +738,52 @@ def parse_name_addr_header(value: Optional[str], header_name: str) -> NameAddr:
 
 
 def parse_name_addrs(
-    values: Iterable[str], header_name: str, *, brackets_required: bool = False
+    values: Iterable[str], header_name: str, *, brackets_required: bool = False, star: bool = False
 ) -> list[NameAddr]:
     """Every value of a list of name-addr fields (Route, Record-Route, Path...)."""
     out: list[NameAddr] = []
     for raw in values:
-        parts = split_commas(unfold(raw))
-        if not parts:
+        if "," not in raw and "\n" not in raw:
+            na = _fast_name_addr(raw, header_name, brackets_required)
+            if na is not None:
+                out.append(na)
+                continue
+            parts = [raw.strip()]
+        else:
+            parts = split_commas(unfold(raw))
+        if not parts or not parts[0]:
             raise ParseError(f"{header_name}: empty value")
         for part in parts:
             if not part:
                 raise ParseError(f"{header_name}: empty value in list")
+            if star and part == "*":
+                out.append(NameAddr(None, None, wildcard=True))
+                continue
             out.append(parse_name_addr(part, header_name, brackets_required=brackets_required))
     return out
 
 
 def parse_contacts(values: Iterable[str]) -> list[NameAddr]:
     """Contact values; ``*`` gives one NameAddr with ``wildcard=True``."""
-    values = list(values)
-    if len(values) == 1 and values[0].strip() == "*":
-        return [NameAddr(None, None, wildcard=True)]
-    for v in values:
-        if v.strip() == "*":
-            raise ParseError("Contact: '*' must be the only Contact value")
-    return parse_name_addrs(values, "Contact")
+    out = parse_name_addrs(values, "Contact", star=True)
+    if len(out) > 1 and any(na.wildcard for na in out):
+        # RFC 3261 10.2.2: "*" only alone (and with Expires: 0).
+        raise ParseError("Contact: '*' must be the only Contact value")
+    return out
+
+
+def parse_from(value: Optional[str]) -> NameAddr:
+    return parse_name_addr_header(value, "From")
+
+
+def parse_to(value: Optional[str]) -> NameAddr:
+    return parse_name_addr_header(value, "To")
+
+
+def parse_routes(values: Iterable[str]) -> list[NameAddr]:
+    """Route values: name-addr only (RFC 3261 25.1 route-param)."""
+    return parse_name_addrs(values, "Route", brackets_required=True)
+
+
+def parse_record_routes(values: Iterable[str]) -> list[NameAddr]:
+    return parse_name_addrs(values, "Record-Route", brackets_required=True)

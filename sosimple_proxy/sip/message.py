@@ -16,6 +16,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 ENCODING = "utf-8"
+_MISSING = object()
 ERRORS = "surrogateescape"
 
 # RFC 3261 section 7.3.3 and later RFCs: compact form -> long form (lower case).
@@ -84,10 +85,19 @@ LIST_HEADERS = frozenset(
 )
 
 
+_KEY_CACHE: dict[str, str] = {}
+
+
 def header_key(name: str) -> str:
     """The canonical lookup key of a header name: lower case, long form."""
-    key = name.lower()
-    return COMPACT.get(key, key)
+    try:
+        return _KEY_CACHE[name]
+    except KeyError:
+        key = name.lower()
+        key = COMPACT.get(key, key)
+        if len(_KEY_CACHE) < 4096:
+            _KEY_CACHE[name] = key
+        return key
 
 
 def spell(name: str) -> str:
@@ -147,8 +157,7 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, comma-separated values split apart."""
-        from sosimple_proxy.sip.headers import split_commas
-
+        split_commas = _headers.split_commas
         out: list[str] = []
         for raw in self.get_all(name):
             out.extend(split_commas(raw))
@@ -215,8 +224,7 @@ class Headers:
         If the first field line holds several comma-separated values, only
         the first value is removed and the rest stay on that line.
         """
-        from sosimple_proxy.sip.headers import split_commas
-
+        split_commas = _headers.split_commas
         key = header_key(name)
         for i, f in enumerate(self._fields):
             if f[0] == key:
@@ -260,14 +268,25 @@ class Message:
 
     def cached(self, key: str, compute: Any) -> Any:
         """A parsed view of the headers, recomputed after any header change."""
-        if self._cache_version != self.headers.version:
+        if self._cache_version != self.headers._version:
             self._cache = {}
-            self._cache_version = self.headers.version
+            self._cache_version = self.headers._version
         try:
             return self._cache[key]
         except KeyError:
             value = self._cache[key] = compute()
             return value
+
+    def _view(self, key: str, parse: Any, arg: Any) -> Any:
+        """``cached`` without a closure: ``parse(arg)``, cached under ``key``."""
+        cache = self._cache
+        if self._cache_version != self.headers._version:
+            cache = self._cache = {}
+            self._cache_version = self.headers._version
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = parse(arg)
+        return value
 
     def start_line(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -284,21 +303,19 @@ class Message:
 
     @property
     def vias(self) -> list["Via"]:
-        from sosimple_proxy.sip import headers
-
-        return self.cached("vias", lambda: headers.parse_vias(self.headers.get_all("via")))
+        return self._view("vias", _headers.parse_vias, self.headers.get_all("via"))
 
     @property
     def top_via(self) -> "Via | None":
-        from sosimple_proxy.sip import headers
-
-        return self.cached("top_via", lambda: headers.parse_top_via(self.headers.get("via")))
+        if self._cache_version == self.headers._version:
+            vias = self._cache.get("vias")
+            if vias:
+                return vias[0]
+        return self._view("top_via", _headers.parse_top_via, self.headers.get("via"))
 
     @property
     def cseq(self) -> "CSeq":
-        from sosimple_proxy.sip import headers
-
-        return self.cached("cseq", lambda: headers.parse_cseq(self.headers.get("cseq")))
+        return self._view("cseq", _headers.parse_cseq, self.headers.get("cseq"))
 
     @property
     def call_id(self) -> str | None:
@@ -307,49 +324,29 @@ class Message:
 
     @property
     def from_(self) -> "NameAddr":
-        from sosimple_proxy.sip import headers
-
-        return self.cached("from", lambda: headers.parse_name_addr_header(self.headers.get("from"), "From"))
+        return self._view("from", _headers.parse_from, self.headers.get("from"))
 
     @property
     def to(self) -> "NameAddr":
-        from sosimple_proxy.sip import headers
-
-        return self.cached("to", lambda: headers.parse_name_addr_header(self.headers.get("to"), "To"))
-
+        return self._view("to", _headers.parse_to, self.headers.get("to"))
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (0-255), None when absent."""
-        from sosimple_proxy.sip import headers
-
-        return self.cached("max-forwards", lambda: headers.parse_max_forwards(self.headers.get("max-forwards")))
+        return self._view("max-forwards", _headers.parse_max_forwards, self.headers.get("max-forwards"))
 
     @property
     def contacts(self) -> list["NameAddr"]:
         """Every Contact value (``*`` is one NameAddr with ``wildcard``)."""
-        from sosimple_proxy.sip import headers
-
-        return self.cached("contact", lambda: headers.parse_contacts(self.headers.get_all("contact")))
+        return self._view("contact", _headers.parse_contacts, self.headers.get_all("contact"))
 
     @property
     def routes(self) -> list["NameAddr"]:
-        from sosimple_proxy.sip import headers
-
-        return self.cached(
-            "route", lambda: headers.parse_name_addrs(self.headers.get_all("route"), "Route", brackets_required=True)
-        )
+        return self._view("route", _headers.parse_routes, self.headers.get_all("route"))
 
     @property
     def record_routes(self) -> list["NameAddr"]:
-        from sosimple_proxy.sip import headers
-
-        return self.cached(
-            "record-route",
-            lambda: headers.parse_name_addrs(
-                self.headers.get_all("record-route"), "Record-Route", brackets_required=True
-            ),
-        )
+        return self._view("record-route", _headers.parse_record_routes, self.headers.get_all("record-route"))
 
 
 class Request(Message):
@@ -373,10 +370,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> "URI":
-        from sosimple_proxy.sip.uri import parse_uri
-
-        uri = self.uri
-        return self.cached("ruri:" + uri, lambda: parse_uri(uri))
+        return self._view("ruri:" + self.uri, _uri.parse_uri, self.uri)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
@@ -517,6 +511,10 @@ def make_response(
     fields.extend(extra)
     return Response(status, reason, Headers(fields), body)
 
+
+# At the end: headers.py and uri.py do not import this module.
+from sosimple_proxy.sip import headers as _headers  # noqa: E402
+from sosimple_proxy.sip import uri as _uri  # noqa: E402
 
 # Forward references for type checkers only.
 if TYPE_CHECKING:  # pragma: no cover

@@ -36,7 +36,9 @@ import re
 from typing import Optional, Union
 
 from sosimple_proxy.sip.errors import ParseError, show
-from sosimple_proxy.sip.headers import parse_contacts, parse_content_length, parse_max_forwards, parse_name_addrs
+from sosimple_proxy.sip import headers as _h
+from sosimple_proxy.sip.headers import parse_content_length
+from sosimple_proxy.sip.uri import parse_uri as _parse_uri
 from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
 
 __all__ = ["ParseError", "parse_message", "validate_request", "validate_response"]
@@ -48,9 +50,64 @@ _BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _BAD_CHAR_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _ABS_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]+")
-_CALL_ID = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?")
+# RFC 3261 25.1: callid = word [ "@" word ]
+_CALL_ID = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?").fullmatch
+
+# Every control character but HT (CR and LF included, counted apart).
+_CTL_BYTES = bytes(range(0, 9)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+# Header name as written -> lookup key; bounded so that junk names cannot
+# grow it without limit.
+_KEYS: dict[str, str] = {}
 
 Message = Union[Request, Response]
+
+
+def _key_for(name: str) -> str:
+    key = name.lower()
+    key = COMPACT.get(key, key)
+    if len(_KEYS) < 2048:
+        _KEYS[name] = key
+    return key
+
+
+def _slow_fields(text: str, terminated: bool) -> tuple[str, list[list[str]], list[str], Optional[str]]:
+    """Header lines one by one, unfolded, saying what is wrong with the
+    first bad one and keeping the good ones (for the partial message of the
+    error)."""
+    error: Optional[str] = None
+    if "\r\n " in text or "\r\n\t" in text:
+        # RFC 3261 7.3.1: a fold (CRLF + white space) is one SP.
+        text = _FOLD.sub(" ", text)
+    lines = text.split("\r\n")
+    if not terminated and lines[-1] == "":
+        lines.pop()
+    if _BAD_CHAR.search(text) is not None:
+        bad = [ln for ln in lines if _BAD_CHAR_LINE.search(ln)]
+        error = f"control character or bare CR/LF in line {show(bad[0]) if bad else ''!r}"
+        lines = [ln for ln in lines if not _BAD_CHAR_LINE.search(ln)] if lines and lines[0] not in bad else [""]
+    fields: list[list[str]] = []
+    lengths: list[str] = []
+    for i in range(1, len(lines)):
+        line = lines[i]
+        colon = line.find(":")
+        if colon <= 0:
+            if error is None:
+                error = f"invalid header line {show(line)!r}" if line else "empty header line"
+            continue
+        name = line[:colon]
+        if name[-1] in " \t":
+            name = name.rstrip(" \t")
+        if not _TOKEN_FULL(name):
+            if error is None:
+                error = f"invalid header name {show(name)!r}"
+            continue
+        value = line[colon + 1 :].strip(" \t")
+        key = name.lower()
+        key = COMPACT.get(key, key)
+        fields.append([key, name, value])
+        if key == "content-length":
+            lengths.append(value)
+    return lines[0], fields, lengths, error
 
 
 def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -> Message:
@@ -86,46 +143,36 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
     if not head:
         raise ParseError("empty message")
     text = head.decode(ENCODING, ERRORS)
-    if "\r\n " in text or "\r\n\t" in text:
-        text = _FOLD.sub(" ", text)
-    lines = text.split("\r\n")
-    if not terminated and lines[-1] == "":
-        lines.pop()
     error: Optional[str] = None
     status = 400
-    if _BAD_CHAR.search(text) is not None:
-        bad = [ln for ln in lines if _BAD_CHAR_LINE.search(ln)]
-        error = f"control character or bare CR/LF in line {show(bad[0]) if bad else ''!r}"
-        lines = [ln for ln in lines if not _BAD_CHAR_LINE.search(ln)] if lines and lines[0] not in bad else [""]
-
-    # -- header lines (RFC 3261 7.3): name HCOLON value; HCOLON = *WSP ":" SWS
-    fields: list[list[str]] = []
+    fields: Optional[list[list[str]]] = None
     lengths: list[str] = []
-    compact = COMPACT
-    for i in range(1, len(lines)):
-        line = lines[i]
-        colon = line.find(":")
-        if colon <= 0:
-            if error is None:
-                error = f"invalid header line {show(line)!r}" if line else "empty header line"
-            continue
-        name = line[:colon]
-        if name[-1] in " \t":
-            name = name.rstrip(" \t")
-        if not _TOKEN_FULL(name):
-            if error is None:
-                error = f"invalid header name {show(name)!r}"
-            continue
-        value = line[colon + 1 :].strip(" \t")
-        key = name.lower()
-        key = compact.get(key, key)
-        fields.append([key, name, value])
-        if key == "content-length":
-            lengths.append(value)
+    if terminated and len(head) - len(head.translate(None, _CTL_BYTES)) == 2 * head.count(b"\r\n"):
+        # Fast path: no control character but HT, every CR and LF in a CRLF
+        # pair; each line ``name: value`` with a name seen before.  A fold,
+        # a new or odd name, a line without colon: the careful path below.
+        lines = text.split("\r\n")
+        first = lines[0]
+        fields = []
+        append = fields.append
+        kget = _KEYS.get
+        for i in range(1, len(lines)):
+            name, sep, value = lines[i].partition(":")
+            key = kget(name)
+            if key is None:
+                if not sep or not _TOKEN_FULL(name):
+                    fields = None
+                    break
+                key = _key_for(name)
+            append([key, name, value.strip(" \t")])
+            if key == "content-length":
+                lengths.append(value)
+    if fields is None:
+        lengths = []
+        first, fields, lengths, error = _slow_fields(text, terminated)
     headers = Headers.from_parsed(fields)
 
     # -- start line (RFC 3261 7.1, 7.2)
-    first = lines[0]
     msg: Optional[Message] = None
     is_request: Optional[bool]
     if first[:4].upper() == "SIP/":
@@ -208,62 +255,79 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
     return msg
 
 
-_SINGLE = ("to", "from", "call-id", "cseq", "max-forwards", "content-type")
 _SPELL = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
           "max-forwards": "Max-Forwards", "content-type": "Content-Type"}
+# Headers that may appear once (RFC 3261 7.3.1: only list headers repeat).
+_SINGLE = frozenset(("to", "from", "call-id", "cseq", "max-forwards", "content-type"))
+_LISTED = frozenset(("via", "contact", "route", "record-route"))
+_REQUIRED = ("to", "from", "call-id", "cseq", "via")
 
 
-def _counts(headers: Headers) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for key, _name, _value in headers._fields:
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def _check_common(msg: Message, counts: dict[str, int], required: tuple[str, ...]) -> None:
-    missing = [_SPELL[k] for k in required if k not in counts]
+def _validate(msg: Message, is_request: bool) -> None:
+    """One pass over the header fields, then each structured header parsed
+    once, straight into the message's view cache (the accessors then find
+    it there: validation costs the proxy nothing it would not do anyway)."""
+    h = msg.headers
+    single: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}
+    for key, _name, value in h._fields:
+        if key in _SINGLE:
+            if key in single:
+                raise ParseError(f"more than one {_SPELL[key]} header")
+            single[key] = value
+        elif key in _LISTED:
+            got = lists.get(key)
+            if got is None:
+                lists[key] = [value]
+            else:
+                got.append(value)
+    missing = [_SPELL[k] for k in _REQUIRED if k not in single and k not in lists]
     if missing:
+        # RFC 3261 8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are
+        # mandatory; a proxy adds a missing Max-Forwards (16.6 step 3).
         raise ParseError("missing " + ", ".join(missing) + (" header" if len(missing) == 1 else " headers"))
-    for key in _SINGLE:
-        if counts.get(key, 0) > 1:
-            raise ParseError(f"more than one {_SPELL[key]} header")
-    call_id = msg.call_id
-    if not call_id or not _CALL_ID.fullmatch(call_id):
-        raise ParseError(f"invalid Call-ID {show(call_id or '')!r}")
-    msg.vias  # noqa: B018 - every Via must parse
-    msg.from_  # noqa: B018
-    msg.to  # noqa: B018
+    call_id = single["call-id"].strip()
+    if not _CALL_ID(call_id):
+        raise ParseError(f"invalid Call-ID {show(call_id)!r}")
+    if msg._cache_version != h._version:
+        msg._cache = {}
+        msg._cache_version = h._version
+    cache = msg._cache
+    cache["vias"] = _h.parse_vias(lists["via"])
+    cache["from"] = _h.parse_from(single["from"])
+    cache["to"] = _h.parse_to(single["to"])
+    cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
+    if is_request:
+        # RFC 3261 8.1.1.5: "The method MUST match that of the request."
+        if cseq.method != msg.method:  # type: ignore[union-attr]
+            raise ParseError(f"CSeq method {cseq.method} does not match request method {msg.method}")  # type: ignore[union-attr]
+        if "max-forwards" in single:
+            cache["max-forwards"] = _h.parse_max_forwards(single["max-forwards"])
+        else:
+            cache["max-forwards"] = None
+        uri = msg.uri  # type: ignore[union-attr]
+        ruri = cache["ruri:" + uri] = _parse_uri(uri, "Request-URI")
+        if ruri.headers:
+            # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
+            # (RFC 4475 3.1.2.11, escruri).
+            raise ParseError("Request-URI must not contain headers ('?...')")
+        cache["route"] = _h.parse_routes(lists["route"]) if "route" in lists else []
+    cache["contact"] = _h.parse_contacts(lists["contact"]) if "contact" in lists else []
+    cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
 
 
 def validate_request(req: Request) -> None:
     """What a proxy checks before processing a request (RFC 3261 16.3).
 
     Mandatory headers (8.1.1; Max-Forwards may be absent, the proxy adds
-    it), single headers not repeated, syntax of Request-URI, Via, From, To,
-    CSeq (method equal to the request's), Call-ID, Max-Forwards (0-255),
-    Contact, Route and Record-Route.  On failure raises :class:`ParseError`
-    with ``partial=req`` and ``is_request=True``.
+    it), single headers not repeated, syntax of Request-URI (no headers),
+    Via, From, To, CSeq (method equal to the request's, number < 2**31),
+    Call-ID, Max-Forwards (0-255), Contact, Route and Record-Route.  On
+    failure raises :class:`ParseError` with ``partial=req`` and
+    ``is_request=True``.
     """
     try:
-        counts = _counts(req.headers)
-        _check_common(req, counts, ("to", "from", "call-id", "cseq", "via"))
-        cseq = req.cseq
-        # RFC 3261 8.1.1.5: "The method MUST match that of the request."
-        if cseq.method != req.method:
-            raise ParseError(f"CSeq method {cseq.method} does not match request method {req.method}")
-        if "max-forwards" in counts:
-            req.max_forwards  # noqa: B018
-        ruri = req.ruri
-        if ruri.headers:
-            # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
-            # (RFC 4475 3.1.2.11, escruri).
-            raise ParseError("Request-URI must not contain headers ('?...')")
-        if "contact" in counts:
-            parse_contacts(req.headers.get_all("contact"))
-        if "route" in counts:
-            parse_name_addrs(req.headers.get_all("route"), "Route", brackets_required=True)
-        if "record-route" in counts:
-            parse_name_addrs(req.headers.get_all("record-route"), "Record-Route", brackets_required=True)
+        _validate(req, True)
     except ParseError as exc:
         exc.is_request = True
         exc.partial = req
@@ -272,16 +336,10 @@ def validate_request(req: Request) -> None:
 
 def validate_response(resp: Response) -> None:
     """What a proxy checks before processing a response: Via, From, To,
-    Call-ID, CSeq present and well formed (a malformed response is dropped,
-    RFC 4475 3.1.2.5, 3.1.2.19)."""
+    Call-ID, CSeq present and well formed, Contact and Record-Route (a
+    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19)."""
     try:
-        counts = _counts(resp.headers)
-        _check_common(resp, counts, ("to", "from", "call-id", "cseq", "via"))
-        resp.cseq  # noqa: B018
-        if "contact" in counts:
-            parse_contacts(resp.headers.get_all("contact"))
-        if "record-route" in counts:
-            parse_name_addrs(resp.headers.get_all("record-route"), "Record-Route", brackets_required=True)
+        _validate(resp, False)
     except ParseError as exc:
         exc.is_request = False
         exc.partial = resp
