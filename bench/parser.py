@@ -149,7 +149,7 @@ def _twisted() -> tuple[Callable[[bytes], object], Callable[[bytes], object]]:
         tsip.parseAddress(h["to"][0])[2].get("tag")
         int(h["max-forwards"][0])
         [tsip.parseAddress(r) for r in h.get("route", ())]
-        h["via"].insert(0, tsip.Via("proxy.example.com", 5060, branch="z9hG4bK-proxy-1", rport=True).toString())
+        h["via"].insert(0, tsip.Via("proxy.example.com", 5060, branch="z9hG4bK-proxy-1", rportRequested=True).toString())
         return msg.toString().encode("utf-8")
 
     def full(data: bytes) -> object:

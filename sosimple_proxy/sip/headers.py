@@ -25,6 +25,7 @@ from sosimple_proxy.sip.uri import (
     check_host,
     check_ipv6,
     format_host,
+    is_ipv4,
     new_params,
     parse_uri,
     simple_params,
@@ -198,9 +199,9 @@ class Via:
         self.host = host[1:-1] if host.startswith("[") else host
         self.port = port
         if params is None:
-            params = Params()
+            params = new_params()
         elif not isinstance(params, Params):
-            params = Params(params.items())
+            params = Params(params)
         self.params: Params = params
 
     @property
@@ -268,9 +269,12 @@ class Via:
         return Via(self.transport, self.host, self.port, self.params.copy(), self.protocol, self.version)
 
     def __str__(self) -> str:
-        h = format_host(self.host)
-        hp = h if self.port is None else f"{h}:{self.port}"
-        return f"{self.protocol}/{self.version}/{self.transport} {hp}{self.params.serialize()}"
+        h = self.host
+        if ":" in h:
+            h = f"[{h}]"
+        if self.port is not None:
+            h = f"{h}:{self.port}"
+        return f"{self.protocol}/{self.version}/{self.transport} {h}{self.params.serialize()}"
 
     def __repr__(self) -> str:
         return f"<Via {self}>"
@@ -299,7 +303,9 @@ def parse_via(text: str) -> Via:
         transport, host, port, ptext = m.groups()
         if host[0] == "[":
             host = check_ipv6(host[1:-1], "Via")
-        elif ".." in host or "-." in host or host[-1] == "-" or (host[0].isdigit() and host.replace(".", "").isdigit()):
+        elif ".." in host or "-." in host or host[-1] == "-" or (
+            host[0].isdigit() and host.replace(".", "").isdigit() and not is_ipv4(host)
+        ):
             check_host(host, "Via")
         p = None
         if port is not None:
@@ -506,7 +512,7 @@ class NameAddr:
     with angle brackets unless the value was ``*``.
     """
 
-    __slots__ = ("raw_display", "uri", "params", "wildcard")
+    __slots__ = ("raw_display", "_uri", "_params", "wildcard", "_lazy")
 
     def __init__(
         self,
@@ -522,13 +528,41 @@ class NameAddr:
         self.raw_display = raw_display
         if isinstance(uri, str):
             uri = parse_uri(uri)
-        self.uri: URI = uri if uri is not None else URI("sip")
+        self._uri: Optional[URI] = uri if uri is not None else URI("sip")
         if params is None:
             params = Params()
         elif not isinstance(params, Params):
             params = Params(params.items())
-        self.params: Params = params
+        self._params: Optional[Params] = params
         self.wildcard = wildcard
+        self._lazy: Optional[tuple] = None  # type: ignore[type-arg]
+
+    # The fast parser validates the text and defers building the URI and
+    # the parameters until they are read (a proxy reads few of them).
+
+    @property
+    def uri(self) -> URI:
+        uri = self._uri
+        if uri is None:
+            scheme, user, host, port, uparams, _ptext = self._lazy  # type: ignore[misc]
+            uri = self._uri = build_sip_uri(scheme, user, host, port, uparams, "URI")
+        return uri
+
+    @uri.setter
+    def uri(self, value: URI) -> None:
+        self._uri = value
+
+    @property
+    def params(self) -> Params:
+        params = self._params
+        if params is None:
+            ptext = self._lazy[5]  # type: ignore[index]
+            params = self._params = simple_params(ptext) if ptext else new_params()  # type: ignore[assignment]
+        return params  # type: ignore[return-value]
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._params = value
 
     @property
     def display(self) -> Optional[str]:
@@ -619,18 +653,25 @@ def _fast_name_addr(text: str, what: str, brackets_required: bool) -> Optional[N
             return None
         scheme, user, host, port, ptext = m.groups()
         display = uparams = None
-    uri = build_sip_uri(scheme, user, host, port, uparams, what)
-    if ptext:
+    na = NameAddr.__new__(NameAddr)
+    na.raw_display = display
+    na.wildcard = False
+    # Check now what the regex could not; build later.
+    if uparams and uparams.count(";") > 1 or (
+        host[0] == "[" or ".." in host or "-." in host or ".-" in host or (port is not None and len(port) == 5)
+        or (host[0].isdigit() and host.replace(".", "").isdigit() and not is_ipv4(host))
+    ):
+        na._uri = build_sip_uri(scheme, user, host, port, uparams, what)
+    else:
+        na._uri = None
+    if ptext and ptext.count(";") > 1:
         params = simple_params(ptext)
         if params is None:
             raise ParseError(f"{what}: a parameter appears more than once")
+        na._params = params
     else:
-        params = new_params()
-    na = NameAddr.__new__(NameAddr)
-    na.raw_display = display
-    na.uri = uri
-    na.params = params
-    na.wildcard = False
+        na._params = None
+    na._lazy = (scheme, user, host, port, uparams, ptext)
     return na
 
 
@@ -665,9 +706,10 @@ def parse_name_addr(
         params = Params()
     na = NameAddr.__new__(NameAddr)
     na.raw_display = quoted or tokens
-    na.uri = parse_uri(uri_text, header_name)
-    na.params = params
+    na._uri = parse_uri(uri_text, header_name)
+    na._params = params
     na.wildcard = False
+    na._lazy = None
     return na
 
 

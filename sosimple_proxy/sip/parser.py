@@ -33,11 +33,12 @@ for any input.
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip import headers as _h
-from sosimple_proxy.sip.headers import parse_content_length
+from sosimple_proxy.sip.headers import _fast_name_addr, parse_content_length
+from sosimple_proxy.sip.headers import parse_via as _parse_via
 from sosimple_proxy.sip.uri import parse_uri as _parse_uri
 from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
 
@@ -293,9 +294,14 @@ def _validate(msg: Message, is_request: bool) -> None:
         msg._cache = {}
         msg._cache_version = h._version
     cache = msg._cache
-    cache["vias"] = _h.parse_vias(lists["via"])
-    cache["from"] = _h.parse_from(single["from"])
-    cache["to"] = _h.parse_to(single["to"])
+    # The common one-value shapes go straight to the fast parsers.
+    vias = lists["via"]
+    v = vias[0]
+    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _h.parse_vias(vias)
+    v = single["from"]
+    cache["from"] = _fast_name_addr(v, "From", False) or _h.parse_from(v)
+    v = single["to"]
+    cache["to"] = _fast_name_addr(v, "To", False) or _h.parse_to(v)
     cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
     if is_request:
         # RFC 3261 8.1.1.5: "The method MUST match that of the request."
@@ -311,9 +317,22 @@ def _validate(msg: Message, is_request: bool) -> None:
             # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
             # (RFC 4475 3.1.2.11, escruri).
             raise ParseError("Request-URI must not contain headers ('?...')")
-        cache["route"] = _h.parse_routes(lists["route"]) if "route" in lists else []
-    cache["contact"] = _h.parse_contacts(lists["contact"]) if "contact" in lists else []
+        cache["route"] = _name_addrs(lists, "route", "Route", True, _h.parse_routes)
+    cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
     cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
+
+
+def _name_addrs(lists: dict[str, list[str]], key: str, what: str, brackets: bool, general: Any) -> list[Any]:
+    values = lists.get(key)
+    if values is None:
+        return []
+    if len(values) == 1:
+        v = values[0]
+        if "," not in v and "\n" not in v:
+            na = _fast_name_addr(v, what, brackets)
+            if na is not None:
+                return [na]
+    return general(values)  # type: ignore[no-any-return]
 
 
 def validate_request(req: Request) -> None:

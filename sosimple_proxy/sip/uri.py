@@ -27,6 +27,10 @@ __all__ = [
 ]
 
 
+_setitem = dict.__setitem__
+_dict_new = dict.__new__
+
+
 class Params(dict):  # type: ignore[type-arg]
     """Parameters: lower-case name -> value as written (None when valueless).
 
@@ -38,12 +42,18 @@ class Params(dict):  # type: ignore[type-arg]
 
     __slots__ = ("_names",)
 
-    def __init__(self, items: Iterable[tuple[str, Optional[str]]] = ()) -> None:
+    def __init__(self, items: Iterable[tuple[str, Optional[str]]] | dict = ()) -> None:  # type: ignore[type-arg]
         super().__init__()
         # Only the names whose spelling differs from their lower-case key.
-        self._names: dict[str, str] = {}
+        names: dict[str, str] = {}
+        self._names = names
+        if isinstance(items, dict):
+            items = items.items()
         for name, value in items:
-            self[name] = value
+            key = name.lower()
+            if key != name and key not in self:
+                names[key] = name
+            _setitem(self, key, value)
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, Optional[str]]]) -> "Params":
@@ -99,15 +109,14 @@ class Params(dict):  # type: ignore[type-arg]
     def serialize(self, sep: str = ";") -> str:
         """``;name=value;flag`` as written, each preceded by ``sep``."""
         names = self._names
-        if names:
-            return "".join(
-                f"{sep}{names.get(k, k)}" if v is None else f"{sep}{names.get(k, k)}={v}" for k, v in self.items()
-            )
-        return "".join(f"{sep}{k}" if v is None else f"{sep}{k}={v}" for k, v in self.items())
+        out = ""
+        for k, v in self.items():
+            if names:
+                k = names.get(k, k)
+            out += f"{sep}{k}" if v is None else f"{sep}{k}={v}"
+        return out
 
 
-_setitem = dict.__setitem__
-_dict_new = dict.__new__
 
 
 def new_params() -> Params:
@@ -205,6 +214,17 @@ def check_ipv6(text: str, what: str) -> str:
         # RFC 5118 section 4.10: [2001:db8:::192.0.2.1] is invalid.
         raise ParseError(f"{what}: invalid IPv6 address {text!r}") from None
     return text
+
+
+def is_ipv4(host: str) -> bool:
+    """A dotted-quad IPv4address (RFC 3261 25.1), quickly."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not (0 < len(p) <= 3 and p.isdigit() and p.isascii() and int(p) <= 255):
+            return False
+    return True
 
 
 def check_host(host: str, what: str) -> str:
@@ -481,7 +501,9 @@ def build_sip_uri(
     password, no headers); checks what the regex could not."""
     if host[0] == "[":
         host = check_ipv6(host[1:-1], what)
-    elif ".." in host or "-." in host or ".-" in host or (host[0].isdigit() and host.replace(".", "").isdigit()):
+    elif ".." in host or "-." in host or ".-" in host:
+        check_host(host, what)
+    elif host[0].isdigit() and host.replace(".", "").isdigit() and not is_ipv4(host):
         check_host(host, what)
     p = None
     if port is not None:
