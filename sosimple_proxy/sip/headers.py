@@ -752,7 +752,9 @@ def _parse_name_addr_general(
         gt = text.find(">", lt + 1)
         if gt < 0:
             raise ParseError(f"{what}: missing '>'")
-        uri_text = text[lt + 1 : gt].strip(" \t")
+        # No white space inside the brackets (RFC 3261 25.1 LAQUOT/RAQUOT;
+        # RFC 4475 3.1.2.14, badaspec: we reject rather than guess).
+        uri_text = text[lt + 1 : gt]
         uri = parse_uri(uri_text, what)
         pos = gt + 1
     else:

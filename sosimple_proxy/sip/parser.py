@@ -48,7 +48,7 @@ _TOKEN_FULL = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+").fullmatch
 _FOLD = re.compile(r"\r\n[ \t]+")
 # Control characters other than HT, and CR / LF not part of a CRLF pair.
 _BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-_BAD_CHAR_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UNQUOTED_CTL = re.compile(r"(?<!\\)[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _ABS_URI = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[^\x00-\x20\x7f]+")
 # RFC 3261 25.1: callid = word [ "@" word ]
@@ -83,9 +83,24 @@ def _slow_fields(text: str, terminated: bool) -> tuple[str, list[list[str]], lis
     if not terminated and lines[-1] == "":
         lines.pop()
     if _BAD_CHAR.search(text) is not None:
-        bad = [ln for ln in lines if _BAD_CHAR_LINE.search(ln)]
-        error = f"control character or bare CR/LF in line {show(bad[0]) if bad else ''!r}"
-        lines = [ln for ln in lines if not _BAD_CHAR_LINE.search(ln)] if lines and lines[0] not in bad else [""]
+        # A bare CR or LF could smuggle a header line: never accepted.  Other
+        # control characters only as a quoted-pair (RFC 3261 25.1: quoted-pair
+        # = "\" (%x00-09 / %x0B-0C / %x0E-7F); RFC 4475 3.1.1.2 has "\<NUL>").
+        kept = []
+        for i, ln in enumerate(lines):
+            if "\r" in ln or "\n" in ln:
+                problem = "bare CR or LF"
+            elif _UNQUOTED_CTL.search(ln) is not None:
+                problem = "control character"
+            else:
+                kept.append(ln)
+                continue
+            if error is None:
+                error = f"{problem} in line {show(ln)!r}"
+            if i == 0:
+                kept = [""]
+                break
+        lines = kept
     fields: list[list[str]] = []
     lengths: list[str] = []
     for i in range(1, len(lines)):
@@ -194,16 +209,24 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
         is_request = True
         parts = first.split(" ")
         if len(parts) != 3 or not all(parts):
+            n = len(first.split())
             error = (
                 "Request-Line has extra white space"
-                if len(first.split()) == 3
+                if n == 3
+                else "white space inside the Request-URI"
+                if n > 3
                 else f"invalid Request-Line {show(first)!r}"
             )
             parts = first.split()
+            if len(parts) > 3:
+                # SP inside the Request-URI (RFC 4475 3.1.2.8): keep enough
+                # for the partial request that carries the 400.
+                parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
             if len(parts) != 3:
                 raise ParseError(error, is_request=True)
         method, uri, version = parts
         bad_start = None
+        bad_status = 400
         if not _TOKEN_FULL(method):
             bad_start = f"invalid method {show(method, 20)!r}"
         elif uri[0] == "<":
@@ -214,11 +237,12 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
             if _VERSION.fullmatch(version):
                 # RFC 3261 8.2.2 / 21.5.6: 505 Version Not Supported.
                 bad_start = f"SIP version {show(version, 20)} is not supported"
-                status = 505
+                bad_status = 505
             else:
                 bad_start = f"invalid SIP version {show(version, 20)!r}"
-        if bad_start is not None:
+        if bad_start is not None and error is None:
             error = bad_start
+            status = bad_status
         if _TOKEN_FULL(method):
             msg = Request(method, uri, headers, version=version)
 

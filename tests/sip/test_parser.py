@@ -108,7 +108,7 @@ def test_body_exact_bytes_and_truncation() -> None:
         (req(start=b"INVITE sip:b@x SIP/2.0"), "CSeq method OPTIONS does not match request method INVITE"),
         (req(b"Bad Name: x"), "invalid header name"),
         (req(b"NoColon"), "invalid header line 'NoColon'"),
-        (req(b"X: a\nb"), "bare CR/LF"),
+        (req(b"X: a\nb"), "bare CR or LF"),
         (req(b"X: a\x00b"), "control character"),
         (req(b"Contact: <sip:a@b>;;"), "Contact: empty parameter"),
         (req(b"Route: sip:a@b"), "Route: URI must be enclosed in <>"),
