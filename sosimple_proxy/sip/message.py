@@ -12,8 +12,14 @@ byte sequence survives a parse/serialize round trip exactly.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+# Header versions are unique across all Headers objects, so a view cached
+# for one Headers object is never taken for another's (e.g. after
+# ``msg.headers = other.copy()``).
+_next_version = itertools.count(1).__next__
 
 ENCODING = "utf-8"
 _MISSING = object()
@@ -119,14 +125,14 @@ class Headers:
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         # Each entry: [key, name_as_written, value]
         self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
-        self._version = 0
+        self._version = _next_version()
 
     @classmethod
     def from_parsed(cls, fields: list[list[str]]) -> "Headers":
         """Adopt ``[key, name, value]`` lists built by the parser (no copy)."""
         h = cls.__new__(cls)
         h._fields = fields
-        h._version = 0
+        h._version = _next_version()
         return h
 
     # -- reading
@@ -172,7 +178,8 @@ class Headers:
 
     @property
     def version(self) -> int:
-        """Bumped on every change, so cached parsed views can be invalidated."""
+        """Changed on every change (unique among all Headers objects), so
+        cached parsed views can be invalidated."""
         return self._version
 
     # -- changing
@@ -180,7 +187,7 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a field at the end."""
         self._fields.append([header_key(name), name, value])
-        self._version += 1
+        self._version = _next_version()
 
     def prepend(self, name: str, value: str) -> None:
         """Put a field before the first one of the same name (or at the top).
@@ -194,7 +201,7 @@ class Headers:
                 break
         else:
             self._fields.insert(0, [key, name, value])
-        self._version += 1
+        self._version = _next_version()
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of this name by one, at the first one's place."""
@@ -206,7 +213,7 @@ class Headers:
                 break
         else:
             self._fields.append([key, name, value])
-        self._version += 1
+        self._version = _next_version()
 
     def remove(self, name: str) -> int:
         """Remove every field of this name; returns how many there were."""
@@ -215,7 +222,7 @@ class Headers:
         self._fields = [f for f in self._fields if f[0] != key]
         removed = before - len(self._fields)
         if removed:
-            self._version += 1
+            self._version = _next_version()
         return removed
 
     def pop_first_value(self, name: str) -> str | None:
@@ -231,21 +238,21 @@ class Headers:
                 parts = split_commas(f[2])
                 if not parts:
                     del self._fields[i]
-                    self._version += 1
+                    self._version = _next_version()
                     continue
                 first = parts[0]
                 if len(parts) == 1:
                     del self._fields[i]
                 else:
                     f[2] = ", ".join(parts[1:])
-                self._version += 1
+                self._version = _next_version()
                 return first
         return None
 
     def copy(self) -> "Headers":
         h = Headers.__new__(Headers)
         h._fields = [list(f) for f in self._fields]
-        h._version = 0
+        h._version = _next_version()
         return h
 
     def serialize_into(self, out: list[str], skip: str | None = None) -> None:
@@ -257,7 +264,7 @@ class Headers:
 class Message:
     """What requests and responses share: headers, body, parsed-view cache."""
 
-    __slots__ = ("headers", "body", "version", "_cache", "_cache_version")
+    __slots__ = ("headers", "body", "version", "_cache", "_cache_version", "_validated")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0") -> None:
         self.headers = headers if headers is not None else Headers()
@@ -265,6 +272,8 @@ class Message:
         self.version = version
         self._cache: dict[str, Any] = {}
         self._cache_version = -1
+        # headers.version at the last successful validate_request/response.
+        self._validated = -1
 
     def cached(self, key: str, compute: Any) -> Any:
         """A parsed view of the headers, recomputed after any header change."""

@@ -369,8 +369,11 @@ def validate_request(req: Request) -> None:
     failure raises :class:`ParseError` with ``partial=req`` and
     ``is_request=True``.
     """
+    if req._validated == req.headers._version and req._validated >= 0:
+        return  # already validated, headers unchanged since
     try:
         _validate(req, True)
+        req._validated = req.headers._version
     except ParseError as exc:
         exc.is_request = True
         exc.partial = req
@@ -381,8 +384,11 @@ def validate_response(resp: Response) -> None:
     """What a proxy checks before processing a response: Via, From, To,
     Call-ID, CSeq present and well formed, Contact and Record-Route (a
     malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19)."""
+    if resp._validated == resp.headers._version and resp._validated >= 0:
+        return
     try:
         _validate(resp, False)
+        resp._validated = resp.headers._version
     except ParseError as exc:
         exc.is_request = False
         exc.partial = resp
