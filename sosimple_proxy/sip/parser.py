@@ -135,7 +135,7 @@ def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -
     ``validate``: also run :func:`validate_request` / :func:`validate_response`.
     """
     try:
-        return _parse(bytes(data), stream, validate)
+        return _parse(data if type(data) is bytes else bytes(data), stream, validate)
     except ParseError:
         raise
     except Exception as exc:  # pragma: no cover - a bug; never let it escape
@@ -252,7 +252,11 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
             error = "header section not terminated by an empty line"
         elif lengths:
             try:
-                values = [parse_content_length(v) for v in lengths]
+                v = lengths[0].strip(" \t")
+                if len(lengths) == 1 and v.isdigit() and v.isascii() and len(v) < 12:
+                    values = [int(v)]
+                else:
+                    values = [parse_content_length(v) for v in lengths]
             except ParseError as exc:
                 error = exc.message
             else:

@@ -166,3 +166,53 @@ def test_validate_request_missing() -> None:
 def test_max_forwards_may_be_absent() -> None:
     m = parse_message(req().replace(b"Max-Forwards: 70\r\n", b""))
     assert m.max_forwards is None
+
+
+def test_views_follow_header_changes() -> None:
+    m = parse_message(INVITE)
+    assert m.top_via.host == "pc33.atlanta.example.com"
+    m.headers.prepend("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp")
+    assert m.top_via.host == "proxy.example.com"
+    assert [v.host for v in m.vias] == ["proxy.example.com", "pc33.atlanta.example.com"]
+    other = parse_message(INVITE.replace(b"314159 INVITE", b"7 INVITE"))
+    m.headers = other.headers.copy()
+    assert m.cseq.seq == 7  # a different Headers object never reuses the cache
+
+
+def test_validate_is_remembered_until_headers_change() -> None:
+    m = parse_message(INVITE)
+    validate_request(m)  # already done by parse_message: no work, no error
+    m.headers.set("CSeq", "1 BYE")
+    with pytest.raises(ParseError, match="CSeq method BYE does not match"):
+        validate_request(m)
+
+
+def test_response_validation_partial() -> None:
+    data = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nTo: <sip:b@x>;tag=2\r\nFrom: <sip:a@x>;tag=1\r\n"
+            b"Call-ID: c\r\nCSeq: 99999999999 INVITE\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(ParseError) as info:
+        parse_message(data)
+    assert info.value.is_request is False
+    assert isinstance(info.value.partial, Response)
+
+
+def test_unknown_headers_byte_faithful() -> None:
+    data = req(b"UnknownHeaderWithUnusualValue: ;;,,;;,;", b"X-Odd:   a;b=\"c,d\" ;;  ", b"x-lower: V",
+               b"Route: <sip:p.example.com;lr;unknownwith=value;unknown-no-value>")
+    m = parse_message(data)
+    wire = m.serialize()
+    assert b"UnknownHeaderWithUnusualValue: ;;,,;;,;\r\n" in wire
+    assert b'X-Odd: a;b="c,d" ;;\r\n' in wire
+    assert b"x-lower: V\r\n" in wire
+    assert b"Route: <sip:p.example.com;lr;unknownwith=value;unknown-no-value>\r\n" in wire
+    r = m.routes[0]
+    assert r.uri.params == {"lr": None, "unknownwith": "value", "unknown-no-value": None}
+    assert str(r) == "<sip:p.example.com;lr;unknownwith=value;unknown-no-value>"
+
+
+def test_param_spelling_preserved_on_reserialization() -> None:
+    m = parse_message(req().replace(b"branch=z9hG4bKx", b"Branch=z9hG4bKx;MyParam=Q"))
+    via = m.top_via
+    assert via.branch == "z9hG4bKx" and via.params["myparam"] == "Q"
+    via.received = "192.0.2.7"
+    assert str(via) == "SIP/2.0/UDP h.example.com;Branch=z9hG4bKx;MyParam=Q;received=192.0.2.7"
