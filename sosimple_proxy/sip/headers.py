@@ -171,6 +171,7 @@ _VIA_FRONT = re.compile(
     r"(\[[^\]]*\]|[A-Za-z0-9\-._]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
 )
 _DIGITS = re.compile(r"[0-9]+")
+_setitem = dict.__setitem__
 
 
 class Via:
@@ -296,8 +297,40 @@ _VIA_FAST = re.compile(
 _KNOWN_VIA = ("received", "rport", "ttl", "maddr")
 
 
+# What user agents send: SIP/2.0/UDP host[:port];branch=token[;rport]
+_VIA_HOT = re.compile(
+    r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*)(?::([0-9]{1,5}))?"
+    rf";branch=([{_VCH}]+)(;rport)?"
+).fullmatch
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 25.1)."""
+    m = _VIA_HOT(text)
+    if m is not None:
+        transport, host, port, branch, rport = m.groups()
+        if ".." in host or "-." in host or host[-1] == "-" or (
+            host[0].isdigit() and host.replace(".", "").isdigit() and not is_ipv4(host)
+        ):
+            check_host(host, "Via")
+        via = Via.__new__(Via)
+        if port is not None:
+            p = int(port)
+            if p > 65535:
+                raise ParseError(f"Via: port {p} is out of range")
+            via.port = p
+        else:
+            via.port = None
+        params = new_params()
+        _setitem(params, "branch", branch)
+        if rport:
+            _setitem(params, "rport", None)
+        via.protocol = "SIP"
+        via.version = "2.0"
+        via.transport = transport
+        via.host = host
+        via.params = params
+        return via
     m = _VIA_FAST(text)
     if m is not None:
         transport, host, port, ptext = m.groups()
@@ -457,9 +490,21 @@ class CSeq:
         yield self.method
 
 
+_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+     "INFO", "REFER", "MESSAGE", "UPDATE")
+)
+
+
 def parse_cseq(value: Optional[str]) -> CSeq:
     if value is None:
         raise ParseError("missing CSeq header")
+    seq, sp, method = value.partition(" ")
+    if sp and method in _METHODS and seq.isdigit() and seq.isascii() and len(seq) < 10:
+        cseq = CSeq.__new__(CSeq)
+        cseq.seq = int(seq)
+        cseq.method = method
+        return cseq
     value = unfold(value)
     m = _CSEQ.fullmatch(value)
     if m is None:
