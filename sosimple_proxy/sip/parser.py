@@ -290,6 +290,8 @@ _SPELL = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via
 _SINGLE = frozenset(("to", "from", "call-id", "cseq", "max-forwards", "content-type"))
 _LISTED = frozenset(("via", "contact", "route", "record-route"))
 _REQUIRED = ("to", "from", "call-id", "cseq", "via")
+# key -> True (single), False (list)
+_KIND = {**{k: True for k in _SINGLE}, **{k: False for k in _LISTED}}
 
 
 def _validate(msg: Message, is_request: bool) -> None:
@@ -299,19 +301,23 @@ def _validate(msg: Message, is_request: bool) -> None:
     h = msg.headers
     single: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
+    kind = _KIND.get
     for key, _name, value in h._fields:
-        if key in _SINGLE:
+        k = kind(key)
+        if k is None:
+            continue
+        if k:
             if key in single:
                 raise ParseError(f"more than one {_SPELL[key]} header")
             single[key] = value
-        elif key in _LISTED:
+        else:
             got = lists.get(key)
             if got is None:
                 lists[key] = [value]
             else:
                 got.append(value)
-    missing = [_SPELL[k] for k in _REQUIRED if k not in single and k not in lists]
-    if missing:
+    if not ("via" in lists and "cseq" in single and "from" in single and "to" in single and "call-id" in single):
+        missing = [_SPELL[k] for k in _REQUIRED if k not in single and k not in lists]
         # RFC 3261 8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are
         # mandatory; a proxy adds a missing Max-Forwards (16.6 step 3).
         raise ParseError("missing " + ", ".join(missing) + (" header" if len(missing) == 1 else " headers"))
