@@ -4,6 +4,7 @@ bytes and for mutations of valid messages; valid messages round-trip."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -48,7 +49,12 @@ REGISTER = (
 )
 SEEDS = TORTURE + [INVITE, REGISTER]
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+# SOSIMPLE_HYPOTHESIS_EXAMPLES=5000 for a deeper run than the default one.
+FAST = settings(
+    max_examples=int(os.environ.get("SOSIMPLE_HYPOTHESIS_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def check(data: bytes) -> None:
@@ -168,3 +174,70 @@ def test_uri_round_trip(scheme, user, host, port, params) -> None:  # type: igno
     uri = parse_uri(text)
     assert str(uri) == text
     assert uri == parse_uri(text)
+
+
+# -- the fast paths agree with the general parsers ---------------------------
+
+from sosimple_proxy.sip import headers as _H  # noqa: E402
+from sosimple_proxy.sip import uri as _U  # noqa: E402
+
+_PIECES = st.sampled_from(
+    ["sip:", "sips:", "tel:", "bob", "@", "example.com", "192.0.2.1", "999.1.1.1", "[2001:db8::1]", "[::1", ":5060",
+     ":99999", ";lr", ";transport=tcp", ";tag=x", ";TAG=y", ";tag=x;tag=y", "=", ";", "<", ">", '"Bob"', "Bob ",
+     " ", "a..b", "-h", "h-", "?h=v", "%41", ",", "\\", "x:y", "[", "]", ";q=0.5", ";expires=60"]
+)
+
+
+def _outcome(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return ("ok", fn(*args))
+    except ParseError:
+        return ("error", None)
+
+
+@FAST
+@given(st.lists(_PIECES, max_size=10).map("".join))
+def test_fast_name_addr_matches_general(text: str) -> None:
+    for brackets in (False, True):
+        try:
+            fast = _H._fast_name_addr(text, "To", brackets)
+        except ParseError:
+            fast = "error"
+        if fast is None:
+            continue  # not the fast path's shape
+        kind, general = _outcome(_H._parse_name_addr_general, text, "To", brackets)
+        if fast == "error":
+            assert kind == "error", text
+            continue
+        assert kind == "ok", text
+        try:
+            fast_uri = str(fast.uri)
+            fast_params = fast.params
+        except ParseError:
+            raise AssertionError(f"lazy parts of {text!r} failed after the fast path accepted it")
+        assert (fast.raw_display, fast_uri, fast_params) == (general.raw_display, str(general.uri), general.params), text
+
+
+@FAST
+@given(st.lists(st.sampled_from(["SIP/2.0/UDP ", "SIP/2.0/TCP ", "sip/2.0/udp ", "h.example.com", "192.0.2.1",
+                                 "1.2.3.400", "[2001:db8::1]", ":5060", ":70000", ";branch=z9hG4bK1", ";branch=",
+                                 ";rport", ";rport=5", ";received=192.0.2.2", ";received=x", ";ttl=300",
+                                 ";maddr=[::1]", ";BRANCH=a", " ", ";", "-", ".."]), max_size=8).map("".join))
+def test_fast_via_matches_general(text: str) -> None:
+    a = _outcome(_H.parse_via, text)
+    b = _outcome(_H._parse_via_general, text)
+    assert a[0] == b[0], text
+    if a[0] == "ok":
+        assert str(a[1]) == str(b[1]) or a[1].params == b[1].params, text
+
+
+@FAST
+@given(st.lists(_PIECES, max_size=8).map("".join))
+def test_fast_uri_matches_general(text: str) -> None:
+    if not text.startswith("sip:"):
+        return
+    a = _outcome(_U._parse_sip, "sip", text[4:], "URI")
+    b = _outcome(_U._parse_sip_general, "sip", text[4:], "URI")
+    assert a[0] == b[0], text
+    if a[0] == "ok":
+        assert str(a[1]) == str(b[1]), text
