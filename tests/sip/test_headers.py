@@ -159,3 +159,12 @@ def test_constructors() -> None:
     n = NameAddr('A "B"', "sip:a@b", {"tag": "1"})
     assert str(n) == '"A \\"B\\"" <sip:a@b>;tag=1'
     assert parse_name_addr(str(n), "To").display == 'A "B"'
+
+
+def test_contact_with_instance_id_and_quoted_commas() -> None:
+    v = '<sip:bob@192.0.2.4;ob>;reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>", "A, B" <sip:a@b>'
+    c1, c2 = parse_contacts([v])
+    assert c1.uri.params == {"ob": None}
+    assert c1.params["+sip.instance"] == '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"'
+    assert c2.display == "A, B"
+    assert str(c1) == v.split(", ")[0]

@@ -57,9 +57,27 @@ FAST = settings(
 )
 
 
+def check_views_unvalidated(data: bytes) -> None:
+    """Without validation, every lazy view raises nothing but ParseError."""
+    try:
+        msg = parse_message(data, validate=False)
+    except ParseError:
+        return
+    for view in ("top_via", "vias", "cseq", "from_", "to", "contacts", "routes", "record_routes", "max_forwards",
+                 "call_id", "ruri"):
+        try:
+            getattr(msg, view)
+        except ParseError:
+            pass
+        except AttributeError:
+            assert view == "ruri"
+    msg.serialize()
+
+
 def check(data: bytes) -> None:
     """parse_message either returns a message or raises ParseError, which
     is printable and never an internal error; a message re-parses."""
+    check_views_unvalidated(data)
     try:
         msg = parse_message(data)
     except ParseError as err:
