@@ -24,7 +24,7 @@ import gc
 import time
 from typing import Callable
 
-from sosimple_proxy.sip.headers import Via, parse_contacts, parse_name_addrs
+from sosimple_proxy.sip.headers import Via
 from sosimple_proxy.sip.message import LIST_HEADERS
 from sosimple_proxy.sip.parser import parse_message
 

@@ -24,7 +24,6 @@ from sosimple_proxy.sip.uri import (
     build_sip_uri,
     check_host,
     check_ipv6,
-    format_host,
     is_ipv4,
     new_params,
     parse_uri,
@@ -170,7 +169,6 @@ _VIA_FRONT = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     r"(\[[^\]]*\]|[A-Za-z0-9\-._]+)(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*"
 )
-_DIGITS = re.compile(r"[0-9]+")
 _setitem = dict.__setitem__
 
 
@@ -294,7 +292,6 @@ _VIA_FAST = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
     rf"((?:;[{_VCH}]+(?:=[{_VCH}:\[\]]+)?)*)"
 ).fullmatch
-_KNOWN_VIA = ("received", "rport", "ttl", "maddr")
 
 
 # What user agents send: SIP/2.0/UDP host[:port];branch=token[;rport]

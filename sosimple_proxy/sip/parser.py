@@ -16,15 +16,24 @@ Choices (RFC 3261 leaves them to us):
   field value or forwarding the message downstream").  White space around
   the colon is dropped.  Everything else in a value is kept as written.
 - Leading CRLFs before the start line are skipped (RFC 3261 7.5).
-- Line endings must be CRLF; a bare CR or LF, or a control character, in
-  the header section is an error (it could smuggle a header line).
+- Line endings must be CRLF; a bare CR or LF in the header section is an
+  error (it could smuggle a header line), and so is a control character
+  other than HT, except as a quoted-pair (``\<NUL>``, RFC 4475 3.1.1.2).
 - Liberal where RFC 4475 allows it: an empty reason phrase with or without
   the SP before it; Via branches without the magic cookie (RFC 2543); no
   Max-Forwards in a request (the proxy adds one).  Strict (400) where
   RFC 4475 says rejecting is acceptable: extra spaces in the Request-Line
-  (lwsstart), a Request-URI in ``<>`` (ltgtruri) or with ``?headers``
-  (escruri), an addr-spec with ``?`` (regbadct), an unquoted display name
-  that is not a token sequence (baddn).
+  (lwsstart, trws) or inside the Request-URI (lwsruri), a Request-URI in
+  ``<>`` (ltgtruri) or with ``?headers`` (escruri), an addr-spec with
+  ``?`` (regbadct), an unquoted display name that is not a token sequence
+  (baddn), white space inside ``<...>`` (badaspec), a header section
+  without its final empty line (the archived baddn), a repeated
+  single-value header (multi01), a parameter named twice.
+- Content-Length: several equal values are accepted, different values are
+  an error (mcl01); a datagram with more bytes than Content-Length is cut
+  to it (RFC 3261 18.3), one with fewer is an error (clerr); a datagram
+  without Content-Length has the rest of the datagram as body, a stream
+  message without it is an error.
 
 :class:`ParseError` is the only exception that leaves :func:`parse_message`,
 for any input.
