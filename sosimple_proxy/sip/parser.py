@@ -18,7 +18,7 @@ Choices (RFC 3261 leaves them to us):
 - Leading CRLFs before the start line are skipped (RFC 3261 7.5).
 - Line endings must be CRLF; a bare CR or LF in the header section is an
   error (it could smuggle a header line), and so is a control character
-  other than HT, except as a quoted-pair (``\<NUL>``, RFC 4475 3.1.1.2).
+  other than HT, except as a quoted-pair (backslash + NUL in RFC 4475 3.1.1.2).
 - Liberal where RFC 4475 allows it: an empty reason phrase with or without
   the SP before it; Via branches without the magic cookie (RFC 2543); no
   Max-Forwards in a request (the proxy adds one).  Strict (400) where
