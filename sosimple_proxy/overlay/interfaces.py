@@ -49,6 +49,12 @@ class IOverlayRPC(Interface):
     def leave(address: Hashable, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]):
         """Deferred[None]: ``peer`` leaves; here are its neighbours."""
 
+    def fingers(address: Hashable):
+        """Deferred[tuple[Peer, ...]]: the distinct nodes of the callee's finger table.
+
+        A newcomer seeds its own fingers from its successor's, which point
+        at nearly the same places, instead of a lookup per finger."""
+
 
 class IOverlayPeer(Interface):
     """What a node answers; a value or a Deferred of one."""
@@ -76,3 +82,6 @@ class IOverlayPeer(Interface):
 
     def remote_leave(peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]):
         """None."""
+
+    def remote_fingers():
+        """tuple[Peer, ...]."""

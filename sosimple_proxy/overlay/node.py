@@ -37,6 +37,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import ids
@@ -217,7 +218,7 @@ class ChordNode:
                 self.joined = True
                 self._schedule_round()
                 self._sync_soon()
-                self._build_fingers().addErrback(self._log_failure, "building fingers")
+                self._seed_fingers(first).addErrback(self._log_failure, "seeding fingers")
                 self._offer_held().addErrback(self._log_failure, "offering held records")
                 return self
             yield self._sleep(self.config.stabilize_interval)
@@ -390,10 +391,28 @@ class ChordNode:
     # ------------------------------------------------------------------ calls
 
     def _call(self, address: Hashable, method: str, *args: object) -> defer.Deferred:
-        d = getattr(self.rpc, method)(address, *args)
-        d.addCallback(self._rtt_sample, self.clock.seconds())
-        d.addTimeout(self.config.rpc_timeout, self.clock)
+        return self._timed(getattr(self.rpc, method)(address, *args), self.config.rpc_timeout)
+
+    def _timed(self, d: defer.Deferred, timeout: float) -> defer.Deferred:
+        """Cancel ``d`` after ``timeout`` (failing it with TimeoutError).
+
+        ``Deferred.addTimeout`` does the same with more wrapping; this runs
+        millions of times in a simulation, so it is kept to one timer and
+        one callback.
+        """
+        timer = self.clock.callLater(timeout, d.cancel)
+        d.addBoth(self._settled, timer, self.clock.seconds(), timeout)
         return d
+
+    def _settled(self, result: object, timer: IDelayedCall, started: float, timeout: float) -> object:
+        if timer.active():
+            timer.cancel()
+            if not isinstance(result, Failure):
+                self._rtts.append(self.clock.seconds() - started)
+            return result
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise defer.TimeoutError(f"no answer within {timeout:g} s")
+        return result
 
     def _hop(self, address: Hashable, method: str, *args: object) -> defer.Deferred:
         """A lookup or read step: timed out as soon as the answer is overdue.
@@ -404,10 +423,7 @@ class ChordNode:
         a tenth of ``rpc_timeout`` and all of it; under churn that is what
         keeps lookups inside their deadline.
         """
-        d = getattr(self.rpc, method)(address, *args)
-        d.addCallback(self._rtt_sample, self.clock.seconds())
-        d.addTimeout(self.hop_timeout(), self.clock)
-        return d
+        return self._timed(getattr(self.rpc, method)(address, *args), self.hop_timeout())
 
     def hop_timeout(self) -> float:
         cap = self.config.rpc_timeout
@@ -415,9 +431,6 @@ class ChordNode:
             return cap
         return min(cap, max(cap / 10, 2 * max(self._rtts)))
 
-    def _rtt_sample(self, result: object, started: float) -> object:
-        self._rtts.append(self.clock.seconds() - started)
-        return result
 
     # ------------------------------------------------------------ maintenance
 
@@ -443,50 +456,70 @@ class ChordNode:
         self._schedule_round()
 
     def _guarded(self, name: str, job) -> None:
-        """Run a maintenance job unless the last one of its name is still going."""
+        """Run a maintenance job unless the last one of its name is still going.
+
+        A job returns a Deferred, or None when it had nothing to wait for.
+        """
         if name in self._busy:
             return
-        self._busy.add(name)
         d = job()
-        d.addErrback(self._log_failure, name)
-        d.addBoth(lambda _: self._busy.discard(name))
+        if d is None:
+            return
+        self._busy.add(name)
+        d.addCallbacks(self._job_done, self._job_failed, (name,), None, (name,))
 
-    @defer.inlineCallbacks
-    def _stabilize(self):
+    def _job_done(self, result: object, name: str) -> None:
+        self._busy.discard(name)
+
+    def _job_failed(self, failure: Failure, name: str) -> None:
+        self._busy.discard(name)
+        self._log_failure(failure, name)
+
+    def _stabilize(self) -> defer.Deferred | None:
+        """Ask the successor for its view (telling it about us), adopt a closer one.
+
+        Plain callbacks rather than inlineCallbacks: this runs for every node
+        every round, and in a simulation of thousands that overhead shows.
+        """
         if not self.successors:
             if self.predecessor is None:
                 return None
             self._set_successors([self.predecessor])
-        while self.successors:
-            succ = self.successors[0]
-            try:
-                # one call both tells the successor about us and asks its view
-                state = yield self._call(succ.address, "notify", self.peer)
-            except Exception:
-                self._failed(succ.address)
-                continue
-            # Walk back while the successor's predecessor sits between us:
-            # after many joins at once this closes in a round what one step
-            # a round would take as many rounds as there were joiners.
-            for _ in range(self.WALK_BACK):
-                x = state.predecessor
-                if (
-                    x is None
-                    or x.address == self.address
-                    or not ids.in_open(x.id, self.id, succ.id)
-                    or self._is_suspect(x.address)
-                ):
-                    break
-                try:
-                    xstate = yield self._call(x.address, "notify", self.peer)
-                except Exception:
-                    self._failed(x.address)
-                    break
-                succ, state = x, xstate
-            self._set_successors([succ, *state.successors])
-            return None
-        yield self._recover()
+        return self._stabilize_step(self.successors[0], 0)
+
+    def _stabilize_step(self, succ: Peer, walked: int) -> defer.Deferred:
+        # one call both tells the successor about us and asks its view
+        d = self._call(succ.address, "notify", self.peer)
+        d.addCallbacks(self._stabilize_answer, self._stabilize_failed, (succ, walked), None, (succ, walked))
+        return d
+
+    def _stabilize_answer(self, state: NodeState, succ: Peer, walked: int) -> defer.Deferred | None:
+        # Walk back while the successor's predecessor sits between us: after
+        # many joins at once this closes in a round what one step a round
+        # would take as many rounds as there were joiners.
+        x = state.predecessor
+        if (
+            walked < self.WALK_BACK
+            and x is not None
+            and x.address != self.address
+            and ids.in_open(x.id, self.id, succ.id)
+            and not self._is_suspect(x.address)
+        ):
+            d = self._call(x.address, "notify", self.peer)
+            d.addCallbacks(self._stabilize_answer, self._walk_failed, (x, walked + 1), None, (x, succ, state))
+            return d
+        self._set_successors([succ, *state.successors])
         return None
+
+    def _walk_failed(self, failure: Failure, x: Peer, succ: Peer, state: NodeState) -> None:
+        self._failed(x.address)
+        self._set_successors([succ, *state.successors])
+
+    def _stabilize_failed(self, failure: Failure, succ: Peer, walked: int) -> defer.Deferred:
+        self._failed(succ.address)
+        if self.successors:
+            return self._stabilize_step(self.successors[0], walked)
+        return self._recover()
 
     @defer.inlineCallbacks
     def _recover(self):
@@ -502,18 +535,13 @@ class ChordNode:
                 return None
         return None
 
-    @defer.inlineCallbacks
-    def _check_predecessor(self):
+    def _check_predecessor(self) -> defer.Deferred | None:
         pred = self.predecessor
         if pred is None:
             return None
         if self._pred_heard > self.clock.seconds() - 1.5 * self.config.stabilize_interval:
             return None  # it notified us lately: alive
-        try:
-            yield self._call(pred.address, "state")
-        except Exception:
-            self._failed(pred.address)
-        return None
+        return self._call(pred.address, "state").addErrback(lambda _: self._failed(pred.address))
 
     @defer.inlineCallbacks
     def _probe_predecessor(self, pred: Peer, candidate: Peer):
@@ -532,8 +560,7 @@ class ChordNode:
         d = ids.distance(self.id, self.successors[0].id, self.config.m)
         return max(0, (d - 1).bit_length())
 
-    @defer.inlineCallbacks
-    def _fix_fingers(self):
+    def _fix_fingers(self) -> defer.Deferred | None:
         first = self._first_finger()
         for i in [i for i in self.fingers if i < first]:
             del self.fingers[i]
@@ -544,24 +571,37 @@ class ChordNode:
             self._next_finger = first
         i = self._next_finger
         self._next_finger += 1
-        yield self._fix_finger(i)
-        return None
+        return self._fix_finger(i)
 
-    @defer.inlineCallbacks
-    def _fix_finger(self, i: int):
+    def _fix_finger(self, i: int) -> defer.Deferred:
         start = ids.finger_start(self.id, i, self.config.m)
         current = self.fingers.get(i)
-        if current is not None and not self._is_suspect(current.address):
-            # one call instead of a lookup: the finger is still right if
-            # nothing sits between the finger's start and the finger
-            try:
-                state = yield self._call(current.address, "state")
-            except Exception:
-                self._failed(current.address)
-            else:
-                p = state.predecessor
-                if p is None or p.address == self.address or not ids.in_closed_open(p.id, start, current.id):
-                    return current
+        if current is None or self._is_suspect(current.address):
+            return self._finger_lookup(i, start)
+        # one call instead of a lookup: the finger is still right if nothing
+        # sits between the finger's start and the finger
+        d = self._call(current.address, "state")
+        d.addCallbacks(self._finger_checked, self._finger_check_failed, (i, start, current), None, (i, start, current))
+        return d
+
+    def _finger_checked(self, state: NodeState, i: int, start: int, current: Peer):
+        p = state.predecessor
+        if p is None or p.address == self.address or not ids.in_closed_open(p.id, start, current.id):
+            return current
+        if self._is_suspect(p.address):
+            return self._finger_lookup(i, start)
+        # a node joined in between: step back to it, and check it next time
+        # round (one call, where a lookup costs several)
+        self.fingers[i] = p
+        self._table_dirty = True
+        return p
+
+    def _finger_check_failed(self, failure: Failure, i: int, start: int, current: Peer):
+        self._failed(current.address)
+        return self._finger_lookup(i, start)
+
+    @defer.inlineCallbacks
+    def _finger_lookup(self, i: int, start: int):
         try:
             result = yield self.lookup(start, verify=False)
         except LookupFailed:
@@ -573,6 +613,30 @@ class ChordNode:
             self.fingers[i] = found
         self._table_dirty = True
         return found
+
+    @defer.inlineCallbacks
+    def _seed_fingers(self, succ: Peer):
+        """Start from the successor's fingers; fix_fingers refines them later.
+
+        Our finger ``i`` is the first node at or after ``id + 2**i``; the
+        successor's fingers (and its successors) hold nearly those nodes,
+        so one call gives a table that routes in O(log N) from the start.
+        """
+        try:
+            theirs = yield self._call(succ.address, "fingers")
+        except Exception:
+            yield self._build_fingers()
+            return None
+        m = self.config.m
+        known = {p.address: p for p in (*theirs, *self.successors) if p.address != self.address}
+        ordered = sorted(known.values(), key=lambda p: ids.distance(self.id, p.id, m))
+        dists = [ids.distance(self.id, p.id, m) for p in ordered]
+        for i in range(self._first_finger(), m):
+            j = bisect.bisect_left(dists, 1 << i)
+            if j < len(ordered):
+                self.fingers[i] = ordered[j]
+        self._table_dirty = True
+        return None
 
     @defer.inlineCallbacks
     def _build_fingers(self):
@@ -933,6 +997,9 @@ class ChordNode:
                 give.append(r)
         wanted = tuple(e for e, v in versions.items() if e not in mine or mine[e] < v)
         return SyncResult(tuple(give), wanted)
+
+    def remote_fingers(self) -> tuple[Peer, ...]:
+        return tuple(self.finger_peers())
 
     def remote_leave(self, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]) -> None:
         self._suspects[peer.address] = self.clock.seconds() + self.config.suspect_time

@@ -154,6 +154,7 @@ class SimRPC:
     fetch = _forward("fetch")
     sync = _forward("sync")
     leave = _forward("leave")
+    fingers = _forward("fingers")
 
 
 class SimCluster:
@@ -174,6 +175,9 @@ class SimCluster:
         self.nodes: dict[Hashable, ChordNode] = {}
         self._next_address = 0
         self._ring: list[int] | None = None
+        self._members: list[ChordNode] | None = None
+        self._live: list[ChordNode] | None = None
+        self._up: dict[Hashable, ChordNode] = {}  # not crashed (a superset of live)
 
     # -- membership
     @property
@@ -181,10 +185,16 @@ class SimCluster:
         return self.config.stabilize_interval
 
     def live(self) -> list[ChordNode]:
-        return [n for a, n in self.nodes.items() if a in self.net.alive]
+        """Nodes that have not crashed (cached, like :meth:`joined`)."""
+        if self._live is None:
+            self._live = [n for a, n in self._up.items() if a in self.net.alive]
+        return self._live
 
     def joined(self) -> list[ChordNode]:
-        return [n for n in self.live() if n.joined]
+        """Live nodes that have joined (cached: tests ask for it per event)."""
+        if self._members is None:
+            self._members = [n for n in self.live() if n.joined]
+        return self._members
 
     def add_node(self, bootstrap: Sequence[Hashable] | None = None, node_id: int | None = None) -> ChordNode:
         """Start a node; it joins through ``bootstrap`` (default: a random joined node)."""
@@ -203,21 +213,28 @@ class SimCluster:
         )
         self.net.add(address, node)
         self.nodes[address] = node
-        self._ring = None
+        self._up[address] = node
+        self._ring = self._members = self._live = None
         if bootstrap is None:
             members = self.joined()
             bootstrap = [self.rng.choice(members).address] if members else []
-        node.start(bootstrap).addBoth(self._joined)
+        node.start(bootstrap).addBoth(self._on_join)
         return node
 
-    def _joined(self, result: Any) -> None:
-        self._ring = None  # the truth changed: one more member
+    def forget_truth(self) -> None:
+        """Recompute membership next time (after changing ``nodes`` by hand)."""
+        self._up = {a: n for a, n in self.nodes.items() if a in self.net.alive}
+        self._ring = self._members = self._live = None
+
+    def _on_join(self, result: Any) -> None:
+        self._ring = self._members = self._live = None  # the truth changed: one more member
 
     def kill(self, node: ChordNode) -> None:
         """Crash a node: no handover, no goodbye."""
         node.stop()
         self.net.kill(node.address)
-        self._ring = None
+        self._up.pop(node.address, None)
+        self._ring = self._members = self._live = None
 
     def grow(self, n: int, per_round: int = 50, settle_rounds: int = 0) -> None:
         """Add ``n`` nodes, one batch per interval, then run ``settle_rounds``.

@@ -211,7 +211,7 @@ def test_rejoin_with_a_kept_store_offers_what_it_holds():
     c.net.add(1000, back)
     c.nodes[1000] = back
     c.wait(back.start([a.address]))
-    c._ring = None
+    c.forget_truth()
     c.settle()
     c.run(3)
     assert [r.value for r in c.wait(a.get(rec.key))] == [b"kept"]
