@@ -807,7 +807,9 @@ def _parse_name_addr_general(
         uri_text = uri_text.rstrip(" \t")
         if not uri_text:
             raise ParseError(f"{what}: missing URI")
-        if "?" in uri_text or "," in uri_text or " " in uri_text or "\t" in uri_text:
+        if " " in uri_text or "\t" in uri_text:
+            raise ParseError(f"{what}: {show(uri_text)!r} is not a name-addr or addr-spec")
+        if "?" in uri_text or "," in uri_text:
             # RFC 3261 20.10 (RFC 4475 3.1.2.13, regbadct).
             raise ParseError(f"{what}: URI with '?', ',' or ';' must be enclosed in <>")
         uri = parse_uri(uri_text, what)
