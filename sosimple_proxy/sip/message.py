@@ -328,6 +328,10 @@ class Message:
 
     @property
     def call_id(self) -> str | None:
+        if self._cache_version == self.headers._version:
+            value = self._cache.get("call-id")
+            if value is not None:
+                return value  # type: ignore[no-any-return]
         value = self.headers.get("call-id")
         return value.strip() if value is not None else None
 

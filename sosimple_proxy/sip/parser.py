@@ -70,6 +70,10 @@ _CTL_BYTES = bytes(range(0, 9)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 _KEYS: dict[str, str] = {}
 
 Message = Union[Request, Response]
+_KNOWN_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+     "INFO", "REFER", "MESSAGE", "UPDATE")
+)
 
 
 def _key_for(name: str) -> str:
@@ -236,7 +240,8 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
         method, uri, version = parts
         bad_start = None
         bad_status = 400
-        if not _TOKEN_FULL(method):
+        method_ok = method in _KNOWN_METHODS or _TOKEN_FULL(method) is not None
+        if not method_ok:
             bad_start = f"invalid method {show(method, 20)!r}"
         elif uri[0] == "<":
             bad_start = "Request-URI must not be enclosed in <>"
@@ -252,8 +257,8 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
         if bad_start is not None and error is None:
             error = bad_start
             status = bad_status
-        if _TOKEN_FULL(method):
-            msg = Request(method, uri, headers, version=version)
+        if method_ok:
+            msg = Request(method, uri, headers, b"", version)
 
     # -- body (RFC 3261 18.3, 20.14)
     if error is None:
@@ -337,6 +342,7 @@ def _validate(msg: Message, is_request: bool) -> None:
         msg._cache = {}
         msg._cache_version = h._version
     cache = msg._cache
+    cache["call-id"] = call_id
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
