@@ -400,14 +400,17 @@ class URI:
             if in_a and in_b:
                 if a[name] != b[name]:
                     return False
-            elif name in ("user", "ttl", "method", "maddr"):
+            elif name in _MUST_MATCH:
                 # "A user, ttl, or method uri-parameter appearing in only one
                 # URI never matches ... A URI that includes an maddr parameter
                 # will not match a URI that contains no maddr parameter."
+                # transport too: the section's own examples call
+                # sip:bob@biloxi.com and sip:bob@biloxi.com;transport=udp
+                # different ("can resolve to different transports").
                 return False
         # "URI header components are never ignored."
-        ha = sorted((canonical(n).lower(), canonical(v)) for n, v in self.headers)
-        hb = sorted((canonical(n).lower(), canonical(v)) for n, v in other.headers)
+        ha = sorted((canonical(n).lower(), canonical(v).lower()) for n, v in self.headers)
+        hb = sorted((canonical(n).lower(), canonical(v).lower()) for n, v in other.headers)
         return ha == hb
 
     def __eq__(self, other: object) -> bool:
@@ -429,6 +432,9 @@ class URI:
         if self.scheme in ("sip", "sips") and self.opaque is None:
             key = (key[0], key[1], key[2], _host_key(self.host), self.port)
         return hash(key)
+
+
+_MUST_MATCH = frozenset(("user", "ttl", "method", "maddr", "transport"))
 
 
 def _canon_params(params: Params) -> dict[str, Optional[str]]:

@@ -101,7 +101,10 @@ EQUAL = [
 NOT_EQUAL = [
     ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"),
     ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"),
-    ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp;user=phone"),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com;user=phone"),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com;method=INVITE"),
     ("sip:bob@biloxi.com;maddr=239.255.255.1", "sip:bob@biloxi.com"),
     ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),
     ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"),
