@@ -234,6 +234,9 @@ def test_fast_name_addr_matches_general(text: str) -> None:
         except ParseError:
             raise AssertionError(f"lazy parts of {text!r} failed after the fast path accepted it")
         assert (fast.raw_display, fast_uri, fast_params) == (general.raw_display, str(general.uri), general.params), text
+        # str() gives a value that parses back to the same thing.
+        again = _H.parse_name_addr(str(general), "To", brackets_required=True)
+        assert str(again) == str(general)
 
 
 @FAST
@@ -247,6 +250,9 @@ def test_fast_via_matches_general(text: str) -> None:
     assert a[0] == b[0], text
     if a[0] == "ok":
         assert str(a[1]) == str(b[1]) or a[1].params == b[1].params, text
+        again = _H.parse_via(str(b[1]))
+        assert str(again) == str(b[1])
+        assert (again.host, again.port, again.params) == (b[1].host, b[1].port, b[1].params)
 
 
 @FAST
