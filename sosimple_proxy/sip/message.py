@@ -233,10 +233,15 @@ class Headers:
         """
         split_commas = _headers.split_commas
         key = header_key(name)
-        for i, f in enumerate(self._fields):
+        i = 0
+        while i < len(self._fields):
+            f = self._fields[i]
+            i += 1
             if f[0] == key:
+                i -= 1
                 parts = split_commas(f[2])
                 if not parts:
+                    # An empty line of this header: drop it, look further.
                     del self._fields[i]
                     self._version = _next_version()
                     continue

@@ -168,3 +168,14 @@ def test_contact_with_instance_id_and_quoted_commas() -> None:
     assert c1.params["+sip.instance"] == '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"'
     assert c2.display == "A, B"
     assert str(c1) == v.split(", ")[0]
+
+
+def test_headers_pop_first_value() -> None:
+    from sosimple_proxy.sip.message import Headers
+
+    h = Headers([("Via", ""), ("Via", ""), ("Via", "SIP/2.0/UDP a, SIP/2.0/UDP b"), ("To", "x")])
+    assert h.pop_first_value("v") == "SIP/2.0/UDP a"
+    assert h.items() == [("Via", "SIP/2.0/UDP b"), ("To", "x")]
+    assert h.pop_first_value("via") == "SIP/2.0/UDP b"
+    assert h.pop_first_value("via") is None
+    assert h.values("to") == ["x"]
