@@ -24,7 +24,7 @@ import gc
 import time
 from typing import Callable
 
-from sosimple_proxy.sip.headers import Via
+from sosimple_proxy.sip.headers import Via, split_commas
 from sosimple_proxy.sip.message import LIST_HEADERS
 from sosimple_proxy.sip.parser import parse_message
 
@@ -118,7 +118,7 @@ def ours_full(data: bytes) -> object:
     for key, _name, value in msg.headers._fields:
         if key not in done:
             if key in LIST_HEADERS:
-                msg.headers.values(key)
+                split_commas(value)
             else:
                 value.strip()
     return msg
