@@ -313,6 +313,13 @@ class ChordNode:
         if replica_set != self._replica_set:
             self._replica_set = replica_set
             self._sync_soon()
+            pred = self.predecessor
+            if pred is not None and self.running and self.joined:
+                # Our predecessor's replicas are among our successors: tell
+                # it now rather than at its next round.  Each node back has
+                # the change one place further down its list, so this stops
+                # after ``replicas`` nodes.
+                self._call(pred.address, "successor_hint", self.peer).addErrback(_ignore)
 
     def _set_predecessor(self, peer: Peer | None) -> None:
         self.predecessor = peer
@@ -971,11 +978,14 @@ class ChordNode:
         return self.remote_state()
 
     def remote_successor_hint(self, peer: Peer) -> None:
+        """``peer`` is our new successor, or our successor's list changed."""
         if peer.address == self.address:
             return None
         self._suspects.pop(peer.address, None)
         if not self.successors or ids.in_open(peer.id, self.id, self.successors[0].id):
             self._set_successors([peer, *self.successors])
+        elif peer.address == self.successors[0].address and self.running:
+            self.clock.callLater(0, self._guarded, "stabilize", self._stabilize)
         return None
 
     def remote_store(self, records: Sequence[Record]) -> int:
