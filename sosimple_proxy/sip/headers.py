@@ -379,6 +379,12 @@ def _parse_via_general(text: str) -> Via:
     if host.startswith("["):
         host = check_ipv6(host[1:-1], "Via")
     else:
+        if text[m.end() : m.end() + 1] == ":":
+            sent_by = text[m.start(4) :].split(";", 1)[0].strip()
+            if sent_by.count(":") > 1:
+                # RFC 5118 4.5 / RFC 3261 25.1: IPv6reference in sent-by.
+                raise ParseError(f"Via: IPv6 address {show(sent_by)!r} must be enclosed in [ ]")
+            raise ParseError(f"Via: invalid port in {show(sent_by)!r}")
         check_host(host, "Via")
     p = int(port) if port is not None else None
     if p is not None and p > 65535:

@@ -343,6 +343,13 @@ def _validate(msg: Message, is_request: bool) -> None:
         msg._cache_version = h._version
     cache = msg._cache
     cache["call-id"] = call_id
+    if is_request:
+        uri = msg.uri  # type: ignore[union-attr]
+        ruri = cache["ruri:" + uri] = _parse_uri(uri, "Request-URI")
+        if ruri.headers:
+            # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
+            # (RFC 4475 3.1.2.11, escruri).
+            raise ParseError("Request-URI must not contain headers ('?...')")
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
@@ -360,12 +367,6 @@ def _validate(msg: Message, is_request: bool) -> None:
             cache["max-forwards"] = _h.parse_max_forwards(single["max-forwards"])
         else:
             cache["max-forwards"] = None
-        uri = msg.uri  # type: ignore[union-attr]
-        ruri = cache["ruri:" + uri] = _parse_uri(uri, "Request-URI")
-        if ruri.headers:
-            # RFC 3261 19.1.1 table 1: headers are not allowed in a Request-URI
-            # (RFC 4475 3.1.2.11, escruri).
-            raise ParseError("Request-URI must not contain headers ('?...')")
         cache["route"] = _name_addrs(lists, "route", "Route", True, _h.parse_routes)
     cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
     cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []

@@ -546,7 +546,7 @@ EXTRA: dict[str, tuple[bytes, str | None]] = {
             "Max-Forwards: 70",
             "Content-Length: 0",
         ),
-        "invalid IPv6 address",
+        "Request-URI: invalid IPv6 address '2001:db8:::192.0.2.1'",
     ),
     # Via with an unbracketed IPv6 sent-by (RFC 5118 4.5: must be bracketed).
     "via-sent-by-no-brackets": (
@@ -560,7 +560,7 @@ EXTRA: dict[str, tuple[bytes, str | None]] = {
             "CSeq: 921 OPTIONS",
             "Content-Length: 0",
         ),
-        "Via",
+        "Via: IPv6 address '2001:db8::9:1' must be enclosed in [ ]",
     ),
     # Quoted strings with escapes and commas in a list header.
     "quoted-commas": (
