@@ -38,8 +38,12 @@ class ParseError(ValueError):
     - ``partial``: the :class:`Request` (or :class:`Response`) with the
       headers that did parse, when the start line parsed, else None: enough
       to build a 400 with :func:`message.make_response`;
-    - ``status``: the status to answer a request with (400, or 505 for an
-      unsupported SIP version, RFC 3261 section 8.2.2... 21.5.6).
+    - ``status``: the status to answer a request with: 400, or 505 for an
+      unsupported SIP version (RFC 3261 section 21.5.6, RFC 4475 3.1.2.16);
+    - ``reason``: the text cut to fit a Reason-Phrase.
+
+    A response that fails to parse (``is_request`` False) is dropped, never
+    answered (RFC 4475 3.1.2.5, 3.1.2.19).
     """
 
     def __init__(
