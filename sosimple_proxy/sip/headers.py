@@ -153,6 +153,12 @@ def parse_params(text: str, pos: int, what: str) -> Params:
                 if not after or after[0] in ";,":
                     raise ParseError(f"{what}: empty parameter")
                 raise ParseError(f"{what}: invalid parameter {show(after)!r}")
+            if params:
+                last = next(reversed(params))
+                raise ParseError(
+                    f"{what}: invalid character {show(rest[:1])!r} in or after parameter {show(last)!r}"
+                    " (a value is a token, a host or a quoted string)"
+                )
             raise ParseError(f"{what}: unexpected {show(rest)!r}")
         name = m.group(1)
         key = name.lower()
