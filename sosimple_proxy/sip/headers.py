@@ -28,6 +28,7 @@ from sosimple_proxy.sip.uri import (
     new_params,
     parse_uri,
     simple_params,
+    unescape,
 )
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "parse_content_length",
     "quote",
     "unquote",
+    "unescape",
+    "uri_equivalent",
 ]
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -887,3 +890,14 @@ def parse_routes(values: Iterable[str]) -> list[NameAddr]:
 
 def parse_record_routes(values: Iterable[str]) -> list[NameAddr]:
     return parse_name_addrs(values, "Record-Route", brackets_required=True)
+
+
+def uri_equivalent(a: Union[URI, str], b: Union[URI, str]) -> bool:
+    """URI equality of RFC 3261 19.1.4 (text is parsed first; a text that
+    does not parse is equal to nothing)."""
+    try:
+        ua = parse_uri(a) if isinstance(a, str) else a
+        ub = parse_uri(b) if isinstance(b, str) else b
+    except ParseError:
+        return False
+    return ua.equivalent(ub)

@@ -179,3 +179,11 @@ def test_headers_pop_first_value() -> None:
     assert h.pop_first_value("via") == "SIP/2.0/UDP b"
     assert h.pop_first_value("via") is None
     assert h.values("to") == ["x"]
+
+
+def test_uri_helpers_reexported() -> None:
+    from sosimple_proxy.sip.headers import unescape, uri_equivalent
+
+    assert unescape("%75ser") == "user"
+    assert uri_equivalent("sip:%75ser@EXAMPLE.com", "sip:user@example.com;x=1")
+    assert not uri_equivalent("sip:user@example.com", "not a uri")
