@@ -36,7 +36,16 @@ Choices (RFC 3261 leaves them to us):
   message without it is an error.
 
 :class:`ParseError` is the only exception that leaves :func:`parse_message`,
-for any input.
+for any input.  How the stack answers a bad request::
+
+    try:
+        msg = parse_message(datagram)
+    except ParseError as e:
+        if e.is_request and e.partial is not None and e.partial.method != "ACK":
+            reply = make_response(e.partial, e.status, e.reason)
+            # e.partial.top_via may itself be what is malformed (badinv01):
+            # on ParseError, send to the packet's source address.
+        # else: a response, or no start line: drop it.
 """
 
 from __future__ import annotations
