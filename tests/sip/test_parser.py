@@ -216,3 +216,19 @@ def test_param_spelling_preserved_on_reserialization() -> None:
     assert via.branch == "z9hG4bKx" and via.params["myparam"] == "Q"
     via.received = "192.0.2.7"
     assert str(via) == "SIP/2.0/UDP h.example.com;Branch=z9hG4bKx;MyParam=Q;received=192.0.2.7"
+
+
+def test_every_compact_form() -> None:
+    # RFC 3261 7.3.3 and the RFCs that added the others.
+    compact = {"i": "call-id", "m": "contact", "v": "via", "f": "from", "t": "to", "l": "content-length",
+               "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding", "o": "event",
+               "u": "allow-events", "r": "refer-to", "b": "referred-by", "x": "session-expires", "y": "identity"}
+    lines = [b"OPTIONS sip:b@x SIP/2.0", b"v: SIP/2.0/UDP h;branch=z9hG4bK1", b"f: <sip:a@x>;tag=1", b"t: <sip:b@x>",
+             b"i: cid", b"CSeq: 1 OPTIONS", b"m: <sip:a@h>", b"c: text/plain", b"k: path", b"s: hi", b"e: gzip",
+             b"o: presence", b"u: dialog", b"r: <sip:c@x>", b"b: <sip:d@x>", b"x: 1800", b"y: abc", b"l: 2"]
+    m = parse_message(b"\r\n".join(lines) + b"\r\n\r\nok")
+    keys = [k for k, _n, _v in m.headers._fields]
+    assert set(compact.values()) <= set(keys)
+    assert m.body == b"ok"
+    for letter, key in compact.items():
+        assert m.headers.get(letter) == m.headers.get(key) is not None
