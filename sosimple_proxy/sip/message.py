@@ -291,14 +291,16 @@ class Message:
             value = self._cache[key] = compute()
             return value
 
-    def _view(self, key: str, parse: Any, arg: Any) -> Any:
-        """``cached`` without a closure: ``parse(arg)``, cached under ``key``."""
+    def _view(self, key: str, parse: Any, name: str, every: bool = False) -> Any:
+        """``parse`` of header ``name`` (its first value, or ``every`` value),
+        cached under ``key``; the header is looked up only on a miss."""
         cache = self._cache
         if self._cache_version != self.headers._version:
             cache = self._cache = {}
             self._cache_version = self.headers._version
         value = cache.get(key, _MISSING)
         if value is _MISSING:
+            arg = self.headers.get_all(name) if every else self.headers.get(name)
             value = cache[key] = parse(arg)
         return value
 
@@ -317,7 +319,7 @@ class Message:
 
     @property
     def vias(self) -> list["Via"]:
-        return self._view("vias", _headers.parse_vias, self.headers.get_all("via"))
+        return self._view("vias", _headers.parse_vias, "via", True)
 
     @property
     def top_via(self) -> "Via | None":
@@ -325,11 +327,11 @@ class Message:
             vias = self._cache.get("vias")
             if vias:
                 return vias[0]
-        return self._view("top_via", _headers.parse_top_via, self.headers.get("via"))
+        return self._view("top_via", _headers.parse_top_via, "via")
 
     @property
     def cseq(self) -> "CSeq":
-        return self._view("cseq", _headers.parse_cseq, self.headers.get("cseq"))
+        return self._view("cseq", _headers.parse_cseq, "cseq")
 
     @property
     def call_id(self) -> str | None:
@@ -342,29 +344,29 @@ class Message:
 
     @property
     def from_(self) -> "NameAddr":
-        return self._view("from", _headers.parse_from, self.headers.get("from"))
+        return self._view("from", _headers.parse_from, "from")
 
     @property
     def to(self) -> "NameAddr":
-        return self._view("to", _headers.parse_to, self.headers.get("to"))
+        return self._view("to", _headers.parse_to, "to")
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (0-255), None when absent."""
-        return self._view("max-forwards", _headers.parse_max_forwards, self.headers.get("max-forwards"))
+        return self._view("max-forwards", _headers.parse_max_forwards, "max-forwards")
 
     @property
     def contacts(self) -> list["NameAddr"]:
         """Every Contact value (``*`` is one NameAddr with ``wildcard``)."""
-        return self._view("contact", _headers.parse_contacts, self.headers.get_all("contact"))
+        return self._view("contact", _headers.parse_contacts, "contact", True)
 
     @property
     def routes(self) -> list["NameAddr"]:
-        return self._view("route", _headers.parse_routes, self.headers.get_all("route"))
+        return self._view("route", _headers.parse_routes, "route", True)
 
     @property
     def record_routes(self) -> list["NameAddr"]:
-        return self._view("record-route", _headers.parse_record_routes, self.headers.get_all("record-route"))
+        return self._view("record-route", _headers.parse_record_routes, "record-route", True)
 
 
 class Request(Message):
@@ -388,7 +390,13 @@ class Request(Message):
 
     @property
     def ruri(self) -> "URI":
-        return self._view("ruri:" + self.uri, _uri.parse_uri, self.uri)
+        uri = self.uri
+        key = "ruri:" + uri
+        if self._cache_version == self.headers._version:
+            value = self._cache.get(key)
+            if value is not None:
+                return value  # type: ignore[no-any-return]
+        return self.cached(key, lambda: _uri.parse_uri(uri))
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
