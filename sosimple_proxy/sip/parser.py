@@ -245,7 +245,8 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
                 # for the partial request that carries the 400.
                 parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
             if len(parts) != 3:
-                raise ParseError(error, is_request=True)
+                # Not even the shape of a Request-Line: nothing to answer.
+                raise ParseError(error, is_request=None)
         method, uri, version = parts
         bad_start = None
         bad_status = 400

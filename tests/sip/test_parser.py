@@ -232,3 +232,12 @@ def test_every_compact_form() -> None:
     assert m.body == b"ok"
     for letter, key in compact.items():
         assert m.headers.get(letter) == m.headers.get(key) is not None
+
+
+def test_garbage_is_neither_request_nor_response() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_message(b"hello\r\n\r\n")
+    assert info.value.is_request is None and info.value.partial is None
+    with pytest.raises(ParseError) as info:
+        parse_message(b"SIP/2.0 abc Nope\r\n\r\n")
+    assert info.value.is_request is False
