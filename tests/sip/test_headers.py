@@ -187,3 +187,10 @@ def test_uri_helpers_reexported() -> None:
     assert unescape("%75ser") == "user"
     assert uri_equivalent("sip:%75ser@EXAMPLE.com", "sip:user@example.com;x=1")
     assert not uri_equivalent("sip:user@example.com", "not a uri")
+
+
+def test_via_maddr_ttl() -> None:
+    v = parse_via("SIP/2.0/UDP h;maddr=239.255.255.1;ttl=16;branch=z9hG4bK1")
+    assert v.maddr == "239.255.255.1" and v.ttl == 16
+    v = parse_via("SIP/2.0/UDP [2001:db8::1];maddr=[ff02::1]")
+    assert v.maddr == "ff02::1" and v.branch is None and v.rport is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sosimple_proxy.sip.message import Request, Response, make_response
@@ -241,3 +243,13 @@ def test_garbage_is_neither_request_nor_response() -> None:
     with pytest.raises(ParseError) as info:
         parse_message(b"SIP/2.0 abc Nope\r\n\r\n")
     assert info.value.is_request is False
+
+
+@pytest.mark.parametrize(
+    "mf,text",
+    [(b"300", "Max-Forwards 300 is out of range (0-255)"), (b"-1", "Max-Forwards '-1' is not a number"),
+     (b"7 8", "Max-Forwards '7 8' is not a number")],
+)
+def test_max_forwards_errors(mf: bytes, text: str) -> None:
+    with pytest.raises(ParseError, match=re.escape(text)):
+        parse_message(req().replace(b"Max-Forwards: 70", b"Max-Forwards: " + mf))

@@ -133,3 +133,9 @@ def test_build() -> None:
     c = u.copy()
     c.params["lr"] = None
     assert "lr" not in u.params
+
+
+def test_tel_comparison() -> None:
+    assert parse_uri("tel:7042;phone-context=example.com") == parse_uri("tel:7042;PHONE-CONTEXT=Example.COM")
+    assert parse_uri("tel:+1-201-555-0123") != parse_uri("tel:+1-201-555-0124")
+    assert parse_uri("tel:+1(201)555-0123") == parse_uri("tel:+12015550123")
