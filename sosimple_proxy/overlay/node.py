@@ -172,6 +172,7 @@ class ChordNode:
         #: we have synced every key in ``(_covered_from, id]``; None: nothing yet
         self._covered_from: int | None = None
         self._sync_call: IDelayedCall | None = None
+        self._sync_again = False
         self._last_seq = 0
         self._pred_heard = float("-inf")
         self._rtts: collections.deque[float] = collections.deque(maxlen=32)
@@ -326,11 +327,11 @@ class ChordNode:
         self._table_dirty = True
         if peer is None:
             return
-        cf = self._covered_from
-        if cf is not None and (peer.id == cf or ids.in_open(peer.id, cf, self.id)):
+        if self._covers(peer.id):
             # the range shrank (a newcomer): we only vouch for what we still own
             self._covered_from = peer.id
         else:
+            # our range grew past what we have synced
             self._sync_soon()
 
     def _refresh_table(self) -> None:
@@ -378,6 +379,11 @@ class ChordNode:
         if not self.successors:
             return True
         return self.predecessor is not None and ids.in_half_open(key, self.predecessor.id, self.id)
+
+    def _covers(self, lo: int) -> bool:
+        """Whether we have synced every key in ``(lo, id]``."""
+        cf = self._covered_from
+        return cf is not None and (lo == cf or ids.in_open(lo, cf, self.id))
 
     def _authoritative(self, key: int) -> bool:
         if not self.responsible_for(key):
@@ -669,19 +675,37 @@ class ChordNode:
 
     def _run_sync(self) -> None:
         self._sync_call = None
+        if "sync" in self._busy:
+            # the running sync may predate the change: run again after it
+            self._sync_again = True
+            return
         self._guarded("sync", self._sync_replicas)
 
-    @defer.inlineCallbacks
-    def _sync_replicas(self):
+    def _sync_finished(self, result: object) -> object:
+        if self._sync_again:
+            self._sync_again = False
+            self.clock.callLater(0, self._sync_soon)
+        return result
+
+    def _sync_replicas(self) -> defer.Deferred:
         """Bring our range and its replicas to the same newest versions."""
+        return self._sync_range().addBoth(self._sync_finished)
+
+    @defer.inlineCallbacks
+    def _sync_range(self):
         pred = self.predecessor
         if pred is None or not self.successors:
             return None
         lo, hi = pred.id, self.id
-        targets = self.successors[: max(1, self.config.replicas)]
+        if self._covers(lo):
+            targets = self.successors[: max(1, self.config.replicas)]
+        else:
+            # We are new, or our range grew: pull from the whole successor
+            # list.  After joins in quick succession our first successors
+            # may be as new as we are, and the copies further down.
+            targets = list(self.successors)
         results = yield defer.DeferredList([self._sync_with(p, lo, hi) for p in targets], consumeErrors=True)
-        if results[0][0] and results[0][1] and self.predecessor == pred:
-            # our first successor held our range as a replica: now we have it all
+        if results[0][0] and results[0][1] is not None and self.predecessor == pred and not self._covers(lo):
             self._covered_from = lo
         return None
 
@@ -692,7 +716,7 @@ class ChordNode:
             result = yield self._call(peer.address, "sync", lo, hi, versions_of(mine))
         except Exception:
             self._failed(peer.address)
-            return False
+            return None
         if result.records:
             self.store.put_many(result.records)
         if result.wanted:
@@ -702,8 +726,8 @@ class ChordNode:
                     yield self._call(peer.address, "store", tuple(give))
                 except Exception:
                     self._failed(peer.address)
-                    return False
-        return True
+                    return None
+        return result
 
     @defer.inlineCallbacks
     def _offer_held(self):

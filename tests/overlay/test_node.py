@@ -124,10 +124,9 @@ def test_join_pulls_the_keys_the_newcomer_owns():
         c.wait(a.put(r))
     for _ in range(4):
         c.add_node()
-    c.settle()
-    c.run(3)
+    c.settle(until=lambda: all(n.joined for n in c.live()))
+    c.settle(until=lambda: all(c.copies_in_place(r) == 3 for r in recs), max_rounds=5)
     for r in recs:
-        assert c.copies_in_place(r) == 3
         owner = c.by_id()[c.true_successor(r.key)]
         assert owner.store.entry(r.entry_id) == r
     newcomers = [n for n in c.joined() if n.address >= 8]
