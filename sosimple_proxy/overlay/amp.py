@@ -1,0 +1,366 @@
+"""The overlay's wire protocol: node-to-node calls over AMP.
+
+Every command carries one ``body`` argument, the call's arguments in a
+small binary encoding (:mod:`.wire`), and answers with one ``body``.  AMP
+caps a value at 64 KiB, so a body travels as a :class:`Chunked` argument
+split over as many keys as it needs, and a list of records is stored in
+batches of at most :data:`STORE_BATCH` bytes, each its own call.
+
+On connecting, the client sends :class:`Hello` with the protocol version
+(and its node, for the server's logs); a major version the server does not
+speak gets an error and the connection is dropped.  Connections are pooled
+per address and reused; a call that does not answer in time is the node's
+business (it cancels the Deferred).  An unknown command gets AMP's
+"unhandled" error, a body that does not decode an error answer; neither
+disturbs the node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Sequence
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .interfaces import IOverlayPeer, IOverlayRPC
+from .messages import Peer
+
+log = Logger()
+
+#: (major, minor): a peer with another major version is refused.
+PROTOCOL_VERSION = (1, 0)
+CHUNK = amp.MAX_VALUE_LENGTH
+#: the largest encoded record batch one Store call carries
+STORE_BATCH = 48 * 1024
+
+
+class Chunked(amp.Argument):
+    """A bytes value of any length, split over ``name``, ``name.1``, ``name.2``..."""
+
+    def toBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        value = objects[str(name, "ascii")]
+        if not isinstance(value, bytes):
+            raise TypeError("a Chunked argument takes bytes")
+        chunks = [value[i : i + CHUNK] for i in range(0, len(value), CHUNK)] or [b""]
+        strings[name] = chunks[0]
+        for i, chunk in enumerate(chunks[1:], 1):
+            strings[b"%s.%d" % (name, i)] = chunk
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        parts = [strings.get(name, b"")]
+        i = 1
+        while (key := b"%s.%d" % (name, i)) in strings:
+            parts.append(strings[key])
+            i += 1
+        objects[str(name, "ascii")] = b"".join(parts)
+
+
+class VersionMismatch(Exception):
+    """The other side speaks another major version of the protocol."""
+
+
+class BadRequest(Exception):
+    """A body that does not decode, or breaks the record format."""
+
+
+_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST"}
+
+
+def _command(name: str) -> type[amp.Command]:
+    return type(
+        name,
+        (amp.Command,),
+        {
+            "commandName": name.encode(),
+            "arguments": [(b"body", Chunked())],
+            "response": [(b"body", Chunked())],
+            "errors": _ERRORS,
+        },
+    )
+
+
+Hello = _command("Hello")
+State = _command("State")
+Find = _command("Find")
+Notify = _command("Notify")
+SuccessorHint = _command("SuccessorHint")
+Store = _command("Store")
+Fetch = _command("Fetch")
+Sync = _command("Sync")
+Leave = _command("Leave")
+Fingers = _command("Fingers")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class OverlayProtocol(amp.AMP):
+    """One AMP connection; on the listening side it answers for a node."""
+
+    def __init__(self, node: IOverlayPeer | None = None, local: Peer | None = None) -> None:
+        super().__init__()
+        self.node = node
+        self.local = local
+        self.remote: Peer | None = None
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    # -- answering
+    def _serve(self, handler: Callable[[bytes], Any], body: bytes) -> Any:
+        if self.node is None:
+            raise BadRequest("this side serves no node")
+        try:
+            result = handler(body)
+        except (ValueError, IndexError, TypeError, KeyError) as e:
+            raise BadRequest(str(e)) from None
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(lambda body: {"body": body})
+        return {"body": result}
+
+    @Hello.responder
+    def answer_hello(self, body: bytes) -> dict:
+        try:
+            major, minor, peer = wire.decode_hello(body)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if major != PROTOCOL_VERSION[0]:
+            raise VersionMismatch(f"we speak {PROTOCOL_VERSION[0]}.x, not {major}.{minor}")
+        self.remote = peer
+        return {"body": wire.encode_hello(*PROTOCOL_VERSION, self.local)}
+
+    @State.responder
+    def answer_state(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_state(self.node.remote_state()), body)
+
+    @Find.responder
+    def answer_find(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_find_result(self.node.remote_find(wire.decode_int(b))), body)
+
+    @Notify.responder
+    def answer_notify(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_state(self.node.remote_notify(wire.decode_peer(b))), body)
+
+    @SuccessorHint.responder
+    def answer_successor_hint(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            self.node.remote_successor_hint(wire.decode_peer(b))
+            return b""
+
+        return self._serve(run, body)
+
+    @Store.responder
+    def answer_store(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_int(self.node.remote_store(wire.decode_records(b))), body)
+
+    @Fetch.responder
+    def answer_fetch(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            key, kind = wire.decode_fetch(b)
+            return wire.encode_fetch_result(self.node.remote_fetch(key, kind))
+
+        return self._serve(run, body)
+
+    @Sync.responder
+    def answer_sync(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            lo, hi, versions = wire.decode_sync(b)
+            return wire.encode_sync_result(self.node.remote_sync(lo, hi, versions))
+
+        return self._serve(run, body)
+
+    @Leave.responder
+    def answer_leave(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            self.node.remote_leave(*wire.decode_leave(b))
+            return b""
+
+        return self._serve(run, body)
+
+    @Fingers.responder
+    def answer_fingers(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_peers(self.node.remote_fingers()), body)
+
+
+class OverlayServerFactory(Factory):
+    """Listening side: every connection answers for ``node``.
+
+    ``node`` may be set after listening starts (a node's address is only
+    known once the port is bound); until then calls get an error.
+    """
+
+    def __init__(self, node: IOverlayPeer | None = None) -> None:
+        self.node = node
+        self.connections: set[OverlayProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> OverlayProtocol:
+        local = getattr(self.node, "peer", None)
+        proto = OverlayProtocol(self.node, local)
+        proto.factory = self
+        self.connections.add(proto)
+        proto.lost.addCallback(lambda _: self.connections.discard(proto))
+        return proto
+
+    def close_all(self) -> None:
+        """Drop every open connection (a stopping node)."""
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+
+
+def _batches(records: Sequence[Any], limit: int) -> list[list[Any]]:
+    out: list[list[Any]] = [[]]
+    size = 0
+    for r in records:
+        n = wire.record_size(r)
+        if out[-1] and size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += n
+    return out
+
+
+@implementer(IOverlayRPC)
+class AMPRPC:
+    """Calls to other nodes over pooled AMP connections.
+
+    ``local`` is our own node (sent in Hello); ``connect_timeout`` bounds
+    connection setup, the node's own timeouts bound each call.
+    """
+
+    def __init__(self, reactor: IReactorTCP, local: Peer | None = None, connect_timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.local = local
+        self.connect_timeout = connect_timeout
+        self._waiting: dict[Hashable, list[defer.Deferred]] = {}
+        self._open: dict[Hashable, OverlayProtocol] = {}
+        self.connects = 0
+
+    def _connection(self, address: Hashable) -> defer.Deferred:
+        proto = self._open.get(address)
+        if proto is not None:
+            return defer.succeed(proto)
+        # every caller waiting for a connection gets its own Deferred, so
+        # one caller's timeout (cancelling its Deferred) spares the others
+        mine: defer.Deferred = defer.Deferred()
+        waiters = self._waiting.get(address)
+        if waiters is None:
+            self._waiting[address] = [mine]
+            self._connect(address).addBoth(self._connected, address)
+        else:
+            waiters.append(mine)
+        return mine
+
+    def _connected(self, result: Any, address: Hashable) -> None:
+        for d in self._waiting.pop(address, []):
+            if d.called:
+                continue
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    @defer.inlineCallbacks
+    def _connect(self, address: Hashable):
+        try:
+            host, port = split_address(str(address))
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+            proto = yield endpoint.connect(Factory.forProtocol(OverlayProtocol))
+            self.connects += 1
+            proto.lost.addCallback(lambda _: self._forget(address, proto))
+            answer = yield proto.callRemote(Hello, body=wire.encode_hello(*PROTOCOL_VERSION, self.local))
+            major, minor, peer = wire.decode_hello(answer["body"])
+            if major != PROTOCOL_VERSION[0]:
+                proto.transport.loseConnection()
+                raise VersionMismatch(f"{address} speaks {major}.{minor}")
+            proto.remote = peer
+        except VersionMismatch:
+            raise
+        except Exception as e:
+            log.debug("overlay: cannot reach {address}: {error}", address=address, error=e)
+            raise
+        self._open[address] = proto
+        return proto
+
+    def _forget(self, address: Hashable, proto: OverlayProtocol) -> None:
+        if self._open.get(address) is proto:
+            del self._open[address]
+
+    def close(self) -> None:
+        """Drop every pooled connection."""
+        for proto in list(self._open.values()):
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        self._open.clear()
+
+    def _call(self, address: Hashable, command: type[amp.Command], body: bytes, decode: Callable[[bytes], Any]) -> defer.Deferred:
+        d = self._connection(address)
+        d.addCallback(lambda proto: proto.callRemote(command, body=body))
+        d.addCallback(lambda answer: decode(answer["body"]))
+        return d
+
+    # -- IOverlayRPC
+    def state(self, address: Hashable) -> defer.Deferred:
+        return self._call(address, State, b"", wire.decode_state)
+
+    def find(self, address: Hashable, key: int) -> defer.Deferred:
+        return self._call(address, Find, wire.encode_int(key), wire.decode_find_result)
+
+    def notify(self, address: Hashable, peer: Peer) -> defer.Deferred:
+        return self._call(address, Notify, wire.encode_peer(peer), wire.decode_state)
+
+    def successor_hint(self, address: Hashable, peer: Peer) -> defer.Deferred:
+        return self._call(address, SuccessorHint, wire.encode_peer(peer), lambda b: None)
+
+    def store(self, address: Hashable, records: Sequence[Any]) -> defer.Deferred:
+        batches = _batches(list(records), STORE_BATCH)
+        if len(batches) == 1:
+            return self._call(address, Store, wire.encode_records(batches[0]), wire.decode_int)
+        return self._store_batches(address, batches)
+
+    @defer.inlineCallbacks
+    def _store_batches(self, address: Hashable, batches: list[list[Any]]):
+        total = 0
+        for batch in batches:
+            total += yield self._call(address, Store, wire.encode_records(batch), wire.decode_int)
+        return total
+
+    def fetch(self, address: Hashable, key: int, kind: str | None) -> defer.Deferred:
+        return self._call(address, Fetch, wire.encode_fetch(key, kind), wire.decode_fetch_result)
+
+    def sync(self, address: Hashable, lo: int, hi: int, versions: dict) -> defer.Deferred:
+        return self._call(address, Sync, wire.encode_sync(lo, hi, versions), wire.decode_sync_result)
+
+    def leave(self, address: Hashable, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]) -> defer.Deferred:
+        return self._call(address, Leave, wire.encode_leave(peer, predecessor, successors), lambda b: None)
+
+    def fingers(self, address: Hashable) -> defer.Deferred:
+        return self._call(address, Fingers, b"", wire.decode_peers)
+
+
+__all__ = [
+    "AMPRPC",
+    "Chunked",
+    "OverlayProtocol",
+    "OverlayServerFactory",
+    "PROTOCOL_VERSION",
+    "VersionMismatch",
+    "BadRequest",
+    "split_address",
+]
