@@ -1,0 +1,91 @@
+"""The ring as a Twisted service: key pair, SQLite store, AMP listener, restart."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from sosimple_proxy.overlay import ids
+from sosimple_proxy.overlay.identity import load_or_create_key, public_key_bytes
+from sosimple_proxy.overlay.records import Record
+from sosimple_proxy.overlay.service import OverlayService, key_scheme, node_config, node_id
+
+
+def settings(state_dir: str, bootstrap=(), **extra):
+    s = {
+        "listen": "tcp:0:interface=127.0.0.1",
+        "advertise": "",
+        "bootstrap": tuple(bootstrap),
+        "replicas": 2,
+        "successors": 4,
+        "stabilize_interval": 0.1,
+        "state_dir": state_dir,
+        "key_scheme": "flat",
+        "domain_bits": 32,
+        "home_domain": "",
+        "node_id": "",
+    }
+    s.update(extra)
+    return s
+
+
+def test_settings_map_onto_the_node():
+    cfg = node_config(settings("x", replicas=3, successors=9, stabilize_interval=2.5))
+    assert (cfg.replicas, cfg.successors, cfg.stabilize_interval) == (3, 9, 2.5)
+    assert key_scheme(settings("x", key_scheme="domain", domain_bits=16)).key("a@b.c") == ids.domain_key("a", "b.c", 160, 16)
+    assert node_id(settings("x", node_id="ff"), b"pub") == 255
+    homed = node_id(settings("x", key_scheme="domain", home_domain="example.com"), b"pub")
+    lo, hi = ids.KeyScheme("domain").domain_region("example.com")
+    assert lo <= homed <= hi
+    assert node_id(settings("x"), b"pub") == ids.flat_key(b"pub")
+
+
+def test_key_pair_is_made_once_and_kept(tmp_path):
+    d = str(tmp_path / "state")
+    k1 = load_or_create_key(d)
+    assert oct(os.stat(os.path.join(d, "node.key")).st_mode & 0o777) == "0o600"
+    k2 = load_or_create_key(d)
+    assert public_key_bytes(k1) == public_key_bytes(k2)
+    assert public_key_bytes(load_or_create_key(str(tmp_path / "other"))) != public_key_bytes(k1)
+
+
+class ServiceTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_two_services_share_records_and_a_restart_keeps_them(self):
+        base = self.mktemp()
+        first = OverlayService(reactor, settings(os.path.join(base, "a")))
+        first.startService()
+        a = yield first.ready
+        host, port = a.address.rsplit(":", 1)
+        second = OverlayService(reactor, settings(os.path.join(base, "b"), bootstrap=[(host, int(port))]))
+        second.startService()
+        b = yield second.ready
+        key = first.keys.key("alice@example.com")
+        rec = Record(key, "blob", "", "t", b"hello", reactor.seconds() + 600, 1)
+        yield a.put(rec)
+        got = yield b.get(key)
+        self.assertEqual(got, [rec])
+        # replication reaches b (it is among the key's replicas in a ring of two)
+        for _ in range(200):
+            if b.store.get(key):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(b.store.get(key), [rec])
+        old_id = b.id
+        yield second.stopService()  # leaves: hands its range over, keeps its copy
+        got = yield a.get(key)
+        self.assertEqual(got, [rec])
+        again = OverlayService(reactor, settings(os.path.join(base, "b"), bootstrap=[(host, int(port))]))
+        again.startService()
+        b2 = yield again.ready
+        self.assertEqual(b2.id, old_id)  # same key pair, same place
+        self.assertEqual(b2.store.get(key), [rec])  # its SQLite copy came back
+        got = yield b2.get(key)
+        self.assertEqual(got, [rec])
+        yield again.stopService()
+        yield first.stopService()
+        yield task.deferLater(reactor, 0.5, lambda: None)
