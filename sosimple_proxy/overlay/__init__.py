@@ -8,5 +8,22 @@ ring of ``2**m`` identifiers.  The modules, one concern each:
 - ``store``: where a node keeps records (memory, SQLite);
 - ``interfaces`` and ``messages``: what nodes say to each other;
 - ``node``: the Chord logic itself, with no I/O of its own;
+- ``wire`` and ``amp``: the messages' encoding and the AMP protocol;
+- ``identity`` and ``service``: a node's key pair, and the node as a
+  Twisted service (listener, SQLite store, join and leave);
 - ``simclock`` and ``simnet``: a deterministic network for tests.
+
+Using a node (see :class:`.node.ChordNode`)::
+
+    node = ChordNode(node_id, "127.0.0.1:7000", rpc, reactor, store, NodeConfig())
+    yield node.start(["127.0.0.1:7001"])        # [] starts a new ring
+    key = KeyScheme().key("alice@example.com")
+    yield node.put(Record(key, "blob", "", node.writer, b"...", expires, seq))
+    records = yield node.get(key)                # [] is an authoritative miss
+    yield node.remove(key, "blob")               # True if there was one
+    result = yield node.lookup(key)              # .responsible, .successors
+    yield node.leave()
+
+or, from site.ini settings, ``OverlayService(reactor, cfg.section("overlay"))``
+whose ``ready`` Deferred fires with the node.
 """
