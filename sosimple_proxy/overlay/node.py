@@ -129,6 +129,8 @@ class ChordNode:
 
     #: how far stabilize may walk back from its successor in one round
     WALK_BACK = 64
+    #: keys of stray records handed over per sweep
+    STRAYS_PER_ROUND = 50
 
     def __init__(
         self,
@@ -165,6 +167,7 @@ class ChordNode:
         self._table_d: list[int] = []
         self._table_p: list[Peer] = []
         self._suspects: dict[Hashable, float] = {}
+        self._handed: set[tuple[EntryId, int]] = set()
         self._next_finger = 0
         self._round_call: IDelayedCall | None = None
         self._busy: set[str] = set()
@@ -433,7 +436,7 @@ class ChordNode:
         A dead hop costs the whole lookup its timeout, so lookups do not
         wait ``rpc_timeout`` but twice the slowest of the last answers (the
         peers asked vary, so TCP's per-peer SRTT would be too eager), between
-        a tenth of ``rpc_timeout`` and all of it; under churn that is what
+        a quarter of ``rpc_timeout`` and all of it; under churn that is what
         keeps lookups inside their deadline.
         """
         return self._timed(getattr(self.rpc, method)(address, *args), self.hop_timeout())
@@ -442,7 +445,7 @@ class ChordNode:
         cap = self.config.rpc_timeout
         if len(self._rtts) < 8:
             return cap
-        return min(cap, max(cap / 10, 2 * max(self._rtts)))
+        return min(cap, max(cap / 4, 2 * max(self._rtts)))
 
 
     # ------------------------------------------------------------ maintenance
@@ -466,6 +469,8 @@ class ChordNode:
             self._sync_soon()
         if self.rounds % (4 * self.config.sync_every) == 0:
             self.store.purge()
+        if self.rounds % (2 * self.config.sync_every) == 0:
+            self._guarded("strays", self._hand_over_strays)
         self._schedule_round()
 
     def _guarded(self, name: str, job) -> None:
@@ -728,6 +733,47 @@ class ChordNode:
                     self._failed(peer.address)
                     return None
         return result
+
+    @defer.inlineCallbacks
+    def _hand_over_strays(self):
+        """Give records we should not hold to the nodes that should.
+
+        We hold a key as its primary or one of ``replicas`` copies exactly
+        when it falls in ``(P, us]``, P our ``replicas + 1``-th predecessor.
+        Anything else is a stray: left behind by joins and crashes, perhaps
+        the last copy there is.  A few state calls find P.  We keep our copy
+        (a view of the ring can be stale: a leaving node may still answer for
+        a range it just handed us) and offer each version once.
+        """
+        p = self.predecessor
+        for _ in range(self.config.replicas):
+            if p is None or p.address == self.address:
+                return None
+            try:
+                state = yield self._call(p.address, "state")
+            except Exception:
+                return None
+            p = state.predecessor
+        if p is None or p.address == self.address:
+            return None
+        by_key: dict[int, list[Record]] = {}
+        for r in self.store.records():
+            if not ids.in_half_open(r.key, p.id, self.id) and (r.entry_id, r.seq) not in self._handed:
+                by_key.setdefault(r.key, []).append(r)
+        for key, records in list(by_key.items())[: self.STRAYS_PER_ROUND]:
+            if not self.running:
+                break
+            try:
+                result = yield self.lookup(key)
+            except OverlayError:
+                continue
+            holders = result.successors[: self.config.replicas + 1]
+            if any(h.address == self.address for h in holders):
+                continue  # our view was stale: we are a holder after all
+            acks = yield self._store_at(holders, tuple(records), len(holders))
+            if acks == len(holders):
+                self._handed.update((r.entry_id, r.seq) for r in records)
+        return None
 
     @defer.inlineCallbacks
     def _offer_held(self):

@@ -17,6 +17,7 @@ compare the nodes' answers with.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
@@ -356,6 +357,6 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
 

@@ -49,6 +49,9 @@ class IRecordStore(Interface):
     def purge() -> int:
         """Forget expired records and tombstones; how many went."""
 
+    def discard(records: Iterable[Record]) -> int:
+        """Forget these versions (handed to the nodes that should hold them)."""
+
     def close() -> None:
         """Release what the store holds open."""
 
@@ -149,6 +152,20 @@ class MemoryRecordStore:
                 del self._by_key[k]
         if gone:
             self._keys = sorted(self._by_key)
+            self._dropped(gone)
+        return len(gone)
+
+    def discard(self, records: Iterable[Record]) -> int:
+        gone: list[Record] = []
+        for r in records:
+            slot = self._by_key.get(r.key)
+            if slot is not None and slot.get((r.kind, r.entry)) == r:
+                del slot[(r.kind, r.entry)]
+                gone.append(r)
+                if not slot:
+                    del self._by_key[r.key]
+                    self._keys.pop(bisect.bisect_left(self._keys, r.key))
+        if gone:
             self._dropped(gone)
         return len(gone)
 

@@ -214,3 +214,15 @@ def test_rejoin_with_a_kept_store_offers_what_it_holds():
     c.settle()
     c.run(3)
     assert [r.value for r in c.wait(a.get(rec.key))] == [b"kept"]
+
+
+def test_strays_are_handed_to_their_holders():
+    c = cluster(12)
+    ring = c.ring()
+    key = ids.add(ring[0], 1, M)  # owned by ring[1]
+    rec = Record(key, "blob", "", "x", b"stray", 1e9, 3)
+    far = c.by_id()[ring[7]]  # nowhere near the key's replica set
+    far.store.put(rec)
+    c.run(9)  # a sweep runs every 2 * sync_every rounds
+    assert c.copies_in_place(rec) == 3
+    assert c.wait(c.joined()[0].get(key)) == [rec]

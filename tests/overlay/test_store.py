@@ -104,3 +104,14 @@ def test_sqlite_survives_restart_and_drops_expired(tmp_path):
     assert again.entry((4, "blob", "")).deleted
     assert again.count() == 2
     again.close()
+
+
+def test_discard_forgets_only_that_version(made):
+    store, _ = made
+    a, b = rec(3, seq=2), rec(4)
+    store.put(a)
+    store.put(b)
+    assert store.discard([rec(3, seq=1)]) == 0  # not the version held
+    assert store.discard([a]) == 1
+    assert store.get(3) == [] and store.get(4) == [b]
+    assert [r.key for r in store.in_range(0, 10)] == [4]
