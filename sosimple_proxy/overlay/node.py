@@ -770,8 +770,11 @@ class ChordNode:
             holders = result.successors[: self.config.replicas + 1]
             if any(h.address == self.address for h in holders):
                 continue  # our view was stale: we are a holder after all
-            acks = yield self._store_at(holders, tuple(records), len(holders))
-            if acks == len(holders):
+            # One digest call: the key's primary takes only what it lacks
+            # (mostly nothing: a newcomer in front of us pulled it), and its
+            # own syncs spread it to its replicas.
+            answer = yield self._sync_with(holders[0], ids.add(key, -1, self.config.m), key)
+            if answer is not None:
                 self._handed.update((r.entry_id, r.seq) for r in records)
         return None
 
