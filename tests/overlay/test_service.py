@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -56,7 +58,8 @@ class ServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_two_services_share_records_and_a_restart_keeps_them(self):
-        base = self.mktemp()
+        base = tempfile.mkdtemp(prefix="overlay-service-")
+        self.addCleanup(shutil.rmtree, base, True)
         first = OverlayService(reactor, settings(os.path.join(base, "a")))
         first.startService()
         a = yield first.ready
