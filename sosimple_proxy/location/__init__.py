@@ -1,0 +1,1 @@
+"""Location service: ILocator providers and the chain that asks them in turn."""

@@ -1,0 +1,1 @@
+"""The transaction user: proxy core, registrar, redirect mode."""

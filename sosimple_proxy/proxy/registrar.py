@@ -1,0 +1,206 @@
+"""REGISTER processing, RFC 3261 section 10.3 (plus RFC 3327 Path, RFC 5626).
+
+Pure logic over a :class:`BindingTable` and an injected clock: a request in,
+a response out.  Authentication arrives with the security work.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from sosimple_proxy.location.bindings import Binding, BindingTable
+from sosimple_proxy.sip import headers as H
+from sosimple_proxy.sip.message import Request, Response, make_response
+from sosimple_proxy.sip.parser import ParseError
+from sosimple_proxy.sip.uri import parse_uri
+
+log = Logger()
+
+
+class RegistrarError(Exception):
+    def __init__(self, status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.extra = status, reason, extra
+
+
+def aor_key(uri: Any) -> str:
+    """The canonical AoR of a To URI: ``user@host``, host lower-cased.
+
+    RFC 3261 10.3 step 5: "the registrar MUST extract the address-of-record
+    from the To header field ... The URI MUST then be converted to a
+    canonical form.  To do that, all URI parameters MUST be removed
+    (including the user-param), and any escaped characters MUST be converted
+    to their unescaped form."
+    """
+    user = H.unescape(uri.user) if uri.user else ""
+    host = (uri.host or "").lower()
+    return f"{user}@{host}" if user else host
+
+
+def _int_or_error(text: str, what: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise RegistrarError(400, f"Bad {what} value {text!r}")
+    return min(int(text), 2**32 - 1)
+
+
+class Registrar:
+    """The registrar of our domains."""
+
+    def __init__(
+        self,
+        clock: Any,
+        table: BindingTable,
+        *,
+        min_expires: int,
+        max_expires: int,
+        default_expires: int,
+        max_contacts: int,
+        is_ours: Callable[[Any], bool],
+    ) -> None:
+        self.clock = clock
+        self.table = table
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = default_expires
+        self.max_contacts = max_contacts
+        self.is_ours = is_ours
+
+    def handle(self, request: Request, received: str | None = None) -> Response:
+        try:
+            return self._handle(request, received)
+        except RegistrarError as e:
+            return make_response(request, e.status, e.reason, extra=e.extra)
+        except ParseError as e:
+            return make_response(request, 400, str(e))
+
+    def _handle(self, request: Request, received: str | None) -> Response:
+        if not self.is_ours(request.ruri):
+            raise RegistrarError(403, "Not a domain of this registrar")
+        to_uri = request.to.uri
+        if getattr(to_uri, "scheme", None) not in ("sip", "sips"):
+            raise RegistrarError(404, "Address of record is not a SIP URI")
+        aor = aor_key(to_uri)
+        if not self.is_ours(to_uri):
+            raise RegistrarError(404, "Address of record not in a domain of this registrar")
+
+        now = self.clock.seconds()
+        call_id = request.call_id or ""
+        cseq = request.cseq.seq
+        header_expires: int | None = None
+        raw_expires = request.headers.get("expires")
+        if raw_expires is not None:
+            header_expires = _int_or_error(raw_expires, "Expires")
+        contacts = request.headers.values("contact")
+        current = {id(b): b for b in self.table.lookup(aor)}
+        bindings = list(current.values())
+
+        if any(c.strip() == "*" for c in contacts):
+            # RFC 3261 10.3 step 6: "*" is only allowed with Expires: 0 and
+            # as the only Contact, otherwise 400.
+            if len(contacts) != 1 or header_expires != 0:
+                raise RegistrarError(400, "Contact * needs Expires: 0 and no other Contact")
+            for b in bindings:
+                if b.call_id == call_id and cseq <= b.cseq:
+                    raise RegistrarError(400, "CSeq out of order for this Call-ID")
+            self.table.replace(aor, [])
+            return self._ok(request, aor, now)
+
+        path = tuple(request.headers.values("path"))
+        updates: list[tuple[Any, int, float, str | None, int | None, str]] = []
+        for text in contacts:
+            try:
+                contact = H.parse_name_addr(text)
+            except ParseError as e:
+                raise RegistrarError(400, f"Bad Contact: {e}") from None
+            if contact.uri.scheme not in ("sip", "sips", "tel"):
+                if not str(contact.uri):
+                    raise RegistrarError(400, "Bad Contact: empty URI")
+            params = contact.params
+            if "expires" in params and params["expires"] is not None:
+                expires = _int_or_error(params["expires"], "Contact expires")
+            elif header_expires is not None:
+                expires = header_expires
+            else:
+                expires = self.default_expires
+            # RFC 3261 10.3 step 7: too brief -> 423 with Min-Expires.
+            if 0 < expires < self.min_expires:
+                raise RegistrarError(423, "Interval Too Brief", (("Min-Expires", str(self.min_expires)),))
+            expires = min(expires, self.max_expires)
+            q = 1.0
+            if params.get("q") is not None:
+                try:
+                    q = float(params["q"])
+                except ValueError:
+                    raise RegistrarError(400, f"Bad Contact q value {params['q']!r}") from None
+                if not 0.0 <= q <= 1.0:
+                    raise RegistrarError(400, f"Contact q value {params['q']} out of range 0-1")
+            instance = params.get("+sip.instance")
+            reg_id_text = params.get("reg-id")
+            reg_id = int(reg_id_text) if reg_id_text and reg_id_text.isdigit() else None
+            extra = "".join(
+                f";{k}" if v is None else f";{k}={v}" for k, v in params.items() if k not in ("expires", "q")
+            )
+            updates.append((contact.uri, expires, q, instance, reg_id, extra))
+
+        for uri, expires, q, instance, reg_id, extra in updates:
+            existing = self._match(bindings, uri, instance, reg_id)
+            if existing is not None:
+                # RFC 3261 10.3 step 7: same Call-ID and a CSeq not higher
+                # than the stored one: "the update MUST be aborted and the
+                # request fails."
+                if existing.call_id == call_id and cseq <= existing.cseq:
+                    raise RegistrarError(400, "CSeq out of order for this Call-ID")
+                bindings.remove(existing)
+            if expires == 0:
+                continue
+            bindings.append(
+                Binding(
+                    aor=aor,
+                    contact=str(uri),
+                    expires_at=now + expires,
+                    call_id=call_id,
+                    cseq=cseq,
+                    q=q,
+                    path=path,
+                    instance=instance,
+                    reg_id=reg_id,
+                    received=received,
+                    params=extra,
+                    registered_at=now,
+                )
+            )
+        if len(bindings) > self.max_contacts:
+            raise RegistrarError(403, f"Too many contacts (at most {self.max_contacts})")
+        if updates:
+            self.table.replace(aor, bindings)
+        return self._ok(request, aor, now, path)
+
+    @staticmethod
+    def _match(bindings: list[Binding], uri: Any, instance: str | None, reg_id: int | None) -> Binding | None:
+        # RFC 5626 section 6: a binding with the same instance id and reg-id
+        # is the same flow of the same device and is replaced.
+        if instance is not None:
+            for b in bindings:
+                if b.instance == instance and b.reg_id == reg_id:
+                    return b
+        for b in bindings:
+            if instance is not None and b.instance is not None:
+                continue
+            if H.uri_equivalent(parse_uri(b.contact), uri):
+                return b
+        return None
+
+    def _ok(self, request: Request, aor: str, now: float, path: tuple[str, ...] = ()) -> Response:
+        extra: list[tuple[str, str]] = []
+        for b in self.table.lookup(aor):
+            q = "" if b.q == 1.0 else f";q={b.q:g}"
+            extra.append(("Contact", f"<{b.contact}>{b.params}{q};expires={b.remaining(now)}"))
+        if path:
+            # RFC 3327 section 5.3: the registrar returns the Path it stored.
+            extra.extend(("Path", p) for p in path)
+        extra.append(("Date", email.utils.formatdate(usegmt=True)))
+        return make_response(request, 200, "OK", extra=extra)

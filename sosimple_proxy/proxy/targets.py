@@ -1,0 +1,60 @@
+"""Which Request-URIs are ours: our domains, and the proxy's own addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Sequence
+
+from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.proxy.registrar import aor_key
+
+
+def _normal_host(host: str) -> str:
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+class Addressing:
+    """Answers "is this URI for us?" from [proxy] domains and the bound addresses.
+
+    A Request-URI whose host is one of our own listen addresses counts as one
+    of our domains (gateways and phones address the proxy by IP).
+    """
+
+    def __init__(self, domains: Sequence[str], listen: Sequence[ListenAddress]) -> None:
+        self.domains = frozenset(_normal_host(d) for d in domains)
+        self._configured = list(listen)
+        # Replaced by the transport layer's view once ports are bound.
+        self.listening: Callable[[], Sequence[ListenAddress]] = lambda: self._configured
+
+    def _addresses(self) -> tuple[set[str], set[int]]:
+        addrs = list(self.listening()) or self._configured
+        hosts = {_normal_host(a.host) for a in addrs}
+        if any(h in ("0.0.0.0", "::") for h in hosts):
+            hosts |= {"127.0.0.1", "::1"}
+        return hosts, {a.port for a in addrs}
+
+    def is_our_host(self, host: str | None, port: int | None) -> bool:
+        if not host:
+            return False
+        h = _normal_host(host)
+        if h in self.domains:
+            return True
+        hosts, ports = self._addresses()
+        return h in hosts and (port is None or port in ports)
+
+    def is_ours(self, uri: Any) -> bool:
+        """A sip/sips URI whose host is one of our domains or addresses."""
+        if getattr(uri, "scheme", None) not in ("sip", "sips"):
+            return False
+        return self.is_our_host(uri.host, uri.port)
+
+    def is_self(self, uri: Any) -> bool:
+        """Addressed to the proxy itself: no user part, and our host."""
+        return self.is_ours(uri) and not uri.user
+
+    def aor(self, uri: Any) -> str:
+        return aor_key(uri)

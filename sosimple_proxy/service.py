@@ -1,0 +1,57 @@
+"""Wiring: site.ini in, one ``MultiService`` out.
+
+This module is the composition root, so it is the one place that picks the
+global reactor (in :func:`makeService`); everything it builds takes the
+reactor as an argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from sosimple_proxy.config import Config, ConfigError, load_config
+
+log = Logger()
+
+# Location providers that exist in this build; the others named in
+# [location] order are skipped with a log line at startup.
+BUILT_PROVIDERS: frozenset[str] = frozenset({"local"})
+
+
+def build_service(cfg: Config, reactor: Any) -> MultiService:
+    """Build the proxy's services from a validated config."""
+    from sosimple_proxy.proxy.core import ProxyCore
+    from sosimple_proxy.sip.stack import SipStack
+
+    top = MultiService()
+    for warning in cfg.warnings:
+        log.warn("{warning}", warning=warning)
+    for name in cfg.section("location")["order"]:
+        base = name.split(":", 1)[0]
+        if base not in BUILT_PROVIDERS:
+            log.info("location provider {name!r} is not available in this build; skipped", name=name)
+    if cfg.proxy["listen"]:
+        core = ProxyCore(reactor, cfg)
+        stack = SipStack(reactor, cfg, core)
+        stack.setServiceParent(top)
+    else:
+        log.info("[proxy] listen is empty: no SIP service")
+    return top
+
+
+def makeService(path: str) -> MultiService:
+    """The twistd entry point: a bad config ends the process with one line.
+
+    ``SystemExit`` with a string prints that string on stderr and exits with
+    status 1; twistd prints no usage text for it, and nothing is bound yet.
+    """
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    from twisted.internet import reactor
+
+    return build_service(cfg, reactor)

@@ -1,0 +1,189 @@
+"""The proxy as an administrator meets it: twistd, site.ini, real sockets, sipp."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from sosimple_proxy.testing import (
+    SIPP_OPTIONS_SCENARIO,
+    SIPP_OPTIONS_SCENARIO_TEMPLATE,
+    ProxyProcess,
+    free_port,
+    run_sipp,
+    sip_options_ping,
+)
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def test_twistd_lists_the_plugin():
+    # Run from / so that only the installed project can provide the plugin.
+    out = subprocess.run(TWISTD + ["--help"], cwd="/", capture_output=True, text=True, timeout=60)
+    assert "sosimple-proxy" in out.stdout
+
+
+def _run_with(tmp_path, text: str) -> subprocess.CompletedProcess:
+    ini = tmp_path / "site.ini"
+    ini.write_text(text)
+    return subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "sosimple-proxy", "-c", str(ini)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[proxy]\nlisten = udp:127.0.0.1:notaport\n", "[proxy] listen"),
+        ("[sip]\nt1 = soon\n", "[sip] t1"),
+        ("[proxy]\nmax_message_size = tiny\n", "[proxy] max_message_size"),
+    ],
+)
+def test_bad_config_stops_with_one_line_and_status_1(tmp_path, text, words):
+    port = free_port("both")
+    result = _run_with(tmp_path, text.replace("[proxy]\n", f"[proxy]\ndomains = example.com\n") + f"\n[overlay]\nlisten =\n[admin]\nlisten =\n")
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert words in lines[0]
+    assert "Traceback" not in result.stderr and "Usage" not in result.stderr
+    # nothing was bound: the port we could have asked for is still free
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    s.close()
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    result = subprocess.run(
+        TWISTD + ["-n", "--pidfile=", "sosimple-proxy", "-c", str(tmp_path / "absent.ini")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    with ProxyProcess({"proxy": {"domains": "example.com"}}) as p:
+        yield p
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_options_to_the_proxy_gets_200(proxy, transport, tmp_path):
+    result = run_sipp(SIPP_OPTIONS_SCENARIO, f"127.0.0.1:{proxy.port}", "-t", transport, calls=1, timeout=20,
+                      workdir=tmp_path)
+    assert result.ok, str(result)
+
+
+def test_options_200_lists_allow_accept_supported(proxy):
+    answer = sip_options_ping("127.0.0.1", proxy.port, timeout=2.0)
+    assert answer is not None and answer.startswith(b"SIP/2.0 200 ")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    for name in (b"\r\nallow:", b"\r\naccept:", b"\r\nsupported:"):
+        assert name in head
+
+
+UNKNOWN_USER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="MESSAGE to an unknown user">
+  <send retrans="500">
+    <![CDATA[
+MESSAGE sip:nobody@example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:sipp@example.com>;tag=[pid]SIPpTag00[call_number]
+To: <sip:nobody@example.com>
+Call-ID: [call_id]
+CSeq: 1 MESSAGE
+Max-Forwards: 70
+Content-Type: text/plain
+Content-Length: [len]
+
+hello
+    ]]>
+  </send>
+  <recv response="404"/>
+</scenario>
+"""
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_request_to_unknown_user_gets_404(proxy, transport, tmp_path):
+    result = run_sipp(UNKNOWN_USER_SCENARIO, f"127.0.0.1:{proxy.port}", "-t", transport, calls=1, timeout=20,
+                      workdir=tmp_path)
+    assert result.ok, str(result)
+
+
+def test_unimplemented_method_to_the_proxy_is_501(proxy, tmp_path):
+    scenario = SIPP_OPTIONS_SCENARIO_TEMPLATE.format(expected=501).replace("OPTIONS", "FROBNICATE")
+    result = run_sipp(scenario, f"127.0.0.1:{proxy.port}", "-t", "u1", calls=1, timeout=20, workdir=tmp_path)
+    assert result.ok, str(result)
+
+
+def _udp_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(timeout)
+    try:
+        s.sendto(data.replace(b"LPORT", str(s.getsockname()[1]).encode()), ("127.0.0.1", port))
+        return s.recvfrom(65535)[0]
+    finally:
+        s.close()
+
+
+def test_malformed_request_over_udp_gets_400_naming_the_problem_and_proxy_survives(proxy):
+    bad = (
+        b"OPTIONS sip:user@example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:LPORT;branch=z9hG4bK" + uuid.uuid4().hex.encode() + b"\r\n"
+        b"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:user@example.com>\r\n"
+        b"Call-ID: bad-cseq@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    answer = _udp_exchange(proxy.port, bad)
+    status_line = answer.split(b"\r\n", 1)[0].decode()
+    assert status_line.startswith("SIP/2.0 400 ")
+    reason = status_line[len("SIP/2.0 400 "):]
+    assert "CSeq" in reason and "INVITE" in reason and "OPTIONS" in reason
+    # still serving
+    assert sip_options_ping("127.0.0.1", proxy.port, timeout=2.0).startswith(b"SIP/2.0 200 ")
+
+
+def test_garbage_datagrams_are_dropped_and_proxy_survives(proxy):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for junk in (b"\xff" * 100, b"INVITE\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n", os.urandom(1500)):
+        s.sendto(junk, ("127.0.0.1", proxy.port))
+    s.close()
+    assert sip_options_ping("127.0.0.1", proxy.port, timeout=2.0).startswith(b"SIP/2.0 200 ")
+    assert proxy.running
+
+
+def test_oversized_message_over_tcp_gets_513_and_close(proxy):
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    lport = s.getsockname()[1]
+    body = b"x" * 70000
+    msg = (
+        f"MESSAGE sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{lport};branch=z9hG4bKbig\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:user@example.com>\r\n"
+        f"Call-ID: big@test\r\nCSeq: 1 MESSAGE\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    try:
+        s.sendall(msg)
+    except OSError:
+        pass  # the proxy may close while we still send
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65535)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    assert data.startswith(b"SIP/2.0 513 ")
