@@ -177,6 +177,43 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _endpoint(raw: str) -> str:
+    """A Twisted server endpoint string, or empty (no listener).
+
+    Parsed (nothing is bound) so that a typo stops startup with one line
+    instead of failing once other listeners are up.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        endpoint = serverFromString(object(), text)
+    except Exception as e:
+        raise ValueError(f"{text!r} is not a Twisted server endpoint string ({e})") from None
+    port = getattr(endpoint, "_port", 0)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range 0-65535")
+    return text
+
+
+def _hostport(raw: str) -> str:
+    """One ``host:port`` (an advertised address), or empty."""
+    text = raw.strip()
+    if text and len(_hostports(text)) != 1:
+        raise ValueError(f"{text!r} is one host:port, not a list")
+    return text
+
+
+def _hex_id(raw: str) -> str:
+    """A hex node id (tests only), or empty: derived from the node's key."""
+    text = raw.strip()
+    if text and not re.fullmatch(r"(0[xX])?[0-9a-fA-F]{1,40}", text):
+        raise ValueError(f"{text!r} is not a hex id of at most 160 bits")
+    return text
+
+
 # --- the schema: section -> key -> (parser, default raw value)
 
 Schema = dict[str, tuple[Callable[[str], object], str]]
@@ -207,9 +244,9 @@ LOCATION: Schema = {
     "order": (_words, "local overlay routes dns pstn"),
 }
 OVERLAY: Schema = {
-    "listen": (_text, "tcp:7000:interface=127.0.0.1"),
+    "listen": (_endpoint, "tcp:7000:interface=127.0.0.1"),
     "domains": (_domains, ""),
-    "advertise": (_text, ""),
+    "advertise": (_hostport, ""),
     "bootstrap": (_hostports, ""),
     "replicas": (_int(0, 16), "2"),
     "successors": (_int(1, 64), "8"),
@@ -218,7 +255,7 @@ OVERLAY: Schema = {
     "key_scheme": (_choice("flat", "domain"), "flat"),
     "domain_bits": (_int(1, 128), "32"),
     "home_domain": (_text, ""),
-    "node_id": (_text, ""),
+    "node_id": (_hex_id, ""),
 }
 DNS: Schema = {"servers": (_hostports, "")}
 TLS: Schema = {
@@ -234,7 +271,7 @@ AUTH: Schema = {
     "realm": (_text, ""),
 }
 ADMIN: Schema = {
-    "listen": (_text, "tcp:8080:interface=127.0.0.1"),
+    "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
     "max_name": (_int(1), "256"),
     "max_value": (_int(1), "1048576"),
 }

@@ -33,6 +33,20 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         base = name.split(":", 1)[0]
         if base not in BUILT_PROVIDERS:
             log.info("location provider {name!r} is not available in this build; skipped", name=name)
+    # The ring first: the proxy and the admin API use it (``top.overlay``,
+    # an OverlayService whose ``ready`` fires with the node, or None).
+    top.overlay = None  # type: ignore[attr-defined]
+    if cfg.section("overlay")["listen"]:
+        from sosimple_proxy.overlay.service import OverlayService
+
+        top.overlay = OverlayService(reactor, cfg.section("overlay"))  # type: ignore[attr-defined]
+        top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
+    else:
+        log.info("[overlay] listen is empty: no overlay")
+    if cfg.section("admin")["listen"]:
+        from sosimple_proxy.web.admin import admin_service
+
+        admin_service(reactor, cfg.section("admin"), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         core = ProxyCore(reactor, cfg)
         stack = SipStack(reactor, cfg, core)

@@ -55,6 +55,14 @@ def test_ipv6_listen_and_domain_lists():
         ("[registrar]\nmin_expires = 7200\n", "registrar", "min_expires", "above max_expires"),
         ("[overlay]\nbootstrap = 127.0.0.1\n", "overlay", "bootstrap", "not host:port"),
         ("[overlay]\nkey_scheme = tree\n", "overlay", "key_scheme", "not one of flat, domain"),
+        ("[overlay]\nlisten = tcp:notaport\n", "overlay", "listen", "not a Twisted server endpoint string"),
+        ("[overlay]\nlisten = 7000\n", "overlay", "listen", "not a Twisted server endpoint string"),
+        ("[overlay]\nlisten = tcp:99999\n", "overlay", "listen", "out of range"),
+        ("[overlay]\nadvertise = 127.0.0.1:1 127.0.0.1:2\n", "overlay", "advertise", "not a list"),
+        ("[overlay]\nadvertise = 127.0.0.1\n", "overlay", "advertise", "not host:port"),
+        ("[overlay]\nnode_id = xyz\n", "overlay", "node_id", "not a hex id"),
+        ("[admin]\nlisten = tcp:8080:interfase=127.0.0.1\n", "admin", "listen", "not a Twisted server endpoint string"),
+        ("[admin]\nmax_value = 0\n", "admin", "max_value", "below the minimum"),
         ("[gateway:a]\npriority = high\n", "gateway:a", "priority", "not an integer"),
         ("[proxy]\nlisten = udp:127.0.0.1:5060\nlisten = tcp:127.0.0.1:5060\n", "proxy", "listen", "given twice"),
     ],
@@ -96,3 +104,14 @@ def test_named_sections():
     cfg = parse_config("[overlay:corp]\nlisten = tcp:7001\ndomains = corp.test\n[gateway:a]\nuri = sip:127.0.0.1:5080\n")
     assert cfg.named("overlay")["corp"]["domains"] == ("corp.test",)
     assert cfg.named("gateway")["a"]["uri"] == "sip:127.0.0.1:5080"
+
+
+def test_overlay_and_admin_listeners_are_endpoint_strings_or_empty():
+    cfg = parse_config("[overlay]\nlisten = tcp:0:interface=127.0.0.1\nadvertise = [::1]:7000\nnode_id = 0xff\n[admin]\nlisten =\n")
+    assert cfg.section("overlay")["listen"] == "tcp:0:interface=127.0.0.1"
+    assert cfg.section("overlay")["advertise"] == "[::1]:7000"
+    assert cfg.section("admin")["listen"] == ""
+    defaults = parse_config("")
+    assert defaults.section("overlay")["listen"] == "tcp:7000:interface=127.0.0.1"
+    assert defaults.section("admin")["listen"] == "tcp:8080:interface=127.0.0.1"
+    assert (defaults.section("admin")["max_name"], defaults.section("admin")["max_value"]) == (256, 1048576)

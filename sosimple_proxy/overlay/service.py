@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from . import ids
 from .amp import AMPRPC, OverlayServerFactory
 from .identity import load_or_create_key, public_key_bytes
-from .node import ChordNode, NodeConfig
+from .node import ChordNode, NodeConfig, NotRunning
 from .store import SQLiteRecordStore
 
 log = Logger()
@@ -79,7 +79,11 @@ class OverlayService(Service):
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Any) -> None:
-        log.failure("overlay {name}: could not start", failure, name=self.name)
+        if failure.check(NotRunning) and not self.running:
+            # stopped while still joining: an ordinary shutdown, not an error
+            log.info("overlay {name}: stopped before it joined the ring", name=self.name)
+        else:
+            log.failure("overlay {name}: could not start", failure, name=self.name)
         self.ready.errback(failure)
 
     @defer.inlineCallbacks

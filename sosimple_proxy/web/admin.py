@@ -1,0 +1,321 @@
+"""The admin HTTP API (``[admin] listen``): the operator's view of the ring.
+
+The routes and their answers are an outside contract (``shared/site-ini.md``,
+"Admin HTTP API"): scripts and the ``sosimple`` command depend on them.
+
+- ``GET /health``: 200 once the node serves, 503 while it joins;
+- ``GET /ring``: this node's place in the ring and what it stores;
+- ``GET /locate/{name}``: the nodes that hold a name;
+- ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records.
+
+A name is the rest of the path after ``/records/`` or ``/locate/``,
+percent-decoded, as UTF-8 (so ``a/b`` and ``a%2Fb`` are the same name).
+Every error is ``{"error": "..."}`` with a fitting status; the ring being
+unreachable is 503, not 500, because a retry may well succeed.
+
+This module uses the overlay's public node API only, and nothing of SIP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+from twisted.application import strports
+from twisted.application.service import IService
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from sosimple_proxy.overlay import ids
+from sosimple_proxy.overlay.messages import Peer
+from sosimple_proxy.overlay.node import ChordNode, LookupFailed, NotRunning, OverlayError, StoreFailed
+
+log = Logger()
+
+#: the kind the API reads and writes; other kinds under a key are left alone
+BLOB = "blob"
+DEFAULT_TTL = 3600.0
+#: a TTL beyond this (about 100 years) is surely a mistake
+MAX_TTL = 100 * 365 * 86400.0
+
+
+class Ring(Protocol):
+    """What the API needs of a ring member (``OverlayService`` provides it)."""
+
+    node: ChordNode | None
+    keys: ids.KeyScheme
+    ready: defer.Deferred
+
+
+class ApiError(Exception):
+    """An error answer: the status and the message of its JSON body."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[bytes, bytes] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class LimitedRequest(server.Request):
+    """A request that stops buffering its body past the site's ``max_body``.
+
+    twisted.web keeps a whole body before rendering; without this an
+    oversized upload would fill memory or disk before we could say 413.
+    """
+
+    too_large = False
+    _received = 0
+
+    def _limit(self) -> int | None:
+        return getattr(getattr(self.channel, "site", None), "max_body", None)
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._limit()
+        if limit is not None and length is not None and length > limit:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit is not None and self._received > limit:
+            self.too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class AdminSite(server.Site):
+    """A ``Site`` whose requests refuse bodies over ``max_body`` bytes."""
+
+    def __init__(self, resource: Resource, max_body: int, **kw: Any) -> None:
+        super().__init__(resource, requestFactory=LimitedRequest, **kw)
+        self.max_body = max_body
+
+
+def _peer(p: Peer | None, m: int) -> dict | None:
+    if p is None:
+        return None
+    return {"id": ids.format_id(p.id, m), "address": str(p.address)}
+
+
+def _distinct(peers: Any) -> list[Peer]:
+    seen: dict[Any, Peer] = {}
+    for p in peers:
+        seen.setdefault(p.address, p)
+    return list(seen.values())
+
+
+class AdminAPI(Resource):
+    """The whole API as one leaf resource: a handful of routes, one dispatcher."""
+
+    isLeaf = True
+
+    def __init__(self, ring: Ring | None, max_name: int = 256, max_value: int = 1048576) -> None:
+        super().__init__()
+        self.ring = ring
+        self.max_name = max_name
+        self.max_value = max_value
+
+    # ------------------------------------------------------------ plumbing
+
+    def render(self, request: server.Request) -> int:
+        method = request.method.decode("ascii", "replace")
+        if method == "HEAD":
+            method = "GET"
+        d = defer.Deferred.fromCoroutine(self._dispatch(method, request))
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+        d.addErrback(self._error_answer)
+        d.addCallback(self._write, request, finished)
+        d.addErrback(lambda f: log.failure("admin: writing the answer failed", f))
+        return server.NOT_DONE_YET
+
+    def _error_answer(self, failure: Failure) -> tuple[int, dict, bytes, str]:
+        if failure.check(ApiError):
+            e = failure.value
+            return e.status, e.headers, _json({"error": e.message}), "application/json"
+        if failure.check(LookupFailed, StoreFailed, NotRunning):
+            return 503, {}, _json({"error": f"the ring did not answer: {failure.value}"}), "application/json"
+        if failure.check(OverlayError):
+            return 503, {}, _json({"error": str(failure.value)}), "application/json"
+        log.failure("admin: request failed", failure)
+        return 500, {}, _json({"error": f"internal error: {failure.type.__name__}"}), "application/json"
+
+    def _write(self, answer: tuple[int, Mapping[bytes, bytes], bytes, str], request: server.Request, finished: list[bool]) -> None:
+        if finished[0]:
+            return  # the client went away
+        status, headers, body, ctype = answer
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        if status != 204:
+            request.setHeader(b"content-type", ctype.encode("ascii"))
+            request.write(body)
+        request.finish()
+
+    async def _dispatch(self, method: str, request: server.Request) -> tuple[int, Mapping[bytes, bytes], bytes, str]:
+        segments = list(request.postpath or [])
+        head = segments[0].decode("utf-8", "replace") if segments else ""
+        rest = segments[1:]
+        routes: dict[str, dict[str, Callable[..., Awaitable[tuple]]]] = {
+            "health": {"GET": self.health},
+            "ring": {"GET": self.ring_view},
+            "locate": {"GET": self.locate},
+            "records": {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
+            "registrations": {"GET": self.registrations},
+        }
+        handlers = routes.get(head)
+        if handlers is None:
+            raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        if head in ("health", "ring"):
+            if rest not in ([], [b""]):
+                raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        handler = handlers.get(method)
+        if handler is None:
+            allow = ", ".join(sorted(handlers))
+            raise ApiError(405, f"{method} is not allowed here; use {allow}", {b"allow": allow.encode()})
+        if head in ("health", "ring"):
+            return await handler()
+        if getattr(request, "too_large", False):
+            raise ApiError(413, f"the body is over the limit of {self.max_value} bytes")
+        name = self._name(rest)
+        if method == "PUT":
+            return await handler(name, request)
+        return await handler(name)
+
+    def _name(self, rest: list[bytes]) -> str:
+        raw = b"/".join(rest)
+        if not raw:
+            raise ApiError(400, "a name is needed after the slash")
+        if len(raw) > self.max_name:
+            raise ApiError(400, f"the name is {len(raw)} bytes, over the limit of {self.max_name}")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the name is not UTF-8") from None
+
+    def _node(self) -> ChordNode:
+        ring = self.ring
+        if ring is None:
+            raise ApiError(503, "this node runs no overlay ([overlay] listen is empty)")
+        node = ring.node
+        if node is None or not node.joined:
+            if ring.ready.called:
+                raise ApiError(503, "the overlay failed to start; see the node's log")
+            raise ApiError(503, "the node is joining the ring")
+        if not node.running:
+            raise ApiError(503, "the node has left the ring")
+        return node
+
+    def _key(self, name: str) -> int:
+        assert self.ring is not None
+        return self.ring.keys.key(name)
+
+    # -------------------------------------------------------------- routes
+
+    async def health(self) -> tuple:
+        if self.ring is not None:
+            self._node()
+        return 200, {}, _json({"status": "ok"}), "application/json"
+
+    async def ring_view(self) -> tuple:
+        node = self._node()
+        m = node.config.m
+        primary, replica = node.counts()
+        view = {
+            "id": ids.format_id(node.id, m),
+            "address": str(node.address),
+            "predecessor": _peer(node.predecessor, m),
+            "successors": [_peer(p, m) for p in node.successors],
+            "fingers": [_peer(p, m) for p in node.finger_peers()],
+            "records": primary + replica,
+            "primary": primary,
+            "replica": replica,
+        }
+        return 200, {}, _json(view), "application/json"
+
+    async def locate(self, name: str) -> tuple:
+        node = self._node()
+        key = self._key(name)
+        result = await node.lookup(key)
+        m = node.config.m
+        holders = _distinct(result.successors)[: node.config.replicas + 1]
+        body = {
+            "key": ids.format_id(key, m),
+            "responsible": _peer(holders[0], m),
+            "replicas": [_peer(p, m) for p in holders[1:]],
+        }
+        return 200, {}, _json(body), "application/json"
+
+    async def put_record(self, name: str, request: server.Request) -> tuple:
+        ttl = _ttl(request.args.get(b"ttl", [None])[0])
+        node = self._node()
+        request.content.seek(0)
+        value = request.content.read(self.max_value + 1)
+        if len(value) > self.max_value:
+            raise ApiError(413, f"the body is over the limit of {self.max_value} bytes")
+        key = self._key(name)
+        record = await node.put_value(key, BLOB, value, ttl)
+        m = node.config.m
+        body = {"name": name, "key": ids.format_id(key, m), "ttl": ttl, "seq": record.seq, "bytes": len(value)}
+        return 201, {}, _json(body), "application/json"
+
+    async def get_record(self, name: str) -> tuple:
+        node = self._node()
+        records = await node.get(self._key(name), BLOB)
+        if not records:
+            raise ApiError(404, f"no record named {name!r}")
+        return 200, {}, records[0].value, "application/octet-stream"
+
+    async def delete_record(self, name: str) -> tuple:
+        node = self._node()
+        if not await node.remove(self._key(name), BLOB):
+            raise ApiError(404, f"no record named {name!r}")
+        return 204, {}, b"", ""
+
+    async def registrations(self, aor: str) -> tuple:
+        raise ApiError(501, "registrations are not served by this build yet")
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _ttl(raw: bytes | None) -> float:
+    if raw is None:
+        return DEFAULT_TTL
+    try:
+        ttl = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, f"ttl {raw.decode('utf-8', 'replace')!r} is not a number of seconds") from None
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ApiError(400, f"ttl must be a positive number of seconds, not {raw.decode('ascii')}")
+    if ttl > MAX_TTL:
+        raise ApiError(400, f"ttl {ttl:g} is over the limit of {MAX_TTL:g} seconds")
+    return ttl
+
+
+def admin_site(ring: Ring | None, settings: Mapping[str, Any]) -> AdminSite:
+    """The API as a ``Site``, with ``[admin]``'s limits."""
+    max_name = int(settings.get("max_name", 256))
+    max_value = int(settings.get("max_value", 1048576))
+    site = AdminSite(AdminAPI(ring, max_name, max_value), max_body=max_value)
+    site.displayTracebacks = False
+    return site
+
+
+def admin_service(reactor: Any, settings: Mapping[str, Any], ring: Ring | None) -> IService:
+    """The API listening on ``[admin] listen`` (a Twisted endpoint string)."""
+    svc = strports.service(str(settings["listen"]), admin_site(ring, settings), reactor=reactor)
+    svc.setName("admin")
+    return svc
