@@ -27,7 +27,7 @@ from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from sosimple_proxy.overlay import ids

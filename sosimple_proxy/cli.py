@@ -1,0 +1,271 @@
+"""The ``sosimple`` command: the admin HTTP API from a shell.
+
+    sosimple [--admin URL] ring | put NAME [FILE|-] [--ttl S] | get NAME
+             | delete NAME | lookup AOR
+
+The contract (``shared/site-ini.md``, "The sosimple command"): ``ring`` and
+``lookup`` print JSON, ``get`` the raw bytes, ``put`` and ``delete`` nothing.
+A failure is one line on stderr and an exit status that scripts can test:
+
+- 1: not found (the API answered 404);
+- 2: usage (bad arguments, a bad ``--admin`` URL, an unreadable FILE);
+- 3: the API could not be reached (refused, no such host, no answer in time);
+- 4: any other error answer, with the server's message.
+
+A traceback never reaches the user: anything unexpected is still one line
+(status 4).  ``lookup`` asks ``GET /registrations/{aor}`` and prints what
+the API gives; nodes whose build does not serve registrations yet answer
+501, which is status 4 with their message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import IO, Any, NoReturn, Sequence
+from urllib.parse import quote, urlsplit
+
+DEFAULT_ADMIN = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = 30.0
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_ERROR = 4
+
+
+class Failed(Exception):
+    """Ends the command: the exit status and the one line for stderr."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = " ".join(message.split())  # one line, whatever the server said
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and status 2), not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise Failed(EXIT_USAGE, f"{message} (see sosimple --help)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line; ``--admin`` and ``--timeout`` go before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--admin",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help=f"the node's admin API (default: $SOSIMPLE_ADMIN, then {DEFAULT_ADMIN})",
+    )
+    common.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive,
+        default=argparse.SUPPRESS,
+        help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    top = _Parser(
+        prog="sosimple",
+        description="Talk to a sosimple-proxy node's admin API.",
+        parents=[common],
+        epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 cannot connect, 4 other error.",
+    )
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("ring", parents=[common], help="this node's view of the ring (JSON)")
+    put = commands.add_parser("put", parents=[common], help="store FILE (or stdin) under NAME")
+    put.add_argument("name", metavar="NAME")
+    put.add_argument("file", metavar="FILE", nargs="?", default="-", help="'-' or omitted: standard input")
+    put.add_argument("--ttl", metavar="S", type=_positive, default=None, help="lifetime in seconds (server default 3600)")
+    get = commands.add_parser("get", parents=[common], help="print the bytes stored under NAME")
+    get.add_argument("name", metavar="NAME")
+    delete = commands.add_parser("delete", parents=[common], help="remove the record NAME")
+    delete.add_argument("name", metavar="NAME")
+    lookup = commands.add_parser("lookup", parents=[common], help="what the ring holds for an AoR (JSON)")
+    lookup.add_argument("name", metavar="AOR", help="user@domain")
+    return top
+
+
+def admin_url(given: str | None, environ: dict[str, str] | os._Environ[str]) -> str:
+    """The API's base URL: ``--admin``, else ``$SOSIMPLE_ADMIN``, else the default; checked."""
+    url = given if given is not None else (environ.get("SOSIMPLE_ADMIN") or DEFAULT_ADMIN)
+    where = "--admin" if given is not None else ("$SOSIMPLE_ADMIN" if environ.get("SOSIMPLE_ADMIN") else "the default")
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as e:
+        raise Failed(EXIT_USAGE, f"{where}: {url!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Failed(EXIT_USAGE, f"{where}: {url!r} is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise Failed(EXIT_USAGE, f"{where}: {url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+def _read_body(path: str, stdin: IO[bytes]) -> bytes:
+    if path == "-":
+        return stdin.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise Failed(EXIT_USAGE, f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _request_for(args: argparse.Namespace, base: str, stdin: IO[bytes]) -> tuple[str, str, bytes | None]:
+    """(method, URL, body) of the one call a command makes."""
+    if args.command == "ring":
+        return "GET", base + "/ring", None
+    name = args.name
+    if not name:
+        raise Failed(EXIT_USAGE, f"{args.command}: the name is empty")
+    quoted = quote(name, safe="@")
+    if args.command == "put":
+        body = _read_body(args.file, stdin)
+        url = base + "/records/" + quoted
+        if args.ttl is not None:
+            url += f"?ttl={args.ttl:g}"
+        return "PUT", url, body
+    if args.command == "get":
+        return "GET", base + "/records/" + quoted, None
+    if args.command == "delete":
+        return "DELETE", base + "/records/" + quoted, None
+    if args.command == "lookup":
+        return "GET", base + "/registrations/" + quoted, None
+    raise Failed(EXIT_USAGE, f"unknown command {args.command!r}")
+
+
+def _server_message(body: bytes, code: int, phrase: bytes | None) -> str:
+    try:
+        message = json.loads(body)["error"]
+        if isinstance(message, str) and message:
+            return message
+    except Exception:
+        pass
+    return (phrase or b"").decode("latin-1") or f"status {code}"
+
+
+def _connection_error(failure_or_exc: BaseException, url: str, timeout: float) -> Failed | None:
+    """A one-line Failed for errors that mean "could not talk to the API"."""
+    from twisted.internet import defer, error
+    from twisted.web import _newclient
+
+    e = failure_or_exc
+    where = urlsplit(url)
+    site = f"{where.scheme}://{where.netloc}"
+    if isinstance(e, (defer.CancelledError, defer.TimeoutError, error.TimeoutError)):
+        return Failed(EXIT_CONNECTION, f"no answer from {site} within {timeout:g} s")
+    if isinstance(e, error.ConnectionRefusedError):
+        return Failed(EXIT_CONNECTION, f"cannot connect to {site}: connection refused")
+    if isinstance(e, error.DNSLookupError):
+        return Failed(EXIT_CONNECTION, f"cannot connect to {site}: no such host")
+    if isinstance(e, (error.ConnectError, OSError)):
+        return Failed(EXIT_CONNECTION, f"cannot connect to {site}: {e.__class__.__name__} {e}".strip())
+    if isinstance(e, (_newclient.ResponseNeverReceived, _newclient.RequestTransmissionFailed, _newclient.ResponseFailed)):
+        reasons = getattr(e, "reasons", None) or []
+        inner = reasons[0].value if reasons else None
+        if isinstance(inner, (defer.CancelledError, error.TimeoutError)):
+            return Failed(EXIT_CONNECTION, f"no answer from {site} within {timeout:g} s")
+        why = inner.__class__.__name__ if inner is not None else "connection lost"
+        return Failed(EXIT_CONNECTION, f"the connection to {site} failed ({why})")
+    return None
+
+
+async def run(
+    reactor: Any,
+    argv: Sequence[str],
+    stdout: IO[bytes],
+    stderr: IO[str],
+    stdin: IO[bytes] | None = None,
+    environ: dict[str, str] | None = None,
+) -> int:
+    """Run one command; the exit status.  Never raises (but for KeyboardInterrupt)."""
+    try:
+        return await _run(reactor, argv, stdout, stdin, environ if environ is not None else dict(os.environ))
+    except Failed as f:
+        stderr.write(f"sosimple: {f.message}\n")
+        return f.status
+    except SystemExit as e:  # --help
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    except BrokenPipeError:
+        # the reader went away (``sosimple get x | head``): nothing to report
+        _silence(stdout)
+        return 0
+    except Exception as e:
+        stderr.write(f"sosimple: unexpected error: {e.__class__.__name__}: {' '.join(str(e).split())}\n")
+        return EXIT_ERROR
+
+
+async def _run(reactor: Any, argv: Sequence[str], stdout: IO[bytes], stdin: IO[bytes] | None, environ: dict[str, str]) -> int:
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    args = parser().parse_args(list(argv))
+    base = admin_url(getattr(args, "admin", None), environ)
+    timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    method, url, body = _request_for(args, base, stdin if stdin is not None else sys.stdin.buffer)
+    client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    try:
+        response = await client.request(method, url, data=body, timeout=timeout)
+        content = await treq.content(response)
+    except Exception as e:
+        failed = _connection_error(e, url, timeout)
+        if failed is None:
+            raise
+        raise failed from None
+    code = response.code
+    if code == 404:
+        raise Failed(EXIT_NOT_FOUND, _server_message(content, code, response.phrase))
+    if not 200 <= code < 300:
+        raise Failed(EXIT_ERROR, f"{code}: {_server_message(content, code, response.phrase)}")
+    if args.command in ("ring", "lookup"):
+        try:
+            value = json.loads(content)
+        except ValueError:
+            raise Failed(EXIT_ERROR, f"the server's answer is not JSON ({len(content)} bytes)") from None
+        stdout.write(json.dumps(value, indent=2).encode("utf-8") + b"\n")
+    elif args.command == "get":
+        stdout.write(content)
+    stdout.flush()
+    return 0
+
+
+def _silence(stream: IO[bytes]) -> None:
+    """Point a dead stdout at /dev/null so the interpreter's last flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script: runs one command under the reactor and exits with its status."""
+    from twisted.internet import task
+
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    async def _main(reactor: Any) -> None:
+        status = await run(reactor, args, sys.stdout.buffer, sys.stderr)
+        if status:
+            raise SystemExit(status)
+
+    task.react(_main)
+
+
+if __name__ == "__main__":
+    main()

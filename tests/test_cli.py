@@ -1,0 +1,184 @@
+"""The ``sosimple`` command against a real admin API on loopback (one in-process node)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+from twisted.web import resource, server
+
+from sosimple_proxy import cli
+from sosimple_proxy.overlay import ids
+from sosimple_proxy.overlay.service import OverlayService
+from sosimple_proxy.testing import free_port
+from sosimple_proxy.web.admin import admin_site
+
+SOSIMPLE = [sys.executable, "-c", "from sosimple_proxy.cli import main; main()"]
+
+
+class CliTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.base = tempfile.mkdtemp(prefix="cli-test-")
+        self.addCleanup(shutil.rmtree, self.base, True)
+        settings = {
+            "listen": "tcp:0:interface=127.0.0.1",
+            "bootstrap": (),
+            "replicas": 2,
+            "successors": 4,
+            "stabilize_interval": 0.2,
+            "state_dir": os.path.join(self.base, "node"),
+        }
+        self.svc = OverlayService(reactor, settings)
+        self.svc.startService()
+        self.addCleanup(self.svc.stopService)
+        self.node = yield self.svc.ready
+        port = reactor.listenTCP(0, admin_site(self.svc, {"max_name": 100, "max_value": 1000}), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def sosimple(self, *argv: str, stdin: bytes = b"", env: dict | None = None, admin: bool = True):
+        """(status, stdout bytes, stderr text) of one command, run in-process."""
+        out, err = io.BytesIO(), io.StringIO()
+        args = (["--admin", self.url] if admin else []) + list(argv)
+        status = yield defer.Deferred.fromCoroutine(
+            cli.run(reactor, args, out, err, io.BytesIO(stdin), env if env is not None else {})
+        )
+        if status:
+            self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+            self.assertTrue(err.getvalue().startswith("sosimple: "))
+        return status, out.getvalue(), err.getvalue()
+
+    @defer.inlineCallbacks
+    def test_put_get_delete(self):
+        path = os.path.join(self.base, "value.bin")
+        with open(path, "wb") as f:
+            f.write(b"\x00\x01binary\xff")
+        status, out, err = yield self.sosimple("put", "greeting", path, "--ttl", "120")
+        self.assertEqual((status, out, err), (0, b"", ""))
+        stored = self.node.store.get(ids.flat_key("greeting"))
+        self.assertLess(abs(stored[0].expires - reactor.seconds() - 120), 5)
+        status, out, _ = yield self.sosimple("get", "greeting")
+        self.assertEqual((status, out), (0, b"\x00\x01binary\xff"))
+        status, out, _ = yield self.sosimple("delete", "greeting")
+        self.assertEqual((status, out), (0, b""))
+        status, out, err = yield self.sosimple("get", "greeting")
+        self.assertEqual((status, out), (1, b""))
+        self.assertIn("no record named 'greeting'", err)
+        status, _, err = yield self.sosimple("delete", "greeting")
+        self.assertEqual(status, 1)
+
+    @defer.inlineCallbacks
+    def test_put_from_stdin_and_odd_names(self):
+        for name, argv in (("from stdin", ["-"]), ("a/b%c@d é?#", [])):
+            status, _, err = yield self.sosimple("put", name, *argv, stdin=name.encode() * 3)
+            self.assertEqual(status, 0, err)
+            self.assertEqual(self.node.store.get(ids.flat_key(name))[0].value, name.encode() * 3)
+            status, out, _ = yield self.sosimple("get", name)
+            self.assertEqual(out, name.encode() * 3)
+
+    @defer.inlineCallbacks
+    def test_ring_prints_json_and_admin_comes_from_the_environment(self):
+        status, out, _ = yield self.sosimple("ring", env={"SOSIMPLE_ADMIN": self.url}, admin=False)
+        self.assertEqual(status, 0)
+        view = json.loads(out)
+        self.assertEqual(view["id"], ids.format_id(self.node.id))
+        # --admin after the command works too, and wins over the environment
+        status, out, _ = yield self.sosimple(
+            "ring", "--admin", self.url, env={"SOSIMPLE_ADMIN": "http://127.0.0.1:1"}, admin=False
+        )
+        self.assertEqual(json.loads(out)["address"], self.node.address)
+
+    @defer.inlineCallbacks
+    def test_error_answers_are_status_4_with_the_servers_message(self):
+        status, _, err = yield self.sosimple("put", "big", "-", stdin=b"x" * 1001)
+        self.assertEqual(status, 4)
+        self.assertIn("413", err)
+        self.assertIn("over the limit of 1000 bytes", err)
+        status, _, err = yield self.sosimple("get", "n" * 101)
+        self.assertEqual(status, 4)
+        self.assertIn("400", err)
+        status, _, err = yield self.sosimple("lookup", "alice@example.com")
+        self.assertEqual(status, 4)
+        self.assertIn("registrations are not served", err)
+
+    @defer.inlineCallbacks
+    def test_a_server_that_is_not_the_api(self):
+        class Broken(resource.Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setResponseCode(500, b"Exploded")
+                return b"<html>traceback here</html>"
+
+        port = reactor.listenTCP(0, server.Site(Broken()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        status, _, err = yield self.sosimple("--admin", f"http://127.0.0.1:{port.getHost().port}", "get", "x", admin=False)
+        self.assertEqual((status, err), (4, "sosimple: 500: Exploded\n"))
+
+    @defer.inlineCallbacks
+    def test_unreachable_and_silent_servers_are_status_3(self):
+        dead = free_port("tcp")
+        status, _, err = yield self.sosimple("--admin", f"http://127.0.0.1:{dead}", "ring", admin=False)
+        self.assertEqual(status, 3)
+        self.assertIn("connection refused", err)
+        silent = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        url = f"http://127.0.0.1:{silent.getHost().port}"
+        status, _, err = yield self.sosimple("--admin", url, "--timeout", "0.3", "get", "x", admin=False)
+        self.assertEqual(status, 3)
+        self.assertIn("no answer", err)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_usage_errors_are_status_2(self):
+        for argv in (
+            [],
+            ["frobnicate"],
+            ["get"],
+            ["get", ""],
+            ["put", "x", "--ttl", "soon"],
+            ["put", "x", "--ttl", "0"],
+            ["put", "x", os.path.join(self.base, "missing")],
+            ["--admin", "ftp://127.0.0.1/", "ring"],
+            ["--admin", "not a url", "ring"],
+            ["--admin", "http://127.0.0.1:99999", "ring"],
+            ["--admin", "http://127.0.0.1:8080/?q=1", "ring"],
+        ):
+            status, out, err = yield self.sosimple(*argv, admin=False)
+            self.assertEqual(status, 2, (argv, err))
+            self.assertEqual(out, b"")
+        status, _, err = yield self.sosimple("ring", env={"SOSIMPLE_ADMIN": "nowhere"}, admin=False)
+        self.assertEqual(status, 2)
+        self.assertIn("$SOSIMPLE_ADMIN", err)
+
+
+def test_console_script_exit_codes_and_no_traceback():
+    """The real command line, as a shell runs it: one line, never a traceback."""
+    dead = free_port("tcp")
+    env = dict(os.environ, SOSIMPLE_ADMIN=f"http://127.0.0.1:{dead}")
+    cases = [
+        (["ring"], 3, "connection refused"),
+        (["get", "x"], 3, "connection refused"),
+        (["--admin", "http://[::1", "ring"], 2, "is not a URL"),
+        (["put"], 2, "required: NAME"),
+    ]
+    for argv, status, words in cases:
+        result = subprocess.run(SOSIMPLE + argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert result.returncode == status, (argv, result.stderr)
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and words in lines[0], (argv, result.stderr)
+        assert "Traceback" not in result.stderr
+    help_ = subprocess.run(SOSIMPLE + ["--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "Exit status" in help_.stdout
