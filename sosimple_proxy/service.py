@@ -18,7 +18,7 @@ log = Logger()
 
 # Location providers that exist in this build; the others named in
 # [location] order are skipped with a log line at startup.
-BUILT_PROVIDERS: frozenset[str] = frozenset({"local"})
+BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes"})
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -48,7 +48,11 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, cfg.section("admin"), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
-        core = ProxyCore(reactor, cfg)
+        # Next hops named by host name: the system resolver only when DNS is
+        # in the location order (tests leave it out); RFC 3263 comes with
+        # the dns provider.
+        resolve = reactor.resolve if "dns" in cfg.section("location")["order"] else None
+        core = ProxyCore(reactor, cfg, resolve=resolve)
         stack = SipStack(reactor, cfg, core)
         stack.setServiceParent(top)
     else:

@@ -60,8 +60,10 @@ class Registrar:
         default_expires: int,
         max_contacts: int,
         is_ours: Callable[[Any], bool],
+        aor: Callable[[Any], str] = aor_key,
     ) -> None:
         self.clock = clock
+        self.aor = aor
         self.table = table
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -83,7 +85,7 @@ class Registrar:
         to_uri = request.to.uri
         if getattr(to_uri, "scheme", None) not in ("sip", "sips"):
             raise RegistrarError(404, "Address of record is not a SIP URI")
-        aor = aor_key(to_uri)
+        aor = self.aor(to_uri)
         if not self.is_ours(to_uri):
             raise RegistrarError(404, "Address of record not in a domain of this registrar")
 

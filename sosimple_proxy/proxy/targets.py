@@ -26,6 +26,10 @@ class Addressing:
 
     def __init__(self, domains: Sequence[str], listen: Sequence[ListenAddress]) -> None:
         self.domains = frozenset(_normal_host(d) for d in domains)
+        # Users addressed at one of our IP addresses are users of this
+        # domain (as Kamailio does without use_domain): sip:bob@127.0.0.1
+        # reaches the bob who registered as bob@example.com.
+        self.primary = _normal_host(domains[0]) if domains else None
         self._configured = list(listen)
         # Replaced by the transport layer's view once ports are bound.
         self.listening: Callable[[], Sequence[ListenAddress]] = lambda: self._configured
@@ -57,4 +61,9 @@ class Addressing:
         return self.is_ours(uri) and not uri.user
 
     def aor(self, uri: Any) -> str:
-        return aor_key(uri)
+        """The canonical AoR; our own addresses stand for the first domain."""
+        key = aor_key(uri)
+        host = _normal_host(uri.host or "")
+        if self.primary and host not in self.domains and "@" in key and host in self._addresses()[0]:
+            return key.rsplit("@", 1)[0] + "@" + self.primary
+        return key

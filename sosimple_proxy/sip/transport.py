@@ -567,6 +567,14 @@ class TransportLayer(service.Service):
         """Remote ends of the usable stream connections (for tests and admin)."""
         return list(self._streams)
 
+    def has_connection(self, peer: Peer) -> bool:
+        """Is there a usable stream connection to ``peer`` (a UA's flow)?"""
+        try:
+            peer = attrs.evolve(peer, host=_normal_host(peer.host))
+        except ValueError:
+            return False
+        return peer in self._streams
+
     # -- sending
 
     def send(self, data: bytes, dest: Peer, local: ListenAddress | None = None) -> defer.Deferred:

@@ -40,6 +40,8 @@ def main(root: str, out_path: str) -> None:
             messages[e["name"]] = data
             for m in re.finditer(rb"(?im)^(?:via|v)\s*:[^\r\n]*?(?:\]|[\w.-]):(\d{2,5})", data):
                 ports.add(int(m.group(1)))
+            for m in re.finditer(rb"(?i)sips?:[^\s>;,]*?:(\d{2,5})\b", data):
+                ports.add(int(m.group(1)))
         ports.discard(proxy.port)
         socks = []
         for p in sorted(ports):
@@ -74,13 +76,18 @@ def main(root: str, out_path: str) -> None:
             sender.sendto(data, ("127.0.0.1", proxy.port))
             cid = re.search(rb"(?im)^(?:call-id|i)\s*:\s*(\S+)", data)
             answers = []
+            forwarded = False
             for g in drain(1.5):
+                g_cid = re.search(rb"(?im)^(?:call-id|i)\s*:\s*(\S+)", g)
+                if not g.startswith(b"SIP/2.0 ") and cid is not None and g_cid and g_cid.group(1) == cid.group(1):
+                    forwarded = True  # the proxy passed it on: it accepted it
+                    continue
                 m = re.match(rb"SIP/2\.0 (\d{3}) ?([^\r\n]*)", g)
                 g_cid = re.search(rb"(?im)^(?:call-id|i)\s*:\s*(\S+)", g)
                 if m and (cid is None or (g_cid and g_cid.group(1) == cid.group(1))):
                     answers.append([int(m.group(1)), m.group(2).decode("utf-8", "replace")])
             alive = sip_options_ping("127.0.0.1", proxy.port, timeout=2.0)
-            results[name] = {"answers": answers, "alive": bool(alive and alive.startswith(b"SIP/2.0 200"))}
+            results[name] = {"answers": answers, "forwarded": forwarded, "alive": bool(alive and alive.startswith(b"SIP/2.0 200"))}
         results["_still_running"] = {"answers": [], "alive": proxy.running}
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)

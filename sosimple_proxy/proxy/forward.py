@@ -1,0 +1,155 @@
+"""Building and sending the per-target copy of a request (RFC 3261 16.6).
+
+:class:`RequestForwarder` is the context's bridge to the transaction layer:
+copy, new Request-URI, Max-Forwards, Record-Route, pushed Route, next hop,
+Via, client transaction.  It also forwards what needs no transaction: the
+ACK of a 2xx and responses that match no transaction (16.11, 18.2.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.location.interfaces import Target
+from sosimple_proxy.proxy import routing
+from sosimple_proxy.proxy.context import Forwarder
+from sosimple_proxy.sip.message import Request, Response
+from sosimple_proxy.sip.transaction import IClientTransactionUser, response_peer
+from sosimple_proxy.sip.transport import Peer
+
+log = Logger()
+
+# Requests that may create a dialog: the ones we Record-Route (16.6 step 4).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+
+def request_loop_hash(request: Request) -> str:
+    return request.cached("loop-hash", lambda: routing.loop_hash(request))  # type: ignore[no-any-return]
+
+
+class RequestForwarder(Forwarder):
+    def __init__(
+        self,
+        stack: Any,
+        record_route: bool,
+        resolve: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.stack = stack
+        self.record_route = record_route
+        self.resolve = resolve
+
+    @property
+    def listening(self) -> Sequence[ListenAddress]:
+        return self.stack.transport.listening()
+
+    # -- requests in a transaction
+
+    def send(self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser) -> Any:
+        lhash = request_loop_hash(request)
+        copy = routing.copy_request(request)
+        # 16.6 step 2: "The Request-URI in the copy's start line MUST be
+        # replaced with the URI for this target."
+        copy.uri = str(target.uri)
+        routing.decrement_max_forwards(copy)
+        if target.route:
+            routing.push_routes(copy, target.route)
+        hop = routing.next_hop(copy)
+        dest = self._flow(target)
+        if dest is None:
+            found = self._resolve(hop)
+            if isinstance(found, Deferred):
+                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user))
+            if isinstance(found, Response):
+                return found
+            dest = found
+        return self._finish(copy, dest, inbound, lhash, user)
+
+    def _flow(self, target: Target) -> Peer | None:
+        """The UA's own connection, when it registered over one still open."""
+        if target.route or not target.flow:
+            return None
+        peer = routing.parse_flow(target.flow)
+        if peer is None or not peer.reliable:
+            return None
+        has = getattr(self.stack.transport, "has_connection", None)
+        return peer if has is not None and has(peer) else None
+
+    def _resolve(self, hop: Any) -> Any:
+        """The peer for a next-hop URI: IP literals at once, names by DNS."""
+        transport, host, port = routing.uri_address(hop)
+        if transport not in ("udp", "tcp", "tls"):
+            return make_response_for_branch(503, f"Service Unavailable: transport {transport} not supported")
+        if routing.is_ip(host):
+            return Peer(transport, host.strip("[]"), port)
+        if self.resolve is None:
+            return make_response_for_branch(503, f"Service Unavailable: cannot resolve {host}")
+        d = self.resolve(host)
+        return d.addCallback(lambda ip: Peer(transport, ip, port))
+
+    def _finish(self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser) -> Any:
+        listening = self.listening
+        outbound = routing.egress(listening, dest)
+        if outbound is None:
+            # No listener of that transport: our Via still needs a sent-by.
+            outbound = next((a for a in listening if (":" in a.host) == (":" in dest.host)), None)
+            if outbound is None:
+                return make_response_for_branch(503, f"Service Unavailable: no local address to reach {dest}")
+            sent_by = ListenAddress(dest.transport, outbound.host, outbound.port)
+        else:
+            sent_by = outbound
+        if self.record_route and copy.method in DIALOG_CREATING and not _has_to_tag(copy):
+            routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
+        copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
+        return self.stack.transactions.send_request(copy, dest, user)
+
+    # -- without a transaction
+
+    def send_response_by_via(self, response: Response) -> None:
+        """A response whose top Via (now the previous hop's) says where it goes."""
+        via = response.top_via
+        if via is None:
+            return
+        self.stack.transactions.send_stateless(response, response_peer(via))
+
+    def forward_stateless(self, request: Request, hop_uri: Any, flow: Peer | None = None) -> None:
+        """Forward e.g. the ACK of a 2xx (16.11) along its route."""
+        lhash = request_loop_hash(request)
+        routing.decrement_max_forwards(request)
+        hop = routing.next_hop(request) if hop_uri is None else hop_uri
+        dest = flow or self._resolve(hop)
+        if isinstance(dest, Deferred):
+            dest.addCallback(lambda peer: self._send_stateless(request, peer, lhash))
+            dest.addErrback(lambda f: log.info("stateless forward failed: {f}", f=f.getErrorMessage()))
+            return
+        if isinstance(dest, Response):
+            log.info("cannot forward {method} statelessly: {reason}", method=request.method, reason=dest.reason)
+            return
+        self._send_stateless(request, dest, lhash)
+
+    def _send_stateless(self, request: Request, dest: Peer, lhash: str) -> None:
+        outbound = routing.egress(self.listening, dest)
+        if outbound is None:
+            outbound = next(iter(self.listening), None)
+            if outbound is None:
+                return
+        request.headers.prepend("Via", routing.via_value(outbound, dest.transport, routing.stateless_branch(request, lhash)))
+        self.stack.transactions.send_stateless(request, dest, outbound if outbound.transport == dest.transport else None)
+
+
+def _has_to_tag(request: Request) -> bool:
+    to = request.headers.get("to") or ""
+    return ";tag=" in to.replace(" ", "").lower()
+
+
+def make_response_for_branch(status: int, reason: str) -> Response:
+    """A final response for a branch that never got a transaction.
+
+    The context replaces it with its own (addressed upstream) before use, so
+    only status and reason matter here.
+    """
+    return Response(status, reason)
+

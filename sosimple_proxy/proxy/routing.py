@@ -1,0 +1,265 @@
+"""Route, Record-Route, Via and next hops: RFC 3261 16.4, 16.6 and RFC 5658.
+
+Pure functions on messages, plus the small choice of which of our
+addresses faces a given peer; the response context and the core call them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+from typing import Any, Callable, Sequence
+
+from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.sip.message import Request
+from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.uri import URI, format_host
+
+# Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
+# hash of 16.6 step 8, then a per-branch random part.
+BRANCH_PREFIX = "z9hG4bKsp"
+_LOOP_LEN = 16
+
+
+def loop_hash(request: Request) -> str:
+    """The part of our branch that detects loops (16.3 step 4, 16.6 step 8).
+
+    16.6 step 8 lists "the To tag, From tag, Call-ID header field, the
+    Request-URI of the request received (before translation), the topmost
+    Via header, and the sequence number from the CSeq header field, in
+    addition to any Proxy-Require and Proxy-Authorization header fields".
+    We leave out the topmost Via: a looped request comes back with another
+    hop's Via on top, so with it no loop would ever match.  A request that
+    comes back changed (a new Request-URI: a spiral) hashes differently and
+    is allowed.
+    """
+    h = request.headers
+    parts = [
+        request.uri,
+        _tag(h.get("to")),
+        _tag(h.get("from")),
+        h.get("call-id") or "",
+        (h.get("cseq") or "").split(None, 1)[0] if h.get("cseq") else "",
+        ",".join(h.get_all("proxy-require")),
+        ",".join(h.get_all("proxy-authorization")),
+    ]
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+def _tag(value: str | None) -> str:
+    if not value:
+        return ""
+    low = value.lower()
+    i = low.rfind(";tag=")
+    if i < 0:
+        return ""
+    rest = value[i + 5 :]
+    return rest.split(";", 1)[0].strip()
+
+
+def new_proxy_branch(lhash: str) -> str:
+    return f"{BRANCH_PREFIX}{lhash}.{secrets.token_hex(4)}"
+
+
+def stateless_branch(request: Request, lhash: str) -> str:
+    """A branch that is the same for retransmissions (16.11), e.g. a 2xx ACK."""
+    via = request.top_via
+    seed = (via.branch or "") if via is not None else ""
+    return f"{BRANCH_PREFIX}{lhash}.{hashlib.blake2b(seed.encode(), digest_size=4).hexdigest()}"
+
+
+def is_looped(request: Request, lhash: str, is_our_hostport: Callable[[str, int | None], bool]) -> bool:
+    """16.3 step 4: one of our Vias below the top carries this very hash."""
+    marker = BRANCH_PREFIX + lhash
+    for via in request.vias:
+        branch = via.branch
+        if branch and branch.startswith(marker) and is_our_hostport(via.host, via.port):
+            return True
+    return False
+
+
+# --- 16.4 Route information preprocessing
+
+
+def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
+    """Strict-router fix-up and removal of our own Route entries (16.4).
+
+    "If the Request-URI contains a value this proxy previously placed into
+    a Record-Route header field [...], the proxy MUST replace the
+    Request-URI in the request with the last value from the Route header
+    field, and remove that value from the Route header field."  Then "If the
+    first value in the Route header field indicates this proxy [...], the
+    proxy MUST remove that value from the request."  With RFC 5658 double
+    Record-Route, two of our entries may lead the Route set: both go.
+    """
+    headers = request.headers
+    if "route" not in headers:
+        return
+    ruri = request.ruri
+    if ruri.is_sip and not ruri.user and is_ours(ruri):
+        routes = request.routes
+        if routes:
+            last = routes[-1]
+            request.uri = str(last.uri)
+            _drop_last_route(request)
+    while True:
+        routes = request.routes
+        if not routes:
+            return
+        top = routes[0].uri
+        if not (top.is_sip and not top.user and is_ours(top)):
+            return
+        headers.pop_first_value("route")
+
+
+def _drop_last_route(request: Request) -> None:
+    headers = request.headers
+    values = headers.values("route")
+    headers.remove("route")
+    for v in values[:-1]:
+        headers.add("Route", v)
+
+
+def push_routes(request: Request, route: Sequence[str]) -> None:
+    """Put ``route`` (top first) in front of the existing Route values."""
+    for value in reversed(route):
+        request.headers.prepend("Route", value)
+
+
+def next_hop(request: Request) -> URI:
+    """Where the request goes next (16.6 steps 6 and 7).
+
+    "If the copy contains a Route header field, the proxy MUST inspect the
+    URI in its first value.  If that URI does not contain an lr parameter,
+    the proxy MUST modify the copy as follows: The proxy MUST place the
+    Request-URI into the Route header field as the last value.  The proxy
+    MUST then place the first Route header field value into the
+    Request-URI and remove that value from the Route header field."
+    """
+    routes = request.routes
+    if not routes:
+        return request.ruri
+    top = routes[0].uri
+    if top.lr:
+        return top
+    request.headers.pop_first_value("route")
+    request.headers.add("Route", f"<{request.uri}>")
+    request.uri = str(top)
+    return request.ruri
+
+
+def decrement_max_forwards(request: Request) -> None:
+    """16.6 step 3: decrement, or add 70 when absent."""
+    mf = request.max_forwards
+    request.headers.set("Max-Forwards", str(70 if mf is None else max(mf - 1, 0)))
+
+
+# --- addresses
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def uri_transport(uri: URI) -> str:
+    t = uri.transport
+    if t:
+        return t
+    return "tls" if uri.secure else "udp"
+
+
+def uri_address(uri: URI) -> tuple[str, str, int]:
+    """(transport, host, port) of a SIP URI, before any name resolution."""
+    transport = uri_transport(uri)
+    host = (uri.maddr or uri.host or "").strip("[]")
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return transport, host, port
+
+
+def parse_flow(text: str | None) -> Peer | None:
+    """``"tcp:127.0.0.1:5000"`` (a registration's source) as a Peer."""
+    if not text:
+        return None
+    try:
+        transport, rest = text.split(":", 1)
+        host, _, port = rest.rpartition(":")
+        return Peer(transport, host.strip("[]"), int(port))
+    except ValueError:
+        return None
+
+
+def egress(listening: Sequence[ListenAddress], dest: Peer) -> ListenAddress | None:
+    """The listen address that faces ``dest``: same transport and family,
+    loopback for a loopback peer; None when we have no such listener."""
+    family6 = ":" in dest.host
+    same = [a for a in listening if a.transport == dest.transport and (":" in a.host) == family6]
+    if not same:
+        return None
+    try:
+        loop = ipaddress.ip_address(dest.host).is_loopback
+    except ValueError:
+        loop = False
+    for a in same:
+        if a.host == dest.host:
+            return a
+    for a in same:
+        try:
+            if ipaddress.ip_address(a.host).is_loopback == loop:
+                return a
+        except ValueError:
+            continue
+    return same[0]
+
+
+def via_value(local: ListenAddress, transport: str, branch: str) -> str:
+    return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
+
+
+def record_route_value(local: ListenAddress, r2: bool = False) -> str:
+    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses."""
+    t = "" if local.transport == "udp" else f";transport={local.transport}"
+    return f"<sip:{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}>"
+
+
+def add_record_route(request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None) -> None:
+    """16.6 step 4, with RFC 5658 double Record-Route.
+
+    When the request leaves by another transport or address than it came
+    in on, we add two entries, each naming the interface that faces its
+    side: the UAS's route set starts with the top (outbound) one, the
+    UAC's, reversed, with the lower (inbound) one.
+    """
+    inbound = inbound or outbound
+    if inbound is None:
+        return
+    if outbound is None or outbound == inbound:
+        request.headers.prepend("Record-Route", record_route_value(inbound))
+        return
+    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True))
+    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True))
+
+
+def copy_request(request: Request) -> Request:
+    return Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
+
+
+def escaped_route_contact(uri: URI, route: Sequence[str]) -> str:
+    """A Contact URI that carries a Route as a URI header (RFC 3261 19.1.5).
+
+    Used by redirect mode for targets reached through a Path.
+    """
+    from urllib.parse import quote
+
+    if not route:
+        return str(uri)
+    u = uri.copy()
+    u.headers = list(u.headers) + [("Route", quote(",".join(route), safe=""))]
+    return str(u)
+
+
+Resolver = Callable[[str], Any]  # host name -> Deferred firing an IP address string
