@@ -364,6 +364,14 @@ def _parse_section(name: str, schema: Schema, raw: dict[str, str], warnings: lis
 
 def _cross_checks(cfg: Config) -> None:
     sip, reg, proxy = cfg.sections["sip"], cfg.sections["registrar"], cfg.sections["proxy"]
+    from sosimple_proxy.location.routes import route_uri
+    from sosimple_proxy.sip.errors import ParseError
+
+    for domain, value in cfg.sections.get("routes", {}).items():
+        try:
+            route_uri(value)
+        except (ValueError, ParseError) as e:
+            raise ConfigError("routes", domain, f"{value.strip()!r} is not a usable next hop: {e}") from None
     if sip["t2"] < sip["t1"]:
         raise ConfigError("sip", "t2", f"{sip['t2']:g} must not be below t1 ({sip['t1']:g})")
     if reg["min_expires"] > reg["max_expires"]:

@@ -1,0 +1,377 @@
+"""The response context (RFC 3261 16.6-16.10) with a Clock, in-process.
+
+The proxy core, the real transaction layer and a recording wire: each test
+plays the caller and the callees by hand.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from sosimple_proxy.sip.message import Request, Response
+from sosimple_proxy.sip.transport import Peer
+from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite
+
+
+def statuses(h: Harness, sent) -> list[int]:
+    return [r.status for r, _ in h.sent_responses(sent)]
+
+
+def test_invite_forked_in_q_order_then_next_group():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001", q=1.0)
+    h.register("bob", "sip:bob@127.0.0.1:6002", q=1.0)
+    h.register("bob", "sip:bob@127.0.0.1:6003", q=0.5)
+    h.receive(invite())
+    sent = h.wire.take()
+    assert statuses(h, sent) == [100]
+    first = h.sent_requests(sent, "INVITE")
+    assert sorted(d.port for _, d in first) == [6001, 6002]
+    # both of the q=1.0 group refuse: only then is the q=0.5 contact tried
+    for req, _ in first:
+        h.answer(req, 486)
+    sent = h.wire.take()
+    assert [d.port for _, d in h.sent_requests(sent, "INVITE")] == [6003]
+    assert statuses(h, sent) == []  # nothing upstream yet
+    third = h.sent_requests(sent, "INVITE")[0][0]
+    h.answer(third, 200)
+    sent = h.wire.take()
+    assert statuses(h, sent) == [200]
+
+
+def test_2xx_cancels_the_other_branches_and_every_2xx_goes_upstream():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.register("bob", "sip:bob@127.0.0.1:6002")
+    h.receive(invite())
+    branches = [r for r, _ in h.sent_requests(h.wire.take(), "INVITE")]
+    for r in branches:
+        h.answer(r, 180, to_tag=f"t{r.ruri.port}")
+    sent = h.wire.take()
+    assert statuses(h, sent) == [180, 180]
+    h.answer(branches[0], 200, to_tag="t6001")
+    sent = h.wire.take()
+    assert statuses(h, sent) == [200]
+    cancels = h.sent_requests(sent, "CANCEL")
+    assert [d.port for _, d in cancels] == [6002]
+    # the other UA answered 200 at the same time: forwarded too (16.7 step 5)
+    h.answer(branches[1], 200, to_tag="t6002")
+    sent = h.wire.take()
+    assert statuses(h, sent) == [200]
+
+
+def test_best_response_prefers_challenges_and_merges_them():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.register("bob", "sip:bob@127.0.0.1:6002")
+    h.register("bob", "sip:bob@127.0.0.1:6003")
+    h.receive(invite())
+    a, b, c = [r for r, _ in h.sent_requests(h.wire.take(), "INVITE")]
+    h.answer(a, 486)
+    h.answer(b, 401, extra='WWW-Authenticate: Digest realm="b", nonce="1"')
+    h.answer(c, 401, extra='WWW-Authenticate: Digest realm="c", nonce="2"')
+    (final, dest), = h.sent_responses(h.wire.take())
+    assert final.status == 401 and dest == CALLER
+    assert sorted(final.headers.get_all("www-authenticate")) == [
+        'Digest realm="b", nonce="1"',
+        'Digest realm="c", nonce="2"',
+    ]
+    # our own Via is gone, the caller's is on top
+    assert len(final.vias) == 1 and final.top_via.port == 5070
+
+
+def test_lowest_class_wins_and_6xx_beats_all():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.register("bob", "sip:bob@127.0.0.1:6002")
+    h.receive(invite())
+    a, b = [r for r, _ in h.sent_requests(h.wire.take(), "INVITE")]
+    h.answer(a, 480)
+    h.answer(b, 302, extra="Contact: <sip:bob@127.0.0.1:7000>")
+    assert statuses(h, h.wire.take()) == [302]
+
+    h2 = Harness()
+    h2.register("bob", "sip:bob@127.0.0.1:6001")
+    h2.register("bob", "sip:bob@127.0.0.1:6002")
+    h2.receive(invite())
+    a, b = [r for r, _ in h2.sent_requests(h2.wire.take(), "INVITE")]
+    h2.answer(b, 180)
+    h2.wire.take()
+    h2.answer(a, 603)
+    sent = h2.wire.take()
+    # 16.7 step 5: a 6xx cancels the pending branches and is not forwarded yet
+    assert [d.port for _, d in h2.sent_requests(sent, "CANCEL")] == [6002]
+    assert statuses(h2, sent) == []
+    h2.answer(b, 487)
+    assert statuses(h2, h2.wire.take()) == [603]
+
+
+def test_timer_c_cancels_a_ringing_branch_and_answers_408():
+    h = Harness("[sip]\ntimer_c = 10\n")
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite())
+    (req, _), = h.sent_requests(h.wire.take(), "INVITE")
+    h.advance(5)
+    h.answer(req, 180)
+    h.wire.take()
+    h.advance(9.5)  # a 180 resets Timer C (16.7 step 2): not yet
+    assert h.sent_requests(h.wire.take(), "CANCEL") == []
+    h.advance(1)
+    sent = h.wire.take()
+    # one CANCEL (UDP retransmissions of it share its branch), one 408 (retransmitted until ACKed)
+    assert len({r.top_via.branch for r, _ in h.sent_requests(sent, "CANCEL")}) == 1
+    assert set(statuses(h, sent)) == {408}
+    h.answer(req, 487)  # the callee's answer to our CANCEL changes nothing
+    assert statuses(h, h.wire.take()) == []
+
+
+def test_timer_c_without_provisional_is_a_408():
+    h = Harness("[sip]\ntimer_c = 10\n")
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite())
+    h.wire.take()
+    h.advance(10.5)
+    sent = h.wire.take()
+    assert set(statuses(h, sent)) == {408}
+    assert h.sent_requests(sent, "CANCEL") == []  # 16.8: no CANCEL before a provisional
+
+
+def test_cancel_from_the_caller_reaches_every_branch_and_ends_487():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.register("bob", "sip:bob@127.0.0.1:6002")
+    h.receive(invite())
+    a, b = [r for r, _ in h.sent_requests(h.wire.take(), "INVITE")]
+    h.answer(a, 180)
+    h.wire.take()
+    h.receive(invite(method="CANCEL"))
+    sent = h.wire.take()
+    assert statuses(h, sent) == [200]  # the CANCEL itself
+    assert [d.port for _, d in h.sent_requests(sent, "CANCEL")] == [6001]
+    # b had no provisional yet: its CANCEL waits for one (RFC 3261 9.1)
+    h.answer(b, 180)
+    sent = h.wire.take()
+    assert [d.port for _, d in h.sent_requests(sent, "CANCEL")] == [6002]
+    h.answer(a, 487)
+    h.answer(b, 487)
+    sent = h.wire.take()
+    assert statuses(h, sent) == [487]
+
+
+def test_cancel_matching_nothing_is_481():
+    h = Harness()
+    h.receive(invite(method="CANCEL"))
+    assert statuses(h, h.wire.take()) == [481]
+
+
+def test_only_503_becomes_500():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite(method="MESSAGE"))
+    (req, _), = h.sent_requests(h.wire.take(), "MESSAGE")
+    h.answer(req, 503)
+    (final, _), = h.sent_responses(h.wire.take())
+    assert final.status == 500
+
+
+def test_transport_error_is_a_503_then_500():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.wire.fail.add(Peer("udp", "127.0.0.1", 6001))
+    h.receive(invite(method="MESSAGE"))
+    h.advance(0.1)  # the layer reports transport errors from the next reactor turn
+    sent = h.wire.take()
+    assert [r.status for r, _ in h.sent_responses(sent)] == [500]
+
+
+def test_non_invite_timeout_sends_no_408_upstream():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite(method="MESSAGE"))
+    h.wire.take()
+    h.advance(40)  # Timer F (32 s) fires in the branch
+    # RFC 4320: "MUST NOT send a response with Status-Code of 408 to a non-INVITE request"
+    assert statuses(h, h.wire.take()) == []
+
+
+def test_3xx_recursion_when_enabled():
+    h = Harness("recurse_on_3xx = yes\n")
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite())
+    (req, _), = h.sent_requests(h.wire.take(), "INVITE")
+    h.answer(req, 302, extra="Contact: <sip:bob@127.0.0.1:7000>")
+    sent = h.wire.take()
+    (again, dest), = h.sent_requests(sent, "INVITE")
+    assert dest.port == 7000 and again.uri == "sip:bob@127.0.0.1:7000"
+    assert statuses(h, sent) == []
+    h.answer(again, 200)
+    assert statuses(h, h.wire.take()) == [200]
+
+
+def test_3xx_relayed_when_recursion_is_off():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite())
+    (req, _), = h.sent_requests(h.wire.take(), "INVITE")
+    h.answer(req, 302, extra="Contact: <sip:bob@127.0.0.1:7000>")
+    (final, _), = h.sent_responses(h.wire.take())
+    assert final.status == 302 and "7000" in final.headers.get("contact")
+
+
+def test_forwarded_copy_max_forwards_record_route_and_via():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite())
+    (req, dest), = h.sent_requests(h.wire.take(), "INVITE")
+    assert req.uri == "sip:bob@127.0.0.1:6001"
+    assert req.max_forwards == 69
+    assert req.headers.get_all("record-route") == ["<sip:127.0.0.1:5060;lr>"]
+    assert req.top_via.host == "127.0.0.1" and req.top_via.port == 5060
+    assert req.top_via.branch.startswith("z9hG4bK")
+    assert len(req.vias) == 2
+
+
+def test_double_record_route_when_the_transport_changes():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001;transport=tcp")
+    h.receive(invite())
+    (req, dest), = h.sent_requests(h.wire.take(), "INVITE")
+    assert dest.transport == "tcp"
+    # RFC 5658: the top entry faces the callee (TCP), the next the caller (UDP)
+    assert req.headers.values("record-route") == [
+        "<sip:127.0.0.1:5060;transport=tcp;lr;r2=on>",
+        "<sip:127.0.0.1:5060;lr;r2=on>",
+    ]
+    assert req.top_via.transport == "TCP"
+
+
+def test_registered_flow_is_used_while_open():
+    h = Harness()
+    flow = Peer("tcp", "127.0.0.1", 40123)
+    h.receive(
+        "REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/TCP 127.0.0.1:6001;branch=z9hG4bK-r1\nMax-Forwards: 70\n"
+        "To: <sip:bob@example.com>\nFrom: <sip:bob@example.com>;tag=r\nCall-ID: r1\nCSeq: 1 REGISTER\n"
+        "Contact: <sip:bob@127.0.0.1:6001;transport=tcp>\nContent-Length: 0\n\n",
+        flow,
+        PROXY_TCP,
+    )
+    h.wire.take()
+    h.wire.open_flows.add(flow)
+    h.receive(invite(method="MESSAGE"))
+    (_, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == flow
+    h.wire.open_flows.clear()
+    h.receive(invite(method="MESSAGE", branch="z9hG4bK-caller-2", cseq=2))
+    (_, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == Peer("tcp", "127.0.0.1", 6001)
+
+
+def test_path_is_pushed_as_route():
+    h = Harness()
+    h.register("bob", "sip:bob@10.0.0.5:6001", extra="Path: <sip:127.0.0.1:5080;lr>\nSupported: path\n")
+    h.receive(invite(method="MESSAGE"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == Peer("udp", "127.0.0.1", 5080)
+    assert req.uri == "sip:bob@10.0.0.5:6001"
+    assert req.headers.values("route") == ["<sip:127.0.0.1:5080;lr>"]
+
+
+def test_loop_is_482_and_spiral_is_not():
+    h = Harness("[routes]\nother.test = sip:127.0.0.1:5060\n")
+    h.receive(invite(uri="sip:carol@other.test", method="MESSAGE"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == Peer("udp", "127.0.0.1", 5060)  # the route points back at us
+    h.receive(req, Peer("udp", "127.0.0.1", 5060))
+    sent = h.wire.take()
+    (final, _), = [(r, d) for r, d in h.sent_responses(sent) if r.status >= 200]
+    assert final.status == 482
+
+
+def test_unknown_user_404_and_foreign_domain_without_route_404():
+    h = Harness()
+    h.receive(invite(uri="sip:nobody@example.com"))
+    assert statuses(h, h.wire.take())[-1] == 404
+    h.receive(invite(uri="sip:x@nowhere.test", branch="z9hG4bK-2", call_id="c2"))
+    (final, _), = [(r, d) for r, d in h.sent_responses(h.wire.take()) if r.status >= 200]
+    assert final.status == 404 and "nowhere.test" in final.reason
+
+
+def test_strict_router_request_is_fixed_up():
+    h = Harness()
+    # A strict router upstream put our Record-Route URI in the Request-URI
+    # and the remote target at the end of the Route set (16.4).
+    h.receive(invite(uri="sip:127.0.0.1:5060;lr", method="BYE", to_tag="b",
+                     extra="Route: <sip:bob@127.0.0.1:6001>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "BYE")
+    assert req.uri == "sip:bob@127.0.0.1:6001"
+    assert "route" not in req.headers
+    assert dest == Peer("udp", "127.0.0.1", 6001)
+
+
+def test_in_dialog_request_follows_loose_route_and_drops_ours():
+    h = Harness()
+    h.receive(invite(uri="sip:bob@127.0.0.1:6001", method="BYE", to_tag="b",
+                     extra="Route: <sip:127.0.0.1:5060;lr>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "BYE")
+    assert "route" not in req.headers and dest.port == 6001
+    assert "record-route" not in req.headers
+
+
+def test_ack_for_2xx_is_forwarded_statelessly_along_the_route():
+    h = Harness()
+    h.receive(invite(uri="sip:bob@127.0.0.1:6001", method="ACK", to_tag="b",
+                     extra="Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5090;lr>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "ACK")
+    assert dest == Peer("udp", "127.0.0.1", 5090)
+    assert req.headers.values("route") == ["<sip:127.0.0.1:5090;lr>"]
+    assert req.max_forwards == 69 and len(req.vias) == 2
+
+
+def test_stray_response_with_our_via_goes_by_the_next_via():
+    h = Harness()
+    raw = (
+        "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsp00.gone\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-c;received=127.0.0.1;rport=5071\n"
+        "To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a\nCall-ID: x\nCSeq: 1 INVITE\n"
+        "Content-Length: 0\n\n"
+    )
+    h.receive(raw, Peer("udp", "127.0.0.1", 6001))
+    (resp, dest), = h.sent_responses(h.wire.take())
+    assert dest == Peer("udp", "127.0.0.1", 5071) and len(resp.vias) == 1
+    # not ours: dropped
+    h.receive(raw.replace("127.0.0.1:5060", "127.0.0.1:5999"), Peer("udp", "127.0.0.1", 6001))
+    assert h.wire.take() == []
+
+
+def test_redirect_mode_answers_302_with_targets_and_escaped_path():
+    h = Harness("mode = redirect\n")
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.register("carol", "sip:carol@10.0.0.7:6002", extra="Path: <sip:127.0.0.1:5080;lr>\n")
+    h.receive(invite())
+    sent = h.wire.take()
+    (final, _), = [(r, d) for r, d in h.sent_responses(sent) if r.status >= 200]
+    assert final.status == 302 and final.headers.values("contact") == ["<sip:bob@127.0.0.1:6001>"]
+    assert h.sent_requests(sent) == []
+    h.receive(invite(uri="sip:carol@example.com", branch="z9hG4bK-2", call_id="c2"))
+    (final, _), = [(r, d) for r, d in h.sent_responses(h.wire.take()) if r.status >= 200]
+    contact = final.headers.get("contact")
+    assert contact.startswith("<sip:carol@10.0.0.7:6002?Route=")
+    assert unquote(contact.split("?Route=", 1)[1].rstrip(">")) == "<sip:127.0.0.1:5080;lr>"
+
+
+def test_register_for_a_foreign_domain_403_unless_routed():
+    h = Harness("[routes]\nother.test = sip:127.0.0.1:5080\n")
+    for domain, expect in (("nowhere.test", 403), ("other.test", None)):
+        h.receive(
+            f"REGISTER sip:{domain} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-r-{domain}\n"
+            f"Max-Forwards: 70\nTo: <sip:u@{domain}>\nFrom: <sip:u@{domain}>;tag=r\nCall-ID: r-{domain}\n"
+            f"CSeq: 1 REGISTER\nContact: <sip:u@127.0.0.1:6001>\nContent-Length: 0\n\n",
+            Peer("udp", "127.0.0.1", 5099),
+        )
+        sent = h.wire.take()
+        if expect:
+            assert statuses(h, sent) == [expect]
+        else:
+            (req, dest), = h.sent_requests(sent, "REGISTER")
+            assert dest == Peer("udp", "127.0.0.1", 5080)
+            assert "record-route" not in req.headers
