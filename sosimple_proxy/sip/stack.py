@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -57,6 +58,16 @@ class SipStack(MultiService):
         attach = getattr(tu, "attach", None)
         if attach is not None:
             attach(self)
+
+    def privilegedStartService(self) -> None:
+        """A listen address we cannot bind stops startup with one line, as a
+        bad site.ini does (twistd prints a SystemExit's text and exits 1)."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            where = f"{e.interface or '*'}:{e.port}"
+            why = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise SystemExit(f"site.ini: [proxy] listen: cannot listen on {where}: {why}") from None
 
     def stopService(self) -> Any:
         self.transactions.clear()

@@ -187,3 +187,23 @@ def test_oversized_message_over_tcp_gets_513_and_close(proxy):
         pass
     s.close()
     assert data.startswith(b"SIP/2.0 513 ")
+
+
+def test_port_in_use_stops_startup_with_one_line(tmp_path):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        result = _run_with(
+            tmp_path,
+            f"[proxy]\nlisten = udp:127.0.0.1:{port}\ndomains = example.com\n[overlay]\nlisten =\n[admin]\nlisten =\n",
+        )
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    # Binding happens after twistd starts logging, so the line arrives through
+    # its log (stdout without -l); it is still one line and no traceback.
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "site.ini:" in line]
+    assert len(errors) == 1, result.stdout + result.stderr
+    assert "[proxy] listen" in errors[0] and str(port) in errors[0] and "in use" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
