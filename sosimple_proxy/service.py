@@ -18,7 +18,7 @@ log = Logger()
 
 # Location providers that exist in this build; the others named in
 # [location] order are skipped with a log line at startup.
-BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes"})
+BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes", "overlay"})
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -29,10 +29,6 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     top = MultiService()
     for warning in cfg.warnings:
         log.warn("{warning}", warning=warning)
-    for name in cfg.section("location")["order"]:
-        base = name.split(":", 1)[0]
-        if base not in BUILT_PROVIDERS:
-            log.info("location provider {name!r} is not available in this build; skipped", name=name)
     # The ring first: the proxy and the admin API use it (``top.overlay``,
     # an OverlayService whose ``ready`` fires with the node, or None).
     top.overlay = None  # type: ignore[attr-defined]
@@ -43,6 +39,10 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
     else:
         log.info("[overlay] listen is empty: no overlay")
+    for name in cfg.section("location")["order"]:
+        base = name.split(":", 1)[0]
+        if base not in BUILT_PROVIDERS or (name == "overlay" and top.overlay is None):  # type: ignore[attr-defined]
+            log.info("location provider {name!r} is not configured in this build; skipped", name=name)
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
@@ -52,7 +52,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         # in the location order (tests leave it out); RFC 3263 comes with
         # the dns provider.
         resolve = reactor.resolve if "dns" in cfg.section("location")["order"] else None
-        core = ProxyCore(reactor, cfg, resolve=resolve)
+        overlays = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
+        core = ProxyCore(reactor, cfg, resolve=resolve, overlays=overlays)
         stack = SipStack(reactor, cfg, core)
         stack.setServiceParent(top)
     else:

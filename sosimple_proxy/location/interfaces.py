@@ -44,6 +44,7 @@ class Miss:
 
     reason: str = "Not Found"
     provider: str = ""
+    status: int = 404  # 480 when the provider could not be asked (a ring that did not answer)
 
 
 class _NotMine:

@@ -20,6 +20,7 @@ from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, Miss, Target
 from sosimple_proxy.location.local import LocalLocator
+from sosimple_proxy.location.ring import RingLocator, RingPublisher
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.context import ResponseContext, forwarded
@@ -50,17 +51,32 @@ Processor = Callable[["ProxyCore", Request, ServerTransaction], Any]
 
 def build_locators(cfg: Config, core: "ProxyCore") -> dict[str, ILocator]:
     """The providers this build has, by the name used in [location] order."""
-    return {
+    available: dict[str, ILocator] = {
         "local": LocalLocator(core.bindings, core.addressing.is_ours, core.addressing.aor),
         "routes": StaticRoutes(cfg.section("routes")),
     }
+    for name, (overlay, addressing) in core.rings.items():
+        available[name] = RingLocator(name, overlay, addressing.is_ours, addressing.aor, core.is_our_route)
+    return available
+
+
+def ring_domains(cfg: Config, name: str) -> list[str]:
+    """The domains whose users a ring holds (site-ini.md, [overlay] domains)."""
+    section = cfg.section(name) if name in cfg.sections else cfg.section("overlay")
+    return list(section["domains"]) or (list(cfg.proxy["domains"]) if name == "overlay" else [])
 
 
 @implementer(ITransactionUser)
 class ProxyCore:
     """The proxy's transaction user."""
 
-    def __init__(self, reactor: Any, cfg: Config, resolve: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        cfg: Config,
+        resolve: Callable[[str], Any] | None = None,
+        overlays: dict[str, Any] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.cfg = cfg
         self.stack: Any = None
@@ -81,6 +97,13 @@ class ProxyCore:
             is_ours=self.addressing.is_ours,
             aor=self.addressing.aor,
         )
+        # Rings by provider name ("overlay", "overlay:NAME"), each with the
+        # addressing of the domains it holds.
+        self.rings: dict[str, tuple[Any, Addressing]] = {
+            name: (overlay, Addressing(ring_domains(cfg, name), cfg.proxy["listen"]))
+            for name, overlay in (overlays or {}).items()
+        }
+        self.publishers: list[RingPublisher] = []
         available = build_locators(cfg, self)
         self.routes: StaticRoutes = available["routes"]  # type: ignore[assignment]
         order = [n for n in cfg.section("location")["order"] if n in available]
@@ -101,7 +124,19 @@ class ProxyCore:
         self.stack = stack
         self.addressing.listening = stack.transport.listening
         self.forwarder = RequestForwarder(stack, self.cfg.proxy["record_route"], self.resolve)
+        for name, (overlay, addressing) in self.rings.items():
+            addressing.listening = stack.transport.listening
+            if any(d in addressing.domains for d in self.addressing.domains):
+                self.publishers.append(RingPublisher(overlay, self.bindings, self.self_route, self.reactor))
         self.bindings.start()
+
+    def self_route(self) -> str | None:
+        """How other proxies of the ring reach this one: a Route value."""
+        listening = self.stack.transport.listening() if self.stack else []
+        if not listening:
+            return None
+        first = next((a for a in listening if a.transport == "udp"), listening[0])
+        return routing.record_route_value(first)
 
     def is_our_route(self, uri: Any) -> bool:
         return self.addressing.is_our_host(uri.host, uri.port)
@@ -190,7 +225,7 @@ class ProxyCore:
             return self.proxy_to(request, txn, result.targets)
         uri = request.ruri
         if isinstance(result, Miss):
-            return make_response(request, 404, result.reason or "Not Found")
+            return make_response(request, result.status, result.reason or "Not Found")
         if not self.addressing.is_ours(uri) and getattr(uri, "is_sip", False) and routing.is_ip(uri.host or ""):
             # 16.5: a URI of a domain we are not responsible for "MUST be
             # placed into the target set as the only target".  An IP

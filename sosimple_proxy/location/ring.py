@@ -1,0 +1,205 @@
+"""Registrations in the ring (paper IV.A-B): the ``overlay`` location provider.
+
+Two halves, both on an overlay node (``sosimple_proxy.overlay``, which knows
+nothing of SIP):
+
+- :class:`RingPublisher` listens to the local binding table and writes
+  each AoR's bindings as a ``registration`` dictionary record at key(AoR):
+  one entry per binding, named by this node and the binding's instance or
+  contact, so two proxies registering the same AoR merge rather than
+  overwrite each other (DESIGN.md, the overlay).  A binding that goes away
+  becomes a tombstone; one that expires simply expires in the ring too.
+- :class:`RingLocator` reads key(AoR) and turns the live entries into
+  targets, each routed through the proxy that holds the registration (its
+  ``path``), so a remote proxy reaches a UA behind its own edge proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sosimple_proxy.location.bindings import Binding, BindingTable
+from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
+from sosimple_proxy.sip.uri import parse_uri
+
+log = Logger()
+
+KIND = "registration"
+
+
+def encode_binding(binding: Binding, route: Sequence[str]) -> bytes:
+    """A registration entry's value: how to reach this binding from anywhere."""
+    return json.dumps(
+        {
+            "aor": binding.aor,
+            "contact": binding.contact,
+            "q": binding.q,
+            "expires": binding.expires_at,
+            "path": list(route) + list(binding.path),
+            "instance": binding.instance,
+            "reg_id": binding.reg_id,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_entry(value: bytes) -> dict[str, Any]:
+    data = json.loads(value.decode("utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("contact"), str):
+        raise ValueError("not a registration entry")
+    return data
+
+
+def entry_name(writer: str, binding: Binding) -> str:
+    return f"{writer}/{binding.instance or binding.contact}"
+
+
+class RingPublisher:
+    """Mirrors the local binding table into the ring.
+
+    ``self_route`` gives the Route value (``<sip:host:port;lr>``) by which
+    other proxies reach this one; it is put in front of each binding's path.
+    """
+
+    def __init__(
+        self,
+        overlay: Any,
+        table: BindingTable,
+        self_route: Callable[[], str | None],
+        clock: Any,
+        retries: int = 3,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.overlay = overlay
+        self.table = table
+        self.self_route = self_route
+        self.clock = clock
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._written: dict[str, dict[str, Any]] = {}  # aor -> entry -> last record
+        self._pending: set[str] = set()
+        table.listeners.append(self.changed)
+        overlay.ready.addCallback(self._ready)
+
+    def _ready(self, node: Any) -> Any:
+        for aor in sorted(self._pending):
+            self.changed(aor, self.table.lookup(aor))
+        self._pending.clear()
+        return node
+
+    @property
+    def node(self) -> Any:
+        node = getattr(self.overlay, "node", None)
+        return node if node is not None and getattr(node, "joined", True) else None
+
+    def changed(self, aor: str, bindings: list[Binding]) -> None:
+        node = self.node
+        if node is None:
+            self._pending.add(aor)
+            return
+        from sosimple_proxy.overlay.records import Record
+
+        key = self.overlay.keys.key(aor)
+        route = self.self_route()
+        hops = [route] if route else []
+        now = self.clock.seconds()
+        old = self._written.get(aor, {})
+        new: dict[str, Any] = {}
+        records = []
+        for b in bindings:
+            if b.expires_at <= now:
+                continue
+            entry = entry_name(node.writer, b)
+            rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node._next_seq())
+            new[entry] = rec
+            records.append(rec)
+        for entry, rec in old.items():
+            if entry not in new and rec.expires > now:
+                records.append(rec.tombstone(seq=node._next_seq(rec.seq), writer=node.writer))
+        if new:
+            self._written[aor] = new
+        else:
+            self._written.pop(aor, None)
+        if records:
+            self._put(node, aor, records, self.retries)
+
+    def _put(self, node: Any, aor: str, records: list[Any], tries: int) -> None:
+        d = maybeDeferred(node.put, records)
+
+        def failed(f: Any) -> None:
+            if tries > 0:
+                log.info("ring: writing {aor} failed ({why}); retrying", aor=aor, why=f.getErrorMessage())
+                self.clock.callLater(self.retry_delay, self._put, node, aor, records, tries - 1)
+            else:
+                log.warn("ring: could not write the registration of {aor}: {why}", aor=aor, why=f.getErrorMessage())
+
+        d.addErrback(failed)
+
+
+@implementer(ILocator)
+class RingLocator:
+    """Looks an AoR up in one ring (``overlay`` or ``overlay:NAME``)."""
+
+    def __init__(
+        self,
+        name: str,
+        overlay: Any,
+        serves: Callable[[Any], bool],
+        aor: Callable[[Any], str],
+        is_our_route: Callable[[Any], bool],
+    ) -> None:
+        self.name = name
+        self.overlay = overlay
+        self.serves = serves
+        self.aor = aor
+        self.is_our_route = is_our_route
+
+    def locate(self, uri: Any) -> LocateResult:
+        if not getattr(uri, "is_sip", False) or not uri.user or not self.serves(uri):
+            return NOT_MINE
+        node = getattr(self.overlay, "node", None)
+        if node is None or not getattr(node, "joined", True):
+            return Miss("Temporarily Unavailable: not joined to the location ring yet", self.name, 480)
+        key = self.overlay.keys.key(self.aor(uri))
+        d: Deferred = maybeDeferred(node.get, key, KIND)
+        d.addCallbacks(self._found, self._failed, callbackArgs=(uri,))
+        return d
+
+    def _failed(self, failure: Any) -> Miss:
+        log.info("ring {name}: lookup failed: {why}", name=self.name, why=failure.getErrorMessage())
+        return Miss("Temporarily Unavailable: the location ring did not answer", self.name, 480)
+
+    def _found(self, records: list[Any], uri: Any) -> LocateResult:
+        targets = []
+        for rec in records:
+            try:
+                data = decode_entry(rec.value)
+                contact = parse_uri(data["contact"])
+            except Exception:
+                log.info("ring {name}: unreadable registration entry {entry!r}", name=self.name, entry=rec.entry)
+                continue
+            path = [p for p in data.get("path") or [] if isinstance(p, str)]
+            while path and self._ours(path[0]):
+                path.pop(0)  # the proxy holding it is us: no detour
+            q = data.get("q")
+            targets.append(Target(contact, float(q) if isinstance(q, (int, float)) else 1.0, tuple(path), None, self.name))
+        if not targets:
+            # The responsible node's answer (after its replicas, if it did not
+            # answer) is authoritative: the paper's completeness.
+            return Miss("Not Found", self.name)
+        return Found(tuple(targets), self.name)
+
+    def _ours(self, route: str) -> bool:
+        try:
+            text = route.strip()
+            if text.startswith("<"):
+                text = text[1 : text.index(">")]
+            u = parse_uri(text)
+            return not u.user and self.is_our_route(u)
+        except Exception:
+            return False
