@@ -20,7 +20,7 @@ from zope.interface import implementer
 from sosimple_proxy.location.interfaces import Target
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.sip.message import Request, Response, make_response
-from sosimple_proxy.sip.transaction import ClientTransaction, IClientTransactionUser, ServerTransaction
+from sosimple_proxy.sip.transaction import TRANSPORT_ERROR, ClientTransaction, IClientTransactionUser, ServerTransaction
 from sosimple_proxy.sip.transport import Peer
 
 log = Logger()
@@ -194,6 +194,10 @@ class ResponseContext:
         branch = transaction.data
         if not isinstance(branch, Branch) or transaction is not branch.txn:
             return  # a CANCEL's own response
+        if transaction.failure == TRANSPORT_ERROR:
+            # 16.9: "as if the forwarded request received a 503"; ours, so
+            # that the caller learns which hop failed (see _send_best).
+            response = self._make(503, f"Service Unavailable: cannot reach {transaction.dest}")
         status = response.status
         if status < 200:
             if status == 100:
@@ -358,13 +362,15 @@ class ResponseContext:
             # 16.7 step 6: "If no final response has been received, the
             # proxy MUST [...] send a 408".
             response = make_response(self.request, 408, "Request Timeout")
-        elif best.status == 503:
-            # 16.7 step 6: "the proxy MUST NOT forward a 503 [...]; it
-            # SHOULD generate a 500 (Server Internal Error) instead"
-            detail = "next hop unavailable"
-            if id(best) in self._own and ": " in best.reason:
-                detail = best.reason.split(": ", 1)[1]  # e.g. "cannot resolve example.net"
-            response = make_response(self.request, 500, f"Server Internal Error: {detail}")
+        elif best.status == 503 and id(best) not in self._own:
+            # 16.7 step 6: "If the only response that was received is a 503,
+            # the proxy SHOULD generate a 500 response and forward that
+            # upstream" -- a downstream 503 speaks for that server, not us.
+            # When we could not reach the next hop at all (no address, no
+            # route, a transport error) there was no downstream answer: we
+            # send our own 503 whose reason names the hop, since a 500 would
+            # say this proxy failed.
+            response = make_response(self.request, 500, "Server Internal Error: next hop unavailable")
         elif id(best) in self._own:
             response = best
         else:

@@ -115,6 +115,9 @@ class SipStack(MultiService):
         log.info("dropped a bad {kind} from {source} ({size} bytes): {error}", kind=kind, source=source, size=size,
                  error=error)
 
+    def peerUnreachable(self, peer: Peer, reason: str) -> None:
+        self.transactions.peer_unreachable(peer, reason)
+
     def framingError(self, head: bytes, status: int, reason: str, source: Peer) -> bytes | None:
         """Answer a stream that cannot be framed (413/513/400), if we can."""
         try:

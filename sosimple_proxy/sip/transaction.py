@@ -1274,6 +1274,16 @@ class TransactionLayer:
         txn._start()
         return txn
 
+    def peer_unreachable(self, peer: Peer, reason: str) -> int:
+        """An ICMP error for ``peer`` (RFC 3261 18.4): a transport error for
+        every client transaction still waiting for its first response there
+        (17.1.4).  Returns how many were failed."""
+        hit = [t for t in self._client.values() if t.dest == peer and t.state in (CALLING, TRYING)]
+        for txn in hit:
+            log.info("{txn}: {peer} unreachable: {reason}", txn=txn, peer=peer, reason=reason)
+            txn._fail(TRANSPORT_ERROR, 503, None)
+        return len(hit)
+
     def send_stateless(self, msg: Request | Response, dest: Peer, local: ListenAddress | None = None) -> Any:
         """Send without a transaction (a 2xx ACK, a stateless response).
 

@@ -35,7 +35,9 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet import udp
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IListeningPort
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -118,6 +120,15 @@ class IMessageSink(Interface):
         513 built from ``head``), or None; a stream is closed afterwards."""
 
 
+class IUnreachableObserver(Interface):
+    """Optional, for a sink that wants ICMP errors on UDP sends (RFC 3261
+    18.4: "ICMP errors [...] are transport errors").  Linux reports them on
+    an unconnected socket only with IP_RECVERR, through its error queue."""
+
+    def peerUnreachable(peer: Peer, reason: str) -> None:
+        """A datagram we sent to ``peer`` came back as unreachable."""
+
+
 class IConnectionObserver(Interface):
     """Optional, for a sink that tracks stream connections (RFC 5626 flows:
     a registration bound to a connection is gone when the connection is)."""
@@ -154,6 +165,67 @@ def _normal_host(host: str) -> str:
     """One spelling per address, so table lookups match (``::0:1`` is ``::1``)."""
     h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return str(ipaddress.ip_address(h))
+
+
+# Linux socket options and flags that Python does not name everywhere.
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+
+
+@implementer(IHalfCloseableDescriptor)
+class _UDPPort(udp.Port):
+    """A UDP port that reads its socket's error queue (IP_RECVERR).
+
+    With IP_RECVERR an ICMP "port unreachable" for a datagram we sent is
+    queued on the socket, and poll reports POLLERR without POLLIN.  The
+    reactor takes that for the end of input: it stops reading and calls
+    :meth:`readConnectionLost` (we are "half-closeable" for that reason
+    only), where the queue is read and reading resumes.  When a datagram
+    arrives too, the queue is read first in :meth:`doRead`.
+    """
+
+    recverr = False
+
+    def enable_recverr(self) -> None:
+        family6 = self.socket.family == socket.AF_INET6
+        try:
+            if family6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                self.socket.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+            self.recverr = True
+        except OSError as e:
+            log.info("UDP error queue unavailable ({e}): ICMP errors will not be noticed", e=e)
+
+    def doRead(self) -> None:
+        if self.recverr:
+            self._read_errors()
+        super().doRead()
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self._read_errors()
+        self.startReading()
+
+    def _read_errors(self) -> None:
+        for _ in range(256):
+            try:
+                _data, ancdata, _flags, addr = self.socket.recvmsg(1, 1024, _MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            code = 0
+            for _level, _type, cdata in ancdata:
+                if len(cdata) >= 4:
+                    code = int.from_bytes(cdata[:4], sys.byteorder)  # sock_extended_err.ee_errno
+            if addr:
+                try:
+                    self.protocol.unreachable(addr, os.strerror(code) if code else "unreachable")
+                except Exception:
+                    log.failure("UDP error report failed")
 
 
 def _ignore(failure: Failure) -> None:
@@ -241,6 +313,9 @@ class _Datagrams(DatagramProtocol):
         # Peers seen recently: a frozen attrs instance per datagram is a
         # measurable cost at tens of thousands of messages a second.
         self._peers: dict[Any, Peer] = {}
+
+    def unreachable(self, addr: Any, reason: str) -> None:
+        self.layer._unreachable(Peer("udp", addr[0], addr[1]), reason)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         source = self._peers.get(addr)
@@ -519,7 +594,13 @@ class TransportLayer(service.Service):
 
     def _listenUDP(self, addr: ListenAddress) -> None:
         proto = _Datagrams(self, addr)
-        port = self.reactor.listenUDP(addr.port, proto, interface=addr.host, maxPacketSize=_UDP_READ_SIZE)
+        if isinstance(self.reactor, PosixReactorBase) and sys.platform.startswith("linux"):
+            # as reactor.listenUDP does, with a port that reads ICMP errors
+            port = _UDPPort(addr.port, proto, addr.host, _UDP_READ_SIZE, self.reactor)
+            port.startListening()
+            port.enable_recverr()
+        else:
+            port = self.reactor.listenUDP(addr.port, proto, interface=addr.host, maxPacketSize=_UDP_READ_SIZE)
         bound = attrs.evolve(addr, port=port.getHost().port)
         proto.local = bound
         self._ports.append((bound, port))
@@ -727,6 +808,15 @@ class TransportLayer(service.Service):
             if addr.transport == transport_name and addr.family6 == family6:
                 return addr
         return ListenAddress(transport_name, host.host, host.port)
+
+    def _unreachable(self, peer: Peer, reason: str) -> None:
+        log.info("{peer}: {reason} (ICMP)", peer=peer, reason=reason)
+        observe = getattr(self.sink, "peerUnreachable", None)
+        if observe is not None:
+            try:
+                observe(peer, reason)
+            except Exception:
+                log.failure("message sink failed on an unreachable {peer}", peer=peer)
 
     def _sinkFramingError(self, head: bytes, status: int, reason: str, source: Peer) -> bytes | None:
         try:

@@ -207,3 +207,45 @@ def test_port_in_use_stops_startup_with_one_line(tmp_path):
     assert len(errors) == 1, result.stdout + result.stderr
     assert "[proxy] listen" in errors[0] and str(port) in errors[0] and "in use" in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def _udp_ask(port: int, text: str, timeout: float = 3.0) -> list[str]:
+    """Send one request from a fresh UDP socket; the first lines of the answers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(timeout)
+    data = text.replace("PORT", str(s.getsockname()[1])).replace("\n", "\r\n").encode()
+    s.sendto(data, ("127.0.0.1", port))
+    lines = []
+    try:
+        while True:
+            answer = s.recv(65535).decode(errors="replace")
+            lines.append(answer.split("\r\n", 1)[0])
+            if not answer.startswith("SIP/2.0 1"):
+                break
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    return lines
+
+
+def test_icmp_port_unreachable_is_a_prompt_503_naming_the_hop(proxy):
+    # bob's contact is a closed UDP port: the kernel's ICMP error must fail
+    # the branch at once (RFC 3261 18.4), not after Timer F's 32 s.
+    closed = free_port("udp")
+    tag = uuid.uuid4().hex[:8]
+    register = (
+        f"REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag}-r;rport\n"
+        f"Max-Forwards: 70\nTo: <sip:icmp-{tag}@example.com>\nFrom: <sip:icmp-{tag}@example.com>;tag=r\n"
+        f"Call-ID: {tag}-r\nCSeq: 1 REGISTER\nContact: <sip:x@127.0.0.1:{closed}>\nContent-Length: 0\n\n"
+    )
+    assert _udp_ask(proxy.port, register) == ["SIP/2.0 200 OK"]
+    message = (
+        f"MESSAGE sip:icmp-{tag}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag}-m;rport\n"
+        f"Max-Forwards: 70\nTo: <sip:icmp-{tag}@example.com>\nFrom: <sip:a@example.com>;tag=m\n"
+        f"Call-ID: {tag}-m\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: 2\n\nhi"
+    )
+    answers = _udp_ask(proxy.port, message)
+    assert answers and answers[-1].startswith("SIP/2.0 503 "), answers
+    assert f"127.0.0.1:{closed}" in answers[-1]

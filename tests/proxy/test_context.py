@@ -174,14 +174,24 @@ def test_only_503_becomes_500():
     assert final.status == 500
 
 
-def test_transport_error_is_a_503_then_500():
+def test_transport_error_is_our_own_503_naming_the_hop():
     h = Harness()
     h.register("bob", "sip:bob@127.0.0.1:6001")
     h.wire.fail.add(Peer("udp", "127.0.0.1", 6001))
     h.receive(invite(method="MESSAGE"))
     h.advance(0.1)  # the layer reports transport errors from the next reactor turn
-    sent = h.wire.take()
-    assert [r.status for r, _ in h.sent_responses(sent)] == [500]
+    (final, _), = h.sent_responses(h.wire.take())
+    assert final.status == 503 and "127.0.0.1:6001" in final.reason
+
+
+def test_icmp_unreachable_fails_the_branch_at_once():
+    h = Harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite(method="MESSAGE"))
+    h.wire.take()
+    assert h.layer.peer_unreachable(Peer("udp", "127.0.0.1", 6001), "Connection refused") == 1
+    (final, _), = h.sent_responses(h.wire.take())
+    assert final.status == 503
 
 
 def test_non_invite_timeout_sends_no_408_upstream():
