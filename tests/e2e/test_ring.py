@@ -1,0 +1,207 @@
+"""Several proxies form one SOSIMPLE ring (paper IV.A-C), as real twistd processes.
+
+alice registers at one proxy, bob calls and messages her from another; the
+ring node responsible for alice's key dies and bob still reaches her,
+without alice registering again.  Nothing here uses DNS: `[location] order`
+is `local overlay`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
+from sosimple_proxy.testing import ProxyProcess, free_port, run_sipp, start_sipp
+
+RING = 2**DEFAULT_BITS
+
+
+class TinyUA:
+    """A UA on a UDP port that answers every request 200 and keeps them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[str] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (socket.timeout, OSError):
+                continue
+            text = data.decode(errors="replace")
+            if text.startswith("SIP/2.0"):
+                continue
+            self.requests.append(text)
+            head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+            keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
+            keep = [h + ";tag=ua" if h.lower().startswith(("to:", "t:")) and "tag=" not in h else h for h in keep]
+            answer = "SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
+            self.sock.sendto(answer.encode(), addr)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+def send(port: int, text: str, timeout: float = 3.0) -> str | None:
+    """One request from a fresh socket; the final response's status line."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(timeout)
+    s.sendto(text.replace("PORT", str(s.getsockname()[1])).replace("\n", "\r\n").encode(), ("127.0.0.1", port))
+    try:
+        while True:
+            line = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            if not line.startswith("SIP/2.0 1"):
+                return line
+    except socket.timeout:
+        return None
+    finally:
+        s.close()
+
+
+def register(proxy_port: int, user: str, contact_port: int) -> str | None:
+    tag = uuid.uuid4().hex[:8]
+    return send(
+        proxy_port,
+        f"REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
+        f"Max-Forwards: 70\nTo: <sip:{user}@example.com>\nFrom: <sip:{user}@example.com>;tag={tag}\n"
+        f"Call-ID: {tag}@reg\nCSeq: 1 REGISTER\nContact: <sip:{user}@127.0.0.1:{contact_port}>\n"
+        f"Expires: 600\nContent-Length: 0\n\n",
+    )
+
+
+def message(proxy_port: int, to: str, text: str, timeout: float = 3.0) -> str | None:
+    tag = uuid.uuid4().hex[:8]
+    return send(
+        proxy_port,
+        f"MESSAGE sip:{to}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
+        f"Max-Forwards: 70\nTo: <sip:{to}@example.com>\nFrom: <sip:bob@example.com>;tag={tag}\n"
+        f"Call-ID: {tag}@msg\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: {len(text)}\n\n{text}",
+        timeout,
+    )
+
+
+def eventually(check, deadline: float = 15.0, every: float = 0.3):
+    end = time.monotonic() + deadline
+    while True:
+        got = check()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(every)
+
+
+def start_ring(node_ids: list[str | None], tmp_path) -> list[ProxyProcess]:
+    ports = [free_port("tcp") for _ in node_ids]
+    procs: list[ProxyProcess] = []
+    try:
+        for i, nid in enumerate(node_ids):
+            overlay = {
+                "listen": f"tcp:{ports[i]}:interface=127.0.0.1",
+                "bootstrap": f"127.0.0.1:{ports[0]}" if i else "",
+                "stabilize_interval": "0.3",
+                "state_dir": "overlay",
+            }
+            if nid:
+                overlay["node_id"] = nid
+            p = ProxyProcess(
+                {"proxy": {"domains": "example.com"}, "location": {"order": "local overlay"}, "overlay": overlay},
+                workdir=tmp_path / f"proxy{i}",
+            )
+            procs.append(p.start())
+    except Exception:
+        for p in procs:
+            p.stop()
+        raise
+    return procs
+
+
+def kill(p: ProxyProcess) -> None:
+    assert p.process is not None
+    os.kill(p.process.pid, signal.SIGKILL)
+    p.process.wait(10)
+
+
+@pytest.fixture
+def ring_with_fixed_ids(tmp_path):
+    key = KeyScheme("flat", DEFAULT_BITS).key("alice@example.com")
+    # responsible = successor(key) = the node whose id is the key itself;
+    # alice's and bob's proxies come after it (so they hold its replicas),
+    # a fourth node precedes it and holds nothing of alice's.
+    ids = {
+        "responsible": key,
+        "alice": (key + 2**150) % RING,
+        "bob": (key + 2**151) % RING,
+        "other": (key - 2**150) % RING,
+    }
+    order = ["alice", "responsible", "bob", "other"]
+    procs = start_ring([format_id(ids[n]) for n in order], tmp_path)
+    yield dict(zip(order, procs))
+    for p in procs:
+        p.stop()
+
+
+def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_with_fixed_ids):
+    ring = ring_with_fixed_ids
+    alice = TinyUA()
+    uas_port = free_port("udp")
+    try:
+        assert register(ring["alice"].port, "alice", alice.port) == "SIP/2.0 200 OK"
+        # MESSAGE from bob's proxy: the ring gives alice's binding, routed via her proxy
+        text = f"hello-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK")
+        assert any(text in r for r in alice.requests)
+        # an unknown user of our domain: the ring's authoritative miss, at once
+        started = time.monotonic()
+        assert message(ring["bob"].port, "nobody", "x") == "SIP/2.0 404 Not Found"
+        assert time.monotonic() - started < 2.0
+
+        # an INVITE-ACK-BYE call from bob (sipp) to alice's sipp UAS
+        assert register(ring["alice"].port, "carol", uas_port) == "SIP/2.0 200 OK"
+        time.sleep(0.5)
+        uas = start_sipp("uas", "-p", str(uas_port), calls=1, timeout=20)
+        time.sleep(0.3)
+        uac = run_sipp("uac", f"127.0.0.1:{ring['bob'].port}", "-s", "carol", calls=1, timeout=15)
+        assert uac.ok, uac
+        assert uas.wait().ok
+
+        # the node responsible for alice's key dies; her replicas answer
+        kill(ring["responsible"])
+        text = f"again-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
+        assert any(text in r for r in alice.requests)
+    finally:
+        alice.close()
+
+
+def test_two_dead_proxies_that_hold_neither_user_lose_nothing(tmp_path):
+    procs = start_ring([None] * 5, tmp_path)
+    alice = TinyUA()
+    try:
+        a, b, x, y = procs[0], procs[1], procs[2], procs[3]
+        assert register(a.port, "alice", alice.port) == "SIP/2.0 200 OK"
+        assert eventually(lambda: message(b.port, "alice", "one") == "SIP/2.0 200 OK")
+        kill(x)
+        kill(y)
+        text = f"after-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(b.port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
+        assert any(text in r for r in alice.requests)
+    finally:
+        alice.close()
+        for p in procs:
+            p.stop()
