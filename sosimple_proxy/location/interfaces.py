@@ -19,6 +19,8 @@ from zope.interface import Attribute, Interface
 class Target:
     """One place to send a request: a URI, its q-value and a route to it.
 
+    Equality ignores nothing, so keep ``fallbacks`` small.
+
     ``route`` is Route header values (top first) to push in front of the
     request (a registered Path, RFC 3327).  ``flow`` is a transport address
     (``"tcp:127.0.0.1:40000"``) of an open connection the UA registered
@@ -30,6 +32,12 @@ class Target:
     route: tuple[str, ...] = ()
     flow: str | None = None
     source: str = ""
+    # An address the provider resolved itself (``"udp:192.0.2.5:5060"``):
+    # the request goes there, whatever its Route or Request-URI say.
+    dest: str | None = None
+    # Tried one after another, in order, when this target fails with 408,
+    # a 5xx or a transport error (RFC 3263 SRV failover, gateway groups).
+    fallbacks: tuple["Target", ...] = ()
 
 
 @attrs.frozen

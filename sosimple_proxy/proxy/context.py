@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -53,7 +54,16 @@ def choose_best(finals: Sequence[Response]) -> Response | None:
             for r in pool:
                 if r.status == code:
                     return r
+        # A 408 only says a branch never answered: any real answer is better.
+        answered = [r for r in pool if r.status != 408]
+        if answered:
+            return answered[0]
     return pool[0]
+
+
+def target_key(target: Target) -> tuple:
+    """What makes two targets the same attempt (16.5: a target is tried once)."""
+    return (str(target.uri), target.dest, target.route)
 
 
 def forwarded(response: Response) -> Response:
@@ -105,6 +115,7 @@ class ResponseContext:
         timer_c: float = 180.0,
         recurse_on_3xx: bool = False,
         on_final: Callable[["ResponseContext", Response], Response | None] | None = None,
+        retarget: Callable[[Target, Response], Any] | None = None,
     ) -> None:
         self.clock = clock
         self.forwarder = forwarder
@@ -114,8 +125,13 @@ class ResponseContext:
         self.timer_c = timer_c
         self.recurse_on_3xx = recurse_on_3xx
         self.on_final = on_final
+        # Told of every failed branch (408, 5xx, transport error); may give
+        # new targets (or a Deferred of them) to try: the contact cache's
+        # second lookup (paper IV.B), a provider marking a target bad.
+        self.retarget = retarget
+        self._waiting = 0
         self.groups = group_by_q(targets)
-        self.tried: set[str] = set()
+        self.tried: set[Any] = set()
         self.branches: list[Branch] = []
         self.finals: list[Response] = []
         self.auth_challenges: list[tuple[str, str]] = []
@@ -141,7 +157,7 @@ class ResponseContext:
             group = self.groups.pop(0)
             started = False
             for target in group:
-                key = str(target.uri)
+                key = target_key(target)
                 if key in self.tried:
                     continue
                 self.tried.add(key)
@@ -262,7 +278,7 @@ class ResponseContext:
             contacts = []
         for c in contacts:
             uri = c.uri
-            if getattr(uri, "is_sip", False) and str(uri) not in self.tried:
+            if getattr(uri, "is_sip", False) and (str(uri), None, ()) not in self.tried:
                 q = 1.0
                 try:
                     q = float(c.params.get("q") or 1.0)
@@ -287,12 +303,45 @@ class ResponseContext:
         branch.done = True
         branch.final = response
         self._stop_timer(branch)
+        if (response.status == 408 or 500 <= response.status < 600) and not (
+            self.cancelled or self.got_2xx or self.got_6xx
+        ):
+            self._failover(branch.target, response)
         if response.status in (401, 407):
             # 16.7 step 7: collect every challenge into the chosen response.
             for name in ("WWW-Authenticate", "Proxy-Authenticate"):
                 for v in response.headers.get_all(name):
                     self.auth_challenges.append((name, v))
         self.finals.append(response)
+
+    def _failover(self, target: Target, response: Response) -> None:
+        if target.fallbacks:
+            nxt = target.fallbacks[0]
+            self._start_branch(attrs.evolve(nxt, fallbacks=tuple(target.fallbacks[1:]) + tuple(nxt.fallbacks)))
+        if self.retarget is None:
+            return
+        try:
+            more = self.retarget(target, response)
+        except Exception:
+            log.failure("retargeting after {status} from {uri} failed", status=response.status, uri=str(target.uri))
+            return
+        if isinstance(more, Deferred):
+            self._waiting += 1
+            more.addErrback(lambda f: log.failure("retargeting failed", f) and None)
+            more.addBoth(self._retargeted)
+        elif more:
+            self._add_targets(more)
+
+    def _retargeted(self, targets: Any) -> None:
+        self._waiting -= 1
+        if targets and not (self.cancelled or self.got_2xx or self.got_6xx):
+            self._add_targets(targets)
+        self._check_done()
+
+    def _add_targets(self, targets: Sequence[Target]) -> None:
+        fresh = [t for t in targets if target_key(t) not in self.tried]
+        if fresh:
+            self.groups = group_by_q(fresh) + self.groups
 
     def _stop_timer(self, branch: Branch) -> None:
         if branch.timer_c is not None and branch.timer_c.active():
@@ -344,7 +393,7 @@ class ResponseContext:
                 for b in self.branches:
                     self._stop_timer(b)
             return
-        if any(not b.done for b in self.branches):
+        if self._waiting or any(not b.done for b in self.branches):
             return
         if self.groups and not (self.cancelled or self.got_6xx):
             self._next_group()

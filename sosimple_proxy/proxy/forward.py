@@ -58,7 +58,7 @@ class RequestForwarder(Forwarder):
         if target.route:
             routing.push_routes(copy, target.route)
         hop = routing.next_hop(copy)
-        dest = self._flow(target)
+        dest = routing.parse_flow(target.dest) if target.dest else self._flow(target)
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):

@@ -385,3 +385,67 @@ def test_register_for_a_foreign_domain_403_unless_routed():
             (req, dest), = h.sent_requests(sent, "REGISTER")
             assert dest == Peer("udp", "127.0.0.1", 5080)
             assert "record-route" not in req.headers
+
+
+def _core_targets(h, targets):
+    """Run a MESSAGE through the core with a fixed target set."""
+    from sosimple_proxy.location.interfaces import Found
+
+    h.core.location.providers.insert(0, type("Fixed", (), {"name": "fixed", "locate": lambda self, uri: Found(tuple(targets), "fixed")})())
+
+
+def test_fallbacks_are_tried_in_turn_on_503_and_timeout_but_not_on_486():
+    from sosimple_proxy.location.interfaces import Target
+    from sosimple_proxy.sip.uri import parse_uri
+
+    h = Harness()
+    uri = parse_uri("sip:carol@other.test")
+    second = Target(uri, dest="udp:127.0.0.1:7002")
+    third = Target(uri, dest="udp:127.0.0.1:7003")
+    _core_targets(h, [Target(uri, dest="udp:127.0.0.1:7001", fallbacks=(second, third))])
+    h.receive(invite(uri="sip:carol@other.test", method="MESSAGE"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest.port == 7001 and req.uri == "sip:carol@other.test"
+    h.answer(req, 503)
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest.port == 7002
+    h.advance(33)  # Timer F: a timeout fails over too
+    sent = h.wire.take()
+    assert [d.port for _, d in h.sent_requests(sent, "MESSAGE")][-1] == 7003
+    req = h.sent_requests(sent, "MESSAGE")[-1][0]
+    h.answer(req, 486)
+    sent = h.wire.take()
+    assert h.sent_requests(sent, "MESSAGE") == [] and statuses(h, sent) == [486]
+
+
+def test_retarget_hook_adds_targets_after_a_failure():
+    from twisted.internet.defer import Deferred
+
+    from sosimple_proxy.location.interfaces import Target
+    from sosimple_proxy.proxy.context import ResponseContext
+    from sosimple_proxy.sip.uri import parse_uri
+
+    h = Harness()
+    h.receive(invite(method="MESSAGE", uri="sip:127.0.0.1:5060"))  # just to get a server transaction
+    h.wire.take()
+    txn = next(iter(h.layer._server.values()))
+    asked = []
+    later: Deferred = Deferred()
+
+    def retarget(target, response):
+        asked.append((str(target.uri), response.status))
+        return later
+
+    ctx = ResponseContext(h.clock, h.core.forwarder, txn.request, txn, [Target(parse_uri("sip:bob@127.0.0.1:6001"))],
+                          retarget=retarget)
+    txn.data = None
+    ctx.start()
+    (req, _), = h.sent_requests(h.wire.take(), "MESSAGE")
+    h.answer(req, 503)
+    assert asked == [("sip:bob@127.0.0.1:6001", 503)]
+    assert h.wire.take() == []  # waiting for the new lookup, nothing upstream yet
+    later.callback([Target(parse_uri("sip:bob@127.0.0.1:6009"))])
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest.port == 6009
+    h.answer(req, 200)
+    assert 200 in statuses(h, h.wire.take())
