@@ -35,6 +35,7 @@ __all__ = [
     "free_ports",
     "ProxyProcess",
     "ProxyStartError",
+    "PeerProcess",
     "options_request",
     "sip_options_ping",
     "SIPP",
@@ -226,6 +227,15 @@ class ProxyProcess:
             pass
         return self.host, self.port
 
+    def probe(self) -> bytes | None:
+        """One readiness check: the answer, or None while the proxy is not ready."""
+        host, port = self.udp_address
+        return sip_options_ping(host, port, timeout=0.25)
+
+    def probe_description(self) -> str:
+        host, port = self.udp_address
+        return f"OPTIONS on udp {host}:{port}"
+
     def argv(self) -> list[str]:
         if self._command is not None:
             fmt = {"ini": str(self.ini_path), "log": str(self.log_path), "host": self.host, "port": self.port}
@@ -275,15 +285,16 @@ class ProxyProcess:
             )
         finally:
             out.close()
-        host, port = self.udp_address
         deadline = time.monotonic() + self.startup_timeout
         while True:
             rc = self.process.poll()
             if rc is not None:
                 self.returncode = rc
-                raise ProxyStartError(f"proxy exited with status {rc} before answering OPTIONS\n{self.log_tail()}")
+                raise ProxyStartError(
+                    f"proxy exited with status {rc} before answering {self.probe_description()}\n{self.log_tail()}"
+                )
             t0 = time.monotonic()
-            answer = sip_options_ping(host, port, timeout=0.25)
+            answer = self.probe()
             if answer is None:
                 # ICMP "port unreachable" makes a probe fail at once: do not
                 # spin while the process is still importing.
@@ -294,7 +305,7 @@ class ProxyProcess:
             if time.monotonic() > deadline:
                 self.stop()
                 raise ProxyStartError(
-                    f"proxy did not answer OPTIONS on udp {host}:{port} within {self.startup_timeout:g}s\n{self.log_tail()}"
+                    f"proxy did not answer {self.probe_description()} within {self.startup_timeout:g}s\n{self.log_tail()}"
                 )
 
     def stop(self) -> int | None:
@@ -346,6 +357,98 @@ class ProxyProcess:
                 tail = "\n".join(text.rstrip("\n").splitlines()[-lines:])
                 parts.append(f"--- {label} ({path}) ---\n{tail}")
         return "\n".join(parts) or "(no output)"
+
+
+class PeerProcess(ProxyProcess):
+    """A ring member with no SIP (a storage peer) under ``twistd``.
+
+    Listens for the overlay and the admin API on free loopback ports, keeps
+    its state under ``overlay/`` in its directory, and counts as started
+    once ``GET /health`` answers 200 (it has joined the ring).  ``bootstrap``
+    is a list of ``host:port`` overlay addresses; ``overlay`` adds keys to
+    ``[overlay]`` (``stabilize_interval``, ``replicas``...).
+
+        first = PeerProcess(overlay={"stabilize_interval": 0.3}).start()
+        second = PeerProcess(bootstrap=[first.overlay_address]).start()
+        urllib.request.urlopen(second.admin_url + "/ring")
+
+    ``restart()`` stops it (SIGTERM: it leaves the ring gracefully) and
+    starts it again on the same ports and state directory.
+    """
+
+    def __init__(
+        self,
+        config: str | Mapping[str, Mapping[str, object]] | None = None,
+        *,
+        bootstrap: Sequence[str] = (),
+        overlay: Mapping[str, object] | None = None,
+        host: str = "127.0.0.1",
+        overlay_port: int | None = None,
+        admin_port: int | None = None,
+        **kw: object,
+    ) -> None:
+        self.overlay_port = overlay_port if overlay_port is not None else free_port("tcp", host)
+        self.admin_port = admin_port if admin_port is not None else free_port("tcp", host)
+        self._bootstrap = list(bootstrap)
+        self._overlay = dict(overlay or {})
+        super().__init__(config, host=host, port=0, **kw)  # type: ignore[arg-type]
+
+    def _merged(self, overrides: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+        iface = f"interface={self.host.replace(':', chr(92) + ':')}"
+        sections: dict[str, dict[str, object]] = {
+            "proxy": {"listen": "", "domains": "localhost"},
+            "overlay": {
+                "listen": f"tcp:{self.overlay_port}:{iface}",
+                "bootstrap": " ".join(self._bootstrap),
+                "state_dir": "overlay",
+                **self._overlay,
+            },
+            "admin": {"listen": f"tcp:{self.admin_port}:{iface}"},
+            "location": {"order": "local"},
+        }
+        for name, keys in overrides.items():
+            sections.setdefault(name, {}).update(keys)
+        return sections
+
+    @property
+    def overlay_address(self) -> str:
+        """``host:port`` of the overlay listener, for another peer's ``bootstrap``."""
+        return f"[{self.host}]:{self.overlay_port}" if ":" in self.host else f"{self.host}:{self.overlay_port}"
+
+    @property
+    def admin_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.admin_port}"
+
+    def probe(self) -> bytes | None:
+        import http.client
+
+        conn = http.client.HTTPConnection(self.host, self.admin_port, timeout=1.0)
+        try:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            body = response.read()
+            return body if response.status == 200 else None
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def probe_description(self) -> str:
+        return f"GET {self.admin_url}/health with 200"
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing handed over."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.returncode = self.process.returncode if self.process is not None else None
+
+    def restart(self) -> PeerProcess:
+        """Stop, then start again on the same ports and state directory."""
+        self.stop()
+        self.process = None
+        return self.start()  # type: ignore[return-value]
 
 
 # --- SIPp

@@ -6,7 +6,9 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
 - ``GET /health``: 200 once the node serves, 503 while it joins;
 - ``GET /ring``: this node's place in the ring and what it stores;
 - ``GET /locate/{name}``: the nodes that hold a name;
-- ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records.
+- ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records;
+  ``GET /records/{name}?local=1`` reads only this node's own copy (an
+  addition to the contract, for checking where copies are).
 
 A name is the rest of the path after ``/records/`` or ``/locate/``,
 percent-decoded, as UTF-8 (so ``a/b`` and ``a%2Fb`` are the same name).
@@ -189,7 +191,7 @@ class AdminAPI(Resource):
         if getattr(request, "too_large", False):
             raise ApiError(413, f"the body is over the limit of {self.max_value} bytes")
         name = self._name(rest)
-        if method == "PUT":
+        if head == "records":
             return await handler(name, request)
         return await handler(name)
 
@@ -270,14 +272,20 @@ class AdminAPI(Resource):
         body = {"name": name, "key": ids.format_id(key, m), "ttl": ttl, "seq": record.seq, "bytes": len(value)}
         return 201, {}, _json(body), "application/json"
 
-    async def get_record(self, name: str) -> tuple:
+    async def get_record(self, name: str, request: server.Request) -> tuple:
         node = self._node()
-        records = await node.get(self._key(name), BLOB)
-        if not records:
-            raise ApiError(404, f"no record named {name!r}")
+        if _flag(request, b"local"):
+            # the copy this node holds, without asking the ring: for checking replication
+            records = node.store.get(self._key(name), BLOB)
+            if not records:
+                raise ApiError(404, f"this node holds no copy of {name!r}")
+        else:
+            records = await node.get(self._key(name), BLOB)
+            if not records:
+                raise ApiError(404, f"no record named {name!r}")
         return 200, {}, records[0].value, "application/octet-stream"
 
-    async def delete_record(self, name: str) -> tuple:
+    async def delete_record(self, name: str, request: server.Request) -> tuple:
         node = self._node()
         if not await node.remove(self._key(name), BLOB):
             raise ApiError(404, f"no record named {name!r}")
@@ -285,6 +293,11 @@ class AdminAPI(Resource):
 
     async def registrations(self, aor: str) -> tuple:
         raise ApiError(501, "registrations are not served by this build yet")
+
+
+def _flag(request: server.Request, name: bytes) -> bool:
+    values = request.args.get(name)
+    return bool(values) and values[-1].lower() not in (b"0", b"no", b"false", b"off")
 
 
 def _json(value: object) -> bytes:

@@ -157,6 +157,9 @@ class OneNodeTests(AdminTestBase):
         code, body = yield self.json_call("DELETE", self.url + "/records/greeting")
         self.assertEqual(code, 404)
         self.assertIn("error", body)
+        code, body = yield self.json_call("GET", self.url + "/records/greeting?local=1")
+        self.assertEqual(code, 404)
+        self.assertIn("holds no copy", body["error"])
 
     @defer.inlineCallbacks
     def test_other_kinds_under_the_key_are_left_alone(self):
@@ -336,6 +339,9 @@ class ThreeNodeTests(AdminTestBase):
             self.assertIsInstance(view["fingers"], list)
             total += view["records"]
         self.assertEqual(total, 3)
+        for url in self.urls:  # each node's own copy, without asking the ring
+            code, _, got = yield self.call("GET", url + "/records/photo?local=1")
+            self.assertEqual((code, got == value), (200, True))
         code, _, _ = yield self.call("DELETE", b + "/records/photo")
         self.assertEqual(code, 204)
         code, body = yield self.json_call("GET", a + "/records/photo")
