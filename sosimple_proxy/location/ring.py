@@ -152,30 +152,66 @@ class RingLocator:
         serves: Callable[[Any], bool],
         aor: Callable[[Any], str],
         is_our_route: Callable[[Any], bool],
+        clock: Any = None,
+        cache_ttl: float = 300.0,
+        cache_size: int = 10000,
     ) -> None:
         self.name = name
         self.overlay = overlay
         self.serves = serves
         self.aor = aor
         self.is_our_route = is_our_route
+        self.clock = clock
+        self.cache_ttl = cache_ttl
+        self.cache_size = cache_size
+        # The paper's contact cache (IV.B): aor -> (valid until, targets).
+        self.cache: dict[str, tuple[float, tuple[Target, ...]]] = {}
+        # Targets handed out from the cache, by the AoR they were for: one of
+        # them failing earns the AoR one fresh lookup.
+        self._served: dict[Target, str] = {}
 
     def locate(self, uri: Any) -> LocateResult:
         if not getattr(uri, "is_sip", False) or not uri.user or not self.serves(uri):
             return NOT_MINE
+        aor = self.aor(uri)
+        if self.clock is not None:
+            hit = self.cache.get(aor)
+            if hit is not None:
+                if hit[0] > self.clock.seconds():
+                    for t in hit[1]:
+                        self._served[t] = aor
+                    return Found(hit[1], self.name)
+                del self.cache[aor]
+        return self._lookup(aor)
+
+    def _lookup(self, aor: str) -> LocateResult:
         node = getattr(self.overlay, "node", None)
         if node is None or not getattr(node, "joined", True):
             return Miss("Temporarily Unavailable: not joined to the location ring yet", self.name, 480)
-        key = self.overlay.keys.key(self.aor(uri))
+        key = self.overlay.keys.key(aor)
         d: Deferred = maybeDeferred(node.get, key, KIND)
-        d.addCallbacks(self._found, self._failed, callbackArgs=(uri,))
+        d.addCallbacks(self._found, self._failed, callbackArgs=(aor,))
         return d
+
+    def target_failed(self, target: Target, response: Any) -> Any:
+        """A target from the cache timed out, got 503 or a transport error:
+        forget the cached answer and ask the ring once more (paper IV.B)."""
+        aor = self._served.pop(target, None)
+        if aor is None or not (response.status in (408, 503) or response.status >= 500):
+            return None
+        self.cache.pop(aor, None)
+        for t in [t for t, a in self._served.items() if a == aor]:
+            del self._served[t]
+        d = maybeDeferred(self._lookup, aor)
+        return d.addCallback(lambda r: list(r.targets) if isinstance(r, Found) else [])
 
     def _failed(self, failure: Any) -> Miss:
         log.info("ring {name}: lookup failed: {why}", name=self.name, why=failure.getErrorMessage())
         return Miss("Temporarily Unavailable: the location ring did not answer", self.name, 480)
 
-    def _found(self, records: list[Any], uri: Any) -> LocateResult:
+    def _found(self, records: list[Any], aor: str) -> LocateResult:
         targets = []
+        until = float("inf")
         for rec in records:
             try:
                 data = decode_entry(rec.value)
@@ -188,11 +224,20 @@ class RingLocator:
                 path.pop(0)  # the proxy holding it is us: no detour
             q = data.get("q")
             targets.append(Target(contact, float(q) if isinstance(q, (int, float)) else 1.0, tuple(path), None, self.name))
+            until = min(until, rec.expires)
         if not targets:
             # The responsible node's answer (after its replicas, if it did not
-            # answer) is authoritative: the paper's completeness.
+            # answer) is authoritative: the paper's completeness.  Misses are
+            # not cached: a new registration must be found at once.
+            self.cache.pop(aor, None)
             return Miss("Not Found", self.name)
-        return Found(tuple(targets), self.name)
+        found = tuple(targets)
+        if self.clock is not None and self.cache_ttl > 0:
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+                self._served.clear()
+            self.cache[aor] = (min(until, self.clock.seconds() + self.cache_ttl), found)
+        return Found(found, self.name)
 
     def _ours(self, route: str) -> bool:
         try:

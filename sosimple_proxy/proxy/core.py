@@ -56,7 +56,9 @@ def build_locators(cfg: Config, core: "ProxyCore") -> dict[str, ILocator]:
         "routes": StaticRoutes(cfg.section("routes")),
     }
     for name, (overlay, addressing) in core.rings.items():
-        available[name] = RingLocator(name, overlay, addressing.is_ours, addressing.aor, core.is_our_route)
+        available[name] = RingLocator(
+            name, overlay, addressing.is_ours, addressing.aor, core.is_our_route, clock=core.reactor
+        )
     return available
 
 
@@ -108,6 +110,7 @@ class ProxyCore:
         self.routes: StaticRoutes = available["routes"]  # type: ignore[assignment]
         order = [n for n in cfg.section("location")["order"] if n in available]
         self.location = LocationChain([available[n] for n in order])
+        self.providers = available
         self.forwarder: RequestForwarder | None = None
         self.processors: Sequence[Processor] = (
             sanity,
@@ -213,9 +216,17 @@ class ProxyCore:
             targets,
             timer_c=self.timer_c,
             recurse_on_3xx=self.recurse_on_3xx,
+            retarget=self.retarget,
         )
         context.start()
         return HANDLED
+
+    def retarget(self, target: Target, response: Response) -> Any:
+        """A branch failed: the provider that gave the target may know better
+        (a cached contact looked up again, a gateway or DNS target avoided)."""
+        provider = self.providers.get(target.source)
+        hook = getattr(provider, "target_failed", None)
+        return hook(target, response) if hook is not None else None
 
     def located(self, result: Any, request: Request, txn: ServerTransaction) -> Any:
         """Turn a location answer into a response or a response context."""
