@@ -367,6 +367,12 @@ def _cross_checks(cfg: Config) -> None:
     from sosimple_proxy.location.routes import route_uri
     from sosimple_proxy.sip.errors import ParseError
 
+    for name, ring in cfg.named("overlay").items():
+        # site-ini.md: [overlay:NAME] domains is required (whose users it holds)
+        if ring["listen"] and not ring["domains"]:
+            raise ConfigError(f"overlay:{name}", "domains", "required: the domains whose users this ring holds")
+        if ring["state_dir"] == "var/overlay":
+            ring["state_dir"] = f"var/overlay-{name}"
     for domain, value in cfg.sections.get("routes", {}).items():
         try:
             route_uri(value)

@@ -39,9 +39,21 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
     else:
         log.info("[overlay] listen is empty: no overlay")
+    # Every ring this proxy is a member of, by its [location] provider name
+    # (paper III.C.3: one proxy in several rings bridges them).
+    top.rings = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
+    for ring_name, section in cfg.named("overlay").items():
+        if not section["listen"]:
+            log.info("[overlay:{name}] listen is empty: not a member", name=ring_name)
+            continue
+        from sosimple_proxy.overlay.service import OverlayService
+
+        ring = OverlayService(reactor, section, name=f"overlay:{ring_name}")
+        ring.setServiceParent(top)
+        top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     for name in cfg.section("location")["order"]:
         base = name.split(":", 1)[0]
-        if base not in BUILT_PROVIDERS or (name == "overlay" and top.overlay is None):  # type: ignore[attr-defined]
+        if base not in BUILT_PROVIDERS or (base == "overlay" and name not in top.rings):  # type: ignore[attr-defined]
             log.info("location provider {name!r} is not configured in this build; skipped", name=name)
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
@@ -52,8 +64,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         # in the location order (tests leave it out); RFC 3263 comes with
         # the dns provider.
         resolve = reactor.resolve if "dns" in cfg.section("location")["order"] else None
-        overlays = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
-        core = ProxyCore(reactor, cfg, resolve=resolve, overlays=overlays)
+        core = ProxyCore(reactor, cfg, resolve=resolve, overlays=dict(top.rings))  # type: ignore[attr-defined]
         stack = SipStack(reactor, cfg, core)
         stack.setServiceParent(top)
     else:

@@ -74,8 +74,10 @@ class RingPublisher:
         clock: Any,
         retries: int = 3,
         retry_delay: float = 1.0,
+        accepts: Callable[[str], bool] | None = None,
     ) -> None:
         self.overlay = overlay
+        self.accepts = accepts
         self.table = table
         self.self_route = self_route
         self.clock = clock
@@ -98,6 +100,8 @@ class RingPublisher:
         return node if node is not None and getattr(node, "joined", True) else None
 
     def changed(self, aor: str, bindings: list[Binding]) -> None:
+        if self.accepts is not None and not self.accepts(aor):
+            return
         node = self.node
         if node is None:
             self._pending.add(aor)

@@ -62,6 +62,13 @@ def build_locators(cfg: Config, core: "ProxyCore") -> dict[str, ILocator]:
     return available
 
 
+def _holds(addressing: Addressing) -> Callable[[str], bool]:
+    def holds(aor: str) -> bool:
+        return aor.rpartition("@")[2] in addressing.domains
+
+    return holds
+
+
 def ring_domains(cfg: Config, name: str) -> list[str]:
     """The domains whose users a ring holds (site-ini.md, [overlay] domains)."""
     section = cfg.section(name) if name in cfg.sections else cfg.section("overlay")
@@ -129,8 +136,10 @@ class ProxyCore:
         self.forwarder = RequestForwarder(stack, self.cfg.proxy["record_route"], self.resolve)
         for name, (overlay, addressing) in self.rings.items():
             addressing.listening = stack.transport.listening
+            # Our registrar's users go to every ring that holds their domain.
             if any(d in addressing.domains for d in self.addressing.domains):
-                self.publishers.append(RingPublisher(overlay, self.bindings, self.self_route, self.reactor))
+                holds = _holds(addressing)
+                self.publishers.append(RingPublisher(overlay, self.bindings, self.self_route, self.reactor, accepts=holds))
         self.bindings.start()
 
     def self_route(self) -> str | None:

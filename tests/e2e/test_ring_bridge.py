@@ -1,0 +1,90 @@
+"""Two rings bridged by one proxy that is a member of both (paper III.C.3).
+
+Ring A holds a.test, ring B holds b.test.  Proxy X is in both rings; PA only
+in A, PB only in B, each with a static route for the other domain to X.
+alice@a.test (at PA) reaches bob@b.test (at PB), and back.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sosimple_proxy.testing import ProxyProcess, free_port
+from tests.e2e.test_ring import TinyUA, eventually, send
+
+
+def register(proxy_port: int, user: str, domain: str, contact_port: int) -> str | None:
+    tag = uuid.uuid4().hex[:8]
+    return send(
+        proxy_port,
+        f"REGISTER sip:{domain} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
+        f"Max-Forwards: 70\nTo: <sip:{user}@{domain}>\nFrom: <sip:{user}@{domain}>;tag={tag}\n"
+        f"Call-ID: {tag}@reg\nCSeq: 1 REGISTER\nContact: <sip:{user}@127.0.0.1:{contact_port}>\n"
+        f"Expires: 600\nContent-Length: 0\n\n",
+    )
+
+
+def message(proxy_port: int, frm: str, to: str, text: str) -> str | None:
+    tag = uuid.uuid4().hex[:8]
+    return send(
+        proxy_port,
+        f"MESSAGE sip:{to} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
+        f"Max-Forwards: 70\nTo: <sip:{to}>\nFrom: <sip:{frm}>;tag={tag}\n"
+        f"Call-ID: {tag}@msg\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: {len(text)}\n\n{text}",
+    )
+
+
+def test_a_user_of_ring_a_reaches_a_user_of_ring_b_through_the_bridge(tmp_path):
+    a_x, a_pa, b_x, b_pb = (free_port("tcp") for _ in range(4))
+    x_sip, pa_sip, pb_sip = (free_port("both") for _ in range(3))
+    ring = {"stabilize_interval": "0.3"}
+    x = ProxyProcess(
+        {
+            "proxy": {"domains": "a.test b.test"},
+            "location": {"order": "local overlay overlay:b"},
+            "overlay": {"listen": f"tcp:{a_x}:interface=127.0.0.1", "domains": "a.test", "state_dir": "ra", **ring},
+            "overlay:b": {"listen": f"tcp:{b_x}:interface=127.0.0.1", "domains": "b.test", "state_dir": "rb", **ring},
+        },
+        port=x_sip,
+        workdir=tmp_path / "x",
+    )
+    pa = ProxyProcess(
+        {
+            "proxy": {"domains": "a.test"},
+            "location": {"order": "local overlay routes"},
+            "routes": {"b.test": f"sip:127.0.0.1:{x_sip}"},
+            "overlay": {"listen": f"tcp:{a_pa}:interface=127.0.0.1", "bootstrap": f"127.0.0.1:{a_x}", "state_dir": "ra", **ring},
+        },
+        port=pa_sip,
+        workdir=tmp_path / "pa",
+    )
+    pb = ProxyProcess(
+        {
+            "proxy": {"domains": "b.test"},
+            "location": {"order": "local overlay routes"},
+            "routes": {"a.test": f"sip:127.0.0.1:{x_sip}"},
+            "overlay": {"listen": f"tcp:{b_pb}:interface=127.0.0.1", "bootstrap": f"127.0.0.1:{b_x}", "state_dir": "rb", **ring},
+        },
+        port=pb_sip,
+        workdir=tmp_path / "pb",
+    )
+    alice, bob = TinyUA(), TinyUA()
+    try:
+        x.start()
+        pa.start()
+        pb.start()
+        assert register(pa.port, "alice", "a.test", alice.port) == "SIP/2.0 200 OK"
+        assert register(pb.port, "bob", "b.test", bob.port) == "SIP/2.0 200 OK"
+        hello = f"hello-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(pa.port, "alice@a.test", "bob@b.test", hello) == "SIP/2.0 200 OK", 20)
+        assert any(hello in r for r in bob.requests)
+        back = f"back-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(pb.port, "bob@b.test", "alice@a.test", back) == "SIP/2.0 200 OK", 20)
+        assert any(back in r for r in alice.requests)
+        # a user neither ring knows: an authoritative 404 from ring B, via the bridge
+        assert message(pa.port, "alice@a.test", "nobody@b.test", "x") == "SIP/2.0 404 Not Found"
+    finally:
+        alice.close()
+        bob.close()
+        for p in (pb, pa, x):
+            p.stop()
