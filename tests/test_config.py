@@ -115,3 +115,11 @@ def test_overlay_and_admin_listeners_are_endpoint_strings_or_empty():
     assert defaults.section("overlay")["listen"] == "tcp:7000:interface=127.0.0.1"
     assert defaults.section("admin")["listen"] == "tcp:8080:interface=127.0.0.1"
     assert (defaults.section("admin")["max_name"], defaults.section("admin")["max_value"]) == (256, 1048576)
+
+
+def test_named_ring_needs_domains_and_gets_its_own_state_dir():
+    with pytest.raises(ConfigError) as e:
+        parse_config("[overlay:corp]\nlisten = tcp:7100:interface=127.0.0.1\n", "x.ini")
+    assert "[overlay:corp] domains" in str(e.value)
+    cfg = parse_config("[overlay:corp]\nlisten = tcp:7100:interface=127.0.0.1\ndomains = corp.test\n", "x.ini")
+    assert cfg.named("overlay")["corp"]["state_dir"] == "var/overlay-corp"
