@@ -179,8 +179,13 @@ def via_regexp(transport: str, port: int) -> str:
     return rf"^ *SIP/2\.0/{transport.upper()} 127\.0\.0\.1:{port};branch=z9hG4bK"
 
 
-def rr_regexp(transport: str, port: int) -> str:
-    return rf"sip:127\.0\.0\.1:{port}{URI_TRANSPORT[transport]};lr"
+def rr_entry(transport: str, port: int, r2: bool = False) -> str:
+    """One of our Record-Route values (two with r2=on across transports, RFC 5658)."""
+    return f"<sip:127.0.0.1:{port}{URI_TRANSPORT[transport]};lr{';r2=on' if r2 else ''}>"
+
+
+def rr_regexp(transport: str, port: int, r2: bool = False) -> str:
+    return ere(rr_entry(transport, port, r2)).replace("<", "")
 
 
 # --- scenario pieces
@@ -355,7 +360,9 @@ UAS_ACK_BYE = """
 """ + uas_response("200 OK", in_dialog=True)
 
 
-def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1) -> str:
+def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1, rr: str | None = None) -> str:
+    """Call ``ruri``; the 200's (top) Record-Route must match ``rr``."""
+    rr = rr or rr_regexp(transport, proxy_port)
     return fill(
         HEAD
         + UAC_INVITE
@@ -363,7 +370,7 @@ def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1) 
         + f"""
   <recv response="200" rrs="true">
     <action>
-      <ereg regexp="{rr_regexp(transport, proxy_port)}" search_in="hdr" header="Record-Route:" check_it="true" assign_to="ok_rr"/>
+      <ereg regexp="{rr}" search_in="hdr" header="Record-Route:" check_it="true" assign_to="ok_rr"/>
     </action>
   </recv>
   <Reference variables="ok_rr"/>
@@ -375,13 +382,15 @@ def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1) 
     )
 
 
-def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0) -> str:
+def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0, rr: str | None = None) -> str:
+    """Answer a call: 180, 200, then ACK and BYE; the INVITE's top
+    Record-Route must match ``rr``."""
     pause = f'  <pause milliseconds="{answer_after_ms}"/>\n' if answer_after_ms else ""
     return fill(
         HEAD + UAS_RECV_INVITE + uas_response("180 Ringing") + pause + uas_response("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
         name="UAS call",
         via=via_regexp(transport, proxy_port),
-        rr=rr_regexp(transport, proxy_port),
+        rr=rr or rr_regexp(transport, proxy_port),
     )
 
 
@@ -562,11 +571,32 @@ def test_call_with_record_route(proxy, transport, tmp_path):
     check(result, uas.wait())
     # The caller's ACK and BYE went to the UAS's Contact with the proxy's
     # Record-Route as their Route set.
-    route = f"Route: <sip:127.0.0.1:{proxy.port}{URI_TRANSPORT[transport]};lr>"
+    route = f"Route: {rr_entry(transport, proxy.port)}"
     for method in ("ACK", "BYE"):
         (sent,) = sent_messages(trace, method)
         assert sent.startswith(f"{method} sip:127.0.0.1:{port};transport="), sent
         assert route in sent, sent
+
+
+@pytest.mark.parametrize("transport", ["udp"], indirect=True)
+@pytest.mark.parametrize("caller, callee", [("udp", "tcp"), ("tcp", "udp")])
+def test_call_across_transports_double_record_route(proxy, transport, caller, callee, tmp_path):
+    """RFC 5658: in by one transport, out by another, the proxy adds two
+    Record-Route entries, each naming the side it faces; the caller's
+    route set leads with the entry for its transport, and the proxy takes
+    both off the ACK and the BYE."""
+    user = unique("bob")
+    port = free_port(callee)
+    register(proxy.port, user, port, callee)
+    top = rr_regexp(callee, proxy.port, r2=True)  # faces the callee
+    uas = start_uas(uas_call(proxy.port, callee, rr=top), port, callee, tmp_path)
+    result, trace = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, caller, rr=top), proxy.port, caller,
+                            tmp_path, trace=True)
+    check(result, uas.wait())
+    near, far = rr_entry(caller, proxy.port, r2=True), rr_entry(callee, proxy.port, r2=True)
+    for method in ("ACK", "BYE"):
+        (sent,) = sent_messages(trace, method)
+        assert near in sent and far in sent and sent.index(near) < sent.index(far), sent
 
 
 # --- 4. CANCEL
