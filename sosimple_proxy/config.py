@@ -275,17 +275,42 @@ ADMIN: Schema = {
     "max_name": (_int(1), "256"),
     "max_value": (_int(1), "1048576"),
 }
+
+
+def _located(module: str, name: str) -> Callable[[str], object]:
+    """A value parser that lives with the code using the value
+    (``sosimple_proxy.location.<module>.<name>``), imported when used."""
+
+    def parse(raw: str) -> object:
+        import importlib
+
+        return getattr(importlib.import_module(f"sosimple_proxy.location.{module}"), name)(raw)  # type: ignore[no-any-return]
+
+    return parse
+
+
+def _gateway_uri(raw: str) -> str:
+    """A gateway's SIP URI; empty is refused once the section is read."""
+    from sosimple_proxy.location.gateways import parse_gateway_uri
+
+    if raw.strip():
+        parse_gateway_uri(raw)
+    return raw.strip()
+
+
 PSTN: Schema = {
-    "country_code": (_text, ""),
-    "local_patterns": (_text, ""),
+    "country_code": (_located("dialplan", "parse_country_code"), ""),
+    "local_patterns": (_located("dialplan", "parse_local_patterns"), ""),
+    "probe_interval": (_float(0.0, strict=False), "30"),
+    "retry_interval": (_float(), "30"),
 }
 GATEWAY: Schema = {
-    "uri": (_text, ""),
-    "prefixes": (_words, ""),
+    "uri": (_gateway_uri, ""),
+    "prefixes": (_located("gateways", "parse_prefixes"), "+"),
     "priority": (_int(0), "1"),
     "weight": (_int(0), "1"),
-    "strip": (_int(0), "0"),
-    "prepend": (_text, ""),
+    "strip": (_int(0, 15), "0"),
+    "prepend": (_located("gateways", "parse_prepend"), ""),
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -378,6 +403,10 @@ def _cross_checks(cfg: Config) -> None:
             route_uri(value)
         except (ValueError, ParseError) as e:
             raise ConfigError("routes", domain, f"{value.strip()!r} is not a usable next hop: {e}") from None
+    _check_did(cfg)
+    for name, gateway in cfg.named("gateway").items():
+        if not gateway["uri"]:
+            raise ConfigError(f"gateway:{name}", "uri", "is required (e.g. sip:192.0.2.10:5060;transport=udp)")
     if sip["t2"] < sip["t1"]:
         raise ConfigError("sip", "t2", f"{sip['t2']:g} must not be below t1 ({sip['t1']:g})")
     if reg["min_expires"] > reg["max_expires"]:
@@ -387,6 +416,26 @@ def _cross_checks(cfg: Config) -> None:
     for a in proxy["listen"]:
         if a.transport == "tls" and not (cfg.sections["tls"]["certificate"] and cfg.sections["tls"]["key"]):
             raise ConfigError("proxy", "listen", f"{a} needs [tls] certificate and key")
+
+
+def _check_did(cfg: Config) -> None:
+    """[did]: each key a number the dial plan reads, each value a SIP AoR."""
+    from sosimple_proxy.location.dialplan import DialPlan, did_number
+    from sosimple_proxy.sip.errors import ParseError
+    from sosimple_proxy.sip.uri import parse_uri
+
+    plan = DialPlan.from_config(cfg.sections["pstn"])
+    for number, aor in cfg.sections.get("did", {}).items():
+        try:
+            did_number(plan, number)
+        except ValueError as e:
+            raise ConfigError("did", number, str(e)) from None
+        try:
+            uri = parse_uri(aor.strip())
+        except ParseError as e:
+            raise ConfigError("did", number, f"{aor.strip()!r} is not a SIP URI ({e})") from None
+        if not uri.is_sip or not uri.user:
+            raise ConfigError("did", number, f"{aor.strip()!r} is not an address of record (sip:user@domain)")
 
 
 def parse_config(text: str, path: str = "site.ini") -> Config:
