@@ -18,7 +18,7 @@ log = Logger()
 
 # Location providers that exist in this build; the others named in
 # [location] order are skipped with a log line at startup.
-BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes", "overlay"})
+BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes", "overlay", "pstn"})
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -53,7 +53,11 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     for name in cfg.section("location")["order"]:
         base = name.split(":", 1)[0]
-        if base not in BUILT_PROVIDERS or (base == "overlay" and name not in top.rings):  # type: ignore[attr-defined]
+        if (
+            base not in BUILT_PROVIDERS
+            or (base == "overlay" and name not in top.rings)  # type: ignore[attr-defined]
+            or (name == "pstn" and not cfg.named("gateway"))
+        ):
             log.info("location provider {name!r} is not configured in this build; skipped", name=name)
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service

@@ -18,8 +18,10 @@ from zope.interface import implementer
 from sosimple_proxy.config import Config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
+from sosimple_proxy.location.dialplan import DialPlan, DidTable
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, Miss, Target
 from sosimple_proxy.location.local import LocalLocator
+from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
 from sosimple_proxy.location.ring import RingLocator, RingPublisher
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy import routing
@@ -59,6 +61,12 @@ def build_locators(cfg: Config, core: "ProxyCore") -> dict[str, ILocator]:
         available[name] = RingLocator(
             name, overlay, addressing.is_ours, addressing.aor, core.is_our_route, clock=core.reactor
         )
+    # Phone numbers are not users: providers of users pass the numbers they miss on.
+    for name in ["local", *core.rings]:
+        available[name] = PassNumbers(available[name], core.dialplan)
+    pstn = PstnLocator.from_config(cfg, core.dialplan, core.reactor, from_domain=core.addressing.primary or "localhost")
+    if pstn is not None:
+        available["pstn"] = pstn
     return available
 
 
@@ -113,6 +121,8 @@ class ProxyCore:
             for name, overlay in (overlays or {}).items()
         }
         self.publishers: list[RingPublisher] = []
+        self.dialplan = DialPlan.from_config(cfg.section("pstn"))
+        self.dids = DidTable(self.dialplan, cfg.section("did"))
         available = build_locators(cfg, self)
         self.routes: StaticRoutes = available["routes"]  # type: ignore[assignment]
         order = [n for n in cfg.section("location")["order"] if n in available]
@@ -126,6 +136,7 @@ class ProxyCore:
             route_information,
             to_self,
             register,
+            did,
             forward,
         )
 
@@ -141,6 +152,9 @@ class ProxyCore:
                 holds = _holds(addressing)
                 self.publishers.append(RingPublisher(overlay, self.bindings, self.self_route, self.reactor, accepts=holds))
         self.bindings.start()
+        pstn = self.providers.get("pstn")
+        if pstn is not None:
+            pstn.attach(stack)  # type: ignore[attr-defined]  # gateway OPTIONS probes start
 
     def self_route(self) -> str | None:
         """How other proxies of the ring reach this one: a Route value."""
@@ -342,6 +356,20 @@ def register(core: ProxyCore, request: Request, txn: ServerTransaction) -> Respo
     if refused is not None:
         return refused
     return core.registrar.handle(request, received=str(txn.source))
+
+
+def did(core: ProxyCore, request: Request, txn: ServerTransaction) -> None:
+    """[did]: a request dialling one of our numbers (from a gateway, or a
+    local user calling it) is retargeted to the AoR the number maps to,
+    which location then finds as usual."""
+    if not core.dids.table or "route" in request.headers or request.method in ("REGISTER", "ACK", "CANCEL"):
+        return None
+    uri = request.ruri
+    aor = core.dids.lookup(uri, ours=core.addressing.is_ours(uri))
+    if aor is not None:
+        log.info("DID {uri} -> {aor}", uri=request.uri, aor=aor)
+        request.uri = aor
+    return None
 
 
 def forward(core: ProxyCore, request: Request, txn: ServerTransaction) -> Any:
