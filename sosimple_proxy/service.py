@@ -18,7 +18,7 @@ log = Logger()
 
 # Location providers that exist in this build; the others named in
 # [location] order are skipped with a log line at startup.
-BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes", "overlay", "pstn"})
+BUILT_PROVIDERS: frozenset[str] = frozenset({"local", "routes", "overlay", "pstn", "dns"})
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -64,10 +64,14 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, cfg.section("admin"), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
-        # Next hops named by host name: the system resolver only when DNS is
-        # in the location order (tests leave it out); RFC 3263 comes with
-        # the dns provider.
-        resolve = reactor.resolve if "dns" in cfg.section("location")["order"] else None
+        # RFC 3263 (``[dns] servers``, or the system's) for other domains and
+        # for next hops named by host, only when "dns" is in the location
+        # order: without it nothing queries DNS (tests leave it out).
+        resolve = None
+        if "dns" in cfg.section("location")["order"]:
+            from sosimple_proxy.location.dns import HopResolver, rfc3263_from_config
+
+            resolve = HopResolver(rfc3263_from_config(cfg.section("dns"), reactor))
         core = ProxyCore(reactor, cfg, resolve=resolve, overlays=dict(top.rings))  # type: ignore[attr-defined]
         stack = SipStack(reactor, cfg, core)
         stack.setServiceParent(top)

@@ -67,6 +67,20 @@ def build_locators(cfg: Config, core: "ProxyCore") -> dict[str, ILocator]:
     pstn = PstnLocator.from_config(cfg, core.dialplan, core.reactor, from_domain=core.addressing.primary or "localhost")
     if pstn is not None:
         available["pstn"] = pstn
+    # RFC 3263 for other domains, when service.py gave us its resolver
+    # (only with "dns" in [location] order: nothing else queries DNS).
+    rfc3263 = getattr(core.resolve, "rfc3263", None)
+    if rfc3263 is not None:
+        from sosimple_proxy.location.dns import DNSLocator
+
+        routes = available["routes"]
+        available["dns"] = DNSLocator(
+            rfc3263,
+            lambda uri: core.addressing.is_ours(uri)
+            or routes.serves(uri)  # type: ignore[attr-defined]
+            or any(a.is_ours(uri) for _, a in core.rings.values()),
+            lambda: core.stack.transport.listening() if core.stack is not None else (),
+        )
     return available
 
 

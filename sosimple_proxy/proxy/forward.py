@@ -87,6 +87,10 @@ class RequestForwarder(Forwarder):
             return Peer(transport, host.strip("[]"), port)
         if self.resolve is None:
             return make_response_for_branch(503, f"Service Unavailable: cannot resolve {host}")
+        resolve_uri = getattr(self.resolve, "resolve_uri", None)
+        if resolve_uri is not None:
+            # RFC 3263: the hop's transport and port may come from NAPTR/SRV.
+            return resolve_uri(hop)
         d = self.resolve(host)
         return d.addCallback(lambda ip: Peer(transport, ip, port))
 
