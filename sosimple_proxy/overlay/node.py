@@ -976,6 +976,7 @@ class ChordNode:
         result = yield self.lookup(key)
         collected: list[Record] = []
         answered = 0
+        vouched = False
         for p in result.successors[: self.config.replicas + 1]:
             if p.address == self.address:
                 answer = self.remote_fetch(key, kind)
@@ -988,9 +989,15 @@ class ChordNode:
             answered += 1
             collected.extend(answer.records)
             if answer.authoritative:
+                vouched = True
                 break
         if not answered:
             raise LookupFailed(f"no holder of key {key:x} answered")
+        if not collected and not vouched:
+            # Nobody who answered could vouch for the key (our view of who
+            # holds it may be off for a moment after a failure): a miss here
+            # is not a real miss, and saying so would break completeness.
+            raise LookupFailed(f"no holder of key {key:x} could vouch for a miss yet")
         return collected
 
     @defer.inlineCallbacks

@@ -27,7 +27,8 @@ def overlay_settings(state_dir: str, bootstrap=(), **extra):
         "bootstrap": tuple(bootstrap),
         "replicas": 2,
         "successors": 4,
-        "stabilize_interval": 0.1,
+        # calls time out after half an interval: generous enough for a busy machine
+        "stabilize_interval": 0.5,
         "state_dir": state_dir,
         "key_scheme": "flat",
         "domain_bits": 32,
@@ -281,7 +282,9 @@ class StatesTests(AdminTestBase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dead = s.getsockname()[1]
-        svc = OverlayService(reactor, overlay_settings(os.path.join(self.base, "j"), [("127.0.0.1", dead)]))
+        svc = OverlayService(
+            reactor, overlay_settings(os.path.join(self.base, "j"), [("127.0.0.1", dead)], stabilize_interval=0.1)
+        )
         url = self.serve(svc)
         code, body = yield self.json_call("GET", url + "/health")
         self.assertEqual(code, 503)
