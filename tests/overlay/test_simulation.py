@@ -3,12 +3,20 @@
 Every scenario runs with five seeds, all of which must pass; each prints
 what it measured (see ``conftest.py``).  Set ``OVERLAY_BIG=1`` to also run
 the larger versions (more seeds, bigger rings).
+
+The seeds are independent and deterministic, so the selected ones run in
+worker processes, one per core (``OVERLAY_SIM_WORKERS`` overrides; 0 runs
+them in the test process): each test waits for its own seed's outcome and
+reports its figures.  On two cores that halves the wall time.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing
 import os
+import traceback
 
 import pytest
 
@@ -60,14 +68,11 @@ def run_stable_lookups(seed: int, n: int, lookups: int, figures) -> None:
     assert mean <= bound
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_lookups_in_a_stable_ring_of_1000(seed, figures):
+def lookups_1000(seed: int, figures) -> None:
     run_stable_lookups(seed, 1000, 10_000, figures)
 
 
-@BIG
-@pytest.mark.parametrize("seed", range(6, 11))
-def test_lookups_in_a_stable_ring_of_4000(seed, figures):
+def lookups_4000(seed: int, figures) -> None:
     run_stable_lookups(seed, 4000, 10_000, figures)
 
 
@@ -87,8 +92,7 @@ def read_all(c: SimCluster, records: list) -> int:
     return sum(1 for (ok, got), r in zip(results, records) if ok and got == [r])
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_killing_two_nodes_at_once_loses_nothing(seed, figures):
+def kill_two(seed: int, figures) -> None:
     """replicas = 2: 100 trials of two simultaneous crashes, repaired in between."""
     c = build(seed, 64, replicas=2)
     records = store_records(c, 300)
@@ -124,8 +128,7 @@ def test_killing_two_nodes_at_once_loses_nothing(seed, figures):
     assert lost == 0 and unreadable == 0 and readable == len(records)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_killing_30_percent_at_once(seed, figures):
+def kill_30_percent(seed: int, figures) -> None:
     """successors = 20 (2 log2 N): nothing is lost that had a surviving copy; lookups recover."""
     n = 1000
     c = build(seed, n, successors=20, replicas=2)
@@ -253,6 +256,96 @@ def run_churn(seed: int, n: int, rounds: int, figures, median_session: float = 2
     assert readable == len(with_copy)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_churn_500_nodes_200_rounds(seed, figures):
+def churn_500(seed: int, figures) -> None:
     run_churn(seed, 500, 200, figures)
+
+
+# ------------------------------------------------------------- the tests
+
+#: test name -> (scenario, seeds); the BIG ones only with OVERLAY_BIG set
+TESTS = {
+    "test_lookups_in_a_stable_ring_of_1000": (lookups_1000, SEEDS),
+    "test_lookups_in_a_stable_ring_of_4000": (lookups_4000, list(range(6, 11))),
+    "test_killing_two_nodes_at_once_loses_nothing": (kill_two, SEEDS),
+    "test_killing_30_percent_at_once": (kill_30_percent, SEEDS),
+    "test_churn_500_nodes_200_rounds": (churn_500, SEEDS),
+}
+BIG_TESTS = {"test_lookups_in_a_stable_ring_of_4000"}
+
+
+def run_scenario(name: str, seed: int) -> tuple[list[str], str | None]:
+    """Run one seed of a scenario: (its figures, the failure text or None)."""
+    lines: list[str] = []
+    try:
+        globals()[name](seed, lines.append)
+    except Exception:
+        return lines, traceback.format_exc()
+    return lines, None
+
+
+def _workers() -> int:
+    given = os.environ.get("OVERLAY_SIM_WORKERS")
+    if given is not None:
+        return max(0, int(given))
+    return min(os.cpu_count() or 1, 4) if (os.cpu_count() or 1) > 1 else 0
+
+
+@pytest.fixture(scope="module")
+def outcomes(request):
+    """Start every selected seed in worker processes at once; futures by (test, seed)."""
+    wanted = []
+    for item in request.session.items:
+        test = getattr(item, "originalname", None)
+        if getattr(item, "module", None) is not request.module or test not in TESTS or not hasattr(item, "callspec"):
+            continue
+        if test in BIG_TESTS and not os.environ.get("OVERLAY_BIG"):
+            continue
+        wanted.append((test, item.callspec.params["seed"]))
+    workers = _workers()
+    if not workers:
+        yield {}
+        return
+    # spawn, not fork: the test process may have threads and a reactor
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield {job: pool.submit(run_scenario, TESTS[job[0]][0].__name__, job[1]) for job in wanted}
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def check(test: str, seed: int, outcomes, figures) -> None:
+    future = outcomes.get((test, seed))
+    if future is None:
+        lines, failure = run_scenario(TESTS[test][0].__name__, seed)
+    else:
+        lines, failure = future.result()
+    for line in lines:
+        figures(line)
+    if failure:
+        pytest.fail(f"{test}[seed={seed}] failed in its worker:\n{failure}", pytrace=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lookups_in_a_stable_ring_of_1000(seed, outcomes, figures):
+    check("test_lookups_in_a_stable_ring_of_1000", seed, outcomes, figures)
+
+
+@BIG
+@pytest.mark.parametrize("seed", range(6, 11))
+def test_lookups_in_a_stable_ring_of_4000(seed, outcomes, figures):
+    check("test_lookups_in_a_stable_ring_of_4000", seed, outcomes, figures)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_killing_two_nodes_at_once_loses_nothing(seed, outcomes, figures):
+    check("test_killing_two_nodes_at_once_loses_nothing", seed, outcomes, figures)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_killing_30_percent_at_once(seed, outcomes, figures):
+    check("test_killing_30_percent_at_once", seed, outcomes, figures)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_churn_500_nodes_200_rounds(seed, outcomes, figures):
+    check("test_churn_500_nodes_200_rounds", seed, outcomes, figures)
