@@ -108,9 +108,27 @@ class CliTests(unittest.TestCase):
         status, _, err = yield self.sosimple("get", "n" * 101)
         self.assertEqual(status, 4)
         self.assertIn("400", err)
+
+    @defer.inlineCallbacks
+    def test_lookup_prints_the_rings_bindings_or_exits_1(self):
+        from sosimple_proxy.location.bindings import Binding, BindingTable
+        from sosimple_proxy.location.ring import RingPublisher
+
         status, _, err = yield self.sosimple("lookup", "alice@example.com")
-        self.assertEqual(status, 4)
-        self.assertIn("registrations are not served", err)
+        self.assertEqual(status, 1)
+        self.assertIn("no binding for alice@example.com", err)
+        table = BindingTable(reactor)
+        RingPublisher(self.svc, table, lambda: "<sip:127.0.0.1:5060;lr>", reactor)
+        table.replace("alice@example.com", [Binding("alice@example.com", "sip:alice@10.0.0.1", reactor.seconds() + 60, "c", 1)])
+        for _ in range(50):
+            status, out, err = yield self.sosimple("lookup", "sip:alice@example.com")
+            if status == 0:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(status, 0, err)
+        view = json.loads(out)
+        self.assertEqual(view["aor"], "alice@example.com")
+        self.assertEqual([b["contact"] for b in view["bindings"]], ["sip:alice@10.0.0.1"])
 
     @defer.inlineCallbacks
     def test_a_server_that_is_not_the_api(self):

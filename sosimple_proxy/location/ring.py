@@ -16,43 +16,35 @@ nothing of SIP):
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sosimple_proxy.location import regrecord
 from sosimple_proxy.location.bindings import Binding, BindingTable
+from sosimple_proxy.location.regrecord import KIND
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
 from sosimple_proxy.sip.uri import parse_uri
 
 log = Logger()
 
-KIND = "registration"
-
-
 def encode_binding(binding: Binding, route: Sequence[str]) -> bytes:
     """A registration entry's value: how to reach this binding from anywhere."""
-    return json.dumps(
-        {
-            "aor": binding.aor,
-            "contact": binding.contact,
-            "q": binding.q,
-            "expires": binding.expires_at,
-            "path": list(route) + list(binding.path),
-            "instance": binding.instance,
-            "reg_id": binding.reg_id,
-        },
-        separators=(",", ":"),
-    ).encode()
+    return regrecord.encode(
+        binding.aor,
+        binding.contact,
+        binding.q,
+        binding.expires_at,
+        list(route) + list(binding.path),
+        regrecord.proxy_of(route[0]) if route else None,
+        binding.instance,
+        binding.reg_id,
+    )
 
 
-def decode_entry(value: bytes) -> dict[str, Any]:
-    data = json.loads(value.decode("utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("contact"), str):
-        raise ValueError("not a registration entry")
-    return data
+decode_entry = regrecord.decode
 
 
 def entry_name(writer: str, binding: Binding) -> str:

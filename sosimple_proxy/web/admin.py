@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from sosimple_proxy.location import regrecord
 from sosimple_proxy.overlay import ids
 from sosimple_proxy.overlay.messages import Peer
 from sosimple_proxy.overlay.node import ChordNode, LookupFailed, NotRunning, OverlayError, StoreFailed
@@ -292,7 +293,34 @@ class AdminAPI(Resource):
         return 204, {}, b"", ""
 
     async def registrations(self, aor: str) -> tuple:
-        raise ApiError(501, "registrations are not served by this build yet")
+        """What the ring holds for an AoR: every live binding, merged from
+        the registration entries of every proxy that wrote one."""
+        node = self._node()
+        aor = regrecord.canonical_aor(aor)
+        records = await node.get(self._key(aor), regrecord.KIND)
+        now = node.clock.seconds()
+        bindings = []
+        for rec in records:
+            try:
+                data = regrecord.decode(rec.value)
+            except ValueError:
+                continue
+            remaining = int(min(float(data.get("expires") or rec.expires), rec.expires) - now + 0.5)
+            if remaining <= 0:
+                continue
+            bindings.append(
+                {
+                    "contact": data["contact"],
+                    "expires": remaining,
+                    "path": [p for p in data.get("path") or [] if isinstance(p, str)],
+                    "q": data.get("q", 1.0),
+                    "proxy": data.get("proxy"),
+                }
+            )
+        if not bindings:
+            raise ApiError(404, f"no binding for {aor}")
+        bindings.sort(key=lambda b: (-float(b["q"] or 0), b["contact"]))
+        return 200, {}, _json({"aor": aor, "bindings": bindings}), "application/json"
 
 
 def _flag(request: server.Request, name: bytes) -> bool:

@@ -254,7 +254,38 @@ class OneNodeTests(AdminTestBase):
             self.assertEqual(code, 400, path)
             self.assertIn("name is needed", body["error"])
         code, body = yield self.json_call("GET", self.url + "/registrations/alice@example.com")
-        self.assertEqual(code, 501)
+        self.assertEqual(code, 404)
+        self.assertIn("no binding for alice@example.com", body["error"])
+
+    @defer.inlineCallbacks
+    def test_registrations_show_what_the_ring_holds_for_an_aor(self):
+        from sosimple_proxy.location.bindings import Binding, BindingTable
+        from sosimple_proxy.location.ring import RingPublisher
+
+        table = BindingTable(reactor)
+        RingPublisher(self.services[0], table, lambda: "<sip:127.0.0.1:5060;lr>", reactor)
+        now = reactor.seconds()
+        table.replace(
+            "Alice@example.com",
+            [
+                Binding("Alice@example.com", "sip:alice@10.0.0.1:5062", now + 600, "c", 1, q=0.5),
+                Binding("Alice@example.com", "sip:alice@10.0.0.2:5062", now + 300, "c", 1, path=("<sip:10.9.9.9;lr>",)),
+            ],
+        )
+        view = None
+        for _ in range(50):
+            code, view = yield self.json_call("GET", self.url + "/registrations/sip:Al%2569ce@EXAMPLE.com")
+            if code == 200:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(code, 200, view)
+        self.assertEqual(view["aor"], "Alice@example.com")
+        first, second = view["bindings"]
+        self.assertEqual((first["contact"], first["q"], first["proxy"]), ("sip:alice@10.0.0.2:5062", 1.0, "sip:127.0.0.1:5060"))
+        self.assertEqual(first["path"], ["<sip:127.0.0.1:5060;lr>", "<sip:10.9.9.9;lr>"])
+        self.assertTrue(290 <= first["expires"] <= 300, first)
+        self.assertEqual((second["contact"], second["q"]), ("sip:alice@10.0.0.1:5062", 0.5))
+        self.assertTrue(590 <= second["expires"] <= 600, second)
 
     @defer.inlineCallbacks
     def test_a_node_that_left_answers_503(self):
