@@ -8,8 +8,11 @@ is `local overlay`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import socket
 import threading
 import time
@@ -106,7 +109,7 @@ def eventually(check, deadline: float = 15.0, every: float = 0.3):
         time.sleep(every)
 
 
-def start_ring(node_ids: list[str | None], tmp_path) -> list[ProxyProcess]:
+def start_ring(node_ids: list[str | None], tmp_path, admin: dict[int, int] | None = None) -> list[ProxyProcess]:
     ports = [free_port("tcp") for _ in node_ids]
     procs: list[ProxyProcess] = []
     try:
@@ -119,10 +122,10 @@ def start_ring(node_ids: list[str | None], tmp_path) -> list[ProxyProcess]:
             }
             if nid:
                 overlay["node_id"] = nid
-            p = ProxyProcess(
-                {"proxy": {"domains": "example.com"}, "location": {"order": "local overlay"}, "overlay": overlay},
-                workdir=tmp_path / f"proxy{i}",
-            )
+            sections = {"proxy": {"domains": "example.com"}, "location": {"order": "local overlay"}, "overlay": overlay}
+            if admin and i in admin:
+                sections["admin"] = {"listen": f"tcp:{admin[i]}:interface=127.0.0.1"}
+            p = ProxyProcess(sections, workdir=tmp_path / f"proxy{i}")
             procs.append(p.start())
     except Exception:
         for p in procs:
@@ -150,8 +153,11 @@ def ring_with_fixed_ids(tmp_path):
         "other": (key - 2**150) % RING,
     }
     order = ["alice", "responsible", "bob", "other"]
-    procs = start_ring([format_id(ids[n]) for n in order], tmp_path)
-    yield dict(zip(order, procs))
+    admin_port = free_port("tcp")
+    procs = start_ring([format_id(ids[n]) for n in order], tmp_path, admin={3: admin_port})
+    ring = dict(zip(order, procs))
+    ring["admin"] = f"http://127.0.0.1:{admin_port}"  # type: ignore[assignment]
+    yield ring
     for p in procs:
         p.stop()
 
@@ -166,6 +172,15 @@ def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_w
         text = f"hello-{uuid.uuid4().hex[:6]}"
         assert eventually(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK")
         assert any(text in r for r in alice.requests)
+        # any node shows what the ring holds for alice (admin API, `sosimple lookup`)
+        looked = subprocess.run(
+            [sys.executable, "-m", "sosimple_proxy.cli", "--admin", ring["admin"], "lookup", "alice@example.com"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert looked.returncode == 0, looked.stderr
+        (b,) = json.loads(looked.stdout)["bindings"]
+        assert b["contact"] == f"sip:alice@127.0.0.1:{alice.port}"
+        assert b["proxy"] == f"sip:127.0.0.1:{ring['alice'].port}" and 0 < b["expires"] <= 600
         # an unknown user of our domain: the ring's authoritative miss, at once
         started = time.monotonic()
         assert message(ring["bob"].port, "nobody", "x") == "SIP/2.0 404 Not Found"
