@@ -109,7 +109,9 @@ def eventually(check, deadline: float = 15.0, every: float = 0.3):
         time.sleep(every)
 
 
-def start_ring(node_ids: list[str | None], tmp_path, admin: dict[int, int] | None = None) -> list[ProxyProcess]:
+def start_ring(
+    node_ids: list[str | None], tmp_path, admin: dict[int, int] | None = None, redirect: set[int] = frozenset()
+) -> list[ProxyProcess]:
     ports = [free_port("tcp") for _ in node_ids]
     procs: list[ProxyProcess] = []
     try:
@@ -123,6 +125,8 @@ def start_ring(node_ids: list[str | None], tmp_path, admin: dict[int, int] | Non
             if nid:
                 overlay["node_id"] = nid
             sections = {"proxy": {"domains": "example.com"}, "location": {"order": "local overlay"}, "overlay": overlay}
+            if i in redirect:
+                sections["proxy"]["mode"] = "redirect"
             if admin and i in admin:
                 sections["admin"] = {"listen": f"tcp:{admin[i]}:interface=127.0.0.1"}
             p = ProxyProcess(sections, workdir=tmp_path / f"proxy{i}")
@@ -154,7 +158,8 @@ def ring_with_fixed_ids(tmp_path):
     }
     order = ["alice", "responsible", "bob", "other"]
     admin_port = free_port("tcp")
-    procs = start_ring([format_id(ids[n]) for n in order], tmp_path, admin={3: admin_port})
+    # the fourth is the paper's "adaptor": redirect mode, answering from the ring
+    procs = start_ring([format_id(ids[n]) for n in order], tmp_path, admin={3: admin_port}, redirect={3})
     ring = dict(zip(order, procs))
     ring["admin"] = f"http://127.0.0.1:{admin_port}"  # type: ignore[assignment]
     yield ring
@@ -181,6 +186,25 @@ def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_w
         (b,) = json.loads(looked.stdout)["bindings"]
         assert b["contact"] == f"sip:alice@127.0.0.1:{alice.port}"
         assert b["proxy"] == f"sip:127.0.0.1:{ring['alice'].port}" and 0 < b["expires"] <= 600
+        # redirect mode answers 302 with what the ring returned: alice's
+        # contact, reached through her own proxy (an escaped Route header)
+        tag = uuid.uuid4().hex[:8]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(3)
+        port = s.getsockname()[1]
+        s.sendto(
+            (f"MESSAGE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{tag};rport\r\n"
+             f"Max-Forwards: 70\r\nTo: <sip:alice@example.com>\r\nFrom: <sip:bob@example.com>;tag={tag}\r\n"
+             f"Call-ID: {tag}@r\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n").encode(),
+            ("127.0.0.1", ring["other"].port),
+        )
+        answer = s.recv(65535).decode()
+        s.close()
+        assert answer.startswith("SIP/2.0 302 "), answer
+        contact = next(line for line in answer.split("\r\n") if line.lower().startswith(("contact:", "m:")))
+        assert f"sip:alice@127.0.0.1:{alice.port}?Route=" in contact
+        assert f"127.0.0.1%3A{ring['alice'].port}" in contact
         # an unknown user of our domain: the ring's authoritative miss, at once
         started = time.monotonic()
         assert message(ring["bob"].port, "nobody", "x") == "SIP/2.0 404 Not Found"
