@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
-from sosimple_proxy.testing import ProxyProcess, free_port, run_sipp, start_sipp
+from sosimple_proxy.testing import BARESIP, Baresip, BaresipError, ProxyProcess, free_port, run_sipp, start_sipp
 
 RING = 2**DEFAULT_BITS
 
@@ -242,5 +242,33 @@ def test_two_dead_proxies_that_hold_neither_user_lose_nothing(tmp_path):
         assert any(text in r for r in alice.requests)
     finally:
         alice.close()
+        for p in procs:
+            p.stop()
+
+
+@pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (Debian package baresip)")
+def test_baresip_phones_at_two_proxies_message_and_call_through_the_ring(tmp_path):
+    procs = start_ring([None, None, None], tmp_path)
+    try:
+        first, _, third = procs
+        with Baresip("alice", first.port, contacts=["sip:bob@example.com"], startup_timeout=15) as alice, \
+             Baresip("bob", third.port, contacts=["sip:alice@example.com"], startup_timeout=15) as bob:
+            text = f"via-the-ring-{uuid.uuid4().hex[:6]}"
+
+            def delivered() -> bool:
+                bob.message(text)
+                try:
+                    alice.wait_received("MESSAGE", text, timeout=2)
+                    return True
+                except BaresipError:
+                    return False
+
+            assert eventually(delivered, deadline=20, every=0.5), alice.log_tail()
+            bob.dial("sip:alice@example.com")
+            bob.wait_event("CALL_ESTABLISHED", 15, direction="outgoing")
+            alice.wait_event("CALL_ESTABLISHED", 15, direction="incoming")
+            bob.hangup()
+            alice.wait_event("CALL_CLOSED", 15)
+    finally:
         for p in procs:
             p.stop()
