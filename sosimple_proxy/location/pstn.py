@@ -62,6 +62,11 @@ class PstnLocator:
         if self.prober is not None:
             self.prober.start(stack)
 
+    def detach(self) -> None:
+        """The SIP stack stops: no more probes."""
+        if self.prober is not None:
+            self.prober.stop()
+
     def locate(self, uri: Any) -> LocateResult:
         if not self.plan.is_number(uri):
             return NOT_MINE

@@ -170,6 +170,13 @@ class ProxyCore:
         if pstn is not None:
             pstn.attach(stack)  # type: ignore[attr-defined]  # gateway OPTIONS probes start
 
+    def detach(self) -> None:
+        """The stack is stopping: timers of ours end (binding sweeps, probes)."""
+        self.bindings.stop()
+        pstn = self.providers.get("pstn")
+        if pstn is not None:
+            pstn.detach()  # type: ignore[attr-defined]
+
     def self_route(self) -> str | None:
         """How other proxies of the ring reach this one: a Route value."""
         listening = self.stack.transport.listening() if self.stack else []

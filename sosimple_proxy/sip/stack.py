@@ -70,6 +70,9 @@ class SipStack(MultiService):
             raise SystemExit(f"site.ini: [proxy] listen: cannot listen on {where}: {why}") from None
 
     def stopService(self) -> Any:
+        detach = getattr(self.tu, "detach", None)
+        if detach is not None:
+            detach()
         self.transactions.clear()
         return super().stopService()
 

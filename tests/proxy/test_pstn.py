@@ -144,3 +144,12 @@ def test_a_probe_that_cannot_be_sent_marks_the_gateway_inactive():
     h.receive(invite("tel:+15551234567"))
     sent = h.wire.take()
     assert requests_to(sent, GW2) and not requests_to(sent, GW1)
+
+
+def test_probes_stop_with_the_sip_service():
+    h = pstn_harness(probe_interval=20)
+    h.clock.advance(0)
+    h.wire.take()
+    h.core.detach()  # what SipStack.stopService does
+    h.advance(60)
+    assert [m for m, _ in h.wire.take() if isinstance(m, Request) and m.method == "OPTIONS"] == []
