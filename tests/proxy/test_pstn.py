@@ -150,6 +150,7 @@ def test_probes_stop_with_the_sip_service():
     h = pstn_harness(probe_interval=20)
     h.clock.advance(0)
     h.wire.take()
-    h.core.detach()  # what SipStack.stopService does
+    h.core.detach()  # what SipStack.stopService does, then:
+    h.layer.clear()
     h.advance(60)
     assert [m for m, _ in h.wire.take() if isinstance(m, Request) and m.method == "OPTIONS"] == []
