@@ -155,8 +155,10 @@ def ring_with_fixed_ids(tmp_path):
         "alice": (key + 2**150) % RING,
         "bob": (key + 2**151) % RING,
         "other": (key - 2**150) % RING,
+        # asks the ring for alice only after the crash (no cached answer)
+        "fresh": (key - 2**149) % RING,
     }
-    order = ["alice", "responsible", "bob", "other"]
+    order = ["alice", "responsible", "bob", "other", "fresh"]
     admin_port = free_port("tcp")
     # the fourth is the paper's "adaptor": redirect mode, answering from the ring
     procs = start_ring([format_id(ids[n]) for n in order], tmp_path, admin={3: admin_port}, redirect={3})
@@ -219,11 +221,14 @@ def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_w
         assert uac.ok, uac
         assert uas.wait().ok
 
-        # the node responsible for alice's key dies; her replicas answer
+        # the node responsible for alice's key dies; her replicas answer:
+        # bob's proxy (which may use its contact cache) and a proxy that
+        # never looked alice up, so that its answer must come from the ring
         kill(ring["responsible"])
-        text = f"again-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
-        assert any(text in r for r in alice.requests)
+        for sender in ("bob", "fresh"):
+            text = f"again-{sender}-{uuid.uuid4().hex[:6]}"
+            assert eventually(lambda: message(ring[sender].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
+            assert any(text in r for r in alice.requests)
     finally:
         alice.close()
 
@@ -237,8 +242,9 @@ def test_two_dead_proxies_that_hold_neither_user_lose_nothing(tmp_path):
         assert eventually(lambda: message(b.port, "alice", "one") == "SIP/2.0 200 OK")
         kill(x)
         kill(y)
+        # the fifth proxy has never looked alice up: its answer comes from the ring
         text = f"after-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(b.port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
+        assert eventually(lambda: message(procs[4].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
         assert any(text in r for r in alice.requests)
     finally:
         alice.close()
