@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.names import dns, error
 
+from sosimple_proxy.sip.uri import is_ip  # noqa: F401  (others import it from here)
+
 log = Logger()
 
 # NAPTR services (RFC 3263 section 4.1) and SRV prefixes, by our transport.
@@ -53,14 +55,6 @@ class Destination:
         """The ``Target.dest`` form: ``udp:192.0.2.5:5060``, ``udp:[::1]:5060``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def order_srv(records: Sequence[Any], rng: random.Random) -> list[Any]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.transport import Peer
-from sosimple_proxy.sip.uri import URI, format_host
+from sosimple_proxy.sip.uri import URI, format_host, is_ip
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
 # hash of 16.6 step 8, then a per-branch random part.
@@ -156,14 +156,6 @@ def decrement_max_forwards(request: Request) -> None:
 
 
 # --- addresses
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def uri_transport(uri: URI) -> str:

@@ -216,6 +216,15 @@ def check_ipv6(text: str, what: str) -> str:
     return text
 
 
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 address literal (brackets allowed), not a host name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def is_ipv4(host: str) -> bool:
     """A dotted-quad IPv4address (RFC 3261 25.1), quickly."""
     parts = host.split(".")
