@@ -46,9 +46,9 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         if not section["listen"]:
             log.info("[overlay:{name}] listen is empty: not a member", name=ring_name)
             continue
-        from sosimple_proxy.overlay.service import OverlayService
+        from sosimple_proxy.overlay.service import OverlayService as Ring
 
-        ring = OverlayService(reactor, section, name=f"overlay:{ring_name}")
+        ring = Ring(reactor, section, name=f"overlay:{ring_name}")
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     for name in cfg.section("location")["order"]:

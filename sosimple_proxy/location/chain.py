@@ -46,7 +46,6 @@ class LocationChain:
                 log.failure("location provider {name} failed on {uri}", name=provider.name, uri=str(uri))
                 continue
             if isinstance(answer, Deferred):
-                d: Deferred = Deferred()
 
                 def failed(f: Any, name: str = provider.name) -> Any:
                     log.failure("location provider {name} failed on {uri}", f, name=name, uri=str(uri))

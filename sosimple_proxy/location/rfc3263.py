@@ -11,7 +11,6 @@ to the end of the list (per destination, never the whole domain).
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import socket
 from typing import Any, Callable, Iterable, Sequence

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.transport import Peer
-from sosimple_proxy.sip.uri import URI, format_host, is_ip
+from sosimple_proxy.sip.uri import URI, format_host, is_ip  # noqa: F401  (routing.is_ip is used by the core)
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
 # hash of 16.6 step 8, then a per-branch random part.
