@@ -6,6 +6,7 @@ addresses faces a given peer; the response context and the core call them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -192,20 +193,22 @@ def egress(listening: Sequence[ListenAddress], dest: Peer) -> ListenAddress | No
     same = [a for a in listening if a.transport == dest.transport and (":" in a.host) == family6]
     if not same:
         return None
-    try:
-        loop = ipaddress.ip_address(dest.host).is_loopback
-    except ValueError:
-        loop = False
+    loop = _is_loopback(dest.host)
     for a in same:
         if a.host == dest.host:
             return a
     for a in same:
-        try:
-            if ipaddress.ip_address(a.host).is_loopback == loop:
-                return a
-        except ValueError:
-            continue
+        if _is_loopback(a.host) == loop:
+            return a
     return same[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def via_value(local: ListenAddress, transport: str, branch: str) -> str:

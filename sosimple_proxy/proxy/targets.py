@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Callable, Sequence
 
@@ -9,7 +10,9 @@ from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.proxy.registrar import aor_key
 
 
+@functools.lru_cache(maxsize=4096)
 def _normal_host(host: str) -> str:
+    """One spelling per host (asked several times for every request)."""
     host = host.strip("[]").lower().rstrip(".")
     try:
         return str(ipaddress.ip_address(host))
@@ -33,13 +36,19 @@ class Addressing:
         self._configured = list(listen)
         # Replaced by the transport layer's view once ports are bound.
         self.listening: Callable[[], Sequence[ListenAddress]] = lambda: self._configured
+        self._cache: tuple[tuple[ListenAddress, ...], tuple[set[str], set[int]]] | None = None
 
     def _addresses(self) -> tuple[set[str], set[int]]:
-        addrs = list(self.listening()) or self._configured
+        addrs = tuple(self.listening()) or tuple(self._configured)
+        cached = self._cache
+        if cached is not None and cached[0] == addrs:
+            return cached[1]
         hosts = {_normal_host(a.host) for a in addrs}
         if any(h in ("0.0.0.0", "::") for h in hosts):
             hosts |= {"127.0.0.1", "::1"}
-        return hosts, {a.port for a in addrs}
+        result = hosts, {a.port for a in addrs}
+        self._cache = (addrs, result)
+        return result
 
     def is_our_host(self, host: str | None, port: int | None) -> bool:
         if not host:

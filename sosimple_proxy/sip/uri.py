@@ -9,6 +9,7 @@ never recursively (RFC 4475 section 3.1.1.3).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Iterable, Optional
@@ -216,6 +217,7 @@ def check_ipv6(text: str, what: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip(host: str) -> bool:
     """An IPv4 or IPv6 address literal (brackets allowed), not a host name."""
     try:
