@@ -1083,6 +1083,7 @@ class TransactionLayer:
         self._server: dict[tuple, ServerTransaction] = {}
         # (branch, method) -- 17.1.3.
         self._client: dict[tuple, ClientTransaction] = {}
+        self._unanswered: dict[Peer, dict[ClientTransaction, None]] = {}
 
     # -- counts, for metrics and tests
 
@@ -1285,6 +1286,9 @@ class TransactionLayer:
             raise ValueError("no transaction user to give the responses to")
         txn = ClientTransaction(self, request, dest, owner, key)
         self._client[key] = txn
+        # by destination, for ICMP errors (peer_unreachable); an insertion-
+        # ordered dict as a set, left when the transaction ends
+        self._unanswered.setdefault(dest, {})[txn] = None
         txn._start()
         return txn
 
@@ -1292,7 +1296,7 @@ class TransactionLayer:
         """An ICMP error for ``peer`` (RFC 3261 18.4): a transport error for
         every client transaction still waiting for its first response there
         (17.1.4).  Returns how many were failed."""
-        hit = [t for t in self._client.values() if t.dest == peer and t.state in (CALLING, TRYING)]
+        hit = [t for t in self._unanswered.get(peer, ()) if t.state in (CALLING, TRYING)]
         for txn in hit:
             log.info("{txn}: {peer} unreachable: {reason}", txn=txn, peer=peer, reason=reason)
             txn._fail(TRANSPORT_ERROR, 503, None)
@@ -1343,6 +1347,11 @@ class TransactionLayer:
     def _forget_client(self, txn: ClientTransaction) -> None:
         if self._client.get(txn.key) is txn:
             del self._client[txn.key]
+        waiting = self._unanswered.get(txn.dest)
+        if waiting is not None:
+            waiting.pop(txn, None)
+            if not waiting:
+                del self._unanswered[txn.dest]
 
     def _forget_server(self, txn: ServerTransaction) -> None:
         if self._server.get(txn.key) is txn:
