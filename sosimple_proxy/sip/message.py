@@ -525,17 +525,20 @@ def make_response(
     request and MUST maintain the same ordering."  A To tag is added to
     every response but 100 when the request had none.
     """
-    fields: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        key = header_key(name)
-        if key in ("via", "from", "call-id", "cseq"):
-            fields.append((name, value))
+    fields: list[list[str]] = []
+    for key, name, value in request.headers._fields:
+        if key in _COPIED:
+            fields.append([key, name, value])
         elif key == "to":
             if status > 100 and ";tag=" not in value.replace(" ", "").lower():
                 value = f"{value};tag={to_tag or new_tag()}"
-            fields.append((name, value))
-    fields.extend(extra)
-    return Response(status, reason, Headers(fields), body)
+            fields.append([key, name, value])
+    for name, value in extra:
+        fields.append([header_key(name), name, value])
+    return Response(status, reason, Headers.from_parsed(fields), body)
+
+
+_COPIED = frozenset(("via", "from", "call-id", "cseq"))
 
 
 # At the end: headers.py and uri.py do not import this module.
