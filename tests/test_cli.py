@@ -118,7 +118,7 @@ class CliTests(unittest.TestCase):
         self.assertEqual(status, 1)
         self.assertIn("no binding for alice@example.com", err)
         table = BindingTable(reactor)
-        RingPublisher(self.svc, table, lambda: "<sip:127.0.0.1:5060;lr>", reactor)
+        RingPublisher(self.svc, table, lambda b: "<sip:127.0.0.1:5060;lr>", reactor)
         table.replace("alice@example.com", [Binding("alice@example.com", "sip:alice@10.0.0.1", reactor.seconds() + 60, "c", 1)])
         for _ in range(50):
             status, out, err = yield self.sosimple("lookup", "sip:alice@example.com")

@@ -54,15 +54,16 @@ def entry_name(writer: str, binding: Binding) -> str:
 class RingPublisher:
     """Mirrors the local binding table into the ring.
 
-    ``self_route`` gives the Route value (``<sip:host:port;lr>``) by which
-    other proxies reach this one; it is put in front of each binding's path.
+    ``self_route(binding)`` gives the Route value (``<sip:host:port;lr>``)
+    by which other proxies reach this binding through this one (naming its
+    connection, if it has one); it is put in front of the binding's path.
     """
 
     def __init__(
         self,
         overlay: Any,
         table: BindingTable,
-        self_route: Callable[[], str | None],
+        self_route: Callable[[Binding], str | None],
         clock: Any,
         retries: int = 3,
         retry_delay: float = 1.0,
@@ -101,8 +102,6 @@ class RingPublisher:
         from sosimple_proxy.overlay.records import Record
 
         key = self.overlay.keys.key(aor)
-        route = self.self_route()
-        hops = [route] if route else []
         now = self.clock.seconds()
         old = self._written.get(aor, {})
         new: dict[str, Any] = {}
@@ -111,6 +110,8 @@ class RingPublisher:
             if b.expires_at <= now:
                 continue
             entry = entry_name(node.writer, b)
+            route = self.self_route(b)
+            hops = [route] if route else []
             rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node._next_seq())
             new[entry] = rec
             records.append(rec)

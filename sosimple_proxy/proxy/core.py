@@ -177,13 +177,17 @@ class ProxyCore:
         if pstn is not None:
             pstn.detach()  # type: ignore[attr-defined]
 
-    def self_route(self) -> str | None:
-        """How other proxies of the ring reach this one: a Route value."""
+    def self_route(self, binding: Any = None) -> str | None:
+        """How other proxies of the ring reach this one: a Route value; for
+        a binding registered over a connection, one that names the flow."""
         listening = self.stack.transport.listening() if self.stack else []
         if not listening:
             return None
         first = next((a for a in listening if a.transport == "udp"), listening[0])
-        return routing.record_route_value(first)
+        received = getattr(binding, "received", None)
+        flow = routing.parse_flow(received)
+        user = routing.flow_token(received) if flow is not None and flow.reliable else None
+        return routing.record_route_value(first, user=user)
 
     def is_our_route(self, uri: Any) -> bool:
         return self.addressing.is_our_host(uri.host, uri.port)
@@ -400,6 +404,10 @@ def forward(core: ProxyCore, request: Request, txn: ServerTransaction) -> Any:
         # A loose-routed request (in-dialog, or pre-loaded): the Request-URI
         # is the only target and the Route set leads the way.
         return core.proxy_to(request, txn, [Target(request.ruri, 1.0, (), None, "route")])
+    if request.flow is not None:
+        # Sent through us by another proxy of the ring, for a UA whose
+        # connection we hold: the Request-URI is its contact, the flow its way.
+        return core.proxy_to(request, txn, [Target(request.ruri, 1.0, (), request.flow, "flow")])
     result = core.location.locate(request.ruri)
     if isinstance(result, Deferred):
         result.addCallback(core.located, request, txn)

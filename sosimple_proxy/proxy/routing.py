@@ -6,6 +6,7 @@ addresses faces a given peer; the response context and the core call them.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import ipaddress
@@ -83,6 +84,33 @@ def is_looped(request: Request, lhash: str, is_our_hostport: Callable[[str, int 
 # --- 16.4 Route information preprocessing
 
 
+FLOW_PREFIX = "f-"
+
+
+def flow_token(flow: str) -> str:
+    """A Route user part naming a connection (``"tcp:192.0.2.4:40123"``).
+
+    Our Path entries in the ring carry it, so that a request another proxy
+    sends through us leaves by the connection the UA registered over (NAT:
+    its Contact may not be reachable, RFC 5626's idea of a flow).
+    """
+    return FLOW_PREFIX + base64.urlsafe_b64encode(flow.encode()).decode().rstrip("=")
+
+
+def flow_of(user: str | None) -> str | None:
+    if not user or not user.startswith(FLOW_PREFIX):
+        return None
+    raw = user[len(FLOW_PREFIX):]
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _our_entry(uri: URI, is_ours: Callable[[URI], bool]) -> bool:
+    return uri.is_sip and (not uri.user or flow_of(uri.user) is not None) and is_ours(uri)
+
+
 def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
     """Strict-router fix-up and removal of our own Route entries (16.4).
 
@@ -109,9 +137,12 @@ def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
         if not routes:
             return
         top = routes[0].uri
-        if not (top.is_sip and not top.user and is_ours(top)):
+        if not _our_entry(top, is_ours):
             return
         headers.pop_first_value("route")
+        flow = flow_of(top.user)
+        if flow is not None:
+            request.flow = flow
 
 
 def _drop_last_route(request: Request) -> None:
@@ -215,10 +246,11 @@ def via_value(local: ListenAddress, transport: str, branch: str) -> str:
     return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
 
 
-def record_route_value(local: ListenAddress, r2: bool = False) -> str:
+def record_route_value(local: ListenAddress, r2: bool = False, user: str | None = None) -> str:
     """``<sip:host:port;transport=X;lr>`` for one of our listen addresses."""
     t = "" if local.transport == "udp" else f";transport={local.transport}"
-    return f"<sip:{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}>"
+    u = f"{user}@" if user else ""
+    return f"<sip:{u}{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}>"
 
 
 def add_record_route(request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None) -> None:

@@ -370,7 +370,7 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri")
+    __slots__ = ("method", "uri", "flow")
 
     def __init__(
         self,
@@ -384,6 +384,9 @@ class Request(Message):
         self.method = method
         # The Request-URI as on the wire; ``ruri`` is the parsed view.
         self.uri = uri
+        # A connection the request must leave by ("tcp:host:port"): named by
+        # a flow token in one of our own Route entries (see proxy.routing).
+        self.flow: str | None = None
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"

@@ -278,3 +278,85 @@ def test_baresip_phones_at_two_proxies_message_and_call_through_the_ring(tmp_pat
     finally:
         for p in procs:
             p.stop()
+
+
+class TcpUA:
+    """A UA that registers over one TCP connection with a Contact nobody can
+    reach (a phone behind NAT) and answers what arrives on that connection."""
+
+    def __init__(self, proxy_port: int, user: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=5)
+        self.user = user
+        self.requests: list[str] = []
+        self._buf = b""
+
+    def _read_message(self, timeout: float) -> str | None:
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self._buf:
+            try:
+                chunk = self.sock.recv(65535)
+            except socket.timeout:
+                return None
+            if not chunk:
+                return None
+            self._buf += chunk
+        head, _, rest = self._buf.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"content-length", b"l"):
+                length = int(value.strip())
+        while len(rest) < length:
+            rest += self.sock.recv(65535)
+        self._buf = rest[length:]
+        return (head + b"\r\n\r\n" + rest[:length]).decode(errors="replace")
+
+    def register(self) -> str | None:
+        tag = uuid.uuid4().hex[:8]
+        local = self.sock.getsockname()[1]
+        self.sock.sendall(
+            (f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{local};branch=z9hG4bK-{tag}\r\n"
+             f"Max-Forwards: 70\r\nTo: <sip:{self.user}@example.com>\r\nFrom: <sip:{self.user}@example.com>;tag={tag}\r\n"
+             f"Call-ID: {tag}@tcp\r\nCSeq: 1 REGISTER\r\n"
+             # port 9 (discard) is closed: only the connection reaches this UA
+             f"Contact: <sip:{self.user}@127.0.0.1:9;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode()
+        )
+        answer = self._read_message(5)
+        return answer.split("\r\n", 1)[0] if answer else None
+
+    def serve(self, seconds: float) -> None:
+        """Answer 200 to every request arriving within ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                msg = self._read_message(max(0.05, end - time.monotonic()))
+            except OSError:
+                return  # closed by the test
+            if msg is None or msg.startswith("SIP/2.0"):
+                continue
+            self.requests.append(msg)
+            head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
+            keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
+            keep = [h + ";tag=ua" if h.lower().startswith(("to:", "t:")) and "tag=" not in h else h for h in keep]
+            self.sock.sendall(("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_ua_behind_its_tcp_connection_is_reached_from_another_proxy(tmp_path):
+    procs = start_ring([None, None, None], tmp_path)
+    ua = TcpUA(procs[0].port, "nat")
+    try:
+        assert ua.register() == "SIP/2.0 200 OK"
+        server = threading.Thread(target=ua.serve, args=(12.0,), daemon=True)
+        server.start()
+        text = f"through-the-flow-{uuid.uuid4().hex[:6]}"
+        assert eventually(lambda: message(procs[2].port, "nat", text) == "SIP/2.0 200 OK", deadline=10)
+        assert any(text in r for r in ua.requests)
+        # it came over the UA's own connection, through its proxy: our Via on top
+        assert any(f"127.0.0.1:{procs[0].port}" in r.split("\r\n")[1] for r in ua.requests if text in r)
+    finally:
+        ua.close()
+        for p in procs:
+            p.stop()

@@ -55,7 +55,7 @@ def aor(uri) -> str:
 def publisher_and_locator(cluster, writer_index=0, reader_index=3, route="<sip:127.0.0.1:5060;lr>"):
     nodes = list(cluster.joined())
     table = BindingTable(cluster.clock)
-    RingPublisher(Member(nodes[writer_index], cluster.config.m), table, lambda: route, cluster.clock)
+    RingPublisher(Member(nodes[writer_index], cluster.config.m), table, lambda b: route, cluster.clock)
     locator = RingLocator(
         "overlay", Member(nodes[reader_index], cluster.config.m), is_example, aor, lambda u: False, clock=cluster.clock
     )
@@ -91,8 +91,8 @@ def test_two_proxies_registering_one_aor_merge_and_a_removal_is_a_tombstone():
     nodes = list(cluster.joined())
     m = cluster.config.m
     t1, t2 = BindingTable(cluster.clock), BindingTable(cluster.clock)
-    RingPublisher(Member(nodes[0], m), t1, lambda: "<sip:127.0.0.1:5060;lr>", cluster.clock)
-    RingPublisher(Member(nodes[1], m), t2, lambda: "<sip:127.0.0.2:5060;lr>", cluster.clock)
+    RingPublisher(Member(nodes[0], m), t1, lambda b: "<sip:127.0.0.1:5060;lr>", cluster.clock)
+    RingPublisher(Member(nodes[1], m), t2, lambda b: "<sip:127.0.0.2:5060;lr>", cluster.clock)
     locator = RingLocator("overlay", Member(nodes[4], m), is_example, aor, lambda u: False)
     now = cluster.clock.seconds()
     t1.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, now)])
@@ -150,7 +150,7 @@ def test_replicas_answer_when_the_responsible_node_is_dead():
     others = [n for n in cluster.joined() if n is not responsible]
     m = cluster.config.m
     table = BindingTable(cluster.clock)
-    RingPublisher(Member(others[0], m), table, lambda: None, cluster.clock)
+    RingPublisher(Member(others[0], m), table, lambda b: None, cluster.clock)
     locator = RingLocator("overlay", Member(others[1], m), is_example, aor, lambda u: False)
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, cluster.clock.seconds())])
     cluster.run(3)

@@ -449,3 +449,42 @@ def test_retarget_hook_adds_targets_after_a_failure():
     assert dest.port == 6009
     h.answer(req, 200)
     assert 200 in statuses(h, h.wire.take())
+
+
+def test_a_flow_token_in_our_route_sends_the_request_over_the_uas_connection():
+    from sosimple_proxy.proxy import routing
+
+    h = Harness()
+    flow = Peer("tcp", "127.0.0.1", 40999)
+    h.wire.open_flows.add(flow)
+    token = routing.flow_token(str(flow))
+    assert routing.flow_of(token) == "tcp:127.0.0.1:40999"
+    # another proxy of the ring routes to alice's contact through us
+    h.receive(invite(uri="sip:alice@127.0.0.1:9;transport=tcp", method="MESSAGE",
+                     extra=f"Route: <sip:{token}@127.0.0.1:5060;lr>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == flow and "route" not in req.headers
+    # the connection is gone: the contact itself is tried
+    h.wire.open_flows.clear()
+    h.receive(invite(uri="sip:alice@127.0.0.1:9;transport=tcp", method="MESSAGE", branch="z9hG4bK-2", call_id="c2",
+                     extra=f"Route: <sip:{token}@127.0.0.1:5060;lr>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert dest == Peer("tcp", "127.0.0.1", 9)
+    # a user part that is no flow token is not ours: the request goes on to it
+    h.receive(invite(uri="sip:alice@127.0.0.1:9", method="MESSAGE", branch="z9hG4bK-3", call_id="c3",
+                     extra="Route: <sip:someone@127.0.0.1:5060;lr>\n"))
+    (req, dest), = h.sent_requests(h.wire.take(), "MESSAGE")
+    assert req.headers.values("route") == ["<sip:someone@127.0.0.1:5060;lr>"]
+
+
+def test_self_route_names_the_flow_of_a_binding_registered_over_a_connection():
+    from sosimple_proxy.location.bindings import Binding
+    from sosimple_proxy.proxy import routing
+
+    h = Harness()
+    tcp = Binding("a@example.com", "sip:a@127.0.0.1:9", 1e9, "c", 1, received="tcp:127.0.0.1:40999")
+    udp = Binding("a@example.com", "sip:a@127.0.0.1:9", 1e9, "c", 1, received="udp:127.0.0.1:40999")
+    route = h.core.self_route(tcp)
+    user = route[len("<sip:"):].split("@", 1)[0]
+    assert routing.flow_of(user) == "tcp:127.0.0.1:40999" and route.endswith("@127.0.0.1:5060;lr>")
+    assert h.core.self_route(udp) == "<sip:127.0.0.1:5060;lr>"

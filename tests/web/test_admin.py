@@ -263,7 +263,7 @@ class OneNodeTests(AdminTestBase):
         from sosimple_proxy.location.ring import RingPublisher
 
         table = BindingTable(reactor)
-        RingPublisher(self.services[0], table, lambda: "<sip:127.0.0.1:5060;lr>", reactor)
+        RingPublisher(self.services[0], table, lambda b: "<sip:127.0.0.1:5060;lr>", reactor)
         now = reactor.seconds()
         table.replace(
             "Alice@example.com",
