@@ -95,7 +95,8 @@ class SipStack(MultiService):
 
     def _bad_message(self, error: ParseError, source: Peer, local: ListenAddress | None, size: int) -> None:
         partial = getattr(error, "partial", None)
-        if isinstance(partial, Request) and partial.method != "ACK":
+        if isinstance(partial, Request) and partial.method != "ACK" and "via" in partial.headers:
+            # (Without a Via no response can be formed: 8.2.6.2 copies them.)
             # RFC 3261 16.3 / 8.2: a request that fails the syntax checks is
             # answered 400; the reason phrase names the problem.
             status = getattr(error, "status", 400) or 400
