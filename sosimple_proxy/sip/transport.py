@@ -167,6 +167,9 @@ def _normal_host(host: str) -> str:
     return str(ipaddress.ip_address(h))
 
 
+# What an ICMP error on a UDP socket turns into (RFC 1122 3.2.2.1).
+_ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN))
+
 # Linux socket options and flags that Python does not name everywhere.
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -716,12 +719,22 @@ class TransportLayer(service.Service):
             return defer.fail(TransportError(dest, f"no {family} UDP socket to send from"))
         sock = getattr(port, "socket", None)
         try:
-            if sock is not None:
-                # Straight to the socket: port.write re-validates the address
-                # on every datagram, and the address is known good here.
+            try:
+                if sock is not None:
+                    # Straight to the socket: port.write re-validates the address
+                    # on every datagram, and the address is known good here.
+                    sock.sendto(data, (dest.host, dest.port))
+                else:
+                    port.write(data, (dest.host, dest.port))
+            except OSError as e:
+                if e.errno not in _ICMP_ERRNOS or not getattr(port, "recverr", False):
+                    raise
+                # An ICMP error for an *earlier* datagram (to anyone) is
+                # reported by the next call on the socket, this send, which
+                # then did not happen.  Read the queue (it names the real
+                # peer) and send again.
+                port._read_errors()
                 sock.sendto(data, (dest.host, dest.port))
-            else:
-                port.write(data, (dest.host, dest.port))
         except OSError as e:
             if e.errno in _UDP_TRANSIENT:
                 log.warn("{dest}: UDP datagram dropped on send ({err})", dest=dest, err=e)

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor as global_reactor, task
@@ -531,6 +532,39 @@ class RealSocketTests(unittest.TestCase):
         if not has_ipv6():
             raise unittest.SkipTest("no IPv6 loopback")
         return defer.ensureDeferred(self._udp_roundtrip("::1"))
+
+    def test_icmp_errors_are_reported_and_never_fail_the_next_send(self) -> defer.Deferred:
+        if not sys.platform.startswith("linux"):
+            raise unittest.SkipTest("IP_RECVERR is Linux's")
+
+        async def run() -> None:
+            layer, sink = self.layer("udp:127.0.0.1:0")
+            unreachable: list[tuple[Peer, str]] = []
+            sink.peerUnreachable = lambda peer, reason: unreachable.append((peer, reason))  # type: ignore[attr-defined]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+                gone.bind(("127.0.0.1", 0))
+                closed = gone.getsockname()[1]
+            client = _UDPClient()
+            cport = global_reactor.listenUDP(0, client, interface="127.0.0.1")
+            self.addCleanup(cport.stopListening)
+            answer = client.next()
+            await layer.send(b"OPTIONS to nobody", Peer("udp", "127.0.0.1", closed))
+            # The ICMP error arrives before the reactor looks (a busy proxy);
+            # Linux reports it on the socket's next call, this send to a live
+            # peer, which must still go out; the error is blamed on the peer
+            # it belongs to.
+            time.sleep(0.05)
+            await layer.send(b"hello", Peer("udp", "127.0.0.1", cport.getHost().port))
+            await answer
+            self.assertEqual(client.received[0][0], b"hello")
+            for _ in range(20):
+                if unreachable:
+                    break
+                await task.deferLater(global_reactor, 0.02, lambda: None)
+            self.assertEqual([p for p, _ in unreachable], [Peer("udp", "127.0.0.1", closed)])
+            self.assertIn("refused", unreachable[0][1].lower())
+
+        return defer.ensureDeferred(run())
 
     def test_udp_rcvbuf(self) -> None:
         layer, _ = self.layer("udp:127.0.0.1:0", udp_rcvbuf=4194304)
