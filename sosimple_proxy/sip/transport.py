@@ -823,7 +823,7 @@ class TransportLayer(service.Service):
         return ListenAddress(transport_name, host.host, host.port)
 
     def _unreachable(self, peer: Peer, reason: str) -> None:
-        log.info("{peer}: {reason} (ICMP)", peer=peer, reason=reason)
+        log.debug("{peer}: {reason} (ICMP)", peer=peer, reason=reason)  # the transactions it fails say so
         observe = getattr(self.sink, "peerUnreachable", None)
         if observe is not None:
             try:
