@@ -200,7 +200,8 @@ class RingLocator:
         for t in [t for t, a in self._served.items() if a == aor]:
             del self._served[t]
         d = maybeDeferred(self._lookup, aor)
-        return d.addCallback(lambda r: list(r.targets) if isinstance(r, Found) else [])
+        # new targets, or the ring's authoritative miss (the caller hears 404)
+        return d.addCallback(lambda r: list(r.targets) if isinstance(r, Found) else r if isinstance(r, Miss) else [])
 
     def _failed(self, failure: Any) -> Miss:
         log.info("ring {name}: lookup failed: {why}", name=self.name, why=failure.getErrorMessage())

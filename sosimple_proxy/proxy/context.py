@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.location.interfaces import Target
+from sosimple_proxy.location.interfaces import Miss, Target
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.transaction import TRANSPORT_ERROR, ClientTransaction, IClientTransactionUser, ServerTransaction
@@ -329,14 +329,24 @@ class ResponseContext:
             self._waiting += 1
             more.addErrback(lambda f: log.failure("retargeting failed", f) and None)
             more.addBoth(self._retargeted)
+        elif isinstance(more, Miss):
+            self._gone(more)
         elif more:
             self._add_targets(more)
 
     def _retargeted(self, targets: Any) -> None:
         self._waiting -= 1
-        if targets and not (self.cancelled or self.got_2xx or self.got_6xx):
+        if isinstance(targets, Miss):
+            self._gone(targets)
+        elif targets and not (self.cancelled or self.got_2xx or self.got_6xx):
             self._add_targets(targets)
         self._check_done()
+
+    def _gone(self, miss: Miss) -> None:
+        """A fresh lookup says the target is gone (e.g. de-registered since
+        it was cached): that answer, not the dead hop's, is what the caller
+        should hear."""
+        self.finals.append(self._make(miss.status, miss.reason or "Not Found"))
 
     def _add_targets(self, targets: Sequence[Target]) -> None:
         fresh = [t for t in targets if target_key(t) not in self.tried]

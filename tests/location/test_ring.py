@@ -135,6 +135,16 @@ def test_contact_cache_answers_without_the_ring_and_a_failed_target_is_looked_up
     # the stale target times out: one fresh lookup gives the new contact
     again = result(cluster, locator.target_failed(stale.targets[0], Response(408)))
     assert [str(t.uri) for t in again] == ["sip:alice@10.0.0.9"]
+    # once alice is gone from the ring, the second lookup says so (a Miss: 404)
+    table.replace("alice@example.com", [])
+    cluster.run(2)
+    stale = locator.locate(parse_uri("sip:alice@example.com"))
+    assert [str(t.uri) for t in stale.targets] == ["sip:alice@10.0.0.9"]  # still cached
+    gone = result(cluster, locator.target_failed(stale.targets[0], Response(408)))
+    assert isinstance(gone, Miss)
+    table.replace("alice@example.com", [binding("sip:alice@10.0.0.9", 600, cluster.clock.seconds(), instance="dev")])
+    cluster.run(2)
+    again = list(result(cluster, locator.locate(parse_uri("sip:alice@example.com"))).targets)
     # a target from a fresh lookup earns no second lookup
     assert locator.target_failed(again[0], Response(408)) is None
     # a 486 is an answer, not a failure of the cache

@@ -425,8 +425,11 @@ def test_retarget_hook_adds_targets_after_a_failure():
     from sosimple_proxy.proxy.context import ResponseContext
     from sosimple_proxy.sip.uri import parse_uri
 
+    from sosimple_proxy.proxy.core import HANDLED
+
     h = Harness()
-    h.receive(invite(method="MESSAGE", uri="sip:127.0.0.1:5060"))  # just to get a server transaction
+    h.core.processors = (lambda core, request, txn: HANDLED,)  # a server transaction left to us
+    h.receive(invite(method="MESSAGE"))
     h.wire.take()
     txn = next(iter(h.layer._server.values()))
     asked = []
@@ -488,3 +491,29 @@ def test_self_route_names_the_flow_of_a_binding_registered_over_a_connection():
     user = route[len("<sip:"):].split("@", 1)[0]
     assert routing.flow_of(user) == "tcp:127.0.0.1:40999" and route.endswith("@127.0.0.1:5060;lr>")
     assert h.core.self_route(udp) == "<sip:127.0.0.1:5060;lr>"
+
+
+def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout():
+    from twisted.internet.defer import Deferred
+
+    from sosimple_proxy.location.interfaces import Miss, Target
+    from sosimple_proxy.proxy.context import ResponseContext
+    from sosimple_proxy.sip.uri import parse_uri
+
+    from sosimple_proxy.proxy.core import HANDLED
+
+    h = Harness()
+    h.core.processors = (lambda core, request, txn: HANDLED,)  # a server transaction left to us
+    h.receive(invite(method="MESSAGE"))
+    h.wire.take()
+    txn = next(iter(h.layer._server.values()))
+    later: Deferred = Deferred()
+    ctx = ResponseContext(h.clock, h.core.forwarder, txn.request, txn, [Target(parse_uri("sip:bob@127.0.0.1:6001"))],
+                          retarget=lambda target, response: later)
+    ctx.start()
+    h.wire.take()
+    h.advance(33)  # the cached contact never answers: Timer F
+    assert statuses(h, h.wire.take()) == []  # waiting for the fresh lookup
+    later.callback(Miss("Not Found", "overlay"))
+    (final, _), = h.sent_responses(h.wire.take())
+    assert final.status == 404
