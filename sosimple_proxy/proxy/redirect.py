@@ -15,8 +15,17 @@ from sosimple_proxy.sip.message import Request, Response, make_response
 
 
 def redirect_response(request: Request, targets: Sequence[Target]) -> Response:
-    contacts = []
+    """302 listing every target; a target's fallbacks (other gateways of its
+    group) follow it with lower q-values, so the caller can fail over too."""
+    contacts: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for t in sorted(targets, key=lambda t: -t.q):
-        q = "" if t.q == 1.0 else f";q={t.q:.3g}"
-        contacts.append(("Contact", f"<{escaped_route_contact(t.uri, t.route)}>{q}"))
+        chain = [t, *t.fallbacks]
+        for i, alt in enumerate(chain):
+            value = escaped_route_contact(alt.uri, alt.route)
+            if value in seen:
+                continue  # the same URI by another address (DNS): one Contact
+            seen.add(value)
+            q = t.q * (1.0 - i / (len(chain) + 1))
+            contacts.append(("Contact", f"<{value}>" + ("" if q == 1.0 else f";q={q:.3g}")))
     return make_response(request, 302, "Moved Temporarily", extra=contacts)

@@ -517,3 +517,21 @@ def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout(
     later.callback(Miss("Not Found", "overlay"))
     (final, _), = h.sent_responses(h.wire.take())
     assert final.status == 404
+
+
+def test_redirect_lists_a_targets_fallbacks_after_it_with_lower_q():
+    from sosimple_proxy.location.interfaces import Target
+    from sosimple_proxy.proxy.redirect import redirect_response
+    from sosimple_proxy.sip.parser import parse_message
+    from sosimple_proxy.sip.uri import parse_uri
+
+    request = parse_message(invite().replace("\n", "\r\n").encode())
+    gw = lambda host: Target(parse_uri(f"sip:+15551234567@{host};user=phone"))  # noqa: E731
+    same = Target(parse_uri("sip:+15551234567@gw1.test;user=phone"), dest="udp:127.0.0.1:5090")
+    first = Target(gw("gw1.test").uri, fallbacks=(gw("gw2.test"), same, gw("gw3.test")))
+    response = redirect_response(request, [first])
+    assert response.headers.values("contact") == [
+        "<sip:+15551234567@gw1.test;user=phone>",
+        "<sip:+15551234567@gw2.test;user=phone>;q=0.8",
+        "<sip:+15551234567@gw3.test;user=phone>;q=0.4",
+    ]
