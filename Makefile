@@ -35,8 +35,9 @@ run: install
 	mkdir -p var
 	$(BIN)/twistd -n --pidfile= sosimple-proxy -c $(CONFIG)
 
+# As root the peers were just installed: a test skipping for want of one fails.
 test: install-test peers
-	$(BIN)/python -m pytest -q -ra
+	SOSIMPLE_REQUIRE_PEERS=$$([ "$$(id -u)" = 0 ] && echo 1 || echo 0) $(BIN)/python -m pytest -q -ra
 
 # opendht is the overlay bench's reference (bench/overlay_ring.py), never a
 # test dependency; without it that section says so instead of comparing.

@@ -45,7 +45,7 @@ def main(root: str, out_path: str) -> None:
         ports.discard(proxy.port)
         socks = []
         for p in sorted(ports):
-            for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
                 s = socket.socket(fam, socket.SOCK_DGRAM)
                 if fam == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
