@@ -916,7 +916,6 @@ class Baresip:
     def registrations(self) -> list[tuple[int, str, int | None]]:
         """Every registration answer in the log, in order: ``(status, reason,
         bindings)``, e.g. ``(200, "OK", 1)``; bindings is None for a failure."""
-        out: list[tuple[int, str, int | None]] = []
         ok = re.compile(
             rf"^{re.escape(self.user)}@{re.escape(self.domain)}: \{{\d+/\w+/v[46]\}} (\d{{3}}) (.*?) \(.*?\) \[(\d+) bindings?\]",
             re.M,
@@ -924,7 +923,7 @@ class Baresip:
         bad = re.compile(
             rf"^reg: sip:{re.escape(self.user)}@{re.escape(self.domain)}: (?:(\d{{3}}) )?(.*?)(?: \(.*\))?$", re.M
         )
-        found = []
+        found: list[tuple[int, tuple[int, str, int | None]]] = []
         text = _strip_ansi(self.log_text())
         for m in ok.finditer(text):
             found.append((m.start(), (int(m.group(1)), m.group(2), int(m.group(3)))))

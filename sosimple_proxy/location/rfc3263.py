@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.names import dns, error
 
-from sosimple_proxy.sip.uri import is_ip  # noqa: F401  (others import it from here)
+from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
 

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from sosimple_proxy.location import regrecord
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.location.regrecord import KIND
+from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
 from sosimple_proxy.sip.uri import parse_uri
 
@@ -99,8 +100,6 @@ class RingPublisher:
         if node is None:
             self._pending.add(aor)
             return
-        from sosimple_proxy.overlay.records import Record
-
         key = self.overlay.keys.key(aor)
         now = self.clock.seconds()
         old = self._written.get(aor, {})

@@ -19,10 +19,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import Miss, Target
-from sosimple_proxy.proxy import routing
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.transaction import TRANSPORT_ERROR, ClientTransaction, IClientTransactionUser, ServerTransaction
-from sosimple_proxy.sip.transport import Peer
 
 log = Logger()
 
@@ -468,7 +466,3 @@ class ResponseContext:
                 if send_by_via is not None:
                     send_by_via(response)
 
-
-def peer_for(uri: Any) -> Peer:
-    t, h, p = routing.uri_address(uri)
-    return Peer(t, h, p)

@@ -19,7 +19,7 @@ from sosimple_proxy.config import Config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, Miss, Target
+from sosimple_proxy.location.interfaces import Found, ILocator, Miss, Target
 from sosimple_proxy.location.local import LocalLocator
 from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
 from sosimple_proxy.location.ring import RingLocator, RingPublisher
@@ -34,6 +34,7 @@ from sosimple_proxy.proxy.targets import Addressing
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.transaction import ITransactionUser, ServerTransaction
 from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
 
@@ -285,7 +286,7 @@ class ProxyCore:
         uri = request.ruri
         if isinstance(result, Miss):
             return make_response(request, result.status, result.reason or "Not Found")
-        if not self.addressing.is_ours(uri) and getattr(uri, "is_sip", False) and routing.is_ip(uri.host or ""):
+        if not self.addressing.is_ours(uri) and getattr(uri, "is_sip", False) and is_ip(uri.host or ""):
             # 16.5: a URI of a domain we are not responsible for "MUST be
             # placed into the target set as the only target".  An IP
             # address needs no provider to be reached.
@@ -427,4 +428,4 @@ def _lookup_failed(failure: Any, request: Request, txn: ServerTransaction) -> No
     txn.respond(make_response(request, 500, "Server Internal Error: location lookup failed"))
 
 
-__all__ = ["ProxyCore", "HANDLED", "NOT_MINE"]
+__all__ = ["ProxyCore", "HANDLED"]

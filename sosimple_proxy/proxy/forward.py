@@ -20,6 +20,7 @@ from sosimple_proxy.proxy.context import Forwarder
 from sosimple_proxy.sip.message import Request, Response
 from sosimple_proxy.sip.transaction import IClientTransactionUser, response_peer
 from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
 
@@ -83,7 +84,7 @@ class RequestForwarder(Forwarder):
         transport, host, port = routing.uri_address(hop)
         if transport not in ("udp", "tcp", "tls"):
             return make_response_for_branch(503, f"Service Unavailable: transport {transport} not supported")
-        if routing.is_ip(host):
+        if is_ip(host):
             return Peer(transport, host.strip("[]"), port)
         if self.resolve is None:
             return make_response_for_branch(503, f"Service Unavailable: cannot resolve {host}")

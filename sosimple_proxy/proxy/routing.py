@@ -11,12 +11,13 @@ import functools
 import hashlib
 import ipaddress
 import secrets
-from typing import Any, Callable, Sequence
+from urllib.parse import quote
+from typing import Callable, Sequence
 
 from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.transport import Peer
-from sosimple_proxy.sip.uri import URI, format_host, is_ip  # noqa: F401  (routing.is_ip is used by the core)
+from sosimple_proxy.sip.uri import URI, format_host
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
 # hash of 16.6 step 8, then a per-branch random part.
@@ -280,13 +281,9 @@ def escaped_route_contact(uri: URI, route: Sequence[str]) -> str:
 
     Used by redirect mode for targets reached through a Path.
     """
-    from urllib.parse import quote
-
     if not route:
         return str(uri)
     u = uri.copy()
     u.headers = list(u.headers) + [("Route", quote(",".join(route), safe=""))]
     return str(u)
 
-
-Resolver = Callable[[str], Any]  # host name -> Deferred firing an IP address string

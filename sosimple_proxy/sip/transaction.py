@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.message import Headers, Request, Response, header_key, make_response
