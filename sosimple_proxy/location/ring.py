@@ -111,12 +111,12 @@ class RingPublisher:
             entry = entry_name(node.writer, b)
             route = self.self_route(b)
             hops = [route] if route else []
-            rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node._next_seq())
+            rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node.next_seq())
             new[entry] = rec
             records.append(rec)
         for entry, rec in old.items():
             if entry not in new and rec.expires > now:
-                records.append(rec.tombstone(seq=node._next_seq(rec.seq), writer=node.writer))
+                records.append(rec.tombstone(seq=node.next_seq(rec.seq), writer=node.writer))
         if new:
             self._written[aor] = new
         else:

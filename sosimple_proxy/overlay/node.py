@@ -910,6 +910,11 @@ class ChordNode:
 
     # ---------------------------------------------------------------- records
 
+    def next_seq(self, floor: int = 0) -> int:
+        """A sequence number for a record this node writes: above ``floor``
+        and above every one it gave before (for writers of their own records)."""
+        return self._next_seq(floor)
+
     def _next_seq(self, floor: int = 0) -> int:
         """A sequence number above ``floor`` and our last, from the clock in microseconds."""
         seq = max(int(self.clock.seconds() * 1_000_000), self._last_seq + 1, floor + 1)
