@@ -265,23 +265,31 @@ class GatewayProber:
     """OPTIONS to every gateway every ``interval`` seconds, through the
     transaction layer; each answer or failure drives that gateway's state.
 
-    ``stack`` has ``transactions`` (``send_request``) and
-    ``transport.listening()``; ``from_domain`` goes in the From header.
-    A gateway with a probe still in flight is not probed again.
+    ``transactions`` sends the probes (``send_request``); ``listening()``
+    gives our addresses, one of which each probe leaves from;
+    ``from_domain`` goes in the From header.  A gateway with a probe still
+    in flight is not probed again.
     """
 
-    def __init__(self, gateways: GatewaySet, clock: Any, interval: float, from_domain: str = "localhost") -> None:
+    def __init__(
+        self,
+        gateways: GatewaySet,
+        clock: Any,
+        interval: float,
+        transactions: Any,
+        listening: Callable[[], Sequence[Any]],
+        from_domain: str = "localhost",
+    ) -> None:
         self.gateways = gateways
         self.clock = clock
         self.interval = interval
+        self.transactions = transactions
+        self.listening = listening
         self.from_domain = from_domain
-        self.stack: Any = None
         self.pending: dict[str, Any] = {}
         self._call: Any = None
-        self.sent = 0
 
-    def start(self, stack: Any, first: float = 0.0) -> None:
-        self.stack = stack
+    def start(self, first: float = 0.0) -> None:
         if self.interval > 0 and self._call is None:
             self._call = self.clock.callLater(first, self._round)
 
@@ -313,15 +321,14 @@ class GatewayProber:
             self.gateways.state(gateway.name).probe_failed(f"no {transport} listener to probe from")
             return
         request = options_request(gateway, local, transport, self.from_domain)
-        txn = self.stack.transactions.send_request(request, peer, self)
+        txn = self.transactions.send_request(request, peer, self)
         txn.data = gateway.name
         self.pending[gateway.name] = txn
-        self.sent += 1
 
     def _local(self, peer: Any) -> Any:
         """Our listen address facing ``peer``: same transport and family,
         the same host or else a loopback one for a loopback peer."""
-        listening = list(self.stack.transport.listening())
+        listening = list(self.listening())
         same = [a for a in listening if a.transport == peer.transport and (":" in a.host) == (":" in peer.host)]
         for a in same:
             if a.host == peer.host:

@@ -12,11 +12,10 @@ import hashlib
 import ipaddress
 import secrets
 from urllib.parse import quote
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.sip.message import Request
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.transport import ListenAddress, Peer
 from sosimple_proxy.sip.uri import URI, format_host
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
@@ -270,6 +269,19 @@ def add_record_route(request: Request, inbound: ListenAddress | None, outbound: 
         return
     request.headers.prepend("Record-Route", record_route_value(inbound, r2=True))
     request.headers.prepend("Record-Route", record_route_value(outbound, r2=True))
+
+
+def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:
+    """How other proxies of the ring reach this one: a Route value (UDP
+    first); for a binding registered over a connection, one that names the
+    flow, so the request leaves by the UA's own connection."""
+    if not listening:
+        return None
+    first = next((a for a in listening if a.transport == "udp"), listening[0])
+    received = getattr(binding, "received", None)
+    flow = parse_flow(received)
+    user = flow_token(received) if flow is not None and flow.reliable else None  # type: ignore[arg-type]
+    return record_route_value(first, user=user)
 
 
 def copy_request(request: Request) -> Request:

@@ -149,6 +149,9 @@ class ITransportLayer(Interface):
     def listening() -> list[ListenAddress]:
         """The addresses we listen on, with the ports really bound."""
 
+    def has_connection(peer: Peer) -> bool:
+        """Is there a usable stream connection to ``peer`` (a UA's flow)?"""
+
 
 @functools.lru_cache(maxsize=4096)
 def _is_loopback(host: str) -> bool:

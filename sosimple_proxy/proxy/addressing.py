@@ -6,8 +6,8 @@ import functools
 import ipaddress
 from typing import Any, Callable, Sequence
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.proxy.registrar import aor_key
+from sosimple_proxy.sip.transport import ListenAddress
 
 
 @functools.lru_cache(maxsize=4096)
@@ -27,15 +27,21 @@ class Addressing:
     of our domains (gateways and phones address the proxy by IP).
     """
 
-    def __init__(self, domains: Sequence[str], listen: Sequence[ListenAddress]) -> None:
+    def __init__(
+        self,
+        domains: Sequence[str],
+        listen: Sequence[ListenAddress],
+        listening: Callable[[], Sequence[ListenAddress]] | None = None,
+    ) -> None:
         self.domains = frozenset(_normal_host(d) for d in domains)
         # Users addressed at one of our IP addresses are users of this
         # domain (as Kamailio does without use_domain): sip:bob@127.0.0.1
         # reaches the bob who registered as bob@example.com.
         self.primary = _normal_host(domains[0]) if domains else None
         self._configured = list(listen)
-        # Replaced by the transport layer's view once ports are bound.
-        self.listening: Callable[[], Sequence[ListenAddress]] = lambda: self._configured
+        # The transport layer's view (ports really bound); the configured
+        # addresses until it has any.
+        self.listening: Callable[[], Sequence[ListenAddress]] = listening or (lambda: self._configured)
         self._cache: tuple[tuple[ListenAddress, ...], tuple[set[str], set[int]]] | None = None
 
     def _addresses(self) -> tuple[set[str], set[int]]:
