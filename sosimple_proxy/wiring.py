@@ -8,8 +8,8 @@ transaction layer), then the transaction user on top of it
 (:func:`build_proxy`): registrar, location providers and their chain, ring
 publishers, forwarder, the processor chain and the core.
 
-:data:`LOCATION_PROVIDERS` is the one table of location providers this
-build has, by the name ``[location] order`` uses.
+The location providers come from the one table in
+:mod:`sosimple_proxy.providers`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from sosimple_proxy.config import Config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
-from sosimple_proxy.location.dns import DNSLocator, HopResolver
-from sosimple_proxy.location.gateways import Gateway, GatewayProber, GatewaySet
+from sosimple_proxy.location.dns import HopResolver
+from sosimple_proxy.location.gateways import GatewayProber
 from sosimple_proxy.location.interfaces import ILocator
-from sosimple_proxy.location.local import LocalLocator
-from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
+from sosimple_proxy.location.pstn import PstnLocator
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver, make_resolver
-from sosimple_proxy.location.ring import RingLocator, RingPublisher
+from sosimple_proxy.location.ring import RingPublisher
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
@@ -39,93 +38,10 @@ from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.runner import Chain
+from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.providers import ProviderParts, build_providers
 
 log = Logger()
-
-
-# --- location providers
-
-
-@attrs.frozen
-class ProviderParts:
-    """What the provider builders may use."""
-
-    cfg: Config
-    clock: Any
-    addressing: Addressing
-    bindings: BindingTable
-    dialplan: DialPlan
-    routes: StaticRoutes
-    # Every ring we are a member of, by provider name, with the addressing
-    # of the domains it holds.
-    rings: Mapping[str, tuple[Any, Addressing]]
-    listening: Callable[[], Sequence[Any]]
-    rfc3263: RFC3263Resolver | None
-
-
-def _local(name: str, p: ProviderParts) -> ILocator:
-    # Phone numbers are not users: providers of users pass the numbers they miss on.
-    return PassNumbers(LocalLocator(p.bindings, p.addressing.is_ours, p.addressing.aor), p.dialplan)
-
-
-def _ring(name: str, p: ProviderParts) -> ILocator | None:
-    if name not in p.rings:
-        return None
-    overlay, addressing = p.rings[name]
-    ring = RingLocator(name, overlay, addressing.is_ours, addressing.aor, p.addressing.is_ours, clock=p.clock)
-    return PassNumbers(ring, p.dialplan)
-
-
-def _routes(name: str, p: ProviderParts) -> ILocator:
-    return p.routes
-
-
-def _dns(name: str, p: ProviderParts) -> ILocator | None:
-    if p.rfc3263 is None:
-        return None
-
-    def elsewhere(uri: Any) -> bool:
-        """Served by another provider: our domains, [routes], the rings'."""
-        return (
-            p.addressing.is_ours(uri)
-            or p.routes.serves(uri)
-            or any(a.is_ours(uri) for _, a in p.rings.values())
-        )
-
-    return DNSLocator(p.rfc3263, elsewhere, p.listening)
-
-
-def _pstn(name: str, p: ProviderParts) -> ILocator | None:
-    sections = p.cfg.named("gateway")
-    if not sections:
-        return None
-    gateways = [Gateway.from_config(gw, section) for gw, section in sections.items()]
-    return PstnLocator(p.dialplan, GatewaySet(gateways, p.clock, retry_interval=p.cfg.section("pstn")["retry_interval"]))
-
-
-# The location providers of this build, by the name in [location] order
-# (``overlay:NAME`` uses the ``overlay`` entry).  A builder returns None
-# when its provider is not configured (no ring, no gateway, no DNS).
-LOCATION_PROVIDERS: dict[str, Callable[[str, ProviderParts], ILocator | None]] = {
-    "local": _local,
-    "overlay": _ring,
-    "routes": _routes,
-    "dns": _dns,
-    "pstn": _pstn,
-}
-
-
-def build_providers(order: Sequence[str], parts: ProviderParts) -> dict[str, ILocator]:
-    """The providers named in ``order`` that are configured, in that order."""
-    built: dict[str, ILocator] = {}
-    for name in order:
-        builder = LOCATION_PROVIDERS.get(name.split(":", 1)[0])
-        provider = builder(name, parts) if builder is not None else None
-        if provider is None:
-            log.info("location provider {name!r} is not configured in this build; skipped", name=name)
-            continue
-        built[name] = provider
-    return built
 
 
 def rfc3263_resolver(dns: Mapping[str, Any], reactor: Any) -> RFC3263Resolver:
@@ -181,20 +97,19 @@ class Proxy:
 def build_proxy(
     cfg: Config,
     reactor: Any,
-    transport: Any,
-    transactions: Any,
     rings: Mapping[str, Any] | None = None,
     rfc3263: RFC3263Resolver | None = None,
 ) -> Proxy:
-    """The proxy on top of a transport and a transaction layer.
+    """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
+    stack's user; the stack attaches itself to it).
 
     ``rings`` are the overlay services by provider name; ``rfc3263``
-    replaces the resolver ``[dns]`` describes (tests give a zone's).  The
-    caller makes the core the transaction layer's user.
+    replaces the resolver ``[dns]`` describes (tests give a zone's).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
-    addressing = Addressing(proxy_cfg["domains"], listen, transport.listening)
+    stack = StackLink()
+    addressing = Addressing(proxy_cfg["domains"], listen, stack.listening)
     bindings = BindingTable(reactor)
     registrar = Registrar(
         reactor,
@@ -209,7 +124,7 @@ def build_proxy(
     dialplan = DialPlan.from_config(cfg.section("pstn"))
     routes = StaticRoutes(cfg.section("routes"))
     ring_parts = {
-        name: (overlay, Addressing(ring_domains(cfg, name), listen, transport.listening))
+        name: (overlay, Addressing(ring_domains(cfg, name), listen, stack.listening))
         for name, overlay in (rings or {}).items()
     }
     order = cfg.section("location")["order"]
@@ -217,12 +132,12 @@ def build_proxy(
         # RFC 3263 only with "dns" in [location] order: without it nothing
         # queries DNS (tests leave it out).
         rfc3263 = rfc3263_resolver(cfg.section("dns"), reactor)
-    parts = ProviderParts(cfg, reactor, addressing, bindings, dialplan, routes, ring_parts, transport.listening, rfc3263)
+    parts = ProviderParts(cfg, reactor, addressing, bindings, dialplan, routes, ring_parts, stack.listening, rfc3263)
     providers = build_providers(order, parts)
     location = LocationChain(list(providers.values()))
 
     forwarder = RequestForwarder(
-        transport, transactions, proxy_cfg["record_route"], HopResolver(rfc3263) if rfc3263 is not None else None
+        stack, proxy_cfg["record_route"], HopResolver(rfc3263) if rfc3263 is not None else None
     )
     send_to = (
         redirecting
@@ -232,7 +147,7 @@ def build_proxy(
     chain = Chain(
         proxy_chain(
             addressing=addressing,
-            transactions=transactions,
+            stack=stack,
             registrar=registrar,
             routes=routes,
             dids=DidTable(dialplan, cfg.section("did")),
@@ -240,10 +155,10 @@ def build_proxy(
             send_to=send_to,
         )
     )
-    core = ProxyCore(chain, registrar, forwarder, addressing)
+    core = ProxyCore(chain, registrar, forwarder, addressing, stack)
 
     def self_route(binding: Any) -> str | None:
-        return routing.self_route(transport.listening(), binding)
+        return routing.self_route(stack.listening(), binding)
 
     publishers = []
     for name, (overlay, ring_addressing) in ring_parts.items():
@@ -258,8 +173,7 @@ def build_proxy(
             pstn.gateways,
             reactor,
             cfg.section("pstn")["probe_interval"],
-            transactions,
-            transport.listening,
+            stack,
             from_domain=addressing.primary or "localhost",
         )
     return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
@@ -309,11 +223,9 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, cfg.section("admin"), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
-        # The stack first (its transaction layer gets its user below), then
-        # the proxy on top of its transport and transaction layer.
-        stack = SipStack(reactor, cfg, None)  # type: ignore[arg-type]
-        proxy = build_proxy(cfg, reactor, stack.transport, stack.transactions, dict(top.rings))  # type: ignore[attr-defined]
-        stack.transactions.tu = proxy.core
+        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        stack = SipStack(reactor, cfg, proxy.core)
+        # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
         stack.setServiceParent(top)
     else:

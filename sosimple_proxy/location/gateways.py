@@ -265,26 +265,19 @@ class GatewayProber:
     """OPTIONS to every gateway every ``interval`` seconds, through the
     transaction layer; each answer or failure drives that gateway's state.
 
-    ``transactions`` sends the probes (``send_request``); ``listening()``
-    gives our addresses, one of which each probe leaves from;
+    ``stack`` has ``transactions`` (``send_request``) and
+    ``transport.listening()`` (one of our addresses sends each probe);
     ``from_domain`` goes in the From header.  A gateway with a probe still
     in flight is not probed again.
     """
 
     def __init__(
-        self,
-        gateways: GatewaySet,
-        clock: Any,
-        interval: float,
-        transactions: Any,
-        listening: Callable[[], Sequence[Any]],
-        from_domain: str = "localhost",
+        self, gateways: GatewaySet, clock: Any, interval: float, stack: Any, from_domain: str = "localhost"
     ) -> None:
         self.gateways = gateways
         self.clock = clock
         self.interval = interval
-        self.transactions = transactions
-        self.listening = listening
+        self.stack = stack
         self.from_domain = from_domain
         self.pending: dict[str, Any] = {}
         self._call: Any = None
@@ -321,14 +314,14 @@ class GatewayProber:
             self.gateways.state(gateway.name).probe_failed(f"no {transport} listener to probe from")
             return
         request = options_request(gateway, local, transport, self.from_domain)
-        txn = self.transactions.send_request(request, peer, self)
+        txn = self.stack.transactions.send_request(request, peer, self)
         txn.data = gateway.name
         self.pending[gateway.name] = txn
 
     def _local(self, peer: Any) -> Any:
         """Our listen address facing ``peer``: same transport and family,
         the same host or else a loopback one for a loopback peer."""
-        listening = list(self.listening())
+        listening = list(self.stack.transport.listening())
         same = [a for a in listening if a.transport == peer.transport and (":" in a.host) == (":" in peer.host)]
         for a in same:
             if a.host == peer.host:

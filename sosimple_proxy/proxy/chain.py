@@ -29,6 +29,7 @@ from sosimple_proxy.proxy.redirect import redirect_response
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.runner import CONTINUE, TAKEN, Job, PendingLookup, Processor, Step
 from sosimple_proxy.proxy.sanity import check_request
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.transaction import ServerTransaction
 from sosimple_proxy.sip.uri import is_ip
@@ -50,7 +51,7 @@ SendTo = Callable[[Request, ServerTransaction, Sequence[Target]], Step]
 def proxy_chain(
     *,
     addressing: Addressing,
-    transactions: Any,
+    stack: StackLink,
     registrar: Registrar,
     routes: StaticRoutes,
     dids: DidTable,
@@ -62,7 +63,7 @@ def proxy_chain(
         Sanity(addressing),
         LoopDetection(addressing),
         # (authentication goes here: after sanity, before anything acts)
-        Cancel(transactions),
+        Cancel(stack),
         RouteInformation(addressing),  # 16.4; the request is classified here
         Register(addressing, routes, registrar),
         ToProxy(),
@@ -115,14 +116,14 @@ class Cancel:
 
     name = "cancel"
 
-    def __init__(self, transactions: Any) -> None:
-        self.transactions = transactions
+    def __init__(self, stack: StackLink) -> None:
+        self.stack = stack
 
     def __call__(self, job: Job) -> Step:
         request = job.request
         if request.method != "CANCEL":
             return CONTINUE
-        invite = self.transactions.find_cancelled(request)
+        invite = self.stack.transactions.find_cancelled(request)
         if invite is None:
             return make_response(request, 481, "Call/Transaction Does Not Exist")
         state = invite.data

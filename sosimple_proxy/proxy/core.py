@@ -7,6 +7,8 @@ Everything it works with is handed in by the composition root
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -20,6 +22,7 @@ from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.runner import Chain
 from sosimple_proxy.proxy.sanity import check_request
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response
 from sosimple_proxy.sip.transaction import ITransactionUser, ServerTransaction
 from sosimple_proxy.sip.transport import Peer
@@ -31,11 +34,22 @@ log = Logger()
 class ProxyCore:
     """Hands each request to the chain; forwards stray ACKs and responses."""
 
-    def __init__(self, chain: Chain, registrar: Registrar, forwarder: IForwarder, addressing: Addressing) -> None:
+    def __init__(
+        self, chain: Chain, registrar: Registrar, forwarder: IForwarder, addressing: Addressing, stack: StackLink
+    ) -> None:
         self.chain = chain
         self.registrar = registrar
         self.forwarder = forwarder
         self.addressing = addressing
+        self.stack = stack
+
+    def attach(self, stack: Any) -> None:
+        """The stack that feeds us exists: our parts send through it."""
+        self.stack.attach(stack)
+
+    def detach(self) -> None:
+        """The stack is stopping.  (Our timers are a service of their own,
+        stopped with it.)"""
 
     def requestReceived(self, request: Request, transaction: ServerTransaction) -> None:
         self.chain.run(request, transaction)

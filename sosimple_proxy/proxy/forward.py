@@ -19,9 +19,10 @@ from sosimple_proxy.location.interfaces import IHopResolver, Target
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.classify import has_to_tag
 from sosimple_proxy.proxy.interfaces import IForwarder
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transaction import IClientTransactionUser, TransactionLayer, response_peer
-from sosimple_proxy.sip.transport import ITransportLayer, ListenAddress, Peer
+from sosimple_proxy.sip.transaction import IClientTransactionUser, response_peer
+from sosimple_proxy.sip.transport import ListenAddress, Peer
 from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
@@ -36,25 +37,18 @@ def request_loop_hash(request: Request) -> str:
 
 @implementer(IForwarder)
 class RequestForwarder:
-    """The proxy's way out: ``transport`` for our addresses and the UAs'
-    open connections, ``transactions`` to send, ``hops`` (RFC 3263, or
-    None: next hops named by host are then unreachable)."""
+    """The proxy's way out through the stack: its transport (our addresses,
+    the UAs' open connections) and transaction layer; ``hops`` resolves
+    next hops named by host (RFC 3263; None: those are unreachable)."""
 
-    def __init__(
-        self,
-        transport: ITransportLayer,
-        transactions: TransactionLayer,
-        record_route: bool,
-        hops: IHopResolver | None = None,
-    ) -> None:
-        self.transport = transport
-        self.transactions = transactions
+    def __init__(self, stack: StackLink, record_route: bool, hops: IHopResolver | None = None) -> None:
+        self.stack = stack
         self.record_route = record_route
         self.hops = hops
 
     @property
     def listening(self) -> Sequence[ListenAddress]:
-        return self.transport.listening()
+        return self.stack.listening()
 
     # -- requests in a transaction
 
@@ -85,7 +79,7 @@ class RequestForwarder:
         peer = routing.parse_flow(target.flow)
         if peer is None or not peer.reliable:
             return None
-        return peer if self.transport.has_connection(peer) else None
+        return peer if self.stack.transport.has_connection(peer) else None
 
     def _resolve(self, hop: Any) -> Any:
         """The peer for a next-hop URI: IP literals at once, names by DNS."""
@@ -113,7 +107,7 @@ class RequestForwarder:
         if self.record_route and copy.method in DIALOG_CREATING and not has_to_tag(copy):
             routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
-        return self.transactions.send_request(copy, dest, user)
+        return self.stack.transactions.send_request(copy, dest, user)
 
     # -- without a transaction
 
@@ -122,7 +116,7 @@ class RequestForwarder:
         via = response.top_via
         if via is None:
             return
-        self.transactions.send_stateless(response, response_peer(via))
+        self.stack.transactions.send_stateless(response, response_peer(via))
 
     def forward_stateless(self, request: Request) -> None:
         """Forward e.g. the ACK of a 2xx (16.11) along its route."""
@@ -146,7 +140,7 @@ class RequestForwarder:
             if outbound is None:
                 return
         request.headers.prepend("Via", routing.via_value(outbound, dest.transport, routing.stateless_branch(request, lhash)))
-        self.transactions.send_stateless(request, dest, outbound if outbound.transport == dest.transport else None)
+        self.stack.transactions.send_stateless(request, dest, outbound if outbound.transport == dest.transport else None)
 
 
 def make_response_for_branch(status: int, reason: str) -> Response:

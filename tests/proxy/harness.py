@@ -59,6 +59,14 @@ class Wire:
         return out
 
 
+class Stack:
+    """The two layers of a SipStack that the proxy uses."""
+
+    def __init__(self, transport: Wire, transactions: TransactionLayer) -> None:
+        self.transport = transport
+        self.transactions = transactions
+
+
 class Harness:
     """The proxy as the composition root builds it, on a Wire and a Clock."""
 
@@ -70,10 +78,11 @@ class Harness:
         self.cfg = parse_config(text, "test.ini")
         self.clock = clock or Clock()
         self.wire = Wire(self.clock, listening or [PROXY_UDP, PROXY_TCP])
-        self.layer = TransactionLayer(self.clock, self.wire, None, self.cfg.sip)
-        self.proxy = build_proxy(self.cfg, self.clock, self.wire, self.layer, rfc3263=rfc3263)
-        self.layer.tu = self.core = self.proxy.core
+        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263)
+        self.core = self.proxy.core
         self.providers = self.proxy.providers
+        self.layer = TransactionLayer(self.clock, self.wire, self.core, self.cfg.sip)
+        self.core.attach(Stack(self.wire, self.layer))  # what SipStack does
         self.proxy.timers.startService()
 
     def receive(self, data: str | bytes | Message, source: Peer = CALLER, local: ListenAddress = PROXY_UDP) -> None:
