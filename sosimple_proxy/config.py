@@ -12,7 +12,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
-from typing import Callable, Iterable
+from typing import Callable
 
 import attrs
 from twisted.logger import Logger
@@ -426,7 +426,3 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("(file)", None, f"{path} is not UTF-8 text") from None
     return parse_config(text, path)
-
-
-def all_domains(cfg: Config) -> Iterable[str]:
-    return cfg.proxy["domains"]

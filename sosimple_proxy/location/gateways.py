@@ -235,7 +235,6 @@ class GatewaySet:
         self.clock = clock
         self.rand = rand
         self.states = {g.name: GatewayState(clock, retry_interval) for g in self.gateways}
-        self.by_name = {g.name: g for g in self.gateways}
 
     def group(self, e164: str) -> list[Gateway]:
         """The gateways whose prefix matches ``e164`` best (active or not)."""
