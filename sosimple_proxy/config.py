@@ -358,7 +358,7 @@ def _cross_checks(cfg: Config) -> None:
 def _check_did(cfg: Config) -> None:
     """[did]: each key a number the dial plan reads, each value a SIP AoR."""
 
-    plan = DialPlan.from_config(cfg.sections["pstn"])
+    plan = DialPlan(cfg.sections["pstn"]["country_code"], cfg.sections["pstn"]["local_patterns"])
     for number, aor in cfg.sections.get("did", {}).items():
         try:
             did_number(plan, number)

@@ -88,7 +88,18 @@ def _pstn(name: str, p: ProviderParts) -> ILocator | None:
     sections = p.cfg.named("gateway")
     if not sections:
         return None
-    gateways = [Gateway.from_config(gw, section) for gw, section in sections.items()]
+    gateways = [
+        Gateway(
+            gw,
+            parse_gateway_uri(s["uri"]),
+            tuple(s["prefixes"]),
+            s["priority"],
+            s["weight"],
+            s["strip"],
+            s["prepend"],
+        )
+        for gw, s in sections.items()
+    ]
     return PstnLocator(p.dialplan, GatewaySet(gateways, p.clock, retry_interval=p.cfg.section("pstn")["retry_interval"]))
 
 

@@ -121,7 +121,7 @@ def build_proxy(
         is_ours=addressing.is_ours,
         aor=addressing.aor,
     )
-    dialplan = DialPlan.from_config(cfg.section("pstn"))
+    dialplan = DialPlan(cfg.section("pstn")["country_code"], cfg.section("pstn")["local_patterns"])
     routes = StaticRoutes(cfg.section("routes"))
     ring_parts = {
         name: (overlay, Addressing(ring_domains(cfg, name), listen, stack.listening))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random as _random
 import re
 import uuid
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -106,19 +106,6 @@ class Gateway:
     weight: int = 1
     strip: int = 0
     prepend: str = ""
-
-    @classmethod
-    def from_config(cls, name: str, section: Mapping[str, Any]) -> "Gateway":
-        uri = section["uri"]
-        return cls(
-            name,
-            uri if isinstance(uri, URI) else parse_gateway_uri(uri),
-            tuple(section["prefixes"]),
-            section["priority"],
-            section["weight"],
-            section["strip"],
-            section["prepend"],
-        )
 
     @property
     def dest(self) -> str | None:
