@@ -48,7 +48,8 @@ class ProviderParts:
     # Every ring we are a member of, by provider name, with the addressing
     # of the domains it holds.
     rings: Mapping[str, tuple[Any, Addressing]]
-    listening: Callable[[], Sequence[Any]]
+    # The SIP stack, once it exists (StackLink): our listen addresses.
+    stack: Any
     rfc3263: RFC3263Resolver | None
 
 
@@ -81,7 +82,7 @@ def _dns(name: str, p: ProviderParts) -> ILocator | None:
             or any(a.is_ours(uri) for _, a in p.rings.values())
         )
 
-    return DNSLocator(p.rfc3263, elsewhere, p.listening)
+    return DNSLocator(p.rfc3263, elsewhere, lambda: p.stack.listening())
 
 
 def _pstn(name: str, p: ProviderParts) -> ILocator | None:

@@ -33,11 +33,10 @@ from sosimple_proxy.location.ring import RingPublisher
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
-from sosimple_proxy.proxy.chain import StatefulForwarding, proxy_chain, redirecting
+from sosimple_proxy.proxy.chain import Chain, StatefulForwarding, proxy_chain, redirecting
 from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
-from sosimple_proxy.proxy.runner import Chain
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.providers import ProviderParts, build_providers
 
@@ -109,7 +108,7 @@ def build_proxy(
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
     stack = StackLink()
-    addressing = Addressing(proxy_cfg["domains"], listen, stack.listening)
+    addressing = Addressing(proxy_cfg["domains"], listen, stack)
     bindings = BindingTable(reactor)
     registrar = Registrar(
         reactor,
@@ -124,7 +123,7 @@ def build_proxy(
     dialplan = DialPlan(cfg.section("pstn")["country_code"], cfg.section("pstn")["local_patterns"])
     routes = StaticRoutes(cfg.section("routes"))
     ring_parts = {
-        name: (overlay, Addressing(ring_domains(cfg, name), listen, stack.listening))
+        name: (overlay, Addressing(ring_domains(cfg, name), listen, stack))
         for name, overlay in (rings or {}).items()
     }
     order = cfg.section("location")["order"]
@@ -132,7 +131,7 @@ def build_proxy(
         # RFC 3263 only with "dns" in [location] order: without it nothing
         # queries DNS (tests leave it out).
         rfc3263 = rfc3263_resolver(cfg.section("dns"), reactor)
-    parts = ProviderParts(cfg, reactor, addressing, bindings, dialplan, routes, ring_parts, stack.listening, rfc3263)
+    parts = ProviderParts(cfg, reactor, addressing, bindings, dialplan, routes, ring_parts, stack, rfc3263)
     providers = build_providers(order, parts)
     location = LocationChain(list(providers.values()))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from sosimple_proxy.proxy.registrar import aor_key
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.transport import ListenAddress
 
 
@@ -31,7 +32,7 @@ class Addressing:
         self,
         domains: Sequence[str],
         listen: Sequence[ListenAddress],
-        listening: Callable[[], Sequence[ListenAddress]] | None = None,
+        stack: StackLink | None = None,
     ) -> None:
         self.domains = frozenset(_normal_host(d) for d in domains)
         # Users addressed at one of our IP addresses are users of this
@@ -39,13 +40,13 @@ class Addressing:
         # reaches the bob who registered as bob@example.com.
         self.primary = _normal_host(domains[0]) if domains else None
         self._configured = list(listen)
-        # The transport layer's view (ports really bound); the configured
-        # addresses until it has any.
-        self.listening: Callable[[], Sequence[ListenAddress]] = listening or (lambda: self._configured)
+        # The transport layer's view (ports really bound) once the stack
+        # exists; the configured addresses until then.
+        self.stack = stack
         self._cache: tuple[tuple[ListenAddress, ...], tuple[set[str], set[int]]] | None = None
 
     def _addresses(self) -> tuple[set[str], set[int]]:
-        addrs = tuple(self.listening()) or tuple(self._configured)
+        addrs = (tuple(self.stack.listening()) if self.stack is not None else ()) or tuple(self._configured)
         cached = self._cache
         if cached is not None and cached[0] == addrs:
             return cached[1]

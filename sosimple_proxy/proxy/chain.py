@@ -1,17 +1,28 @@
-"""The proxy's policy: a short chain of small request processors.
+"""The proxy's policy: a short chain of small request processors, and the
+runner that drives them (after reSIProcate's repro).
 
-:func:`proxy_chain` is the order, in one place.  Each processor is built
-with the collaborators it needs and is called with the request's
-:class:`~sosimple_proxy.proxy.runner.Job`; what it may return is described
-in :mod:`sosimple_proxy.proxy.runner`.  Route processing (16.4) classifies
-the request once (:class:`~sosimple_proxy.proxy.classify.Kind`); the
-processors after it read ``job.kind``.
+Each processor is called with the request's :class:`Job` and returns a step:
+
+- :data:`CONTINUE` (or None): the next processor looks;
+- a ``Response``: sent, the chain stops;
+- :data:`TAKEN`: the processor took the transaction over (a response
+  context answers it), the chain stops;
+- a ``Deferred`` (a ring or DNS lookup): the chain waits; what it fires
+  with is one of the above, a failure is answered 500.  While it waits the
+  server transaction's ``data`` is a :class:`PendingLookup`, which a CANCEL
+  marks: the INVITE then ends 487 instead of going on (RFC 3261 16.10).
+
+Route processing (16.4) classifies the request once (:class:`Kind`); the
+processors after it read ``job.kind``.  :func:`proxy_chain` is the order,
+in one place.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable, Sequence
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -21,13 +32,11 @@ from sosimple_proxy.location.interfaces import Found, IRetargeting, Miss, Target
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
-from sosimple_proxy.proxy.classify import Kind, classify
 from sosimple_proxy.proxy.context import ResponseContext
 from sosimple_proxy.proxy.forward import request_loop_hash
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.redirect import redirect_response
 from sosimple_proxy.proxy.registrar import Registrar
-from sosimple_proxy.proxy.runner import CONTINUE, TAKEN, Job, PendingLookup, Processor, Step
 from sosimple_proxy.proxy.sanity import check_request
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response, make_response
@@ -36,6 +45,7 @@ from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
 
+
 # What we answer to an OPTIONS addressed to us (RFC 3261 11.2).
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, INFO, UPDATE, PRACK, REFER"
 ACCEPT = "application/sdp"
@@ -43,6 +53,140 @@ SUPPORTED = "path"
 # Option tags we understand as a proxy (Proxy-Require) and as a UAS (Require).
 PROXY_SUPPORTED: frozenset[str] = frozenset()
 UAS_SUPPORTED: frozenset[str] = frozenset({"path"})
+
+
+# --- the runner
+
+
+class Outcome(enum.Enum):
+    CONTINUE = "continue"
+    TAKEN = "taken"
+
+
+CONTINUE = Outcome.CONTINUE
+TAKEN = Outcome.TAKEN
+
+
+@attrs.define(eq=False)
+class Job:
+    """One request going through the chain, and what the chain learnt of it."""
+
+    request: Request
+    txn: ServerTransaction
+    # Set once, by route processing (16.4): see classify.Kind.
+    kind: Any = None
+    # The location chain's answer (Found, Miss or NOT_MINE), once asked.
+    located: Any = None
+
+
+@attrs.define(eq=False)
+class PendingLookup:
+    """``txn.data`` while a processor waits on a Deferred."""
+
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The caller CANCELled: answer 487 when the wait ends."""
+        self.cancelled = True
+
+
+Step = Any  # CONTINUE | TAKEN | Response | None | Deferred of one of them
+Processor = Callable[[Job], Step]
+
+
+class Chain:
+    """Runs processors in order until one answers or takes the request."""
+
+    def __init__(self, processors: Sequence[Processor]) -> None:
+        self.processors = list(processors)
+
+    def run(self, request: Request, txn: ServerTransaction) -> None:
+        self._run(Job(request, txn), 0)
+
+    def _run(self, job: Job, start: int) -> None:
+        processors = self.processors
+        for i in range(start, len(processors)):
+            step = processors[i](job)
+            if isinstance(step, Deferred):
+                self._wait(step, job, i)
+                return
+            if step is None or step is CONTINUE:
+                continue
+            self._stop(job, step)
+            return
+        job.txn.respond(make_response(job.request, 500, "Server Internal Error: no processor answered"))
+
+    def _wait(self, d: Deferred, job: Job, i: int) -> None:
+        pending = PendingLookup()
+        job.txn.data = pending
+        d.addCallback(self._resume, job, i, pending)
+        # also what the later processors raise, as when they run at once
+        d.addErrback(self._failed, job, i, pending)
+
+    def _resume(self, step: Step, job: Job, i: int, pending: PendingLookup) -> None:
+        if job.txn.data is pending:
+            job.txn.data = None
+        if pending.cancelled:
+            job.txn.respond(make_response(job.request, 487, "Request Terminated"))
+        elif step is None or step is CONTINUE:
+            self._run(job, i + 1)
+        else:
+            self._stop(job, step)
+
+    def _failed(self, failure: Any, job: Job, i: int, pending: PendingLookup) -> None:
+        log.failure("{step} for {uri} failed", failure, step=_name(self.processors[i]), uri=job.request.uri)
+        if job.txn.data is pending:
+            job.txn.data = None
+        if pending.cancelled:
+            job.txn.respond(make_response(job.request, 487, "Request Terminated"))
+        else:
+            job.txn.respond(make_response(job.request, 500, f"Server Internal Error: {_name(self.processors[i])} failed"))
+
+    @staticmethod
+    def _stop(job: Job, step: Step) -> None:
+        if isinstance(step, Response):
+            job.txn.respond(step)
+        elif step is not TAKEN:
+            raise TypeError(f"a processor returned {step!r}, not a step")
+
+
+def _name(processor: Processor) -> str:
+    return getattr(processor, "name", None) or getattr(processor, "__name__", None) or type(processor).__name__
+
+
+# --- classification
+
+
+class Kind(enum.Enum):
+    """How the next hop of a request is decided."""
+
+    # A To tag and a Route set: the dialog's route set leads (12.2, 16.4).
+    IN_DIALOG = "in-dialog"
+    # No To tag, a Route set (an outbound proxy's route, a Path): it leads.
+    PRELOADED = "preloaded"
+    # No Route left and the Request-URI names this proxy itself.
+    TO_PROXY = "to-proxy"
+    # No Route left: the Request-URI decides (location, or a flow of ours);
+    # out of dialog, or a dialog whose route set ended at us.
+    LOCATE = "locate"
+
+    @property
+    def routed(self) -> bool:
+        """The Route set, not the Request-URI, says where the request goes."""
+        return self in (Kind.IN_DIALOG, Kind.PRELOADED)
+
+
+def classify(request: Request, addressing: Addressing) -> Kind:
+    """The request's :class:`Kind`; call it after our own Route entries are
+    removed (:func:`routing.preprocess_routes`)."""
+    if "route" in request.headers:
+        return Kind.IN_DIALOG if routing.has_to_tag(request) else Kind.PRELOADED
+    if addressing.is_self(request.ruri):
+        return Kind.TO_PROXY
+    return Kind.LOCATE
+
+
+# --- the processors, in chain order
 
 # How a target set is acted on: a response context, or a 302 in redirect mode.
 SendTo = Callable[[Request, ServerTransaction, Sequence[Target]], Step]

@@ -14,13 +14,11 @@ from zope.interface import implementer
 
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
-from sosimple_proxy.proxy.chain import PROXY_SUPPORTED
-from sosimple_proxy.proxy.classify import Kind, classify
+from sosimple_proxy.proxy.chain import PROXY_SUPPORTED, Chain, Kind, classify
 from sosimple_proxy.proxy.context import forwarded
 from sosimple_proxy.proxy.forward import request_loop_hash
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.registrar import Registrar
-from sosimple_proxy.proxy.runner import Chain
 from sosimple_proxy.proxy.sanity import check_request
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response

@@ -17,7 +17,6 @@ from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import IHopResolver, Target
 from sosimple_proxy.proxy import routing
-from sosimple_proxy.proxy.classify import has_to_tag
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response
@@ -104,7 +103,7 @@ class RequestForwarder:
             sent_by = attrs.evolve(outbound, transport=dest.transport)
         else:
             sent_by = outbound
-        if self.record_route and copy.method in DIALOG_CREATING and not has_to_tag(copy):
+        if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
             routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)

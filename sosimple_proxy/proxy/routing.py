@@ -284,6 +284,12 @@ def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str |
     return record_route_value(first, user=user)
 
 
+def has_to_tag(request: Request) -> bool:
+    """A To tag: the request belongs to a dialog (RFC 3261 12.2)."""
+    to = request.headers.get("to") or ""
+    return ";tag=" in to.replace(" ", "").lower()
+
+
 def copy_request(request: Request) -> Request:
     return Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
 

@@ -8,23 +8,26 @@ gateway probes and "where do we listen" read it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from sosimple_proxy.sip.transport import ListenAddress
 
 
+def _nowhere() -> list[ListenAddress]:
+    return []
+
+
 class StackLink:
-    """``transport`` and ``transactions`` of the stack, once attached
-    (the attributes of ``ISipStack``)."""
+    """``transport`` and ``transactions`` of the stack, once attached (the
+    attributes of ``ISipStack``), and ``listening()``: our bound addresses,
+    none before the stack exists."""
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.transactions: Any = None
+        self.listening: Callable[[], list[ListenAddress]] = _nowhere
 
     def attach(self, stack: Any) -> None:
         self.transport = stack.transport
         self.transactions = stack.transactions
-
-    def listening(self) -> list[ListenAddress]:
-        """Our bound addresses; none before the stack exists."""
-        return self.transport.listening() if self.transport is not None else []
+        self.listening = stack.transport.listening

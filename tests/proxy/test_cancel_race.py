@@ -8,7 +8,7 @@ from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import Found, ILocator, Target
 from sosimple_proxy.proxy.context import ResponseContext
-from sosimple_proxy.proxy.runner import PendingLookup
+from sosimple_proxy.proxy.chain import PendingLookup
 from sosimple_proxy.sip.uri import parse_uri
 from tests.proxy.harness import Harness, invite
 

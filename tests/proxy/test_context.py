@@ -436,7 +436,7 @@ def test_retarget_hook_adds_targets_after_a_failure():
     from sosimple_proxy.proxy.context import ResponseContext
     from sosimple_proxy.sip.uri import parse_uri
 
-    from sosimple_proxy.proxy.runner import TAKEN
+    from sosimple_proxy.proxy.chain import TAKEN
 
     h = Harness()
     h.core.chain.processors = [lambda job: TAKEN]  # a server transaction left to us
@@ -511,7 +511,7 @@ def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout(
     from sosimple_proxy.proxy.context import ResponseContext
     from sosimple_proxy.sip.uri import parse_uri
 
-    from sosimple_proxy.proxy.runner import TAKEN
+    from sosimple_proxy.proxy.chain import TAKEN
 
     h = Harness()
     h.core.chain.processors = [lambda job: TAKEN]  # a server transaction left to us

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail
 
-from sosimple_proxy.proxy.runner import CONTINUE, TAKEN, Chain, Job, PendingLookup
+from sosimple_proxy.proxy.chain import CONTINUE, TAKEN, Chain, Job, PendingLookup
 from sosimple_proxy.sip.message import Response, make_response
 from sosimple_proxy.sip.parser import parse_message
 from tests.proxy.harness import invite

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sosimple_proxy.proxy.chain import RouteInformation
-from sosimple_proxy.proxy.classify import Kind
-from sosimple_proxy.proxy.runner import Job
+from sosimple_proxy.proxy.chain import Kind
+from sosimple_proxy.proxy.chain import Job
 from sosimple_proxy.sip.parser import parse_message
 from tests.proxy.harness import Harness, invite
 
