@@ -3,10 +3,11 @@
 This is the one module (with :mod:`sosimple_proxy.service`, the twistd
 entry point) that reads :class:`~sosimple_proxy.config.Config`; the layers
 below receive plain values and their collaborators from here.  It builds,
-in order: the rings, the admin site, the SIP stack (transports and the
-transaction layer), then the transaction user on top of it
-(:func:`build_proxy`): registrar, location providers and their chain, ring
-publishers, forwarder, the processor chain and the core.
+in order: the rings, the admin site, the proxy (:func:`build_proxy`:
+registrar, location providers and their chain, ring publishers, forwarder,
+the processor chain, the core) and the SIP stack that runs it (transports
+and the transaction layer; the stack attaches itself to the core, which
+hands it to the parts that send through it).
 
 The location providers come from the one table in
 :mod:`sosimple_proxy.providers`.

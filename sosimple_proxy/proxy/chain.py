@@ -59,8 +59,10 @@ UAS_SUPPORTED: frozenset[str] = frozenset({"path"})
 
 
 class Outcome(enum.Enum):
-    CONTINUE = "continue"
-    TAKEN = "taken"
+    """What a processor says when it does not answer the request itself."""
+
+    CONTINUE = "continue"  # the next processor looks
+    TAKEN = "taken"  # a response context (or another owner) answers it
 
 
 CONTINUE = Outcome.CONTINUE
@@ -73,8 +75,8 @@ class Job:
 
     request: Request
     txn: ServerTransaction
-    # Set once, by route processing (16.4): see classify.Kind.
-    kind: Any = None
+    # Set once, by route processing (16.4).
+    kind: Kind | None = None
     # The location chain's answer (Found, Miss or NOT_MINE), once asked.
     located: Any = None
 
@@ -127,6 +129,7 @@ class Chain:
         if job.txn.data is pending:
             job.txn.data = None
         if pending.cancelled:
+            # 16.10: the INVITE we were still locating is answered 487.
             job.txn.respond(make_response(job.request, 487, "Request Terminated"))
         elif step is None or step is CONTINUE:
             self._run(job, i + 1)
