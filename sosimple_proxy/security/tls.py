@@ -219,17 +219,25 @@ _READABLE = {
 }
 
 
-def _subject(cert: x509.Certificate) -> str:
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else cert.subject.rfc4514_string() or "(no subject)"
+def _described(cert: x509.Certificate) -> str:
+    """A certificate as a log line names it: its SIP identities, else its subject."""
+    identities = sip_domain_identities(cert)[1]
+    if identities:
+        return "certificate for " + ", ".join(identities)
+    return f"certificate {cert.subject.rfc4514_string() or '(no subject)'}"
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    cns = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else cert.issuer.rfc4514_string()
 
 
 def chain_error_reason(errno: int, cert: x509.Certificate) -> str:
     """One line for an OpenSSL verify error on ``cert``."""
     if errno in _UNKNOWN_CA:
-        return f"unknown CA: certificate {_subject(cert)!r} is not signed by a CA in [tls] ca"
+        return f"unknown CA: {_described(cert)} is issued by {_issuer(cert)!r}, not by a CA we trust"
     what = _READABLE.get(errno, f"certificate verify error {errno}")
-    return f"{what}: {_subject(cert)!r}"
+    return f"{what}: {_described(cert)}"
 
 
 # --- contexts -----------------------------------------------------------------
@@ -286,9 +294,16 @@ def _load_ca(ctx: SSL.Context, ca: str) -> None:
         raise TLSFileError(f"CA bundle {ca}: no usable PEM certificates ({_detail(e)})") from None
 
 
-def server_context(certificate: str, key: str, min_version: str = DEFAULT_MIN_VERSION, client_ca: str | None = None) -> SSL.Context:
+def server_context(
+    certificate: str,
+    key: str,
+    min_version: str = DEFAULT_MIN_VERSION,
+    client_ca: str | None = None,
+    log: Logger = log,
+) -> SSL.Context:
     """A server context for ``tls:`` listeners.  With ``client_ca`` every
-    client must present a certificate from that CA (mutual TLS)."""
+    client must present a certificate from that CA (mutual TLS); a refused
+    one is logged with the reason."""
     ctx = _base_context(min_version)
     _load_identity(ctx, certificate, key)
     if client_ca:
@@ -297,10 +312,25 @@ def server_context(certificate: str, key: str, min_version: str = DEFAULT_MIN_VE
             ctx.load_client_ca(client_ca.encode())
         except SSL.Error as e:
             raise TLSFileError(f"CA bundle {client_ca}: {_detail(e)}") from None
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, _client_verifier(log))
         # Resumed sessions need an id context once clients are verified.
         ctx.set_session_id(b"sosimple-proxy")
     return ctx
+
+
+def _client_verifier(log: Logger) -> Callable[[SSL.Connection, object, int, int, int], bool]:
+    """Chain checks are OpenSSL's; this only says why a client was refused."""
+
+    def verify(conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int) -> bool:
+        if not ok:
+            try:
+                why = chain_error_reason(errno, cert.to_cryptography())  # type: ignore[attr-defined]
+            except Exception:
+                why = f"certificate verify error {errno}"
+            log.info("tls: refused a client certificate: {why}", why=why)
+        return bool(ok)
+
+    return verify
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -324,12 +354,12 @@ class ServerTLS:
     ) -> None:
         self.certificate, self.key, self.min_version, self.client_ca = certificate, key, min_version, client_ca
         self._log = log
-        self._context = server_context(certificate, key, min_version, client_ca)
+        self._context = server_context(certificate, key, min_version, client_ca, log)
 
     def reload(self) -> bool:
         """Re-read the files (SIGHUP); whether the new ones are in use."""
         try:
-            context = server_context(self.certificate, self.key, self.min_version, self.client_ca)
+            context = server_context(self.certificate, self.key, self.min_version, self.client_ca, self._log)
         except TLSFileError as e:
             self._log.error("tls: reload failed, keeping the current certificate: {why}", why=str(e))
             return False

@@ -154,13 +154,13 @@ def test_unknown_ca_is_refused(files, other_ca):
     server = issued(files, other_ca, sip_uris=["sip:example.com"])
     error = refused(server, client_for(files), "example.com")
     assert isinstance(error, UntrustedCertificate)
-    assert error.reason.startswith("unknown CA")
+    assert error.reason == "unknown CA: certificate for example.com is issued by \"someone else's CA\", not by a CA we trust"
 
 
 def test_expired_certificate_is_refused(files, ca):
     past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
     server = issued(files, ca, sip_uris=["sip:example.com"], not_before=past, days=2)
-    assert refused(server, client_for(files), "example.com").reason.startswith("certificate has expired")
+    assert refused(server, client_for(files), "example.com").reason == "certificate has expired: certificate for example.com"
 
 
 def test_san_uri_preferred_over_san_dns(files, ca):
@@ -312,7 +312,8 @@ def test_reload_serves_the_new_certificate_to_new_connections(files, ca):
 def test_mutual_tls(files, ca, other_ca):
     ca.issue(sip_uris=["sip:ring.test"]).write(files, "member")
     other_ca.issue(sip_uris=["sip:ring.test"]).write(files, "stranger")
-    server = server_for(files, client_ca=str(files / "ca.pem"))
+    events: list[dict] = []
+    server = server_for(files, client_ca=str(files / "ca.pem"), log=Logger(observer=events.append))
 
     def member(name: str | None) -> ClientTLS:
         if name is None:
@@ -323,6 +324,7 @@ def test_mutual_tls(files, ca, other_ca):
     for who in ("stranger", None):
         with pytest.raises(HandshakeFailed):
             pump(member(who).connection("example.com"), server.connection())
+    assert [e["why"] for e in events] == ["unknown CA: certificate for ring.test is issued by \"someone else's CA\", not by a CA we trust"]
 
 
 # --- through Twisted's TLS protocol
