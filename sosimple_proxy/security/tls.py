@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
+import attrs
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
@@ -73,12 +74,92 @@ def parse_min_version(raw: str) -> str:
     return text
 
 
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{raw.strip()!r} is not yes or no")
+
+
+def _parse_path(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_timeout(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw.strip()!r} is not a number") from None
+    if not (0 < value < float("inf")):
+        raise ValueError(f"{raw.strip()} must be a positive number of seconds")
+    return value
+
+
+@attrs.frozen
+class TLSConfig:
+    """The ``[tls]`` section.  Paths are as written (relative to twistd's
+    rundir); the files are read when contexts are built."""
+
+    certificate: str = ""  # PEM, leaf first, a chain may follow
+    key: str = ""  # PEM private key of the certificate
+    ca: str = ""  # PEM bundle outbound TLS trusts; empty = the system's store
+    verify: bool = True  # no: labs only, warned at startup
+    min_version: str = DEFAULT_MIN_VERSION
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+    @property
+    def serves(self) -> bool:
+        """Whether ``tls:`` listeners can be served (certificate and key given)."""
+        return bool(self.certificate and self.key)
+
+
+TLS_SCHEMA: dict[str, tuple[Callable[[str], object], str]] = {
+    "certificate": (_parse_path, ""),
+    "key": (_parse_path, ""),
+    "ca": (_parse_path, ""),
+    "verify": (_parse_bool, "yes"),
+    "min_version": (parse_min_version, DEFAULT_MIN_VERSION),
+    "handshake_timeout": (_parse_timeout, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}"),
+}
+
+
+class TLSConfigError(ValueError):
+    """A bad ``[tls]`` value; ``key`` and ``problem`` for config.py's line."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"[tls] {key}: {problem}")
+
+
+def parse_tls(raw: Mapping[str, str]) -> TLSConfig:
+    """Parse the raw ``[tls]`` strings (missing keys take defaults).  The
+    files are not read here: build :class:`ServerTLS`/:class:`ClientTLS`
+    at startup to find bad files (:class:`TLSFileError` names the key)."""
+    values: dict[str, object] = {}
+    for key, (parse, default) in TLS_SCHEMA.items():
+        try:
+            values[key] = parse(raw.get(key, default))
+        except ValueError as e:
+            raise TLSConfigError(key, str(e)) from None
+    if bool(values["certificate"]) != bool(values["key"]):
+        missing = "key" if values["certificate"] else "certificate"
+        raise TLSConfigError(missing, "certificate and key go together: set both or neither")
+    return TLSConfig(**values)  # type: ignore[arg-type]
+
+
 # --- errors -------------------------------------------------------------
 
 
 class TLSFileError(ValueError):
     """A certificate, key or CA file that cannot be used; ``str()`` says
-    which file and why, in one line."""
+    which file and why, in one line, and ``key`` names the ``[tls]`` key
+    (``certificate``, ``key`` or ``ca``) for config.py's message."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(problem)
 
 
 class TLSVerificationError(Exception):
@@ -243,13 +324,13 @@ def chain_error_reason(errno: int, cert: x509.Certificate) -> str:
 # --- contexts -----------------------------------------------------------------
 
 
-def _readable(path: str, what: str) -> None:
+def _readable(path: str, what: str, key: str) -> None:
     if not path:
-        raise TLSFileError(f"no {what} file given")
+        raise TLSFileError(key, f"no {what} file given")
     if not os.path.isfile(path):
-        raise TLSFileError(f"{what} {path}: no such file")
+        raise TLSFileError(key, f"{what} {path}: no such file")
     if not os.access(path, os.R_OK):
-        raise TLSFileError(f"{what} {path}: not readable")
+        raise TLSFileError(key, f"{what} {path}: not readable")
 
 
 def _detail(error: SSL.Error) -> str:
@@ -268,30 +349,30 @@ def _base_context(min_version: str) -> SSL.Context:
 
 def _load_identity(ctx: SSL.Context, certificate: str, key: str) -> None:
     """Our certificate (a chain after the leaf is allowed) and its key."""
-    _readable(certificate, "certificate")
-    _readable(key, "key")
+    _readable(certificate, "certificate", "certificate")
+    _readable(key, "key", "key")
     try:
         ctx.use_certificate_chain_file(certificate)
     except SSL.Error as e:
-        raise TLSFileError(f"certificate {certificate}: not a usable PEM certificate ({_detail(e)})") from None
+        raise TLSFileError("certificate", f"certificate {certificate}: not a usable PEM certificate ({_detail(e)})") from None
     try:
         ctx.use_privatekey_file(key)
     except SSL.Error as e:
         if "mismatch" in _detail(e):
-            raise TLSFileError(f"key {key} does not belong to certificate {certificate}") from None
-        raise TLSFileError(f"key {key}: not a usable PEM private key ({_detail(e)})") from None
+            raise TLSFileError("key", f"key {key} does not belong to certificate {certificate}") from None
+        raise TLSFileError("key", f"key {key}: not a usable PEM private key ({_detail(e)})") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
-        raise TLSFileError(f"key {key} does not belong to certificate {certificate}") from None
+        raise TLSFileError("key", f"key {key} does not belong to certificate {certificate}") from None
 
 
 def _load_ca(ctx: SSL.Context, ca: str) -> None:
-    _readable(ca, "CA bundle")
+    _readable(ca, "CA bundle", "ca")
     try:
         ctx.load_verify_locations(ca)
     except SSL.Error as e:
-        raise TLSFileError(f"CA bundle {ca}: no usable PEM certificates ({_detail(e)})") from None
+        raise TLSFileError("ca", f"CA bundle {ca}: no usable PEM certificates ({_detail(e)})") from None
 
 
 def server_context(
@@ -311,7 +392,7 @@ def server_context(
         try:
             ctx.load_client_ca(client_ca.encode())
         except SSL.Error as e:
-            raise TLSFileError(f"CA bundle {client_ca}: {_detail(e)}") from None
+            raise TLSFileError("ca", f"CA bundle {client_ca}: {_detail(e)}") from None
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, _client_verifier(log))
         # Resumed sessions need an id context once clients are verified.
         ctx.set_session_id(b"sosimple-proxy")
@@ -356,6 +437,11 @@ class ServerTLS:
         self._log = log
         self._context = server_context(certificate, key, min_version, client_ca, log)
 
+    @classmethod
+    def from_config(cls, config: TLSConfig, client_ca: str | None = None, log: Logger = log) -> ServerTLS:
+        """The ``tls:`` listeners' side of ``[tls]``."""
+        return cls(config.certificate, config.key, config.min_version, client_ca, log)
+
     def reload(self) -> bool:
         """Re-read the files (SIGHUP); whether the new ones are in use."""
         try:
@@ -391,13 +477,15 @@ def client_context(
     key: str | None = None,
 ) -> SSL.Context:
     """A client context: the peer's chain is checked against ``ca`` (per
-    connection, see :class:`ClientTLS`); ``certificate``/``key`` are ours
-    for mutual TLS."""
+    connection, see :class:`ClientTLS`), or against the system's trust
+    store when ``ca`` is empty (other domains with public certificates);
+    ``certificate``/``key`` are ours for mutual TLS."""
     ctx = _base_context(min_version)
     if verify:
-        if not ca:
-            raise TLSFileError("[tls] ca is needed to verify peers (or verify = no, for labs)")
-        _load_ca(ctx, ca)
+        if ca:
+            _load_ca(ctx, ca)
+        else:
+            ctx.set_default_verify_paths()
     if certificate or key:
         _load_identity(ctx, certificate or "", key or "")
     return ctx
@@ -475,6 +563,12 @@ class ClientTLS:
         self.certificate, self.key = certificate, key
         self._log = log
         self._context = client_context(ca, min_version, verify, certificate, key)
+
+    @classmethod
+    def from_config(cls, config: TLSConfig, log: Logger = log) -> ClientTLS:
+        """Outbound TLS from ``[tls]``; our certificate (if any) is offered
+        to servers that ask for one."""
+        return cls(config.ca or None, config.min_version, config.verify, config.certificate or None, config.key or None, log)
 
     def reload(self) -> bool:
         """Re-read the CA bundle (and our own certificate) on SIGHUP."""

@@ -9,13 +9,18 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
 from sosimple_proxy.security.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     INSECURE_WARNING,
+    TLSConfig,
+    TLSConfigError,
+    parse_tls,
     CertificateMismatch,
     ClientTLS,
     HandshakeDeadline,
@@ -183,9 +188,9 @@ def test_verify_no_accepts_anything(files, other_ca):
     assert insecure_warning() == INSECURE_WARNING and "labs" in INSECURE_WARNING
 
 
-def test_verify_needs_a_ca():
-    with pytest.raises(TLSFileError, match=r"\[tls\] ca"):
-        ClientTLS(ca=None)
+def test_no_ca_means_the_system_trust_store(files):
+    error = refused(server_for(files), ClientTLS(ca=None), "example.com")
+    assert error.reason.startswith("unknown CA: certificate for example.com")
 
 
 # --- RFC 5922 section 7.1 rules, without a handshake
@@ -274,14 +279,17 @@ def test_bad_files_at_startup(tmp_path, ca, other_ca):
     ca.issue(dns=["a.test"]).write(tmp_path, "a")
     other_ca.issue(dns=["b.test"]).write(tmp_path, "b")
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    with pytest.raises(TLSFileError, match="no such file"):
+    with pytest.raises(TLSFileError, match="no such file") as caught:
         ServerTLS(str(tmp_path / "missing.pem"), str(tmp_path / "a.key"))
+    assert caught.value.key == "certificate"
     with pytest.raises(TLSFileError, match="not a usable PEM certificate"):
         ServerTLS(str(tmp_path / "junk.pem"), str(tmp_path / "a.key"))
-    with pytest.raises(TLSFileError, match="does not belong to certificate"):
+    with pytest.raises(TLSFileError, match="does not belong to certificate") as caught:
         ServerTLS(str(tmp_path / "a.pem"), str(tmp_path / "b.key"))
-    with pytest.raises(TLSFileError, match="CA bundle"):
+    assert caught.value.key == "key"
+    with pytest.raises(TLSFileError, match="CA bundle") as caught:
         ClientTLS(ca=str(tmp_path / "junk.pem"))
+    assert caught.value.key == "ca"
 
 
 def test_reload_serves_the_new_certificate_to_new_connections(files, ca):
@@ -397,3 +405,52 @@ def test_handshake_deadline_cancelled_by_completion():
     deadline.completed()
     clock.advance(60)
     assert aborted == [] and clock.getDelayedCalls() == []
+
+
+def test_handshake_deadline_with_twisted_tls(files):
+    """How a transport uses it: a peer that opens a TLS connection and never
+    sends a ClientHello is aborted when the deadline passes."""
+    clock, app = Clock(), Recorder()
+    proto = TLSMemoryBIOFactory(server_for(files), False, Factory.forProtocol(lambda: app), clock).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    HandshakeDeadline(clock, DEFAULT_HANDSHAKE_TIMEOUT, proto.abortConnection, peer="192.0.2.1")
+    clock.advance(DEFAULT_HANDSHAKE_TIMEOUT)
+    assert transport.disconnecting
+
+
+# --- [tls] configuration
+
+
+def test_tls_defaults():
+    config = parse_tls({})
+    assert config == TLSConfig()
+    assert (config.verify, config.min_version, config.handshake_timeout, config.serves) == (True, "1.2", 10.0, False)
+
+
+def test_tls_values():
+    config = parse_tls({"certificate": " tls/c.pem ", "key": "tls/k.pem", "verify": "no", "min_version": "1.3", "handshake_timeout": "2.5"})
+    assert (config.certificate, config.key, config.verify, config.min_version, config.handshake_timeout) == ("tls/c.pem", "tls/k.pem", False, "1.3", 2.5)
+    assert config.serves
+
+
+@pytest.mark.parametrize(
+    "raw, key, problem",
+    [
+        ({"verify": "maybe"}, "verify", "'maybe' is not yes or no"),
+        ({"min_version": "1.1"}, "min_version", "'1.1' is not a TLS version"),
+        ({"handshake_timeout": "0"}, "handshake_timeout", "must be a positive number"),
+        ({"certificate": "c.pem"}, "key", "set both or neither"),
+        ({"key": "k.pem"}, "certificate", "set both or neither"),
+    ],
+)
+def test_tls_bad_values(raw, key, problem):
+    with pytest.raises(TLSConfigError) as caught:
+        parse_tls(raw)
+    assert caught.value.key == key and problem in caught.value.problem
+    assert str(caught.value).startswith(f"[tls] {key}: ")
+
+
+def test_from_config(files):
+    config = parse_tls({"certificate": str(files / "server.pem"), "key": str(files / "server.key"), "ca": str(files / "ca.pem")})
+    assert attempt(ServerTLS.from_config(config), ClientTLS.from_config(config), "example.com") == []
