@@ -37,6 +37,7 @@ from typing import Callable, Mapping, Union
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -47,6 +48,8 @@ AUTH_WINDOW = 60.0
 # sources cost memory; past the cap the least recently seen is forgotten,
 # which only gives that source a fresh bucket.
 MAX_SOURCES = 200_000
+# Seconds between full sweeps (start_sweeping).
+SWEEP_INTERVAL = 60.0
 # Stale entries dropped per check: amortised O(1), and memory follows the
 # traffic down without a scan per message.
 _LAZY_DROPS = 4
@@ -234,6 +237,7 @@ class Limits:
         self._expiries: list[tuple[float, str]] = []  # heap; stale entries skipped
         self._expiry_call: IDelayedCall | None = None
         self._connections: dict[str, int] = {}
+        self._sweeper: LoopingCall | None = None
         self.connections = 0
 
     # -- requests
@@ -451,11 +455,21 @@ class Limits:
         connection counters)."""
         return len(self._buckets) + len(self._failures) + len(self._banned) + len(self._connections)
 
+    def start_sweeping(self, interval: float = SWEEP_INTERVAL) -> None:
+        """Run :meth:`sweep` every ``interval`` seconds on the clock."""
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self._clock
+            self._sweeper.start(interval, now=False)
+
     def stop(self) -> None:
-        """Cancel the expiry timer (at service shutdown)."""
+        """Cancel the expiry timer and the sweep (at service shutdown)."""
         if self._expiry_call is not None and self._expiry_call.active():
             self._expiry_call.cancel()
         self._expiry_call = None
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
 
     def _drop_idle(self, now: float, most: int | None) -> int:
         buckets, dropped = self._buckets, 0

@@ -224,6 +224,19 @@ def test_memory_bounded_after_sweep_with_100k_sources():
     assert limits.tracked() == 0
 
 
+def test_periodic_sweep_on_the_clock():
+    limits, clock, _ = make()
+    limits.start_sweeping(60)
+    for i in range(1000):
+        limits.check(f"10.0.{i // 256}.{i % 256}")
+        limits.auth_failed(f"10.1.{i // 256}.{i % 256}")
+    assert limits.tracked() == 2000
+    clock.advance(60)
+    assert limits.tracked() == 0
+    limits.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_idle_buckets_dropped_lazily_by_traffic():
     limits, clock, _ = make()
     for i in range(1000):
