@@ -222,8 +222,11 @@ def sip_domain_identities(cert: x509.Certificate) -> tuple[str, tuple[str, ...]]
 
 def _matches(identity: str, domain: str) -> bool:
     """One identity against the expected domain, exactly (no wildcards)."""
-    # RFC 5922 7.2: wildcards MUST NOT be accepted in SIP domain identities.
-    if "*" in identity:
+    # RFC 5922 7.2: "Implementations MUST match the values in their
+    # entirety: Implementations MUST NOT match suffixes" and "MUST NOT match
+    # any form of wildcard, such as a leading "." or "*." with any other DNS
+    # label or sequence of labels".
+    if "*" in identity or identity.startswith("."):
         return False
     try:
         wanted_ip = ipaddress.ip_address(domain.strip("[]"))
@@ -257,6 +260,7 @@ def check_domain(domain: str) -> str:
 def verify_sip_domain(cert: x509.Certificate, domain: str) -> None:
     """Raise :class:`CertificateMismatch` unless ``cert`` identifies the SIP
     domain ``domain`` (RFC 5922 section 7)."""
+    domain = check_domain(domain)
     kind, identities = sip_domain_identities(cert)
     if any(_matches(identity, domain) for identity in identities):
         return
