@@ -411,6 +411,10 @@ class Limits:
         live = sorted((b for b in self._banned.values() if b.until > now), key=lambda b: b.until)
         return [{"address": b.address, "reason": b.reason, "remaining": math.ceil(b.until - now)} for b in live]
 
+    def report(self) -> dict[str, object]:
+        """The body of ``GET /limits``."""
+        return {"banned": self.bans()}
+
     def _lift(self, source: str, why: str) -> None:
         ban = self._banned.pop(source)
         self._log.info("limits: unbanned {address} ({why}); it was banned for: {reason}", address=source, why=why, reason=ban.reason)

@@ -6,6 +6,8 @@ import ipaddress
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
@@ -88,6 +90,28 @@ def test_ban_ends_on_time_and_is_logged_once():
     assert events.about("unbanned")[0]["why"] == "expired"
     assert limits.check(SRC) is ALLOW
     assert len(events.about("unbanned")) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=2.0, allow_nan=False), min_size=1, max_size=300))
+def test_never_more_than_burst_plus_rate_times_time(gaps):
+    """Whatever the arrival pattern, a source gets at most burst + rate * t
+    requests through in any stretch of t seconds."""
+    limits, clock, _ = make(ban_seconds=0)
+    passed = []
+    for gap in gaps:
+        clock.advance(gap)
+        if limits.check(SRC) is ALLOW:
+            passed.append(clock.seconds())
+    for i, start in enumerate(passed):
+        for j in range(i, len(passed)):
+            assert j - i + 1 <= 20 + 10 * (passed[j] - start) + 1e-6
+
+
+def test_report_is_the_limits_body():
+    limits, _, _ = make()
+    limits.ban(SRC, "testing")
+    assert limits.report() == {"banned": [{"address": SRC, "reason": "testing", "remaining": 300}]}
 
 
 def test_unban():
