@@ -232,6 +232,9 @@ class Limits:
         self._idle = self._burst / self._rate if self._rate > 0 else 0.0
         self._allow = config.allow
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # No bucket can be idle before this time (the oldest one's stamp +
+        # idle), so most checks skip the look at the oldest bucket.
+        self._next_drop = 0.0
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._banned: dict[str, Ban] = {}
         self._expiries: list[tuple[float, str]] = []  # heap; stale entries skipped
@@ -265,7 +268,8 @@ class Limits:
             buckets.move_to_end(source)
             bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
             bucket.stamp = now
-        self._drop_idle(now, _LAZY_DROPS)
+        if now >= self._next_drop:
+            self._drop_idle(now, _LAZY_DROPS)
         if bucket.allowed:
             return ALLOW
         if bucket.tokens >= 1.0:
@@ -477,9 +481,14 @@ class Limits:
 
     def _drop_idle(self, now: float, most: int | None) -> int:
         buckets, dropped = self._buckets, 0
-        while buckets and (most is None or dropped < most):
+        self._next_drop = now + self._idle
+        while buckets:
             source, bucket = next(iter(buckets.items()))
             if now - bucket.stamp < self._idle:
+                self._next_drop = bucket.stamp + self._idle
+                break
+            if most is not None and dropped >= most:
+                self._next_drop = now  # more to drop at the next check
                 break
             del buckets[source]
             dropped += 1
