@@ -16,7 +16,7 @@ editing functions (``add_user``, ``set_password``, ``delete_user``, used
 by ``sosimple adduser``/``passwd``/``deluser``) change one line and keep
 every other line as it was, replace the file atomically (a reader sees the
 old file or the new one, never half of one) and serialise concurrent
-editors with a lock on ``FILE.lock``.
+editors with a lock on the file's directory.
 """
 
 from __future__ import annotations
@@ -200,10 +200,12 @@ class UsersFile:
 
 @contextmanager
 def _locked(path: str) -> Iterator[None]:
-    """An exclusive lock on ``path + '.lock'`` for one read-modify-write."""
+    """An exclusive lock for one read-modify-write.  Taken on the directory
+    (the file itself is replaced, so a lock on it would guard a dead inode),
+    which leaves no lock file behind."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
