@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import os
 import struct
+import tempfile
 from collections import OrderedDict
 from typing import Callable
 
@@ -57,10 +58,10 @@ def load_or_create_secret(path: str) -> bytes:
     except FileNotFoundError:
         pass
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = None
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, os.urandom(SECRET_BYTES).hex().encode("ascii") + b"\n")
@@ -74,10 +75,11 @@ def load_or_create_secret(path: str) -> bytes:
     except OSError as e:
         raise SecretFileError(f"{path}: cannot create the nonce secret: {e.strerror or e}") from None
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     try:
         return _read_secret(path)
     except FileNotFoundError:

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import string
+import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -237,10 +238,9 @@ def write_atomically(path: str, lines: list[str]) -> None:
     """Replace ``path`` with ``lines``: a temporary file with mode 0600 in the same
     directory, flushed to disk, then renamed over the old one (atomic on POSIX)."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        os.fchmod(fd, FILE_MODE)  # O_CREAT's mode does not apply to a leftover file
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 already; say it where it matters
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             fd = -1
             f.write("".join(line + "\n" for line in lines))
