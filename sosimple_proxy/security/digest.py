@@ -17,6 +17,8 @@ What the caller decides, from the verdict:
 - ``NO_CREDENTIALS``: nothing for our realm (none at all, or only credentials
   for other realms, which a proxy passes on untouched: RFC 3261 22.3):
   challenge; not an authentication failure.
+- ``OTHER_REALM``: only from ``verify`` of one value whose realm is not
+  ours (``verify_request`` skips such values and says NO_CREDENTIALS).
 - ``STALE``: right password, old nonce (or one we can no longer vouch for):
   challenge with ``stale=True`` so the phone retries without asking its user.
 - ``WRONG``: a wrong password, or a user we do not know.  The two are one
@@ -84,6 +86,7 @@ class UserLookup(Protocol):
 class Outcome(enum.Enum):
     OK = "ok"
     NO_CREDENTIALS = "no credentials"
+    OTHER_REALM = "other realm"
     STALE = "stale"
     WRONG = "wrong"
     REPLAY = "replay"
@@ -236,20 +239,31 @@ class DigestAuthenticator:
 
         Only credentials for our realm are ours (RFC 3261 22.3: a proxy
         MUST NOT touch credentials for other realms); if several are for our
-        realm, the first decides.  ``values`` must be whole header values:
+        realm, the first decides.  A value that does not parse is MALFORMED
+        only if it is a Digest one and nothing else is for us.  ``values``
+        must be whole header values:
         Digest credentials contain commas, so a header must not be split
         on them."""
+        malformed: Verdict | None = None
+        others: list[str] = []
         for value in values:
             try:
                 header = parse_auth_header(value)
             except MalformedCredentials as e:
-                return Verdict(Outcome.MALFORMED, reason=str(e))
+                # another scheme's syntax (a token68 "Bearer x==") is not ours to judge
+                if value.strip().lower().startswith("digest") and malformed is None:
+                    malformed = Verdict(Outcome.MALFORMED, reason=str(e))
+                continue
             if not header.is_digest():
                 continue
             if header.params.get("realm") != self.realm:
+                others.append(header.params.get("realm", "?"))
                 continue
             return self.verify(value, method, request_uri, parsed=header)
-        return Verdict(Outcome.NO_CREDENTIALS, reason="no Digest credentials for our realm")
+        if malformed is not None:
+            return malformed
+        why = f"credentials only for other realms {others!r}" if others else "no Digest credentials for our realm"
+        return Verdict(Outcome.NO_CREDENTIALS, reason=why)
 
     def verify(
         self, value: str, method: str, request_uri: str | None = None, parsed: AuthHeader | None = None
@@ -263,7 +277,7 @@ class DigestAuthenticator:
         except MalformedCredentials as e:
             return Verdict(Outcome.MALFORMED, reason=str(e))
         if creds.realm != self.realm:
-            return Verdict(Outcome.NO_CREDENTIALS, reason=f"credentials for another realm {creds.realm!r}")
+            return Verdict(Outcome.OTHER_REALM, reason=f"credentials for another realm {creds.realm!r}")
         if creds.algorithm not in self._accepted:
             return Verdict(Outcome.MALFORMED, reason=f"algorithm {creds.algorithm.value} is not offered")
         nonce = self._nonces.check(creds.nonce)

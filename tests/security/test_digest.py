@@ -241,13 +241,18 @@ def test_replay_memory_is_bounded_and_stays_safe():
 
 def test_only_credentials_for_our_realm_count():
     _, auth = make()
-    ours = answer_challenge(auth.challenge()[0], "alice", "wonderland", "INVITE", URI)
+    challenge = auth.challenge()[0]
+    ours = answer_challenge(challenge, "alice", "wonderland", "INVITE", URI)
     theirs = ours.replace(f'realm="{REALM}"', 'realm="downstream.org"')
     assert auth.verify_request([], "INVITE").outcome is Outcome.NO_CREDENTIALS
     assert auth.verify_request([theirs], "INVITE").outcome is Outcome.NO_CREDENTIALS
     assert auth.verify_request(['Basic realm="x"'], "INVITE").outcome is Outcome.NO_CREDENTIALS
     assert auth.verify_request([theirs, ours], "INVITE").ok
-    assert auth.verify(theirs, "INVITE").outcome is Outcome.NO_CREDENTIALS
+    assert auth.verify(theirs, "INVITE").outcome is Outcome.OTHER_REALM
+    # another scheme's syntax does not hide our credentials; a broken Digest value does not either
+    assert auth.verify_request(["Bearer abc.def==", 'Digest realm="x", oops', answer_challenge(challenge, "alice", "wonderland", "INVITE", URI, nc=2)], "INVITE").ok
+    assert auth.verify_request(["Bearer abc.def=="], "INVITE").outcome is Outcome.NO_CREDENTIALS
+    assert auth.verify_request(['Digest realm="x", oops'], "INVITE").outcome is Outcome.MALFORMED
 
 
 def test_an_algorithm_not_offered_is_refused():
