@@ -1,5 +1,13 @@
 """Digest authentication for SIP (RFC 3261 section 22, RFC 7616, RFC 8760), without I/O.
 
+The digest modules of security/ (none imports anything above security/):
+
+- ``authparams``: the auth-param list parser and formatter (RFC 3261 25.1);
+- ``algorithms``: MD5 and SHA-256 (and -sess) by their RFC 8760 names, HA1, response;
+- ``users``: the users file: parse, look up, reload safely, edit atomically (0600);
+- ``nonces``: self-validating HMAC nonces, the shared secret file, replay counts;
+- ``digest`` (here): challenges and verification; ``DigestAuthenticator``.
+
 ``DigestAuthenticator`` is what the proxy holds, one per realm::
 
     auth = DigestAuthenticator(reactor, users_file, secret, realm="example.com")
