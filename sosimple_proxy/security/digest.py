@@ -23,7 +23,7 @@ What the caller decides, from the verdict:
 - ``OK``: authenticated as ``verdict.user`` (the caller checks that this user
   may register that AoR / use that From: RFC 3261 22 leaves policy to us).
 - ``NO_CREDENTIALS``: nothing for our realm (none at all, or only credentials
-  for other realms, which a proxy passes on untouched: RFC 3261 22.3):
+  for other realms, which go on to the proxies they are for: RFC 3261 22.3):
   challenge; not an authentication failure.
 - ``OTHER_REALM``: only from ``verify`` of one value whose realm is not
   ours (``verify_request`` skips such values and says NO_CREDENTIALS).
@@ -43,9 +43,9 @@ What the caller decides, from the verdict:
 
 For the integrator: CANCEL and ACK are never challenged (RFC 3261 22.1:
 they cannot be resubmitted), so the proxy must not call ``verify_request``
-for them at all.  That matters for ACK in particular: an ACK for a non-2xx
-repeats the INVITE's credentials with the same nonce-count, and verifying
-it would report a REPLAY.
+for them at all.  That matters for ACK in particular: the ACK for a 2xx
+carries the INVITE's credentials (RFC 3261 13.2.2.4), nonce-count and all,
+and verifying it would report a REPLAY.
 
 Policy decisions made here:
 
@@ -55,12 +55,12 @@ Policy decisions made here:
 - Only ``qop=auth``: auth-int is never offered, so never accepted.
 - The algorithms accepted are those configured (``[auth] algorithms``) and
   their ``-sess`` variants: an administrator who drops MD5 drops it for
-  verification too.  No ``algorithm`` parameter means MD5 (RFC 7616 3.4).
-- ``userhash`` and ``username*`` (RFC 7616 3.4.4, 3.4.5) are never offered;
+  verification too.  No ``algorithm`` parameter means MD5 (RFC 7616 3.3).
+- ``userhash`` and ``username*`` (RFC 7616 3.4, 3.4.4) are never offered;
   credentials using them are MALFORMED.
 - The ``uri`` parameter is what HA2 covers.  Pass ``request_uri`` to also
-  require it to equal the Request-URI as received (RFC 2617 3.2.2.5 says a
-  server SHOULD check); by default only the response is checked, as
+  require it to equal the Request-URI as received (RFC 2617 3.2.2.5 asks a
+  server to check); by default only the response is checked, as
   Kamailio does, because phones disagree about URI parameters there.
 """
 
@@ -245,13 +245,12 @@ class DigestAuthenticator:
     def verify_request(self, values: Iterable[str], method: str, request_uri: str | None = None) -> Verdict:
         """Verify a request's Authorization (or Proxy-Authorization) values.
 
-        Only credentials for our realm are ours (RFC 3261 22.3: a proxy
-        MUST NOT touch credentials for other realms); if several are for our
-        realm, the first decides.  A value that does not parse is MALFORMED
-        only if it is a Digest one and nothing else is for us.  ``values``
-        must be whole header values:
-        Digest credentials contain commas, so a header must not be split
-        on them."""
+        Only credentials for our realm are ours (RFC 3261 22.3: the others
+        belong to proxies further on and go on untouched); if several are for
+        our realm, the first decides.  A value that does not parse is
+        MALFORMED only if it is a Digest one and nothing else is for us.
+        ``values`` must be whole header values: Digest credentials contain
+        commas, so a header must not be split on them."""
         malformed: Verdict | None = None
         others: list[str] = []
         for value in values:

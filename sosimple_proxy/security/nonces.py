@@ -2,16 +2,19 @@
 
 A nonce is ``base64url(issued || random || tag)`` with ``issued`` the
 issuing time (8 bytes, whole seconds), ``random`` 8 random bytes and
-``tag`` the first 16 bytes of HMAC-SHA-256(secret, realm || issued ||
-random).  Any proxy holding the secret (``[auth] nonce_secret_file``)
+``tag`` the first 16 bytes of HMAC-SHA-256(secret, realm NUL issued
+random): binding the realm means a nonce of one realm is no good in another
+even where the secret is shared.  Any proxy holding the secret (``[auth] nonce_secret_file``)
 tells its own nonces from forged ones, and their age, without keeping
 state, so a phone may send its next request through another proxy of the
 realm.  43 characters, all of them token characters.
 
 Replay (``NonceCounts``) is the one piece of state, and it is local: a
-nonce-count is accepted once per proxy.  Two proxies sharing a secret do
-not share their counts, so a captured request could be replayed once at
-each other proxy within ``nonce_ttl``; keep ``nonce_ttl`` short.
+nonce-count is accepted once per process.  Two proxies sharing a secret
+(or two ``[proxy] workers`` of one proxy) do not share their counts, so a
+captured request could be replayed once at each of the others within
+``nonce_ttl``; that is the price of stateless nonces, and the reason to
+keep ``nonce_ttl`` short.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from sosimple_proxy.security import algorithms
@@ -348,3 +350,27 @@ def test_constructor_checks():
         DigestAuthenticator(clock, UserTable(), SECRET, REALM, algorithms=[Algorithm.MD5_SESS])
     with pytest.raises(ValueError):
         DigestAuthenticator(clock, UserTable(), b"short", REALM)
+
+
+_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, blacklist_characters="\x7f"), min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    user=_text.filter(lambda u: ":" not in u and u == u.strip() and not u.startswith("#")),
+    password=st.text(min_size=1, max_size=20),
+    method=st.sampled_from(["REGISTER", "INVITE", "MESSAGE", "SUBSCRIBE", "BYE"]),
+    uri=_text,
+    index=st.sampled_from([0, 1]),
+    flip=st.integers(min_value=0, max_value=31),
+)
+def test_any_user_password_and_uri_round_trip_and_one_changed_digit_fails(user, password, method, uri, index, flip):
+    users = UserTable({(user, REALM): UserEntry.from_password(user, REALM, password)})
+    _, auth = make(users=users)
+    value = answer_challenge(auth.challenge()[index], user, password, method, uri)
+    assert auth.verify_request([value], method).user == user
+    params = dict(parse_auth_header(value).params)
+    digit = params["response"][flip]
+    params["response"] = params["response"][:flip] + ("0" if digit != "0" else "1") + params["response"][flip + 1 :]
+    params["nc"] = "00000002"
+    assert auth.verify(_rebuild(params), method).outcome is Outcome.WRONG
