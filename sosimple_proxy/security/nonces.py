@@ -20,7 +20,6 @@ keep ``nonce_ttl`` short.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import hashlib
 import hmac
@@ -44,6 +43,8 @@ DEFAULT_MAX_TRACKED = 100_000
 _RANDOM_BYTES = 8
 _TAG_BYTES = 16
 _NONCE_BYTES = 8 + _RANDOM_BYTES + _TAG_BYTES
+_NONCE_CHARS = (_NONCE_BYTES * 8 + 5) // 6  # unpadded base64url: 43
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 class SecretFileError(Exception):
@@ -149,11 +150,13 @@ class NonceIssuer:
         return base64.urlsafe_b64encode(body + self._tag(body)).rstrip(b"=").decode("ascii")
 
     def check(self, nonce: str) -> NonceCheck:
-        try:
-            raw = base64.urlsafe_b64decode(nonce.encode("ascii") + b"=" * (-len(nonce) % 4))
-        except (UnicodeEncodeError, binascii.Error, ValueError):
+        # Strict: b64decode would skip stray characters, and unused low bits
+        # would let several spellings name one nonce (replay counts are kept
+        # per spelling), so only the exact text make() produces is accepted.
+        if len(nonce) != _NONCE_CHARS or not _B64URL.issuperset(nonce):
             return NonceCheck(NonceState.FORGED)
-        if len(raw) != _NONCE_BYTES:
+        raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != nonce:
             return NonceCheck(NonceState.FORGED)
         body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
         if not hmac.compare_digest(tag, self._tag(body)):

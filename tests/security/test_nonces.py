@@ -62,6 +62,21 @@ def test_garbage_is_forged(nonce):
     assert issuer(Clock()).check(nonce).state is NonceState.FORGED
 
 
+def test_only_the_exact_spelling_is_accepted():
+    """No second spelling of a good nonce: stray characters, padding, spare low bits."""
+    import base64
+
+    i = issuer(Clock())
+    good = i.make()
+    assert i.check(good).state is NonceState.FRESH
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 43 characters carry 258 bits for 256: the last one's lowest bit is spare
+    respelled = good[:-1] + alphabet[alphabet.index(good[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(respelled + "=") == base64.urlsafe_b64decode(good + "=")
+    for other in (good + "=", good[:10] + "!" + good[10:], " " + good, respelled):
+        assert i.check(other).state is NonceState.FORGED, other
+
+
 def test_deterministic_with_an_injected_random():
     clock = Clock()
     a = NonceIssuer(clock, SECRET, "example.com", random=lambda n: b"\x01" * n)
