@@ -374,3 +374,22 @@ def test_any_user_password_and_uri_round_trip_and_one_changed_digit_fails(user, 
     params["response"] = params["response"][:flip] + ("0" if digit != "0" else "1") + params["response"][flip + 1 :]
     params["nc"] = "00000002"
     assert auth.verify(_rebuild(params), method).outcome is Outcome.WRONG
+
+
+def test_with_a_users_file_and_a_reload(tmp_path):
+    """The shape the proxy uses: a UsersFile that SIGHUP reloads, a secret from its file."""
+    from sosimple_proxy.security import users as users_mod
+    from sosimple_proxy.security.nonces import load_or_create_secret
+
+    path = str(tmp_path / "users")
+    users_mod.add_user(path, "alice", REALM, "one")
+    users_file = users_mod.UsersFile(path)
+    clock = Clock()
+    auth = DigestAuthenticator(clock, users_file, load_or_create_secret(str(tmp_path / "secret")), REALM)
+    assert auth.verify_request([answer_challenge(auth.challenge()[0], "alice", "one", "REGISTER", URI)], "REGISTER").ok
+    users_mod.set_password(path, "alice", REALM, "two")
+    assert users_file.reload_if_changed()
+    old = answer_challenge(auth.challenge()[0], "alice", "one", "REGISTER", URI)
+    new = answer_challenge(auth.challenge()[0], "alice", "two", "REGISTER", URI)
+    assert auth.verify_request([old], "REGISTER").outcome is Outcome.WRONG
+    assert auth.verify_request([new], "REGISTER").ok
