@@ -122,7 +122,7 @@ def build_proxy(
         aor=addressing.aor,
     )
     dialplan = DialPlan(cfg.section("pstn")["country_code"], cfg.section("pstn")["local_patterns"])
-    routes = StaticRoutes(cfg.section("routes"))
+    routes = StaticRoutes(dict(cfg.section("routes")))
     ring_parts = {
         name: (overlay, Addressing(ring_domains(cfg, name), listen, stack))
         for name, overlay in (rings or {}).items()
@@ -150,7 +150,7 @@ def build_proxy(
             stack=stack,
             registrar=registrar,
             routes=routes,
-            dids=DidTable(dialplan, cfg.section("did")),
+            dids=DidTable(dialplan, dict(cfg.section("did"))),
             location=location,
             send_to=send_to,
         )
@@ -202,7 +202,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     if cfg.section("overlay")["listen"]:
         from sosimple_proxy.overlay.service import OverlayService
 
-        top.overlay = OverlayService(reactor, cfg.section("overlay"))  # type: ignore[attr-defined]
+        top.overlay = OverlayService(reactor, dict(cfg.section("overlay")))  # type: ignore[attr-defined]
         top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
     else:
         log.info("[overlay] listen is empty: no overlay")
@@ -215,13 +215,13 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             continue
         from sosimple_proxy.overlay.service import OverlayService as Ring
 
-        ring = Ring(reactor, section, name=f"overlay:{ring_name}")
+        ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
-        admin_service(reactor, cfg.section("admin"), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
+        admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
         stack = SipStack(reactor, cfg, proxy.core)
