@@ -6,7 +6,7 @@ import functools
 import ipaddress
 from typing import Any, Callable, Sequence
 
-from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.proxy.registrar import aor_key
 
 

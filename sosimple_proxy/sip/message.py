@@ -163,7 +163,7 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, comma-separated values split apart."""
-        split_commas = _headers.split_commas
+        split_commas = _grammar.split_commas
         out: list[str] = []
         for raw in self.get_all(name):
             out.extend(split_commas(raw))
@@ -231,7 +231,7 @@ class Headers:
         If the first field line holds several comma-separated values, only
         the first value is removed and the rest stay on that line.
         """
-        split_commas = _headers.split_commas
+        split_commas = _grammar.split_commas
         key = header_key(name)
         i = 0
         while i < len(self._fields):
@@ -319,7 +319,7 @@ class Message:
 
     @property
     def vias(self) -> list["Via"]:
-        return self._view("vias", _headers.parse_vias, "via", True)
+        return self._view("vias", _via.parse_vias, "via", True)
 
     @property
     def top_via(self) -> "Via | None":
@@ -327,7 +327,7 @@ class Message:
             vias = self._cache.get("vias")
             if vias:
                 return vias[0]
-        return self._view("top_via", _headers.parse_top_via, "via")
+        return self._view("top_via", _via.parse_top_via, "via")
 
     @property
     def cseq(self) -> "CSeq":
@@ -544,11 +544,14 @@ def make_response(
 _COPIED = frozenset(("via", "from", "call-id", "cseq"))
 
 
-# At the end: headers.py and uri.py do not import this module.
+# At the end: via.py imports this module (header_key), the others do not.
+from sosimple_proxy.sip import grammar as _grammar  # noqa: E402
 from sosimple_proxy.sip import headers as _headers  # noqa: E402
 from sosimple_proxy.sip import uri as _uri  # noqa: E402
+from sosimple_proxy.sip import via as _via  # noqa: E402
 
 # Forward references for type checkers only.
 if TYPE_CHECKING:  # pragma: no cover
-    from sosimple_proxy.sip.headers import CSeq, NameAddr, Via
+    from sosimple_proxy.sip.headers import CSeq, NameAddr
+    from sosimple_proxy.sip.via import Via
     from sosimple_proxy.sip.uri import URI

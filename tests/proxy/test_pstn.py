@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sosimple_proxy.location.gateways import ACTIVE, INACTIVE
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.address import Peer
 
 from tests.proxy.harness import CALLER, Harness, invite
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.targets import Addressing
