@@ -10,10 +10,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from sosimple_proxy.config import parse_config
-from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.sip.address import ListenAddress
+from sosimple_proxy.sip.interfaces import ISipStack, ITransportLayer
 from sosimple_proxy.sip.message import Message, Request, Response
 from sosimple_proxy.sip.parser import ParseError, parse_message
 from sosimple_proxy.sip.timers import TimerConfig
@@ -26,6 +28,7 @@ PROXY_TCP = ListenAddress("tcp", "127.0.0.1", 5060)
 CALLER = Peer("udp", "127.0.0.1", 5070)
 
 
+@implementer(ITransportLayer)
 class Wire:
     """The transport layer's place: records sends, fails some on demand."""
 
@@ -59,6 +62,7 @@ class Wire:
         return out
 
 
+@implementer(ISipStack)
 class Stack:
     def __init__(self, transport: Wire, transactions: TransactionLayer) -> None:
         self.transport = transport
