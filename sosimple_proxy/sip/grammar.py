@@ -183,21 +183,6 @@ class Params(dict):  # type: ignore[type-arg]
                 names[key] = name
             _setitem(self, key, value)
 
-    @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[str, Optional[str]]]) -> "Params":
-        """Build from parsed (name, value) pairs; a repeated name returns
-        None so the caller can say which header it was in."""
-        p = cls()
-        names = p._names
-        n = 0
-        for name, value in pairs:
-            key = name.lower()
-            if key != name:
-                names[key] = name
-            dict.__setitem__(p, key, value)
-            n += 1
-        return p if len(p) == n else None  # type: ignore[return-value]
-
     def __setitem__(self, name: str, value: Optional[str]) -> None:
         key = name.lower()
         if key != name and key not in self:
@@ -228,11 +213,6 @@ class Params(dict):  # type: ignore[type-arg]
         dict.update(p, self)
         p._names = dict(self._names)
         return p
-
-    def spelled(self) -> list[tuple[str, Optional[str]]]:
-        """(name as written, value) pairs, in order."""
-        names = self._names
-        return [(names.get(k, k), v) for k, v in self.items()]
 
     def serialize(self, sep: str = ";") -> str:
         """``;name=value;flag`` as written, each preceded by ``sep``."""

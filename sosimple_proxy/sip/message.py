@@ -48,18 +48,6 @@ COMPACT: dict[str, str] = {
     "d": "request-disposition",
 }
 
-# How we spell header names we write ourselves.
-_SPELLING: dict[str, str] = {
-    "call-id": "Call-ID",
-    "cseq": "CSeq",
-    "www-authenticate": "WWW-Authenticate",
-    "mime-version": "MIME-Version",
-    "rack": "RAck",
-    "rseq": "RSeq",
-    "sip-etag": "SIP-ETag",
-    "sip-if-match": "SIP-If-Match",
-}
-
 # Headers whose value is a comma-separated list (RFC 3261 section 7.3.1).
 # Contact, Via, Route, Record-Route: list of structured values.
 LIST_HEADERS = frozenset(
@@ -104,12 +92,6 @@ def header_key(name: str) -> str:
         if len(_KEY_CACHE) < 4096:
             _KEY_CACHE[name] = key
         return key
-
-
-def spell(name: str) -> str:
-    """The conventional spelling of a header name for headers we add."""
-    key = header_key(name)
-    return _SPELLING.get(key) or "-".join(p.capitalize() for p in key.split("-"))
 
 
 class Headers:

@@ -60,7 +60,6 @@ class SipStack(MultiService):
         tcp_idle_timeout: float = 600.0,
     ) -> None:
         super().__init__()
-        self.reactor = reactor
         self.tu = tu
         self.transport = TransportLayer(
             reactor,
