@@ -6,11 +6,18 @@ transport whose ``send(data, dest, local)`` returns a Deferred.  Nothing here
 opens a socket or imports the global reactor, so tests drive every timer
 with ``twisted.internet.task.Clock``.
 
+This module matches messages to transactions and dispatches them; the state
+machines are :mod:`~sosimple_proxy.sip.client_transaction` and
+:mod:`~sosimple_proxy.sip.server_transaction`, what they share is in
+:mod:`~sosimple_proxy.sip.transaction_state`, the Via rules they follow in
+:mod:`~sosimple_proxy.sip.via`, and the TU's contract in
+:mod:`~sosimple_proxy.sip.interfaces`.
+
 How the stack uses it
 ---------------------
 
 * Every parsed message goes to :meth:`TransactionLayer.receive` with the
-  :class:`~sosimple_proxy.sip.transport.Peer` it came from (and the local
+  :class:`~sosimple_proxy.sip.address.Peer` it came from (and the local
   listen address it arrived on, if known).
 * A request that matches a server transaction is a retransmission (absorbed,
   the last response resent) or the ACK of a non-2xx final response (absorbed).
@@ -31,9 +38,9 @@ How the stack uses it
   synthesized 408 on timeout and 503 on transport error, RFC 3261 8.1.3.1 and
   17.1.4) to ``user.responseReceived(response, transaction)``.
 * Before a new request reaches the TU, the layer adds ``received`` and fills
-  ``rport`` in its top Via (RFC 3261 18.2.1, RFC 3581); :func:`stamp_via` is
+  ``rport`` in its top Via (RFC 3261 18.2.1, RFC 3581); ``via.stamp_via`` is
   the same operation for code that handles requests outside the layer.
-  Responses of a server transaction go where :func:`response_peer` says
+  Responses of a server transaction go where ``via.response_peer`` says
   (RFC 3261 18.2.2, RFC 3581), from the local address the request came in on.
 
 Lifetimes: every transaction ends by the RFC timers once it has a final
@@ -310,7 +317,7 @@ class TransactionLayer:
         """Start a client transaction for ``request`` to ``dest``.
 
         The request must already carry our top Via with a fresh RFC 3261
-        branch (:func:`new_branch`; a proxy computes its own, 16.6 step 8).
+        branch (``via.new_branch``; a proxy computes its own, 16.6 step 8).
         Responses go to ``user`` (default: the layer's TU).  Never an ACK:
         the ACK of a 2xx is sent with :meth:`send_stateless`.
         """
