@@ -36,7 +36,7 @@ __all__ = [
     "parse_hostport",
 ]
 
-# -- tokens, quoted strings, folding --------------------------------------
+# -- tokens, quoted strings, folding, lists ----------------------------------
 
 #: The characters of a token (RFC 3261 25.1), for building character classes.
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
@@ -46,11 +46,7 @@ TOKEN_RE = re.compile(TOKEN)
 QUOTED_RE = re.compile(_QUOTED)
 _FOLD = re.compile(r"\r?\n[ \t]+")
 _QUOTED_PAIR = re.compile(r"\\([\s\S])")
-# gen-value = token / host / quoted-string (RFC 3261 25.1); ':' is allowed so
-# that an unbracketed IPv6 address (received=2001:db8::9:255, RFC 5118 4.5)
-# parses; known parameters are then checked by their own rule.
-_GVALUE = rf"(?:{_QUOTED}|\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9\-.!%*_+`'~:]+)"
-_PARAM = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({_GVALUE}))?[ \t]*")
+
 
 def unfold(text: str) -> str:
     """Replace each CRLF+WSP fold by one SP (RFC 3261 7.3.1 allows it)."""
@@ -121,36 +117,6 @@ def first_element(value: str) -> str:
         return value[: value.index(",")]
     parts = split_commas(value)
     return parts[0] if parts else ""
-
-
-def parse_params(text: str, pos: int, what: str) -> Params:
-    """Parse ``*( SEMI generic-param )`` from ``text[pos:]`` to its end."""
-    params = Params()
-    n = len(text)
-    match = _PARAM.match
-    while pos < n:
-        m = match(text, pos)
-        if m is None:
-            rest = text[pos:].strip()
-            if rest.startswith(";"):
-                after = rest[1:].lstrip()
-                if not after or after[0] in ";,":
-                    raise ParseError(f"{what}: empty parameter")
-                raise ParseError(f"{what}: invalid parameter {show(after)!r}")
-            if params:
-                last = next(reversed(params))
-                raise ParseError(
-                    f"{what}: invalid character {show(rest[:1])!r} in or after parameter {show(last)!r}"
-                    " (a value is a token, a host or a quoted string)"
-                )
-            raise ParseError(f"{what}: unexpected {show(rest)!r}")
-        name = m.group(1)
-        key = name.lower()
-        if key in params:
-            raise ParseError(f"{what}: parameter {name!r} appears more than once")
-        params[name] = m.group(2)
-        pos = m.end()
-    return params
 
 
 # -- parameters ---------------------------------------------------------------
@@ -253,6 +219,43 @@ def simple_params(ptext: str) -> Optional[Params]:
             names[key] = name
         _setitem(p, key, value)
     return p
+
+
+# gen-value = token / host / quoted-string (RFC 3261 25.1); ':' is allowed so
+# that an unbracketed IPv6 address (received=2001:db8::9:255, RFC 5118 4.5)
+# parses; known parameters are then checked by their own rule.
+_GVALUE = rf"(?:{_QUOTED}|\[[0-9A-Fa-f:.]*\]|[{TOKEN_CHARS}:]+)"
+_PARAM = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({_GVALUE}))?[ \t]*")
+
+
+def parse_params(text: str, pos: int, what: str) -> Params:
+    """Parse ``*( SEMI generic-param )`` from ``text[pos:]`` to its end."""
+    params = Params()
+    n = len(text)
+    match = _PARAM.match
+    while pos < n:
+        m = match(text, pos)
+        if m is None:
+            rest = text[pos:].strip()
+            if rest.startswith(";"):
+                after = rest[1:].lstrip()
+                if not after or after[0] in ";,":
+                    raise ParseError(f"{what}: empty parameter")
+                raise ParseError(f"{what}: invalid parameter {show(after)!r}")
+            if params:
+                last = next(reversed(params))
+                raise ParseError(
+                    f"{what}: invalid character {show(rest[:1])!r} in or after parameter {show(last)!r}"
+                    " (a value is a token, a host or a quoted string)"
+                )
+            raise ParseError(f"{what}: unexpected {show(rest)!r}")
+        name = m.group(1)
+        key = name.lower()
+        if key in params:
+            raise ParseError(f"{what}: parameter {name!r} appears more than once")
+        params[name] = m.group(2)
+        pos = m.end()
+    return params
 
 
 # -- hosts (RFC 3261 25.1 host, RFC 5118) ---------------------------------

@@ -60,143 +60,6 @@ def new_branch() -> str:
     return MAGIC_COOKIE + secrets.token_hex(8)
 
 
-def _bare(host: str) -> str:
-    return host[1:-1] if host[:1] == "[" and host[-1:] == "]" else host
-
-
-def _same_address(a: str, b: str) -> bool:
-    a, b = _bare(a), _bare(b)
-    if a == b:
-        return True
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False  # a domain name never equals the packet's address
-
-
-def _split_params(text: str) -> list[str]:
-    """Split a via-parm at ';' outside quoted strings."""
-    if '"' not in text:
-        return text.split(";")
-    out, start, quoted, i = [], 0, False, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and quoted:
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        elif c == ";" and not quoted:
-            out.append(text[start:i])
-            start = i + 1
-        i += 1
-    out.append(text[start:])
-    return out
-
-
-def _stamped_via_text(raw: str, received: str | None, rport: int | None) -> str:
-    parts = _split_params(raw)
-    out = [parts[0]]
-    for p in parts[1:]:
-        name = p.split("=", 1)[0].strip().lower()
-        if name == "received" and received is not None:
-            continue
-        if name == "rport" and rport is not None:
-            p = f"rport={rport}"
-        out.append(p)
-    if received is not None:
-        out.append(f"received={received}")
-    return ";".join(out)
-
-
-def stamp_via(request: Request, source: Peer) -> bool:
-    """Record in the top Via where ``request`` really came from.
-
-    RFC 3261 18.2.1: "If the host portion of the "sent-by" parameter
-    contains a domain name, or if it contains an IP address that differs
-    from the packet source address, the server MUST add a "received"
-    parameter to that Via header field value.  This parameter MUST contain
-    the source address from which the packet was received."
-
-    RFC 3581 section 4: "If this Via header field value contains an "rport"
-    parameter with no value, it MUST set the value of the parameter to the
-    source port of the request. [...] the server MUST also add a "received"
-    parameter containing the source IP address that the request came from,
-    even if it is identical to the value of the "sent-by" component."
-
-    Returns True if the Via was changed.  The TransactionLayer calls this
-    for every request it passes to the TU.
-    """
-    via = request.top_via
-    if via is None:
-        return False
-    params = via.params
-    rport = None
-    if "rport" in params and not params["rport"]:
-        rport = source.port
-    received = None
-    if rport is not None or not _same_address(via.host, source.host):
-        received = source.host
-    if received is None and rport is None:
-        return False
-    headers = request.headers
-    name = next(n for n, _v in headers if header_key(n) == "via")
-    raw = headers.pop_first_value("via")
-    assert raw is not None
-    headers.prepend(name, _stamped_via_text(raw, received, rport))
-    return True
-
-
-def default_port(transport: str) -> int:
-    """The port a sent-by without one means (RFC 3261 18.2.2, 19.1.2)."""
-    return 5061 if transport.lower() in ("tls", "tls-sctp", "wss") else 5060
-
-
-def response_peer(via: Any, source: Peer | None = None) -> Peer:
-    """Where a response to a request with top Via ``via`` goes (RFC 3261 18.2.2, RFC 3581).
-
-    With ``source`` (the Peer the request came from, as for every server
-    transaction):
-
-    * reliable transport: "the response MUST be sent using the existing
-      connection to the source of the original request" -- the transport
-      layer keeps connections keyed by Peer, so that is ``source``;
-    * maddr: "the response MUST be forwarded to the address listed there,
-      using the port indicated in "sent-by", or port 5060 if none is present";
-    * rport (RFC 3581): "send it to the IP address indicated in the
-      "received" parameter, and the port indicated in the "rport" parameter"
-      -- the source address and port;
-    * otherwise the received address (the source address, which is also the
-      sent-by host when no received was needed) and the sent-by port.
-
-    Without ``source`` (a proxy forwarding a stray response statelessly), the
-    same rules read received/rport from the Via itself; a sent-by that is a
-    domain name is returned as is and must be resolved (RFC 3263 section 5)
-    by the caller.
-    """
-    transport = (source.transport if source is not None else via.transport).lower()
-    params = via.params
-    sent_port = via.port or default_port(transport)
-    if source is not None:
-        if is_reliable(transport):
-            return source
-        maddr = params.get("maddr")
-        if maddr:
-            return Peer(transport, _bare(maddr), sent_port)
-        if "rport" in params:
-            return source
-        if source.port == sent_port:
-            return source
-        return attrs.evolve(source, port=sent_port)
-    maddr = params.get("maddr")
-    if maddr:
-        return Peer(transport, _bare(maddr), sent_port)
-    host = params.get("received") or via.host
-    rport = params.get("rport")
-    port = int(rport) if rport else sent_port
-    return Peer(transport, _bare(host), port)
-
-
 # -- parsing --------------------------------------------------------------------
 
 _VIA_FRONT = re.compile(
@@ -484,3 +347,143 @@ def parse_top_via(value: Optional[str]) -> Optional[Via]:
     if value is None:
         return None
     return parse_via(first_element(unfold(value)))
+
+
+# -- where a request came from, where its response goes (RFC 3261 18.2, RFC 3581)
+
+
+def _bare(host: str) -> str:
+    return host[1:-1] if host[:1] == "[" and host[-1:] == "]" else host
+
+
+def _same_address(a: str, b: str) -> bool:
+    a, b = _bare(a), _bare(b)
+    if a == b:
+        return True
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False  # a domain name never equals the packet's address
+
+
+def _split_at_semicolons(text: str) -> list[str]:
+    """Split a via-parm at ';' outside quoted strings."""
+    if '"' not in text:
+        return text.split(";")
+    out, start, quoted, i = [], 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ";" and not quoted:
+            out.append(text[start:i])
+            start = i + 1
+        i += 1
+    out.append(text[start:])
+    return out
+
+
+def _stamped_via_text(raw: str, received: str | None, rport: int | None) -> str:
+    parts = _split_at_semicolons(raw)
+    out = [parts[0]]
+    for p in parts[1:]:
+        name = p.split("=", 1)[0].strip().lower()
+        if name == "received" and received is not None:
+            continue
+        if name == "rport" and rport is not None:
+            p = f"rport={rport}"
+        out.append(p)
+    if received is not None:
+        out.append(f"received={received}")
+    return ";".join(out)
+
+
+def stamp_via(request: Request, source: Peer) -> bool:
+    """Record in the top Via where ``request`` really came from.
+
+    RFC 3261 18.2.1: "If the host portion of the "sent-by" parameter
+    contains a domain name, or if it contains an IP address that differs
+    from the packet source address, the server MUST add a "received"
+    parameter to that Via header field value.  This parameter MUST contain
+    the source address from which the packet was received."
+
+    RFC 3581 section 4: "If this Via header field value contains an "rport"
+    parameter with no value, it MUST set the value of the parameter to the
+    source port of the request. [...] the server MUST also add a "received"
+    parameter containing the source IP address that the request came from,
+    even if it is identical to the value of the "sent-by" component."
+
+    Returns True if the Via was changed.  The TransactionLayer calls this
+    for every request it passes to the TU.
+    """
+    via = request.top_via
+    if via is None:
+        return False
+    params = via.params
+    rport = None
+    if "rport" in params and not params["rport"]:
+        rport = source.port
+    received = None
+    if rport is not None or not _same_address(via.host, source.host):
+        received = source.host
+    if received is None and rport is None:
+        return False
+    headers = request.headers
+    name = next(n for n, _v in headers if header_key(n) == "via")
+    raw = headers.pop_first_value("via")
+    assert raw is not None
+    headers.prepend(name, _stamped_via_text(raw, received, rport))
+    return True
+
+
+def default_port(transport: str) -> int:
+    """The port a sent-by without one means (RFC 3261 18.2.2, 19.1.2)."""
+    return 5061 if transport.lower() in ("tls", "tls-sctp", "wss") else 5060
+
+
+def response_peer(via: Any, source: Peer | None = None) -> Peer:
+    """Where a response to a request with top Via ``via`` goes (RFC 3261 18.2.2, RFC 3581).
+
+    With ``source`` (the Peer the request came from, as for every server
+    transaction):
+
+    * reliable transport: "the response MUST be sent using the existing
+      connection to the source of the original request" -- the transport
+      layer keeps connections keyed by Peer, so that is ``source``;
+    * maddr: "the response MUST be forwarded to the address listed there,
+      using the port indicated in "sent-by", or port 5060 if none is present";
+    * rport (RFC 3581): "send it to the IP address indicated in the
+      "received" parameter, and the port indicated in the "rport" parameter"
+      -- the source address and port;
+    * otherwise the received address (the source address, which is also the
+      sent-by host when no received was needed) and the sent-by port.
+
+    Without ``source`` (a proxy forwarding a stray response statelessly), the
+    same rules read received/rport from the Via itself; a sent-by that is a
+    domain name is returned as is and must be resolved (RFC 3263 section 5)
+    by the caller.
+    """
+    transport = (source.transport if source is not None else via.transport).lower()
+    params = via.params
+    sent_port = via.port or default_port(transport)
+    if source is not None:
+        if is_reliable(transport):
+            return source
+        maddr = params.get("maddr")
+        if maddr:
+            return Peer(transport, _bare(maddr), sent_port)
+        if "rport" in params:
+            return source
+        if source.port == sent_port:
+            return source
+        return attrs.evolve(source, port=sent_port)
+    maddr = params.get("maddr")
+    if maddr:
+        return Peer(transport, _bare(maddr), sent_port)
+    host = params.get("received") or via.host
+    rport = params.get("rport")
+    port = int(rport) if rport else sent_port
+    return Peer(transport, _bare(host), port)
