@@ -325,7 +325,7 @@ class TransportLayer(service.Service):
                 # reported by the next call on the socket, this send, which
                 # then did not happen.  Read the queue (it names the real
                 # peer) and send again.
-                port._read_errors()
+                port.read_errors()
                 sock.sendto(data, (dest.host, dest.port))
         except OSError as e:
             if e.errno in _UDP_TRANSIENT:
@@ -390,7 +390,7 @@ class TransportLayer(service.Service):
         for _, d in pending.queue:
             d.errback(TransportError(dest, reason))
 
-    # -- connection table
+    # -- called by the protocols (udp.Datagrams, stream.StreamConnection)
 
     def _register(self, conn: StreamConnection, key: Peer) -> None:
         """Offer ``conn`` for sends to ``key`` (replacing an older connection

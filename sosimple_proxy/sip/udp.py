@@ -72,16 +72,17 @@ class UDPPort(udp.Port):
 
     def doRead(self) -> None:
         if self.recverr:
-            self._read_errors()
+            self.read_errors()
         super().doRead()
 
     def readConnectionLost(self, reason: Failure) -> None:
         if not self.connected:
             return
-        self._read_errors()
+        self.read_errors()
         self.startReading()
 
-    def _read_errors(self) -> None:
+    def read_errors(self) -> None:
+        """Report every queued ICMP error to the protocol (at most 256 a call)."""
         for _ in range(256):
             try:
                 _data, ancdata, _flags, addr = self.socket.recvmsg(1, 1024, _MSG_ERRQUEUE)
