@@ -25,8 +25,8 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.sip.message import Headers, Request, Response, new_tag
 from sosimple_proxy.sip.interfaces import IClientTransactionUser
+from sosimple_proxy.sip.message import Headers, Request, Response, new_tag
 from sosimple_proxy.sip.uri import URI, format_host, parse_uri
 from sosimple_proxy.sip.via import new_branch
 

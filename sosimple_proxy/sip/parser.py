@@ -53,13 +53,13 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Union
 
-from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip import headers as _h
+from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip.headers import _fast_name_addr, parse_content_length
+from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
+from sosimple_proxy.sip.uri import parse_uri as _parse_uri
 from sosimple_proxy.sip.via import parse_via as _parse_via
 from sosimple_proxy.sip.via import parse_vias as _parse_vias
-from sosimple_proxy.sip.uri import parse_uri as _parse_uri
-from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
 
 __all__ = ["ParseError", "parse_message", "validate_request", "validate_response"]
 

@@ -14,13 +14,12 @@ from zope.interface import implementer
 
 from sosimple_proxy.config import parse_config
 from sosimple_proxy.proxy.core import ProxyCore
-from sosimple_proxy.sip.address import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.interfaces import ISipStack, ITransportLayer
 from sosimple_proxy.sip.message import Message, Request, Response
 from sosimple_proxy.sip.parser import ParseError, parse_message
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
-from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.transport import TransportError
 
 PROXY_UDP = ListenAddress("udp", "127.0.0.1", 5060)

@@ -10,10 +10,10 @@ from sosimple_proxy.config import parse_config
 from sosimple_proxy.location.dns import HopResolver
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver
 from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
-from sosimple_proxy.sip.address import Peer
 from tests.dnszone import Zone, record
 from tests.proxy.harness import PROXY_TCP, PROXY_UDP, Harness, Stack, Wire, invite
 

@@ -14,8 +14,8 @@ from sosimple_proxy.sip.headers import (
     parse_name_addr,
     parse_name_addr_header,
 )
-from sosimple_proxy.sip.via import Via, parse_top_via, parse_vias, parse_via
 from sosimple_proxy.sip.parser import ParseError
+from sosimple_proxy.sip.via import Via, parse_top_via, parse_vias, parse_via
 
 
 def test_via_basic() -> None:

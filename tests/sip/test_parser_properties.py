@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from sosimple_proxy.sip.grammar import split_commas
 from sosimple_proxy.sip.headers import parse_name_addr
-from sosimple_proxy.sip.via import parse_via
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.parser import ParseError, parse_message
 from sosimple_proxy.sip.uri import parse_uri
+from sosimple_proxy.sip.via import parse_via
 
 ROOT = Path(__file__).parent.parent / "data" / "torture"
 MANIFEST = json.loads((ROOT / "manifest.json").read_text())

@@ -20,8 +20,7 @@ from twisted.trial import unittest
 from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
-from sosimple_proxy.sip.address import ListenAddress
-from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.interfaces import IConnectionObserver, IMessageSink, ITransportLayer, IUnreachableObserver
 from sosimple_proxy.sip.stun import stun_binding_response
 from sosimple_proxy.sip.transport import TransportError, TransportLayer
