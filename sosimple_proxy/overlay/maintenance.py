@@ -60,16 +60,13 @@ class Maintenance:
 
     # ----------------------------------------------------------------- rounds
 
-    def start(self) -> None:
-        """Begin the rounds (the node has joined)."""
-        self._schedule_round()
-
     def stop(self) -> None:
         if self._round_call is not None and self._round_call.active():
             self._round_call.cancel()
         self._round_call = None
 
-    def _schedule_round(self) -> None:
+    def schedule_round(self) -> None:
+        """The next round, in ``interval * (1 +- jitter)`` (the first once the node has joined)."""
         if not self.jobs.running:
             return
         j = self.config.jitter
@@ -86,7 +83,7 @@ class Maintenance:
         guarded("check_predecessor", self._check_predecessor)
         guarded("fix_fingers", self._fix_fingers)
         self.each_round(self.rounds)
-        self._schedule_round()
+        self.schedule_round()
 
     # ------------------------------------------------------ what we are told
 

@@ -147,7 +147,7 @@ class ChordNode:
         if not bootstrap:
             self.replication.cover_whole_ring()
             self.joined = True
-            self.maintenance.start()
+            self.maintenance.schedule_round()
             return defer.succeed(self)
         return self._join(bootstrap)
 
@@ -175,7 +175,7 @@ class ChordNode:
                     table.set_predecessor(p)
                 self.calls.call(first.address, "notify", self.peer).addErrback(ignore)
                 self.joined = True
-                self.maintenance.start()
+                self.maintenance.schedule_round()
                 self.replication.sync_soon()
                 self.maintenance.seed_fingers(first).addErrback(self.jobs.log_failure, "seeding fingers")
                 self.replication.offer_held().addErrback(self.jobs.log_failure, "offering held records")
