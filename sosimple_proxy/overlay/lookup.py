@@ -96,7 +96,12 @@ class IterativeLookup:
                         res = None
                         continue
                     first = peers[0]
-                    if not verify or first.address == res.responder.address or first.address == me or first.address in verified:
+                    if (
+                        not verify
+                        or first.address == res.responder.address
+                        or first.address == me
+                        or first.address in verified
+                    ):
                         return LookupResult(key, tuple(peers), hops)
                     try:
                         answer = yield hop(first.address, "find", key)

@@ -99,7 +99,9 @@ class ChordNode:
         self.table = RoutingTable(self.peer, config.m, config.successors, config.replicas, suspects, self)
         self.calls = TimedCalls(rpc, clock, config.rpc_timeout)
         self.lookups = IterativeLookup(self.table, self.calls, self.jobs, clock, config)
-        self.replication = Replicator(self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config)
+        self.replication = Replicator(
+            self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
+        )
         self.maintenance = Maintenance(
             self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self.replication.each_round
         )

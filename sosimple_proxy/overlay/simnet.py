@@ -26,10 +26,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IOverlayPeer, IOverlayRPC
-from .node import ChordNode, NodeConfig
+from .node import ChordNode
 from .records import Record
 from .simclock import SimClock
 from .store import MemoryRecordStore
+from .tuning import NodeConfig
 
 
 class SimNetwork:
