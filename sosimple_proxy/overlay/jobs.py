@@ -20,11 +20,17 @@ log = Logger()
 Job = Callable[[], "defer.Deferred | None"]
 
 
+def sleep(clock: IReactorTime, seconds: float) -> defer.Deferred:
+    """A Deferred that fires (with None) ``seconds`` from now on ``clock``."""
+    d = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d
+
+
 class Jobs:
     """The background jobs of one node (``label`` names it in the log)."""
 
-    def __init__(self, clock: IReactorTime, label: str) -> None:
-        self.clock = clock
+    def __init__(self, label: str) -> None:
         self.label = label
         #: False before start and after stop: no new work is begun
         self.running = False
@@ -42,11 +48,6 @@ class Jobs:
 
     def busy(self, name: str) -> bool:
         return name in self._busy
-
-    def sleep(self, seconds: float) -> defer.Deferred:
-        d = defer.Deferred()
-        self.clock.callLater(seconds, d.callback, None)
-        return d
 
     def log_failure(self, failure: Failure, what: str) -> None:
         log.failure("overlay node {id}: {what} failed", failure, id=self.label, what=what)

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from . import ids
 from .errors import LookupFailed
 from .interfaces import ILookup, IPeerCalls
-from .jobs import Jobs
+from .jobs import sleep
 from .messages import FindResult, Peer
 from .routing import RoutingTable
 from .tuning import NodeConfig
@@ -49,12 +49,9 @@ class IterativeLookup:
     #: how often a lookup follows a responder's predecessor to a newcomer
     REDIRECTS = 3
 
-    def __init__(
-        self, table: RoutingTable, calls: IPeerCalls, jobs: Jobs, clock: IReactorTime, config: NodeConfig
-    ) -> None:
+    def __init__(self, table: RoutingTable, calls: IPeerCalls, clock: IReactorTime, config: NodeConfig) -> None:
         self.table = table
         self.calls = calls
-        self.jobs = jobs
         self.clock = clock
         self.config = config
 
@@ -153,4 +150,4 @@ class IterativeLookup:
                 hops += 1
             if self.clock.seconds() + self.config.rpc_timeout / 2 >= deadline:
                 raise LookupFailed(f"no answer for key {key:x}")
-            yield self.jobs.sleep(self.config.rpc_timeout / 2)
+            yield sleep(self.clock, self.config.rpc_timeout / 2)

@@ -36,7 +36,7 @@ from . import ids
 from .calls import TimedCalls, ignore
 from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
 from .interfaces import IOverlayPeer, IOverlayRPC, IRoutingListener
-from .jobs import Jobs
+from .jobs import Jobs, sleep
 from .lookup import IterativeLookup, LookupResult
 from .maintenance import Maintenance
 from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, SyncResult, Version
@@ -94,11 +94,11 @@ class ChordNode:
         self.writer = writer or ids.format_id(node_id, config.m)
         self.joined = False
 
-        self.jobs = Jobs(clock, self.writer)
+        self.jobs = Jobs(self.writer)
         suspects = Suspects(clock.seconds, config.suspect_time)
         self.table = RoutingTable(self.peer, config.m, config.successors, config.replicas, suspects, self)
         self.calls = TimedCalls(rpc, clock, config.rpc_timeout)
-        self.lookups = IterativeLookup(self.table, self.calls, self.jobs, clock, config)
+        self.lookups = IterativeLookup(self.table, self.calls, clock, config)
         self.replication = Replicator(
             self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
         )
@@ -182,7 +182,7 @@ class ChordNode:
                 self.maintenance.seed_fingers(first).addErrback(self.jobs.log_failure, "seeding fingers")
                 self.replication.offer_held().addErrback(self.jobs.log_failure, "offering held records")
                 return self
-            yield self.jobs.sleep(self.config.stabilize_interval)
+            yield sleep(self.clock, self.config.stabilize_interval)
         raise NotRunning("stopped before joining")
 
     def stop(self) -> None:

@@ -62,7 +62,7 @@ def test_timed_calls_time_out_and_learn_how_fast_hops_answer():
 
 
 def test_a_job_of_a_name_runs_once_at_a_time_and_failures_free_it():
-    jobs = Jobs(task.Clock(), "n1")
+    jobs = Jobs("n1")
     runs: list[defer.Deferred] = []
 
     def job():
@@ -125,7 +125,7 @@ def test_the_lookup_walks_to_the_key_and_asks_its_successor():
     clock = task.Clock()
     tables = ring_of([10, 40, 70, 100, 130, 160, 190, 220])
     calls = RingCalls(clock, tables)
-    lookup = IterativeLookup(tables["n10"], calls, Jobs(clock, "n10"), clock, NodeConfig(m=M, stabilize_interval=1.0))
+    lookup = IterativeLookup(tables["n10"], calls, clock, NodeConfig(m=M, stabilize_interval=1.0))
     verifyObject(ILookup, lookup)
     result = lookup.lookup(150).result
     assert result.responsible == peer(160) and result.successors[:2] == (peer(160), peer(190))
@@ -137,7 +137,7 @@ def test_the_lookup_routes_around_a_dead_hop_and_suspects_it():
     tables = ring_of([10, 40, 70, 100, 130, 160, 190, 220])
     calls = RingCalls(clock, tables, dead={"n100"})
     me = tables["n10"]
-    lookup = IterativeLookup(me, calls, Jobs(clock, "n10"), clock, NodeConfig(m=M, stabilize_interval=1.0))
+    lookup = IterativeLookup(me, calls, clock, NodeConfig(m=M, stabilize_interval=1.0))
     d = lookup.lookup(150)
     clock.advance(0.5)
     assert d.result.responsible == peer(160)
@@ -149,7 +149,7 @@ def test_a_lookup_through_a_silent_bootstrap_fails_at_once():
     clock = task.Clock()
     tables = ring_of([10, 40])
     calls = RingCalls(clock, tables, dead={"n99"})
-    lookup = IterativeLookup(tables["n10"], calls, Jobs(clock, "n10"), clock, NodeConfig(m=M, stabilize_interval=1.0))
+    lookup = IterativeLookup(tables["n10"], calls, clock, NodeConfig(m=M, stabilize_interval=1.0))
     d = lookup.lookup(30, via="n99")
     clock.advance(0.5)
     assert failure_of(d).check(LookupFailed)
@@ -162,7 +162,7 @@ def test_rounds_come_with_jitter_and_run_the_periodic_work():
     clock = task.Clock()
     cfg = NodeConfig(m=M, stabilize_interval=10.0, jitter=0.25)
     table = RoutingTable(peer(10), M, 2, 1, Suspects(clock.seconds, cfg.suspect_time))  # alone: nothing to call
-    jobs = Jobs(clock, "n10")
+    jobs = Jobs("n10")
     seen: list[int] = []
     maintenance = Maintenance(table, RingCalls(clock, {}), None, jobs, clock, cfg, random.Random(1), seen.append)
     jobs.running = True
