@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from sosimple_proxy.sip.stack import SipStack
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.address import Peer
 from tests.proxy.harness import PROXY_UDP, Harness, invite
 
 

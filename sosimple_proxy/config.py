@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from sosimple_proxy.location.dialplan import DialPlan, did_number
 from sosimple_proxy.location.routes import route_uri
+from sosimple_proxy.providers import LOCATION_PROVIDERS
 from sosimple_proxy.sip.errors import ParseError
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.values import Schema
@@ -27,6 +28,7 @@ from sosimple_proxy.values import integer as _int
 from sosimple_proxy.values import number as _float
 from sosimple_proxy.values import port as _port
 from sosimple_proxy.values import words as _words
+from sosimple_proxy.sip.address import ListenAddress
 
 log = Logger()
 
@@ -40,27 +42,6 @@ class ConfigError(Exception):
         self.section, self.key, self.problem = section, key, problem
         where = f"[{section}] {key}" if key else f"[{section}]"
         super().__init__(f"site.ini: {where}: {problem}")
-
-
-@attrs.frozen
-class ListenAddress:
-    """One SIP listen address, ``transport:host:port``."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def family6(self) -> bool:
-        return ":" in self.host
-
-    def hostport(self) -> str:
-        host = f"[{self.host}]" if self.family6 else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.hostport()}"
-
 
 
 # --- value parsers: each takes the raw string, returns a value or raises ValueError
@@ -258,9 +239,6 @@ PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
 def _schemas() -> tuple[dict[str, Schema], dict[str, Schema], tuple[str, ...]]:
     """Every section: ours, and those the location providers read (from
     their table), plus the free-form ones (a domain, a number per key)."""
-    # (Imported here while sip.transport imports ListenAddress from this module.)
-    from sosimple_proxy.providers import LOCATION_PROVIDERS
-
     schemas, prefixed, free_form = dict(SCHEMAS), dict(PREFIXED), ()
     for provider in LOCATION_PROVIDERS.values():
         for name, schema in provider.sections.items():

@@ -192,6 +192,7 @@ def _holds(addressing: Addressing) -> Callable[[str], bool]:
 def build_service(cfg: Config, reactor: Any) -> MultiService:
     """Build the proxy's services from a validated config."""
     from sosimple_proxy.sip.stack import SipStack
+    from sosimple_proxy.sip.timers import TimerConfig
 
     top = MultiService()
     for warning in cfg.warnings:
@@ -224,7 +225,15 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
-        stack = SipStack(reactor, cfg, proxy.core)
+        stack = SipStack(
+            reactor,
+            cfg.proxy["listen"],
+            proxy.core,
+            timers=TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"]),
+            max_message_size=cfg.proxy["max_message_size"],
+            udp_rcvbuf=cfg.sip["udp_rcvbuf"],
+            tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+        )
         # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
         stack.setServiceParent(top)

@@ -22,8 +22,7 @@ from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.providers import LOCATION_PROVIDERS
-from sosimple_proxy.sip.transaction import IClientTransactionUser, ITransactionUser
-from sosimple_proxy.sip.transport import ITransportLayer
+from sosimple_proxy.sip.interfaces import IClientTransactionUser, IStackUser, ITransactionUser, ITransportLayer
 from sosimple_proxy.wiring import build_proxy
 from tests.dnszone import Zone
 from tests.proxy.harness import Harness, Wire, invite
@@ -98,6 +97,7 @@ def test_locators_provide_ilocator_and_the_retargeting_ones_iretargeting():
 def test_the_proxy_parts_provide_their_interfaces():
     proxy = full_proxy()
     assert isinstance(proxy.core, ProxyCore) and verifyObject(ITransactionUser, proxy.core)
+    assert verifyObject(IStackUser, proxy.core)
     assert isinstance(proxy.forwarder, RequestForwarder) and verifyObject(IForwarder, proxy.forwarder)
     assert isinstance(proxy.forwarder.hops, HopResolver) and verifyObject(IHopResolver, proxy.forwarder.hops)
     assert isinstance(proxy.timers.prober, GatewayProber)

@@ -29,7 +29,7 @@ from sosimple_proxy.location.interfaces import (
     Target,
 )
 from sosimple_proxy.location.rfc3263 import ResolutionFailed, RFC3263Resolver
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.uri import URI, is_ip
 
 log = Logger()

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from sosimple_proxy.proxy.registrar import aor_key
 from sosimple_proxy.proxy.stack_link import StackLink
-from sosimple_proxy.sip.transport import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress
 
 
 @functools.lru_cache(maxsize=4096)

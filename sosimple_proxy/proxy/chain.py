@@ -40,7 +40,7 @@ from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.sanity import check_request
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.message import Request, Response, make_response
-from sosimple_proxy.sip.transaction import ServerTransaction
+from sosimple_proxy.sip.server_transaction import ServerTransaction
 from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()

@@ -21,14 +21,15 @@ from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.sanity import check_request
 from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.interfaces import IStackUser
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transaction import ITransactionUser, ServerTransaction
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.server_transaction import ServerTransaction
 
 log = Logger()
 
 
-@implementer(ITransactionUser)
+@implementer(IStackUser)
 class ProxyCore:
     """Hands each request to the chain; forwards stray ACKs and responses."""
 

@@ -19,10 +19,11 @@ from sosimple_proxy.location.interfaces import IHopResolver, Target
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transaction import IClientTransactionUser, response_peer
-from sosimple_proxy.sip.transport import ListenAddress, Peer
 from sosimple_proxy.sip.uri import is_ip
+from sosimple_proxy.sip.via import response_peer
 
 log = Logger()
 

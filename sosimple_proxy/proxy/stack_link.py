@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sosimple_proxy.sip.transport import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress
 
 
 def _nowhere() -> list[ListenAddress]:

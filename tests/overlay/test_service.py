@@ -72,7 +72,7 @@ class ServiceTests(unittest.TestCase):
         # ring settled first
         for _ in range(200):
             settled = a.predecessor == b.peer and b.predecessor == a.peer and a.successors and b.successors
-            if settled and a.responsible_for(a.id) and b._authoritative(b.id) and a._authoritative(a.id):
+            if settled and a.responsible_for(a.id) and b.authoritative(b.id) and a.authoritative(a.id):
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
         key = first.keys.key("alice@example.com")

@@ -10,14 +10,16 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-
 from zope.interface import implementer
 
-from sosimple_proxy.config import ListenAddress, parse_config
+from sosimple_proxy.config import parse_config
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import ISipStack, ITransportLayer
 from sosimple_proxy.sip.message import Message, Request, Response
 from sosimple_proxy.sip.parser import ParseError, parse_message
+from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
-from sosimple_proxy.sip.transport import ITransportLayer, Peer, TransportError
+from sosimple_proxy.sip.transport import TransportError
 from sosimple_proxy.wiring import build_proxy
 
 PROXY_UDP = ListenAddress("udp", "127.0.0.1", 5060)
@@ -59,6 +61,7 @@ class Wire:
         return out
 
 
+@implementer(ISipStack)
 class Stack:
     """The two layers of a SipStack that the proxy uses."""
 
@@ -81,7 +84,9 @@ class Harness:
         self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263)
         self.core = self.proxy.core
         self.providers = self.proxy.providers
-        self.layer = TransactionLayer(self.clock, self.wire, self.core, self.cfg.sip)
+        self.layer = TransactionLayer(
+            self.clock, self.wire, self.core, TimerConfig(self.cfg.sip["t1"], self.cfg.sip["t2"], self.cfg.sip["t4"])
+        )
         self.core.attach(Stack(self.wire, self.layer))  # what SipStack does
         self.proxy.timers.startService()
 

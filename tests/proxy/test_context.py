@@ -11,8 +11,8 @@ from urllib.parse import unquote
 from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import IRetargeting
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transport import Peer
 from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transport import Peer
 from tests.dnszone import Zone, record
 from tests.proxy.harness import Harness, invite
 

@@ -48,7 +48,7 @@ def settled(nodes) -> bool:
         succ, pred = order[(i + 1) % len(order)], order[i - 1]
         if not n.successors or n.successors[0].address != succ.address:
             return False
-        if n.predecessor is None or n.predecessor.address != pred.address or not n._authoritative(n.id):
+        if n.predecessor is None or n.predecessor.address != pred.address or not n.authoritative(n.id):
             return False
     return True
 
