@@ -6,7 +6,7 @@ from sosimple_proxy.sip.message import make_response
 from sosimple_proxy.sip.parser import parse_message
 from sosimple_proxy.sip.transaction import CONFIRMED, COMPLETED, make_ack
 from sosimple_proxy.sip.transport import Peer
-from tests.sip.test_transaction_fakes import make_layer
+from sosimple_proxy.testing.transaction import make_layer
 
 SRC = Peer("udp", "198.51.100.7", 40123)
 
