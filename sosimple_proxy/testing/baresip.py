@@ -17,7 +17,7 @@ from typing import Sequence
 
 import attrs
 
-from sosimple_proxy.testing.ports import free_port, is_address_in_use, port_is_free, reserve
+from sosimple_proxy.testing.ports import bound_by, free_port, is_address_in_use, port_is_free, reserve
 from sosimple_proxy.testing.sip_requests import hostport
 
 __all__ = ["BARESIP", "BARESIP_MODULE_PATH", "Baresip", "BaresipError", "SipTraceEntry", "baresip_port"]
@@ -405,16 +405,24 @@ class Baresip:
     # -- ctrl_tcp
 
     def _connect(self, deadline: float) -> None:
+        """Connect to ``ctrl_tcp`` once baresip itself holds the port (another
+        program holding it would accept the connection as well)."""
         while True:
+            p = self.process
+            ours = p is None or p.poll() is not None or bound_by(p.pid, self.ctrl_port, "tcp")
+            if not ours and is_address_in_use(_strip_ansi(self.log_text())):
+                raise self._fail(f"could not bind control port {self.ctrl_port}: address in use")
             try:
-                self._sock = socket.create_connection((self.host, self.ctrl_port), timeout=1.0)
-                return
+                if ours:
+                    self._sock = socket.create_connection((self.host, self.ctrl_port), timeout=1.0)
+                    return
             except OSError:
-                if self.process is not None and self.process.poll() is not None:
-                    raise self._fail("exited before its control port answered")
-                if time.monotonic() >= deadline:
-                    raise self._fail(f"control port {self.ctrl_port} did not answer")
-                time.sleep(0.05)
+                pass
+            if p is not None and p.poll() is not None:
+                raise self._fail("exited before its control port answered")
+            if time.monotonic() >= deadline:
+                raise self._fail(f"control port {self.ctrl_port} did not answer")
+            time.sleep(0.05)
 
     def _close(self) -> None:
         if self._sock is not None:

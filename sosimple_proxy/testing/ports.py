@@ -185,8 +185,8 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def bound_by(pid: int, port: int, transport: str = "udp") -> bool:
-    """Whether process ``pid`` holds a socket bound to local ``port`` (a TCP
-    one listening).  Linux only: reads ``/proc``.  Unlike trying to bind the
+    """Whether process ``pid`` holds a socket bound to local ``port``.
+    Linux only: reads ``/proc``.  Unlike trying to bind the
     port ourselves, this tells the program under test from any other that
     may have taken the port."""
     inodes = _socket_inodes(pid)
@@ -202,10 +202,8 @@ def bound_by(pid: int, port: int, transport: str = "udp") -> bool:
             fields = line.split()
             if len(fields) < 10:
                 continue
-            local, state, inode = fields[1], fields[3], fields[9]
-            if int(local.rsplit(":", 1)[1], 16) != port or inode not in inodes:
-                continue
-            if transport == "udp" or state == "0A":  # TCP_LISTEN
+            local, inode = fields[1], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
                 return True
     return False
 

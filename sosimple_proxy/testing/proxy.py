@@ -29,13 +29,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 class ProxyStartError(Exception):
     """The proxy did not come up; the message ends with the tail of its logs.
 
-    ``exited`` says it ended by itself (rather than staying silent), ``log``
-    holds that tail."""
+    ``address_in_use`` says it could not bind an address (it lost a race
+    for a port, or the test gave it one that is taken)."""
 
-    def __init__(self, message: str, *, exited: bool = False, log: str = "") -> None:
+    def __init__(self, message: str, *, address_in_use: bool = False) -> None:
         super().__init__(message)
-        self.exited = exited
-        self.log = log
+        self.address_in_use = address_in_use
 
 
 def _ini_text(sections: Mapping[str, Mapping[str, object]]) -> str:
@@ -188,7 +187,7 @@ class ProxyProcess:
             try:
                 return self._start_once()
             except ProxyStartError as e:
-                lost_race = e.exited and is_address_in_use(e.log)
+                lost_race = e.address_in_use
                 retries_left = self.attempts <= self.bind_retries
                 if not (lost_race and first_start and self._may_rechoose and retries_left):
                     raise
@@ -219,11 +218,15 @@ class ProxyProcess:
             rc = self.process.poll()
             if rc is not None:
                 self.returncode = rc
-                tail = self.log_tail()
                 raise ProxyStartError(
-                    f"proxy exited with status {rc} before answering {self.probe_description()}\n{tail}",
-                    exited=True,
-                    log=tail,
+                    f"proxy exited with status {rc} before answering {self.probe_description()}\n{self.log_tail()}",
+                    address_in_use=is_address_in_use(self.log_text()),
+                )
+            if is_address_in_use(self.log_text()):
+                # a listener that is not SIP (overlay, admin) only logs it
+                self.stop()
+                raise ProxyStartError(
+                    f"proxy could not bind an address in use\n{self.log_tail()}", address_in_use=True
                 )
             t0 = time.monotonic()
             answer = self.probe()
@@ -276,6 +279,16 @@ class ProxyProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+    def log_text(self) -> str:
+        """The twistd log and the process's own output, as far as written."""
+        texts = []
+        for path in (self.output_path, self.log_path):
+            try:
+                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
+        return "\n".join(texts)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the twistd log and of the process's own output."""
