@@ -13,16 +13,14 @@ with the first one down, the second is used.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from sosimple_proxy.testing import ProxyProcess, free_port, run_sipp, sip_options_ping, start_sipp
+from sosimple_proxy.testing import ProxyProcess, free_port, register_contact, run_sipp, sip_options_ping, start_sipp
 from tests.dnszone import DNSServerProcess
 
 KAMAILIO = shutil.which("kamailio")
@@ -245,30 +243,6 @@ class Kamailio:
                 self.process.wait()
 
 
-def register_at(kamailio_port: int, user: str, contact_port: int) -> str | None:
-    """REGISTER user@other.test with Contact 127.0.0.1:contact_port; the final status line."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    port, tag = s.getsockname()[1], uuid.uuid4().hex[:8]
-    text = (
-        f"REGISTER sip:other.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{tag};rport\r\n"
-        f"Max-Forwards: 70\r\nTo: <sip:{user}@other.test>\r\nFrom: <sip:{user}@other.test>;tag={tag}\r\n"
-        f"Call-ID: {tag}@reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{contact_port}>\r\n"
-        f"Expires: 600\r\nContent-Length: 0\r\n\r\n"
-    )
-    try:
-        s.sendto(text.encode(), ("127.0.0.1", kamailio_port))
-        while True:
-            line = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
-            if not line.startswith("SIP/2.0 1"):
-                return line
-    except socket.timeout:
-        return None
-    finally:
-        s.close()
-
-
 @pytest.fixture(scope="module")
 def other_test():
     """Two Kamailios for other.test, carol registered at both, the DNS
@@ -282,7 +256,7 @@ def other_test():
         k2 = Kamailio(workdir, k2_port)
         started.append(k2)
         for k in (k1, k2):
-            assert register_at(k.port, "carol", carol_port) == "SIP/2.0 200 OK"
+            assert register_contact(k.port, "carol@other.test", f"sip:carol@127.0.0.1:{carol_port}") == "SIP/2.0 200 OK"
         zone = {
             "origin": "other.test",
             "records": [
@@ -316,9 +290,8 @@ def carol_takes(env, scenario: str, run_uac, name: str):
     """carol's sipp UAS answers one call of ``scenario`` while ``run_uac``
     runs; the Via lines of what she received (from her message trace)."""
     trace = env["dir"] / f"carol-{name}.log"
-    uas = start_sipp(scenario, "-p", str(env["carol"]), "-trace_msg", "-message_file", str(trace), calls=1, timeout=15,
-                     workdir=env["dir"])
-    time.sleep(0.2)  # let it bind
+    uas = start_sipp(scenario, "-trace_msg", "-message_file", str(trace), calls=1, timeout=15, workdir=env["dir"],
+                     local_port=env["carol"])
     uac = run_uac()
     result = uas.wait()
     assert uac.ok, f"{uac}\n{env['proxy'].log_tail()}"

@@ -14,14 +14,24 @@ The scenarios are inline XML with ``%(name)s`` slots filled per test.
 from __future__ import annotations
 
 import re
-import socket
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from sosimple_proxy.testing import SIPP, ProxyProcess, SippProcess, SippResult, free_port, start_sipp
+from sosimple_proxy.testing import (
+    SIPP,
+    ProxyProcess,
+    SippProcess,
+    SippResult,
+    bound_by,
+    free_port,
+    register_contact,
+    sip_request,
+    start_sipp,
+    udp_final_response,
+)
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
 
@@ -85,56 +95,25 @@ def register(proxy_port: int, user: str, contact_port: int, transport: str = "ud
     """Register ``user@example.com`` at ``127.0.0.1:contact_port`` (a sipp UAS)
     with a REGISTER over UDP; the Contact names the UAS's transport."""
     contact = f"sip:{user}@127.0.0.1:{contact_port}{URI_TRANSPORT[transport]}"
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    lport = s.getsockname()[1]
-    tag = uuid.uuid4().hex[:10]
-    msg = (
-        f"REGISTER sip:example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{tag};rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag={tag}\r\nTo: <sip:{user}@example.com>\r\n"
-        f"Call-ID: reg-{tag}\r\nCSeq: 1 REGISTER\r\nContact: <{contact}>\r\nExpires: {expires}\r\n"
-        f"Content-Length: 0\r\n\r\n"
-    )
-    try:
-        s.sendto(msg.encode(), ("127.0.0.1", proxy_port))
-        answer = s.recv(65535).decode(errors="replace")
-    finally:
-        s.close()
-    assert answer.startswith("SIP/2.0 200 "), answer
+    answer = register_contact(proxy_port, f"{user}@example.com", contact, expires=expires)
+    assert answer == "SIP/2.0 200 OK", answer
     return contact
-
-
-def _bound(port: int, transport: str) -> bool:
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", port))
-        return False
-    except OSError:
-        return True
-    finally:
-        s.close()
 
 
 def start_uas(scenario: str, port: int, transport: str, workdir: Path, *extra: str) -> SippProcess:
     """A one-call sipp UAS on ``port``, returned once it holds the port."""
     uas = start_sipp(
         scenario,
-        "-p", str(port),
         "-t", SIPP_TRANSPORT[transport],
         "-recv_timeout", "8000",
         *extra,
         calls=1,
         timeout=RUN_TIMEOUT,
         workdir=workdir,
+        local_port=port,
     )
-    deadline = time.monotonic() + 5
-    while not _bound(port, transport):
-        if uas.process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"sipp UAS did not bind {transport} port {port}\n{uas.kill()}")
-        time.sleep(0.02)
+    if not bound_by(uas.process.pid, port, transport):
+        raise AssertionError(f"sipp UAS did not bind {transport} port {port}\n{uas.kill()}")
     return uas
 
 
@@ -462,34 +441,19 @@ def register_scenario(user: str, c1: str, c2: str) -> str:
     return HEAD % {"name": "REGISTER, refresh, de-REGISTER"} + body + f'  <Reference variables="{variables}"/>\n' + TAIL
 
 
-def _udp_request(port: int, text: str) -> str:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    try:
-        s.sendto(text.replace("LPORT", str(s.getsockname()[1])).encode(), ("127.0.0.1", port))
-        while True:
-            answer = s.recv(65535).decode(errors="replace")
-            if not answer.startswith("SIP/2.0 1"):
-                return answer
-    finally:
-        s.close()
-
-
 def test_register_refresh_and_deregister(proxy, transport, tmp_path):
     user = unique("reg")
     c1, c2 = f"sip:{user}@127.0.0.1:5999", f"sip:{user}@127.0.0.1:5998{URI_TRANSPORT[transport]}"
     result, _ = run_uac(register_scenario(user, c1, c2), proxy.port, transport, tmp_path, "-default_behaviors", "all,-bye")
     check(result)
     # Nothing is left: a request for the AoR is not found.
-    tag = uuid.uuid4().hex[:8]
-    answer = _udp_request(
+    answer = udp_final_response(
         proxy.port,
-        f"OPTIONS sip:{user}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:LPORT;branch=z9hG4bK{tag}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:x@example.com>;tag={tag}\r\nTo: <sip:{user}@example.com>\r\n"
-        f"Call-ID: {tag}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        lambda lport: sip_request(
+            "OPTIONS", f"sip:{user}@example.com", to=f"{user}@example.com", from_="x@example.com", via_port=lport
+        ),
     )
-    assert answer.startswith("SIP/2.0 404 "), answer
+    assert answer is not None and answer.startswith("SIP/2.0 404 "), answer
 
 
 # --- 2. MESSAGE to a registered sipp UAS
