@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from sosimple_proxy.overlay.node import NodeConfig
 from sosimple_proxy.overlay.simnet import SimCluster
 
-__all__ = ["sim_ring", "run_until_answered", "ring_settled"]
+__all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings"]
 
 
 def sim_ring(
@@ -66,3 +66,26 @@ def ring_settled(nodes: Iterable[Any]) -> bool:
         if n.predecessor is None or n.predecessor.address != pred.address or not n._authoritative(n.id):
             return False
     return True
+
+
+def overlay_settings(state_dir: str, bootstrap: Iterable[tuple[str, int]] = (), **extra: Any) -> dict[str, Any]:
+    """An ``[overlay]`` section as ``OverlayService`` takes it, for an
+    in-process node: a kernel-chosen loopback port (bound at once, so it
+    cannot race), flat keys, state under ``state_dir``, stabilization every
+    0.5 s (RPCs time out after half of it: generous for a busy machine).
+    ``extra`` overrides any key."""
+    settings: dict[str, Any] = {
+        "listen": "tcp:0:interface=127.0.0.1",
+        "advertise": "",
+        "bootstrap": tuple(bootstrap),
+        "replicas": 2,
+        "successors": 4,
+        "stabilize_interval": 0.5,
+        "state_dir": state_dir,
+        "key_scheme": "flat",
+        "domain_bits": 32,
+        "home_domain": "",
+        "node_id": "",
+    }
+    settings.update(extra)
+    return settings
