@@ -11,7 +11,15 @@ import time
 
 import pytest
 
-from sosimple_proxy.testing import BARESIP, Baresip, BaresipError, ProxyProcess, register_request, udp_final_response, wait_until
+from sosimple_proxy.testing import (
+    BARESIP,
+    Baresip,
+    BaresipError,
+    ProxyProcess,
+    register_request,
+    udp_final_response,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (Debian package baresip)")
 
@@ -97,7 +105,11 @@ def assert_answered(phone: Baresip, method: str, status: int) -> None:
     def answers() -> list[int | None]:
         return [e.status for e in phone.sip_trace() if e.incoming and e.method is None and e.cseq_method == method]
 
-    wait_until(lambda: status in answers(), WAIT, what=lambda: f"{phone.user}: no {status} to {method} (got {answers()})\n{phone.log_tail()}")
+    wait_until(
+        lambda: status in answers(),
+        WAIT,
+        what=lambda: f"{phone.user}: no {status} to {method} (got {answers()})\n{phone.log_tail()}",
+    )
 
 
 def test_a_refused_registration_fails_fast_and_cleans_up(proxy):

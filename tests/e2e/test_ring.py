@@ -181,7 +181,7 @@ def test_two_dead_proxies_that_hold_neither_user_lose_nothing(tmp_path):
     try:
         a, b, x, y = procs[0], procs[1], procs[2], procs[3]
         assert register(a.port, "alice", alice.port) == "SIP/2.0 200 OK"
-        wait_until(lambda: message(b.port, "alice", "one", 15, 0.3) == "SIP/2.0 200 OK")
+        wait_until(lambda: message(b.port, "alice", "one") == "SIP/2.0 200 OK", 15, 0.3)
         kill(x)
         kill(y)
         # the fifth proxy has never looked alice up: its answer comes from the ring
