@@ -28,6 +28,7 @@ __all__ = [
     "SIPP_OPTIONS_SCENARIO",
     "SIPP_OPTIONS_SCENARIO_TEMPLATE",
     "SippResult",
+    "assert_sipp_ok",
     "SippProcess",
     "sipp_command",
     "start_sipp",
@@ -87,6 +88,13 @@ class SippResult:
 
     def __str__(self) -> str:
         return f"sipp exit {self.returncode}: {' '.join(self.args)}\n--- stderr ---\n{self.stderr[-3000:]}"
+
+
+def assert_sipp_ok(*results: SippResult) -> None:
+    """Every SIPp run succeeded; else the test fails showing all of them
+    (a failed UAS often explains its UAC)."""
+    if not all(r.ok for r in results):
+        raise AssertionError("\n\n".join(str(r) for r in results))
 
 
 def sipp_command(

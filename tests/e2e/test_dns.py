@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sosimple_proxy.testing import ProxyProcess, free_port, register_contact, run_sipp, sip_options_ping, start_sipp
+from sosimple_proxy.testing.sipp_scenarios import answer_step, expect_response, receive_request, scenario, send_message_step
 from tests.dnszone import DNSServerProcess
 
 KAMAILIO = shutil.which("kamailio")
@@ -169,44 +170,18 @@ UAC_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 """
 
-UAC_MESSAGE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bob messages carol@other.test">
-  <send retrans="500">
-    <![CDATA[
-      MESSAGE sip:carol@other.test SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>
-      Call-ID: [call_id]
-      CSeq: 1 MESSAGE
-      Max-Forwards: 70
-      Content-Type: text/plain
-      Content-Length: [len]
+UAC_MESSAGE = scenario(
+    "bob messages carol@other.test",
+    send_message_step("sip:carol@other.test", "TEXT", from_uri="sip:bob@example.com"),
+    expect_response(100, optional=True),
+    expect_response(200),
+)
 
-      TEXT
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200"/>
-</scenario>
-"""
-
-UAS_MESSAGE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="carol takes a MESSAGE">
-  <recv request="MESSAGE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-</scenario>
-"""
+UAS_MESSAGE = scenario(
+    "carol takes a MESSAGE",
+    receive_request("MESSAGE", crlf=True),
+    answer_step("200 OK", record_route=False, contact=False),
+)
 
 
 class Kamailio:

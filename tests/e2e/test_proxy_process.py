@@ -23,6 +23,7 @@ from sosimple_proxy.testing import (
     status_line,
     udp_exchange,
 )
+from sosimple_proxy.testing.sipp_scenarios import expect_response, scenario, send_message_step
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -97,26 +98,9 @@ def test_options_200_lists_allow_accept_supported(proxy):
         assert name in head
 
 
-UNKNOWN_USER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="MESSAGE to an unknown user">
-  <send retrans="500">
-    <![CDATA[
-MESSAGE sip:nobody@example.com SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:sipp@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <sip:nobody@example.com>
-Call-ID: [call_id]
-CSeq: 1 MESSAGE
-Max-Forwards: 70
-Content-Type: text/plain
-Content-Length: [len]
-
-hello
-    ]]>
-  </send>
-  <recv response="404"/>
-</scenario>
-"""
+UNKNOWN_USER_SCENARIO = scenario(
+    "MESSAGE to an unknown user", send_message_step("sip:nobody@example.com", "hello"), expect_response(404)
+)
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])

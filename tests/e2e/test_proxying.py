@@ -24,13 +24,22 @@ from sosimple_proxy.testing import (
     SIPP,
     ProxyProcess,
     SippProcess,
-    SippResult,
     bound_by,
     free_port,
     register_contact,
     sip_request,
     start_sipp,
     udp_final_response,
+)
+from sosimple_proxy.testing.sipp import assert_sipp_ok
+from sosimple_proxy.testing.sipp_scenarios import (
+    SDP,
+    answer_step,
+    ere,
+    expect_response,
+    scenario,
+    send_message_step,
+    sent_messages,
 )
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
@@ -128,27 +137,6 @@ def run_uac(scenario: str, proxy_port: int, transport: str, workdir: Path, *extr
     return result, text
 
 
-def sent_messages(trace: str, method: str) -> list[str]:
-    """The messages sipp's ``-trace_msg`` log shows it sent whose first line starts with ``method``."""
-    out = []
-    for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + trace):
-        head, _, msg = block.partition("\n\n")
-        if "message sent" in head and msg.lstrip().startswith(method + " "):
-            out.append(msg.strip())
-    return out
-
-
-def ere(text: str) -> str:
-    """``text`` as a POSIX extended regexp (sipp's), matching itself."""
-    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
-
-
-def check(*results: SippResult) -> None:
-    """Every sipp run succeeded; else all of them are shown."""
-    if not all(r.ok for r in results):
-        raise AssertionError("\n\n".join(str(r) for r in results))
-
-
 def fill(template: str, **values: object) -> str:
     return template % values
 
@@ -171,15 +159,6 @@ def rr_regexp(transport: str, port: int, r2: bool = False) -> str:
 
 HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="%(name)s">\n'
 TAIL = "</scenario>\n"
-
-SDP = """v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-"""
 
 UAC_INVITE = """
   <send retrans="500">
@@ -257,32 +236,6 @@ Content-Length: 0
 """
 
 
-def uas_response(status: str, sdp: bool = False, in_dialog: bool = False) -> str:
-    """A UAS response to the last request received, Record-Route echoed;
-    ``in_dialog``: the request's To has our tag already."""
-    to_tag = "" if in_dialog else ";tag=[pid]SIPpTag01[call_number]"
-    body = SDP if sdp else ""
-    ctype = "Content-Type: application/sdp\n" if sdp else ""
-    retrans = ' retrans="500"' if sdp else ""
-    return f"""
-  <send{retrans}>
-    <![CDATA[
-SIP/2.0 {status}
-[last_Via:]
-[last_From:]
-[last_To:]{to_tag}
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-{ctype}Content-Length: [len]
-
-{body}
-    ]]>
-  </send>
-"""
-
-
 # The INVITE arrives through the proxy: our Via on top, our Record-Route;
 # its Vias and CSeq number are kept for a 487 sent after a CANCEL.
 UAS_RECV_INVITE = """
@@ -304,7 +257,7 @@ UAS_CANCELLED = """
     </action>
   </recv>
   <Reference variables="cancel_via_ok"/>
-""" + uas_response("200 OK") + """
+""" + answer_step("200 OK") + """
   <send>
     <![CDATA[
 SIP/2.0 487 Request Terminated
@@ -336,7 +289,7 @@ UAS_ACK_BYE = """
     </action>
   </recv>
   <Reference variables="ack_via_ok,ack_route,bye_via_ok,bye_route"/>
-""" + uas_response("200 OK", in_dialog=True)
+""" + answer_step("200 OK", in_dialog=True)
 
 
 def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1, rr: str | None = None) -> str:
@@ -366,7 +319,7 @@ def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0, rr: str 
     Record-Route must match ``rr``."""
     pause = f'  <pause milliseconds="{answer_after_ms}"/>\n' if answer_after_ms else ""
     return fill(
-        HEAD + UAS_RECV_INVITE + uas_response("180 Ringing") + pause + uas_response("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("180 Ringing") + pause + answer_step("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
         name="UAS call",
         via=via_regexp(transport, proxy_port),
         rr=rr or rr_regexp(transport, proxy_port),
@@ -375,7 +328,7 @@ def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0, rr: str 
 
 def uas_ring_then_cancelled(proxy_port: int, transport: str) -> str:
     return fill(
-        HEAD + UAS_RECV_INVITE + uas_response("180 Ringing") + UAS_CANCELLED + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("180 Ringing") + UAS_CANCELLED + TAIL,
         name="UAS rings, is cancelled",
         via=via_regexp(transport, proxy_port),
         rr=rr_regexp(transport, proxy_port),
@@ -445,7 +398,7 @@ def test_register_refresh_and_deregister(proxy, transport, tmp_path):
     user = unique("reg")
     c1, c2 = f"sip:{user}@127.0.0.1:5999", f"sip:{user}@127.0.0.1:5998{URI_TRANSPORT[transport]}"
     result, _ = run_uac(register_scenario(user, c1, c2), proxy.port, transport, tmp_path, "-default_behaviors", "all,-bye")
-    check(result)
+    assert_sipp_ok(result)
     # Nothing is left: a request for the AoR is not found.
     answer = udp_final_response(
         proxy.port,
@@ -458,25 +411,6 @@ def test_register_refresh_and_deregister(proxy, transport, tmp_path):
 
 # --- 2. MESSAGE to a registered sipp UAS
 
-UAC_MESSAGE = """
-  <send retrans="500">
-    <![CDATA[
-MESSAGE %(ruri)s SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-Max-Forwards: %(max_forwards)s
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>
-Call-ID: [call_id]
-CSeq: 1 MESSAGE
-Content-Type: text/plain
-Content-Length: [len]
-
-%(text)s
-    ]]>
-  </send>
-  <recv response="%(expect)s"/>
-"""
-
 UAS_MESSAGE = """
   <recv request="MESSAGE">
     <action>
@@ -486,26 +420,17 @@ UAS_MESSAGE = """
     </action>
   </recv>
   <Reference variables="via_ok,ruri_ok,text_ok"/>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-"""
+""" + answer_step("200 OK", record_route=False, contact=False)
 
 NO_BYE = ("-default_behaviors", "all,-bye")
 
 
 def uac_message(ruri: str, expect: int = 200, text: str = "hello through the proxy", max_forwards: int = 70) -> str:
-    return fill(HEAD + UAC_MESSAGE + TAIL, name="UAC MESSAGE", ruri=ruri, expect=expect, text=text,
-                max_forwards=max_forwards)
+    return scenario(
+        "UAC MESSAGE",
+        send_message_step(ruri, text, from_uri="sip:alice@example.com", max_forwards=max_forwards),
+        expect_response(expect),
+    )
 
 
 def uas_message(proxy_port: int, transport: str, ruri_re: str, text: str = "hello through the proxy") -> str:
@@ -519,7 +444,7 @@ def test_message_to_registered_uas_is_delivered(proxy, transport, tmp_path):
     contact = register(proxy.port, user, port, transport)
     uas = start_uas(uas_message(proxy.port, transport, ere(contact)), port, transport, tmp_path, *NO_BYE)
     result, _ = run_uac(uac_message(f"sip:{user}@example.com"), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 3. a call, Record-Route honoured
@@ -532,7 +457,7 @@ def test_call_with_record_route(proxy, transport, tmp_path):
     uas = start_uas(uas_call(proxy.port, transport), port, transport, tmp_path)
     result, trace = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, transport), proxy.port, transport,
                             tmp_path, trace=True)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     # The caller's ACK and BYE went to the UAS's Contact with the proxy's
     # Record-Route as their Route set.
     route = f"Route: {rr_entry(transport, proxy.port)}"
@@ -556,7 +481,7 @@ def test_call_across_transports_double_record_route(proxy, transport, caller, ca
     uas = start_uas(uas_call(proxy.port, callee, rr=top), port, callee, tmp_path)
     result, trace = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, caller, rr=top), proxy.port, caller,
                             tmp_path, trace=True)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     near, far = rr_entry(caller, proxy.port, r2=True), rr_entry(callee, proxy.port, r2=True)
     for method in ("ACK", "BYE"):
         (sent,) = sent_messages(trace, method)
@@ -592,9 +517,9 @@ def test_cancelled_invite_ends_487(proxy, transport, tmp_path):
     register(proxy.port, user, port, transport)
     uas = start_uas(uas_ring_then_cancelled(proxy.port, transport), port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(HEAD + UAC_INVITE + UAC_CANCEL + UAC_ACK_NON_2XX + TAIL, name="UAC cancels", ruri=ruri)
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
-    check(result, uas.wait())
+    uac_scenario = fill(HEAD + UAC_INVITE + UAC_CANCEL + UAC_ACK_NON_2XX + TAIL, name="UAC cancels", ruri=ruri)
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 5. busy
@@ -605,18 +530,18 @@ def test_busy_callee_486_is_relayed(proxy, transport, tmp_path):
     port = free_port(transport)
     register(proxy.port, user, port, transport)
     uas_scenario = fill(
-        HEAD + UAS_RECV_INVITE + uas_response("486 Busy Here") + '  <recv request="ACK"/>\n' + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("486 Busy Here") + '  <recv request="ACK"/>\n' + TAIL,
         name="UAS busy",
         via=via_regexp(transport, proxy.port),
         rr=rr_regexp(transport, proxy.port),
     )
     uas = start_uas(uas_scenario, port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(
+    uac_scenario = fill(
         HEAD + UAC_INVITE + '  <recv response="486"/>\n' + UAC_ACK_NON_2XX + TAIL, name="UAC to busy", ruri=ruri
     )
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
-    check(result, uas.wait())
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 6. forking
@@ -632,7 +557,7 @@ def test_forked_invite_one_answers_other_cancelled(proxy, transport, tmp_path):
     uas_b = start_uas(uas_ring_then_cancelled(proxy.port, transport), ringing, transport, tmp_path)
     result, _ = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, transport, provisionals=2), proxy.port,
                         transport, tmp_path)
-    check(result, uas_a.wait(), uas_b.wait())
+    assert_sipp_ok(result, uas_a.wait(), uas_b.wait())
 
 
 # --- 7. redirect mode
@@ -651,9 +576,9 @@ def test_redirect_mode_answers_302_with_the_contact(redirect_proxy, transport, t
   </recv>
   <Reference variables="ok"/>
 """
-    scenario = fill(HEAD + UAC_INVITE + recv_302 + UAC_ACK_NON_2XX + TAIL, name="UAC redirected", ruri=ruri)
-    result, _ = run_uac(scenario, redirect_proxy.port, transport, tmp_path)
-    check(result)
+    uac_scenario = fill(HEAD + UAC_INVITE + recv_302 + UAC_ACK_NON_2XX + TAIL, name="UAC redirected", ruri=ruri)
+    result, _ = run_uac(uac_scenario, redirect_proxy.port, transport, tmp_path)
+    assert_sipp_ok(result)
 
 
 # --- 8. [routes] to another domain
@@ -663,7 +588,7 @@ def test_request_to_routed_domain_reaches_the_next_hop(proxy, transport, route_p
     ruri = "sip:carol@other.test"
     uas = start_uas(uas_message(proxy.port, transport, ere(ruri)), route_port, transport, tmp_path, *NO_BYE)
     result, _ = run_uac(uac_message(ruri), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- errors and Timer C (UDP)
@@ -674,7 +599,7 @@ udp_only = pytest.mark.parametrize("transport", ["udp"], indirect=True)
 @udp_only
 def test_looped_request_gets_482(proxy, transport, tmp_path):
     result, _ = run_uac(uac_message("sip:x@loop.test", expect=482), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result)
+    assert_sipp_ok(result)
 
 
 @udp_only
@@ -684,7 +609,7 @@ def test_max_forwards_zero_gets_483(proxy, transport, tmp_path):
     result, _ = run_uac(
         uac_message(f"sip:{user}@example.com", expect=483, max_forwards=0), proxy.port, transport, tmp_path, *NO_BYE
     )
-    check(result)
+    assert_sipp_ok(result)
 
 
 @udp_only
@@ -695,13 +620,13 @@ def test_timer_c_cancels_the_branch_and_answers_408(timer_c_proxy, transport, tm
     register(proxy.port, user, port, transport)
     uas = start_uas(uas_ring_then_cancelled(proxy.port, transport), port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(
+    uac_scenario = fill(
         HEAD + UAC_INVITE + '  <recv response="180"/>\n  <recv response="408"/>\n' + UAC_ACK_NON_2XX + TAIL,
         name="UAC waits for Timer C",
         ruri=ruri,
     )
     started = time.monotonic()
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
     elapsed = time.monotonic() - started
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     assert elapsed >= 1.8, f"408 after {elapsed:.2f}s, before Timer C (2 s)"
