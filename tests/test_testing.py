@@ -456,3 +456,42 @@ def test_sim_ring_is_settled_and_answers():
     found = testing.run_until_answered(cluster, node.lookup(key))
     assert found.responsible.id == cluster.true_successor(key)
     assert testing.run_until_answered(cluster, 42) == 42
+
+
+# --- SIPp scenarios from steps
+
+
+@needs_sipp
+def test_a_scenario_of_steps_runs_against_the_stand_in(tmp_path):
+    from sosimple_proxy.testing.sipp_scenarios import expect_response, scenario, send_message_step
+
+    message = scenario("one MESSAGE", send_message_step("sip:bob@example.com", "hello & <bye>?"), expect_response(200))
+    assert message.count("<send") == 1 and "Content-Length: [len]" in message
+    with ProxyProcess(command=responder()) as p:
+        result = run_sipp(message, f"127.0.0.1:{p.port}", timeout=10, workdir=tmp_path)
+        testing.assert_sipp_ok(result)
+        refused = run_sipp(
+            scenario("expects 404", send_message_step("sip:bob@example.com", "x"), expect_response(404)),
+            f"127.0.0.1:{p.port}", timeout=5, workdir=tmp_path,
+        )
+    with pytest.raises(AssertionError, match="sipp exit"):
+        testing.assert_sipp_ok(result, refused)
+
+
+def test_answer_step_copies_the_request_and_ere_escapes():
+    from sosimple_proxy.testing.sipp_scenarios import answer_step, ere, receive_request, sent_messages
+
+    plain = answer_step("200 OK", record_route=False, contact=False)
+    assert "[last_Via:]" in plain and "[last_To:];tag=" in plain and "Record-Route" not in plain and "Contact" not in plain
+    offer = answer_step("183 Session Progress", sdp=True, in_dialog=True)
+    assert 'retrans="500"' in offer and "m=audio [media_port] RTP/AVP 0" in offer and "[last_To:]\n" in offer
+    assert receive_request("ACK", crlf=True) == '  <recv request="ACK" crlf="true"/>\n'
+    assert ere("sip:a.b@[::1]:5060;lr") == r"sip:a\.b@\[::1\]:5060;lr"
+    trace = (
+        "----------------------------------------------- 2026-12-02\nUDP message sent (400 bytes):\n\n"
+        "MESSAGE sip:b@example.com SIP/2.0\nVia: x\n\n"
+        "----------------------------------------------- 2026-12-02\nUDP message received [300] bytes :\n\n"
+        "SIP/2.0 200 OK\nVia: x\n"
+    )
+    assert sent_messages(trace, "MESSAGE") == ["MESSAGE sip:b@example.com SIP/2.0\nVia: x"]
+    assert sent_messages(trace, "INVITE") == []

@@ -12,7 +12,8 @@ drive the proxy, one concern a module:
 - ``proxy``: :class:`ProxyProcess` and :class:`PeerProcess`, the proxy and a
   storage peer under ``twistd`` on free ports;
 - ``sipp`` and ``baresip``: the real peers, with the options that make them
-  behave on loopback (``shared/peers.md``);
+  behave on loopback (``shared/peers.md``); ``sipp_scenarios``: SIPp
+  scenarios built from steps;
 - ``ua``: :class:`AnsweringUA`, a UDP UA that answers 200 and keeps requests;
 - ``transaction``: a recording wire and transaction user around a real
   ``TransactionLayer`` on a ``task.Clock``;
@@ -49,6 +50,7 @@ from sosimple_proxy.testing.sipp import (
     SIPP_OPTIONS_SCENARIO_TEMPLATE,
     SippProcess,
     SippResult,
+    assert_sipp_ok,
     run_sipp,
     sipp_command,
     start_sipp,
@@ -77,6 +79,7 @@ __all__ = [
     "SippProcess",
     "SippResult",
     "WaitTimeout",
+    "assert_sipp_ok",
     "baresip_port",
     "bound_by",
     "free_port",

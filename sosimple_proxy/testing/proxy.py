@@ -83,6 +83,7 @@ class ProxyProcess:
         self._may_rechoose = port is None and not isinstance(config, str)
         self.bind_retries = bind_retries
         self.attempts = 0  # starts tried, retries included
+        self._log_start = 0
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._own_dir = workdir is None
@@ -200,6 +201,8 @@ class ProxyProcess:
 
     def _start_once(self) -> ProxyProcess:
         self.attempts += 1
+        # a restart appends to the log: only what this start writes counts
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         out = open(self.output_path, "wb")
         try:
             self.process = subprocess.Popen(
@@ -220,9 +223,9 @@ class ProxyProcess:
                 self.returncode = rc
                 raise ProxyStartError(
                     f"proxy exited with status {rc} before answering {self.probe_description()}\n{self.log_tail()}",
-                    address_in_use=is_address_in_use(self.log_text()),
+                    address_in_use=is_address_in_use(self._log_since_start()),
                 )
-            if is_address_in_use(self.log_text()):
+            if is_address_in_use(self._log_since_start()):
                 # a listener that is not SIP (overlay, admin) only logs it
                 self.stop()
                 raise ProxyStartError(
@@ -280,12 +283,14 @@ class ProxyProcess:
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
-    def log_text(self) -> str:
-        """The twistd log and the process's own output, as far as written."""
+    def _log_since_start(self) -> str:
+        """The process's output and what the twistd log gained since this start."""
         texts = []
-        for path in (self.output_path, self.log_path):
+        for path, offset in ((self.output_path, 0), (self.log_path, self._log_start)):
             try:
-                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    texts.append(f.read().decode("utf-8", "replace"))
             except OSError:
                 pass
         return "\n".join(texts)
