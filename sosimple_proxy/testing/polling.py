@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer, task
 
-__all__ = ["WaitTimeout", "wait_until", "until"]
+__all__ = ["WaitTimeout", "wait_until", "until", "until_quiet"]
 
 T = TypeVar("T")
 
@@ -81,3 +81,21 @@ def until(
             yield task.deferLater(reactor, interval, lambda: None)
 
     return poll()
+
+
+def until_quiet(within: float, timeout: float = 10.0, *, reactor: Any = None) -> defer.Deferred:
+    """A Deferred that fires once no timer of ``reactor`` is due within
+    ``within`` seconds of the moment of the call: calls in flight have
+    answered or timed out, so a test ends with the reactor clean.  Timers
+    due later (trial's own timeout, say) do not count.  In place of a
+    fixed sleep at the end of a test."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    horizon = reactor.seconds() + within
+
+    def due() -> list:
+        return [c for c in reactor.getDelayedCalls() if c.getTime() <= horizon]
+
+    return until(lambda: not due(), timeout, what=lambda: f"timers still due: {due()}", reactor=reactor)

@@ -7,7 +7,7 @@ by asserting on elapsed time.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp as tamp
@@ -29,7 +29,7 @@ from sosimple_proxy.overlay.amp import (
 from sosimple_proxy.overlay.node import ChordNode, NodeConfig
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.store import MemoryRecordStore
-from sosimple_proxy.testing.polling import until
+from sosimple_proxy.testing.polling import until, until_quiet
 
 M = 32
 CONFIG = NodeConfig(m=M, stabilize_interval=0.1, successors=4, replicas=2)
@@ -63,14 +63,8 @@ class AMPRingTests(unittest.TestCase):
     @defer.inlineCallbacks
     def tearDown(self):
         yield defer.DeferredList([r.stop() for r in self.running if r.node.running or r.port.connected])
-        # let calls in flight time out, so the reactor is left clean: their
-        # timers are all due within 4 RPC timeouts (trial's own comes later)
-        horizon = reactor.seconds() + 4 * CONFIG.rpc_timeout + 0.2
-
-        def in_flight() -> list:
-            return [c for c in reactor.getDelayedCalls() if c.getTime() <= horizon]
-
-        yield until(lambda: not in_flight(), 4 * CONFIG.rpc_timeout + 5, what=lambda: f"calls in flight to end: {in_flight()}")
+        # let calls in flight time out (within 4 RPC timeouts), so the reactor is left clean
+        yield until_quiet(4 * CONFIG.rpc_timeout + 0.2)
 
     @defer.inlineCallbacks
     def start(self, node_id: int, bootstrap=()):

@@ -7,14 +7,14 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from sosimple_proxy.overlay import ids
 from sosimple_proxy.overlay.identity import load_or_create_key, public_key_bytes
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.service import OverlayService, key_scheme, node_config, node_id
-from sosimple_proxy.testing.polling import until
+from sosimple_proxy.testing.polling import until, until_quiet
 from sosimple_proxy.testing.ring import overlay_settings, ring_settled
 
 
@@ -81,4 +81,4 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(got, [rec])
         yield again.stopService()
         yield first.stopService()
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        yield until_quiet(1.0)

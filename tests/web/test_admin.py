@@ -18,7 +18,7 @@ from sosimple_proxy.overlay.node import NotRunning
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.service import OverlayService
 from sosimple_proxy.testing.ring import overlay_settings, ring_settled
-from sosimple_proxy.testing.polling import until
+from sosimple_proxy.testing.polling import until, until_quiet
 from sosimple_proxy.web.admin import admin_site
 
 
@@ -58,7 +58,7 @@ class AdminTestBase(unittest.TestCase):
     def _stop(self, svc):
         if svc.running:
             yield svc.stopService()
-        yield task.deferLater(reactor, 0.2, lambda: None)
+        yield until_quiet(1.0)  # its RPCs in flight answer or time out
 
     @defer.inlineCallbacks
     def call(self, method: str, url: str, data: bytes | None = None):
@@ -286,7 +286,7 @@ class StatesTests(AdminTestBase):
         self.assertIn("joining", body["error"])
         svc.startService()
         svc.ready.addErrback(lambda f: f.trap(NotRunning))  # stopped before it could join
-        self.addCleanup(task.deferLater, reactor, 0.5, lambda: None)  # its last connection attempt
+        self.addCleanup(until_quiet, 1.0)  # its last connection attempt
         self.addCleanup(self._stop, svc)
         code, body = yield self.json_call("GET", url + "/ring")
         self.assertEqual(code, 503)
