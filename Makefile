@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/site.ini
-# Debian packages of the real peers the tests drive (sipp, baresip, kamailio).
-DEB_PEERS := sip-tester baresip kamailio
-DEB_BINS := sipp baresip kamailio
+# Debian packages of the real peers the tests drive: sipp, baresip, kamailio,
+# linphonec (the SHA-256 digest client) and stunnel (TLS in front of sipp).
+DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4
+DEB_BINS := sipp baresip kamailio linphonec stunnel4
 
 .PHONY: run test bench install install-test peers clean
 

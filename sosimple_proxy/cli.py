@@ -2,6 +2,8 @@
 
     sosimple [--admin URL] ring | put NAME [FILE|-] [--ttl S] | get NAME
              | delete NAME | lookup AOR
+    sosimple adduser|passwd USER [--realm R] [--file F] [--password-stdin]
+    sosimple deluser USER [--realm R] [--file F]
 
 The contract (``shared/site-ini.md``, "The sosimple command"): ``ring`` and
 ``lookup`` print JSON, ``get`` the raw bytes, ``put`` and ``delete`` nothing.
@@ -11,6 +13,11 @@ A failure is one line on stderr and an exit status that scripts can test:
 - 2: usage (bad arguments, a bad ``--admin`` URL, an unreadable FILE);
 - 3: the API could not be reached (refused, no such host, no answer in time);
 - 4: any other error answer, with the server's message.
+
+``adduser``, ``passwd`` and ``deluser`` edit the users file
+(``[auth] users_file``) and never touch the network: ``passwd`` and
+``deluser`` of a user the file lacks exit 1, like a 404; ``adduser`` of
+one it has, or a file that cannot be parsed or written, exits 4.
 
 A traceback never reaches the user: anything unexpected is still one line
 (status 4).  ``lookup`` asks ``GET /registrations/{aor}`` and prints what
@@ -25,11 +32,14 @@ import json
 import math
 import os
 import sys
-from typing import IO, Any, NoReturn, Sequence
+from typing import IO, Any, Callable, NoReturn, Sequence
 from urllib.parse import quote, urlsplit
 
 DEFAULT_ADMIN = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_USERS_FILE = "var/users"
+DEFAULT_REALM = "localhost"
+USER_COMMANDS = ("adduser", "passwd", "deluser")
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -81,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     )
     top = _Parser(
         prog="sosimple",
-        description="Talk to a sosimple-proxy node's admin API.",
+        description="Talk to a sosimple-proxy node's admin API, or edit the users file (adduser, passwd, deluser).",
         parents=[common],
         epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 cannot connect, 4 other error.",
     )
@@ -97,7 +107,38 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("name", metavar="NAME")
     lookup = commands.add_parser("lookup", parents=[common], help="what the ring holds for an AoR (JSON)")
     lookup.add_argument("name", metavar="AOR", help="user@domain")
+    _user_commands(commands)
     return top
+
+
+def _user_commands(commands: Any) -> None:
+    """adduser, passwd, deluser: local edits of the users file, no --admin."""
+    helps = {
+        "adduser": "add a user to the users file (asks for the password twice)",
+        "passwd": "change a user's password in the users file",
+        "deluser": "remove a user from the users file",
+    }
+    for name in USER_COMMANDS:
+        sub = commands.add_parser(name, help=helps[name], description=helps[name] + "; never touches the network.")
+        sub.add_argument("name", metavar="USER", help="the digest user name (usually the user part of the AoR)")
+        sub.add_argument(
+            "--realm",
+            metavar="R",
+            default=DEFAULT_REALM,
+            help=f"the digest realm; must be [auth] realm of site.ini (default: {DEFAULT_REALM})",
+        )
+        sub.add_argument(
+            "--file",
+            metavar="F",
+            default=None,
+            help=f"the users file (default: $SOSIMPLE_USERS_FILE, then {DEFAULT_USERS_FILE})",
+        )
+        if name != "deluser":
+            sub.add_argument(
+                "--password-stdin",
+                action="store_true",
+                help="read the password from the first line of standard input instead of asking",
+            )
 
 
 def admin_url(given: str | None, environ: dict[str, str] | os._Environ[str]) -> str:
@@ -192,10 +233,17 @@ async def run(
     stderr: IO[str],
     stdin: IO[bytes] | None = None,
     environ: dict[str, str] | None = None,
+    getpass: Callable[[str], str] | None = None,
 ) -> int:
-    """Run one command; the exit status.  Never raises (but for KeyboardInterrupt)."""
+    """Run one command; the exit status.  Never raises (but for KeyboardInterrupt).
+
+    ``getpass`` asks for a password (default: ``getpass.getpass`` on the terminal)."""
     try:
-        return await _run(reactor, argv, stdout, stdin, environ if environ is not None else dict(os.environ))
+        env = environ if environ is not None else dict(os.environ)
+        args = parser().parse_args(list(argv))
+        if args.command in USER_COMMANDS:
+            return _edit_users(args, stdin if stdin is not None else sys.stdin.buffer, env, getpass)
+        return await _run(reactor, args, stdout, stdin, env)
     except Failed as f:
         stderr.write(f"sosimple: {f.message}\n")
         return f.status
@@ -210,11 +258,12 @@ async def run(
         return EXIT_ERROR
 
 
-async def _run(reactor: Any, argv: Sequence[str], stdout: IO[bytes], stdin: IO[bytes] | None, environ: dict[str, str]) -> int:
+async def _run(
+    reactor: Any, args: argparse.Namespace, stdout: IO[bytes], stdin: IO[bytes] | None, environ: dict[str, str]
+) -> int:
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    args = parser().parse_args(list(argv))
     base = admin_url(getattr(args, "admin", None), environ)
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
     method, url, body = _request_for(args, base, stdin if stdin is not None else sys.stdin.buffer)
@@ -242,6 +291,82 @@ async def _run(reactor: Any, argv: Sequence[str], stdout: IO[bytes], stdin: IO[b
         stdout.write(content)
     stdout.flush()
     return 0
+
+
+def _edit_users(
+    args: argparse.Namespace, stdin: IO[bytes], environ: dict[str, str], getpass: Callable[[str], str] | None
+) -> int:
+    """adduser / passwd / deluser; raises Failed with the exit status."""
+    from .security import users
+
+    path = args.file if args.file is not None else (environ.get("SOSIMPLE_USERS_FILE") or DEFAULT_USERS_FILE)
+    if not path:
+        raise Failed(EXIT_USAGE, f"{args.command}: the users file name is empty")
+    user, realm = args.name, args.realm
+    for what, value in (("user", user), ("realm", realm)):
+        try:
+            users.check_name(what, value)
+        except ValueError as e:
+            raise Failed(EXIT_USAGE, f"{args.command}: {e}") from None
+    try:
+        if args.command == "deluser":
+            users.delete_user(path, user, realm)
+            return 0
+        # say "exists" or "not found" before asking for a password in vain
+        known = users.read_users(path).lookup(user, realm) if os.path.exists(path) else None
+        if args.command == "adduser" and known is not None:
+            raise users.UserExists(f"{user}@{realm} is already in {path} (sosimple passwd changes a password)")
+        if args.command == "passwd" and known is None:
+            raise users.UserNotFound(f"no user {user}@{realm} in {path}")
+        password = _new_password(args, user, realm, stdin, getpass)
+        if args.command == "adduser":
+            users.add_user(path, user, realm, password)
+        else:
+            users.set_password(path, user, realm, password)
+    except users.UserNotFound as e:
+        raise Failed(EXIT_NOT_FOUND, str(e)) from None
+    except users.UsersFileError as e:
+        raise Failed(EXIT_ERROR, str(e)) from None
+    except OSError as e:
+        raise Failed(EXIT_ERROR, f"{path}: cannot write: {e.strerror or e}") from None
+    return 0
+
+
+def _new_password(
+    args: argparse.Namespace, user: str, realm: str, stdin: IO[bytes], getpass: Callable[[str], str] | None
+) -> str:
+    """From the first line of stdin (--password-stdin), or asked twice."""
+    if args.password_stdin:
+        line = stdin.readline()
+        try:
+            password = (line.decode("utf-8") if isinstance(line, bytes) else line).rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise Failed(EXIT_USAGE, "the password on standard input is not UTF-8") from None
+    else:
+        if getpass is None:
+            getpass = _terminal_getpass
+        try:
+            password = getpass(f"Password for {user}@{realm}: ")
+            again = getpass("Again: ")
+        except EOFError:
+            raise Failed(EXIT_USAGE, "no password given (use --password-stdin to read it from a pipe)") from None
+        if password != again:
+            raise Failed(EXIT_USAGE, "the passwords do not match")
+    if not password:
+        raise Failed(EXIT_USAGE, "the password is empty")
+    return password
+
+
+def _terminal_getpass(prompt: str) -> str:
+    """getpass on the controlling terminal, or a usage error when there is none
+    (getpass would read stdin with an echo warning: more than one line)."""
+    import getpass
+
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise Failed(EXIT_USAGE, "no terminal to ask for the password on (use --password-stdin)") from None
+    return getpass.getpass(prompt)
 
 
 def _silence(stream: IO[bytes]) -> None:

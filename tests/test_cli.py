@@ -200,3 +200,125 @@ def test_console_script_exit_codes_and_no_traceback():
         assert "Traceback" not in result.stderr
     help_ = subprocess.run(SOSIMPLE + ["--help"], capture_output=True, text=True, timeout=60)
     assert help_.returncode == 0 and "Exit status" in help_.stdout
+
+
+# --- adduser / passwd / deluser: the users file, no network ----------------
+
+
+def _users(*argv: str, stdin: bytes = b"", env: dict | None = None, answers: list[str] | None = None):
+    """(status, stdout, stderr) of a users-file command run in-process; ``answers``
+    feeds the password prompts (which are recorded in ``prompts``)."""
+    from sosimple_proxy.security import users as _  # noqa: F401  (import errors fail here, clearly)
+
+    out, err = io.BytesIO(), io.StringIO()
+    prompts: list[str] = []
+    feed = list(answers or [])
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        if not feed:
+            raise EOFError
+        return feed.pop(0)
+
+    coro = cli.run(None, list(argv), out, err, io.BytesIO(stdin), env if env is not None else {}, getpass=getpass)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        status = stop.value
+    else:  # pragma: no cover - these verbs never wait on the reactor
+        raise AssertionError("a users-file command waited on the network")
+    if status:
+        assert len(err.getvalue().splitlines()) == 1 and err.getvalue().startswith("sosimple: "), err.getvalue()
+    return status, out.getvalue(), err.getvalue(), prompts
+
+
+def test_adduser_passwd_deluser(tmp_path):
+    from sosimple_proxy.security.users import UserEntry, read_users
+
+    path = str(tmp_path / "users")
+    status, out, err, prompts = _users("adduser", "alice", "--realm", "example.com", "--file", path, answers=["s3cret", "s3cret"])
+    assert (status, out, err) == (0, b"", "")
+    assert prompts == ["Password for alice@example.com: ", "Again: "]
+    assert read_users(path).lookup("alice", "example.com") == UserEntry.from_password("alice", "example.com", "s3cret")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert "s3cret" not in open(path).read()
+
+    status, _, err, _ = _users("passwd", "alice", "--realm", "example.com", "--file", path, "--password-stdin", stdin=b"new one\n")
+    assert status == 0, err
+    assert read_users(path).lookup("alice", "example.com") == UserEntry.from_password("alice", "example.com", "new one")
+
+    status, _, err, _ = _users("deluser", "alice", "--realm", "example.com", "--file", path)
+    assert status == 0, err
+    assert read_users(path).lookup("alice", "example.com") is None
+
+
+def test_file_from_the_environment_then_var_users(tmp_path, monkeypatch):
+    from sosimple_proxy.security.users import read_users
+
+    env_file = str(tmp_path / "from-env")
+    status, _, err, _ = _users("adduser", "bob", "--password-stdin", stdin=b"pw\n", env={"SOSIMPLE_USERS_FILE": env_file})
+    assert status == 0, err
+    assert read_users(env_file).lookup("bob", "localhost") is not None  # the default realm
+    monkeypatch.chdir(tmp_path)
+    status, _, err, _ = _users("adduser", "carol", "--password-stdin", stdin=b"pw\r\n")
+    assert status == 0, err
+    from sosimple_proxy.security.users import UserEntry
+
+    assert read_users("var/users").lookup("carol", "localhost") == UserEntry.from_password("carol", "localhost", "pw")
+
+
+def test_user_command_failures_and_exit_codes(tmp_path):
+    path = str(tmp_path / "users")
+    f = ["--file", path]
+    assert _users("adduser", "alice", *f, "--password-stdin", stdin=b"pw\n")[0] == 0
+    cases = [
+        # (argv, stdin, answers, status, words)
+        (["adduser", "bob", *f], b"", ["one", "two"], 2, "do not match"),
+        (["adduser", "bob", *f], b"", [], 2, "no password given"),
+        (["adduser", "bob", *f, "--password-stdin"], b"\n", None, 2, "password is empty"),
+        (["adduser", "bob", *f, "--password-stdin"], b"\xff\xfe\n", None, 2, "not UTF-8"),
+        (["adduser", "a:b", *f, "--password-stdin"], b"pw\n", None, 2, "contains ':'"),
+        (["adduser", "bob", "--realm", "", *f, "--password-stdin"], b"pw\n", None, 2, "realm is empty"),
+        (["adduser", *f], b"", None, 2, "required: USER"),
+        (["deluser", "alice", *f, "--password-stdin"], b"", None, 2, "unrecognized arguments"),
+        (["adduser", "alice", *f], b"", ["x", "x"], 4, "already in"),
+        (["passwd", "nobody", *f, "--password-stdin"], b"pw\n", None, 1, "no user nobody@localhost"),
+        (["deluser", "nobody", *f], b"", None, 1, "no user nobody@localhost"),
+        (["deluser", "alice", "--file", str(tmp_path / "missing")], b"", None, 1, "no such file"),
+    ]
+    for argv, stdin, answers, status, words in cases:
+        got, out, err, prompts = _users(*argv, stdin=stdin, answers=answers)
+        assert (got, out) == (status, b""), (argv, err)
+        assert words in err, (argv, err)
+    # a user that exists or is missing is reported before any password is asked for
+    assert _users("adduser", "alice", *f, answers=["x", "x"])[3] == []
+    # nothing above changed the file
+    from sosimple_proxy.security.users import read_users
+
+    assert [e.user for e in read_users(path)] == ["alice"]
+
+
+def test_a_broken_users_file_is_status_4_and_left_alone(tmp_path):
+    path = tmp_path / "users"
+    path.write_text("alice:localhost:not-a-hash\n")
+    status, _, err, _ = _users("adduser", "bob", "--file", str(path), "--password-stdin", stdin=b"pw\n")
+    assert status == 4 and f"{path}:1:" in err
+    assert path.read_text() == "alice:localhost:not-a-hash\n"
+
+
+def test_user_commands_from_the_console_script(tmp_path):
+    """The real command: no terminal and no --password-stdin is one line; a pipe works."""
+    path = str(tmp_path / "users")
+    env = dict(os.environ, SOSIMPLE_USERS_FILE=path)
+    run = lambda argv, data: subprocess.run(  # noqa: E731
+        SOSIMPLE + argv, env=env, input=data, capture_output=True, text=True, timeout=60, start_new_session=True
+    )
+    result = run(["adduser", "alice", "--password-stdin"], "pw\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    result = run(["passwd", "alice"], "")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--password-stdin" in result.stderr
+    result = run(["deluser", "bob"], "")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    help_ = run(["adduser", "--help"], "")
+    assert help_.returncode == 0 and "localhost" in help_.stdout and "$SOSIMPLE_USERS_FILE" in help_.stdout
+    assert os.stat(path).st_mode & 0o777 == 0o600

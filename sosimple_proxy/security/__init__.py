@@ -1,0 +1,1 @@
+"""Security building blocks: the lowest layer, importing nothing else from sosimple_proxy."""
