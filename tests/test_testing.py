@@ -495,3 +495,16 @@ def test_answer_step_copies_the_request_and_ere_escapes():
     )
     assert sent_messages(trace, "MESSAGE") == ["MESSAGE sip:b@example.com SIP/2.0\nVia: x"]
     assert sent_messages(trace, "INVITE") == []
+
+
+def test_call_steps_write_a_dialog_from_the_invite_on():
+    from sosimple_proxy.testing.sipp_scenarios import ack_bye_steps, ack_non_2xx_step, invite_step
+
+    invite = invite_step("sip:bob@example.com", from_uri="sip:alice@example.com")
+    assert "INVITE sip:bob@example.com SIP/2.0" in invite and "Contact: <sip:alice@[local_ip]" in invite
+    assert "Content-Type: application/sdp" in invite and "m=audio" in invite
+    ack = ack_non_2xx_step("sip:bob@example.com")
+    assert "[last_Via:]" in ack and "[last_To:]" in ack and "CSeq: 1 ACK" in ack
+    dialog = ack_bye_steps("sip:bob@example.com")
+    assert dialog.index("CSeq: 1 ACK") < dialog.index("CSeq: 2 BYE") < dialog.index('<recv response="200" crlf="true"/>')
+    assert dialog.count("[routes]") == 2 and dialog.count("[next_url]") == 2

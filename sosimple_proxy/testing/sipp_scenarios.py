@@ -20,6 +20,9 @@ __all__ = [
     "SDP",
     "scenario",
     "send_message_step",
+    "invite_step",
+    "ack_non_2xx_step",
+    "ack_bye_steps",
     "expect_response",
     "receive_request",
     "answer_step",
@@ -67,9 +70,83 @@ def _flags(**flags: bool) -> str:
     return "".join(f' {name}="true"' for name, on in flags.items() if on)
 
 
-def expect_response(status: int | str, *, optional: bool = False, crlf: bool = False) -> str:
-    """Wait for a response with ``status``."""
-    return f'  <recv response="{status}"{_flags(optional=optional, crlf=crlf)}/>\n'
+def invite_step(ruri: str, *, from_uri: str = "sip:sipp@example.com") -> str:
+    """Send an INVITE with an SDP offer to ``ruri``, retransmitted over UDP."""
+    user = from_uri.split(":", 1)[1].split("@", 1)[0]
+    return f"""  <send retrans="500">
+    <![CDATA[
+INVITE {ruri} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <{from_uri}>;tag=[pid]SIPpTag00[call_number]
+To: <{ruri}>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:{user}@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+{SDP}
+    ]]>
+  </send>
+"""
+
+
+def ack_non_2xx_step(ruri: str, *, from_uri: str = "sip:sipp@example.com") -> str:
+    """The ACK of a non-2xx final response: the INVITE's branch (its Via
+    comes back in the response), To with the response's tag (RFC 3261 17.1.1.3)."""
+    return f"""  <send>
+    <![CDATA[
+ACK {ruri} SIP/2.0
+[last_Via:]
+From: <{from_uri}>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def _in_dialog(method: str, cseq: int, ruri: str, from_uri: str, retrans: bool) -> str:
+    user = from_uri.split(":", 1)[1].split("@", 1)[0]
+    return f"""  <send{' retrans="500"' if retrans else ""}>
+    <![CDATA[
+{method} [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+[routes]
+From: <{from_uri}>;tag=[pid]SIPpTag00[call_number]
+To: <{ruri}>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Contact: <sip:{user}@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def ack_bye_steps(ruri: str, *, from_uri: str = "sip:sipp@example.com") -> str:
+    """ACK a 2xx, then hang up with BYE and expect its 200: the Request-URI
+    from the 2xx's Contact and the route set from its Record-Route (receive
+    the 2xx with ``expect_response(200, rrs=True)``)."""
+    return (
+        _in_dialog("ACK", 1, ruri, from_uri, retrans=False)
+        + '  <pause milliseconds="100"/>\n'
+        + _in_dialog("BYE", 2, ruri, from_uri, retrans=True)
+        + expect_response(200, crlf=True)
+    )
+
+
+def expect_response(status: int | str, *, optional: bool = False, crlf: bool = False, rrs: bool = False) -> str:
+    """Wait for a response with ``status``; ``rrs`` keeps its Record-Route
+    and Contact for the requests of the dialog (``[routes]``, ``[next_url]``)."""
+    return f'  <recv response="{status}"{_flags(optional=optional, crlf=crlf, rrs=rrs)}/>\n'
 
 
 def receive_request(method: str, *, crlf: bool = False) -> str:

@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from sosimple_proxy.testing import ProxyProcess, free_port, register_contact, run_sipp, sip_options_ping, start_sipp
-from sosimple_proxy.testing.sipp_scenarios import answer_step, expect_response, receive_request, scenario, send_message_step
+from sosimple_proxy.testing.sipp_scenarios import (
+    ack_bye_steps,
+    answer_step,
+    expect_response,
+    invite_step,
+    receive_request,
+    scenario,
+    send_message_step,
+)
 from tests.dnszone import DNSServerProcess
 
 KAMAILIO = shutil.which("kamailio")
@@ -110,65 +118,14 @@ route[RELAY] {
 }
 """
 
-UAC_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bob calls carol@other.test">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:carol@other.test SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=bob 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      [routes]
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="100"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      [routes]
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
+UAC_CALL = scenario(
+    "bob calls carol@other.test",
+    invite_step("sip:carol@other.test", from_uri="sip:bob@example.com"),
+    expect_response(100, optional=True),
+    expect_response(180, optional=True),
+    expect_response(200, rrs=True),
+    ack_bye_steps("sip:carol@other.test", from_uri="sip:bob@example.com"),
+)
 
 UAC_MESSAGE = scenario(
     "bob messages carol@other.test",

@@ -33,10 +33,12 @@ from sosimple_proxy.testing import (
 )
 from sosimple_proxy.testing.sipp import assert_sipp_ok
 from sosimple_proxy.testing.sipp_scenarios import (
-    SDP,
+    ack_bye_steps,
+    ack_non_2xx_step,
     answer_step,
     ere,
     expect_response,
+    invite_step,
     scenario,
     send_message_step,
     sent_messages,
@@ -157,83 +159,15 @@ def rr_regexp(transport: str, port: int, r2: bool = False) -> str:
 
 # --- scenario pieces
 
+ALICE = "sip:alice@example.com"  # every UAC here calls as alice
+
 HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="%(name)s">\n'
 TAIL = "</scenario>\n"
 
-UAC_INVITE = """
-  <send retrans="500">
-    <![CDATA[
-INVITE %(ruri)s SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-""" + SDP + """
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-"""
-
-# ACK of a non-2xx final: same branch as the INVITE (its Via comes back in
-# the response), To with the response's tag (RFC 3261 17.1.1.3).
-UAC_ACK_NON_2XX = """
-  <send>
-    <![CDATA[
-ACK %(ruri)s SIP/2.0
-[last_Via:]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-"""
-
-# The ACK and BYE of an established dialog: Request-URI from the 200's
-# Contact, Route set from its Record-Route (rrs="true" on that recv).
-UAC_ACK_BYE = """
-  <send>
-    <![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-[routes]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="100"/>
-  <send retrans="500">
-    <![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-[routes]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-"""
+UAC_INVITE = invite_step("%(ruri)s", from_uri=ALICE) + expect_response(100, optional=True)
+UAC_ACK_NON_2XX = ack_non_2xx_step("%(ruri)s", from_uri=ALICE)
+# The ACK and BYE of an established dialog (the 200 received with rrs="true").
+UAC_ACK_BYE = ack_bye_steps("%(ruri)s", from_uri=ALICE)
 
 
 # The INVITE arrives through the proxy: our Via on top, our Record-Route;
