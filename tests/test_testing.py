@@ -446,7 +446,7 @@ def test_recording_wire_and_tu_around_a_layer():
 
 
 def test_sim_ring_is_settled_and_answers():
-    from sosimple_proxy.overlay.node import NodeConfig
+    from sosimple_proxy.overlay.tuning import NodeConfig
 
     cluster = testing.sim_ring(6, seed=3, config=NodeConfig(m=32, stabilize_interval=1.0))
     assert len(cluster.joined()) == 6 and cluster.ring_correct()

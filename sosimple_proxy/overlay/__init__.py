@@ -6,8 +6,16 @@ ring of ``2**m`` identifiers.  The modules, one concern each:
 - ``ids``: ring arithmetic and how names and nodes get their identifiers;
 - ``records``: the record format and its merge rules;
 - ``store``: where a node keeps records (memory, SQLite);
-- ``interfaces`` and ``messages``: what nodes say to each other;
-- ``node``: the Chord logic itself, with no I/O of its own;
+- ``interfaces`` and ``messages``: what nodes say to each other (and the
+  narrow surfaces between the parts of one node);
+- ``node``: a ring member, the facade over the parts below, with no I/O of
+  its own; ``tuning`` (its ``NodeConfig``) and ``errors`` (what it fails with);
+- ``routing``: the routing table (successors, predecessor, fingers, suspects);
+- ``calls``: calls to peers with the node's timeouts; ``jobs``: its
+  background work, one job of a kind at a time;
+- ``lookup``: the iterative lookup of a key's successor;
+- ``replication``: records at a key's successor and replicas, syncs, repair;
+- ``maintenance``: stabilize, notify, fix-fingers, check-predecessor rounds;
 - ``wire`` and ``amp``: the messages' encoding and the AMP protocol;
 - ``identity`` and ``service``: a node's key pair, and the node as a
   Twisted service (listener, SQLite store, join and leave);

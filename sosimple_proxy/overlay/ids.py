@@ -23,11 +23,6 @@ DEFAULT_BITS = 160
 DIGEST_BITS = 256
 
 
-def ring_size(m: int) -> int:
-    """The number of identifiers on a ring of ``m`` bits."""
-    return 1 << m
-
-
 def distance(a: int, b: int, m: int = DEFAULT_BITS) -> int:
     """Clockwise distance from ``a`` to ``b``."""
     return (b - a) & ((1 << m) - 1)

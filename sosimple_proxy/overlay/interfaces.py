@@ -7,6 +7,11 @@ requests.  The node itself never does I/O: give it an ``IOverlayRPC`` and
 it runs over whatever that one runs over.  Timeouts are the node's own
 business (it adds them with its clock), so a transport may leave a call
 unanswered forever, as a lost packet would.
+
+The last three are the narrow surfaces between the parts of one node
+(:mod:`.routing`, :mod:`.lookup`, :mod:`.replication`, :mod:`.maintenance`,
+composed by :mod:`.node`): timed calls to peers, the ring lookup, and what
+the routing table tells whoever must react to its changes.
 """
 
 from __future__ import annotations
@@ -85,3 +90,34 @@ class IOverlayPeer(Interface):
 
     def remote_fingers():
         """tuple[Peer, ...]."""
+
+
+class IPeerCalls(Interface):
+    """Calls to other nodes with the node's own timeouts (see :mod:`.calls`).
+
+    ``method`` names an :class:`IOverlayRPC` method; each returns a Deferred
+    that fails with ``TimeoutError`` when the answer is overdue.
+    """
+
+    def call(address: Hashable, method: str, *args: object):
+        """Deferred: a maintenance call, given the whole call timeout."""
+
+    def hop(address: Hashable, method: str, *args: object):
+        """Deferred: a lookup or read step, timed out as soon as it is overdue."""
+
+
+class ILookup(Interface):
+    """Finding the nodes responsible for a key (see :mod:`.lookup`)."""
+
+    def lookup(key: int, verify: bool = True, via: Hashable | None = None):
+        """Deferred[LookupResult]; fails with ``LookupFailed``."""
+
+
+class IRoutingListener(Interface):
+    """Told by a :class:`.routing.RoutingTable` about changes others act on."""
+
+    def replica_set_changed():
+        """The first ``replicas`` successors (where our range's copies live) changed."""
+
+    def predecessor_changed(peer: Peer | None):
+        """A predecessor was adopted (or dropped): our range is now ``(peer, us]``."""

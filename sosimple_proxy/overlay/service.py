@@ -20,9 +20,11 @@ from twisted.logger import Logger
 
 from . import ids
 from .amp import AMPRPC, OverlayServerFactory
+from .errors import NotRunning
 from .identity import load_or_create_key, public_key_bytes
-from .node import ChordNode, NodeConfig, NotRunning
+from .node import ChordNode
 from .store import SQLiteRecordStore
+from .tuning import NodeConfig
 
 log = Logger()
 

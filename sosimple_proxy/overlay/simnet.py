@@ -26,10 +26,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IOverlayPeer, IOverlayRPC
-from .node import ChordNode, NodeConfig
+from .node import ChordNode
 from .records import Record
 from .simclock import SimClock
 from .store import MemoryRecordStore
+from .tuning import NodeConfig
 
 
 class SimNetwork:
@@ -63,11 +64,6 @@ class SimNetwork:
     def kill(self, address: Hashable) -> None:
         """The node at ``address`` stops answering (and its answers are lost)."""
         self.alive.discard(address)
-
-    def revive(self, address: Hashable, handler: IOverlayPeer | None = None) -> None:
-        if handler is not None:
-            self.handlers[address] = handler
-        self.alive.add(address)
 
     def set_link(self, a: Hashable, b: Hashable, latency: float | None = None, loss: float | None = None) -> None:
         """Give the link between ``a`` and ``b`` (both ways) its own latency or loss."""
@@ -168,7 +164,6 @@ class SimCluster:
         latency: tuple[float, float] = (0.005, 0.05),
         loss: float = 0.0,
     ) -> None:
-        self.seed = seed
         self.rng = random.Random(seed)
         self.clock = SimClock()
         self.net = SimNetwork(self.clock, seed, latency, loss)

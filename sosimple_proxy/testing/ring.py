@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred
 
-from sosimple_proxy.overlay.node import NodeConfig
+from sosimple_proxy.overlay.tuning import NodeConfig
 from sosimple_proxy.overlay.simnet import SimCluster
 
 __all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings"]
@@ -63,7 +63,7 @@ def ring_settled(nodes: Iterable[Any]) -> bool:
         succ, pred = order[(i + 1) % len(order)], order[i - 1]
         if not n.successors or n.successors[0].address != succ.address:
             return False
-        if n.predecessor is None or n.predecessor.address != pred.address or not n._authoritative(n.id):
+        if n.predecessor is None or n.predecessor.address != pred.address or not n.authoritative(n.id):
             return False
     return True
 

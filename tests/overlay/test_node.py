@@ -108,7 +108,7 @@ def test_a_miss_from_the_responsible_node_is_authoritative():
     a = c.joined()[0]
     key = 31337
     owner = c.by_id()[c.true_successor(key)]
-    assert owner._authoritative(key)
+    assert owner.authoritative(key)
     answer = owner.remote_fetch(key, None)
     assert answer.authoritative and answer.records == ()
     assert c.wait(a.get(key)) == []

@@ -1,0 +1,19 @@
+"""What the ring's operations fail with; callers above the overlay catch these."""
+
+from __future__ import annotations
+
+
+class OverlayError(Exception):
+    """The ring could not do what was asked."""
+
+
+class LookupFailed(OverlayError):
+    """No live node answered for the key within the lookup's time."""
+
+
+class StoreFailed(OverlayError):
+    """No node took the records."""
+
+
+class NotRunning(OverlayError):
+    """The node has left or was never started."""
