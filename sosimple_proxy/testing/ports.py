@@ -20,6 +20,8 @@ from pathlib import Path
 
 __all__ = [
     "PortRange",
+    "ephemeral_start",
+    "reserve",
     "free_port",
     "free_ports",
     "port_range",
