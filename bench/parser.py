@@ -24,9 +24,10 @@ import gc
 import time
 from typing import Callable
 
-from sosimple_proxy.sip.headers import Via, split_commas
+from sosimple_proxy.sip.grammar import split_commas
 from sosimple_proxy.sip.message import LIST_HEADERS
 from sosimple_proxy.sip.parser import parse_message
+from sosimple_proxy.sip.via import Via
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"

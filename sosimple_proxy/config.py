@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 import attrs
 from twisted.logger import Logger
 
+from sosimple_proxy.sip.address import ListenAddress
+
 log = Logger()
 
 SIP_TRANSPORTS = ("udp", "tcp", "tls")
@@ -29,26 +31,6 @@ class ConfigError(Exception):
         self.section, self.key, self.problem = section, key, problem
         where = f"[{section}] {key}" if key else f"[{section}]"
         super().__init__(f"site.ini: {where}: {problem}")
-
-
-@attrs.frozen
-class ListenAddress:
-    """One SIP listen address, ``transport:host:port``."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def family6(self) -> bool:
-        return ":" in self.host
-
-    def hostport(self) -> str:
-        host = f"[{self.host}]" if self.family6 else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{self.hostport()}"
 
 
 # --- value parsers: each takes the raw string, returns a value or raises ValueError

@@ -25,6 +25,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     """Build the proxy's services from a validated config."""
     from sosimple_proxy.proxy.core import ProxyCore
     from sosimple_proxy.sip.stack import SipStack
+    from sosimple_proxy.sip.timers import TimerConfig
 
     top = MultiService()
     for warning in cfg.warnings:
@@ -73,7 +74,15 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
             resolve = HopResolver(rfc3263_from_config(cfg.section("dns"), reactor))
         core = ProxyCore(reactor, cfg, resolve=resolve, overlays=dict(top.rings))  # type: ignore[attr-defined]
-        stack = SipStack(reactor, cfg, core)
+        stack = SipStack(
+            reactor,
+            cfg.proxy["listen"],
+            core,
+            timers=TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"]),
+            max_message_size=cfg.proxy["max_message_size"],
+            udp_rcvbuf=cfg.sip["udp_rcvbuf"],
+            tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+        )
         stack.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sosimple_proxy.config import ConfigError, ListenAddress, load_config, parse_config
+from sosimple_proxy.config import ConfigError, load_config, parse_config
+from sosimple_proxy.sip.address import ListenAddress
 
 
 def test_defaults_follow_the_contract():

@@ -76,7 +76,8 @@ def test_free_port_v6():
 
 
 def test_default_config_is_valid_and_on_free_ports():
-    from sosimple_proxy.config import ListenAddress, parse_config
+    from sosimple_proxy.config import parse_config
+    from sosimple_proxy.sip.address import ListenAddress
 
     p = ProxyProcess({"proxy": {"domains": "example.com"}})
     try:

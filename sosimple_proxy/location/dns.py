@@ -20,8 +20,8 @@ from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
 from sosimple_proxy.location.rfc3263 import Lookups, ResolutionFailed, RFC3263Resolver, make_resolver
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.uri import is_ip
-from sosimple_proxy.sip.transport import Peer
 
 log = Logger()
 

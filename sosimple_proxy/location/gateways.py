@@ -25,9 +25,10 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Headers, Request, Response, new_tag
-from sosimple_proxy.sip.transaction import IClientTransactionUser, new_branch
 from sosimple_proxy.sip.uri import URI, format_host, parse_uri
+from sosimple_proxy.sip.via import new_branch
 
 log = Logger()
 
@@ -300,7 +301,7 @@ class GatewayProber:
                     log.failure("OPTIONS probe to gateway {name} not sent", name=gateway.name)
 
     def probe(self, gateway: Gateway) -> None:
-        from sosimple_proxy.sip.transport import Peer
+        from sosimple_proxy.sip.address import Peer
 
         dest = gateway.dest
         if dest is None:

@@ -19,8 +19,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import Miss, Target
+from sosimple_proxy.sip.client_transaction import ClientTransaction
+from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response, make_response
-from sosimple_proxy.sip.transaction import TRANSPORT_ERROR, ClientTransaction, IClientTransactionUser, ServerTransaction
+from sosimple_proxy.sip.server_transaction import ServerTransaction
+from sosimple_proxy.sip.transaction_state import TRANSPORT_ERROR
 
 log = Logger()
 

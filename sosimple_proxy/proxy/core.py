@@ -31,9 +31,10 @@ from sosimple_proxy.proxy.redirect import redirect_response
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.sanity import check_request
 from sosimple_proxy.proxy.targets import Addressing
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.interfaces import IStackUser
 from sosimple_proxy.sip.message import Request, Response, make_response
-from sosimple_proxy.sip.transaction import ITransactionUser, ServerTransaction
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.server_transaction import ServerTransaction
 from sosimple_proxy.sip.uri import is_ip
 
 log = Logger()
@@ -98,7 +99,7 @@ def ring_domains(cfg: Config, name: str) -> list[str]:
     return list(section["domains"]) or (list(cfg.proxy["domains"]) if name == "overlay" else [])
 
 
-@implementer(ITransactionUser)
+@implementer(IStackUser)
 class ProxyCore:
     """The proxy's transaction user."""
 

@@ -13,14 +13,14 @@ from typing import Any, Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.location.interfaces import Target
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.context import Forwarder
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transaction import IClientTransactionUser, response_peer
-from sosimple_proxy.sip.transport import Peer
 from sosimple_proxy.sip.uri import is_ip
+from sosimple_proxy.sip.via import response_peer
 
 log = Logger()
 

@@ -14,9 +14,8 @@ import secrets
 from urllib.parse import quote
 from typing import Callable, Sequence
 
-from sosimple_proxy.config import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
-from sosimple_proxy.sip.transport import Peer
 from sosimple_proxy.sip.uri import URI, format_host
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop

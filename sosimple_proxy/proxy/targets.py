@@ -6,8 +6,8 @@ import functools
 import ipaddress
 from typing import Any, Callable, Sequence
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.proxy.registrar import aor_key
+from sosimple_proxy.sip.address import ListenAddress
 
 
 @functools.lru_cache(maxsize=4096)

@@ -48,18 +48,6 @@ COMPACT: dict[str, str] = {
     "d": "request-disposition",
 }
 
-# How we spell header names we write ourselves.
-_SPELLING: dict[str, str] = {
-    "call-id": "Call-ID",
-    "cseq": "CSeq",
-    "www-authenticate": "WWW-Authenticate",
-    "mime-version": "MIME-Version",
-    "rack": "RAck",
-    "rseq": "RSeq",
-    "sip-etag": "SIP-ETag",
-    "sip-if-match": "SIP-If-Match",
-}
-
 # Headers whose value is a comma-separated list (RFC 3261 section 7.3.1).
 # Contact, Via, Route, Record-Route: list of structured values.
 LIST_HEADERS = frozenset(
@@ -104,12 +92,6 @@ def header_key(name: str) -> str:
         if len(_KEY_CACHE) < 4096:
             _KEY_CACHE[name] = key
         return key
-
-
-def spell(name: str) -> str:
-    """The conventional spelling of a header name for headers we add."""
-    key = header_key(name)
-    return _SPELLING.get(key) or "-".join(p.capitalize() for p in key.split("-"))
 
 
 class Headers:
@@ -163,7 +145,7 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, comma-separated values split apart."""
-        split_commas = _headers.split_commas
+        split_commas = _grammar.split_commas
         out: list[str] = []
         for raw in self.get_all(name):
             out.extend(split_commas(raw))
@@ -231,7 +213,7 @@ class Headers:
         If the first field line holds several comma-separated values, only
         the first value is removed and the rest stay on that line.
         """
-        split_commas = _headers.split_commas
+        split_commas = _grammar.split_commas
         key = header_key(name)
         i = 0
         while i < len(self._fields):
@@ -319,7 +301,7 @@ class Message:
 
     @property
     def vias(self) -> list["Via"]:
-        return self._view("vias", _headers.parse_vias, "via", True)
+        return self._view("vias", _via.parse_vias, "via", True)
 
     @property
     def top_via(self) -> "Via | None":
@@ -327,7 +309,7 @@ class Message:
             vias = self._cache.get("vias")
             if vias:
                 return vias[0]
-        return self._view("top_via", _headers.parse_top_via, "via")
+        return self._view("top_via", _via.parse_top_via, "via")
 
     @property
     def cseq(self) -> "CSeq":
@@ -544,11 +526,14 @@ def make_response(
 _COPIED = frozenset(("via", "from", "call-id", "cseq"))
 
 
-# At the end: headers.py and uri.py do not import this module.
+# At the end: via.py imports this module (header_key), the others do not.
+from sosimple_proxy.sip import grammar as _grammar  # noqa: E402
 from sosimple_proxy.sip import headers as _headers  # noqa: E402
 from sosimple_proxy.sip import uri as _uri  # noqa: E402
+from sosimple_proxy.sip import via as _via  # noqa: E402
 
 # Forward references for type checkers only.
 if TYPE_CHECKING:  # pragma: no cover
-    from sosimple_proxy.sip.headers import CSeq, NameAddr, Via
+    from sosimple_proxy.sip.headers import CSeq, NameAddr
+    from sosimple_proxy.sip.via import Via
     from sosimple_proxy.sip.uri import URI

@@ -53,12 +53,13 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Union
 
-from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip import headers as _h
+from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip.headers import _fast_name_addr, parse_content_length
-from sosimple_proxy.sip.headers import parse_via as _parse_via
-from sosimple_proxy.sip.uri import parse_uri as _parse_uri
 from sosimple_proxy.sip.message import COMPACT, ENCODING, ERRORS, Headers, Request, Response
+from sosimple_proxy.sip.uri import parse_uri as _parse_uri
+from sosimple_proxy.sip.via import parse_via as _parse_via
+from sosimple_proxy.sip.via import parse_vias as _parse_vias
 
 __all__ = ["ParseError", "parse_message", "validate_request", "validate_response"]
 
@@ -363,7 +364,7 @@ def _validate(msg: Message, is_request: bool) -> None:
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
-    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _h.parse_vias(vias)
+    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _parse_vias(vias)
     v = single["from"]
     cache["from"] = _fast_name_addr(v, "From", False) or _h.parse_from(v)
     v = single["to"]

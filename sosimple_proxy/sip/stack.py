@@ -9,18 +9,21 @@ that arrives on the wire can raise into the reactor.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.config import Config, ListenAddress
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import IMessageSink, ISipStack, IStackUser, IUnreachableObserver
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.parser import ParseError, parse_message
-from sosimple_proxy.sip.transaction import ITransactionUser, TransactionLayer, response_peer
-from sosimple_proxy.sip.transport import IMessageSink, Peer, TransportLayer
+from sosimple_proxy.sip.timers import TimerConfig
+from sosimple_proxy.sip.transaction import TransactionLayer
+from sosimple_proxy.sip.transport import TransportLayer
+from sosimple_proxy.sip.via import response_peer
 
 log = Logger()
 
@@ -36,28 +39,39 @@ def reason_phrase(text: str, limit: int = 160) -> str:
     return text[:limit] or "Bad Request"
 
 
-@implementer(IMessageSink)
+@implementer(IMessageSink, IUnreachableObserver, ISipStack)
 class SipStack(MultiService):
-    """Owns the transport and transaction layers; hands requests to the TU."""
+    """Owns the transport and transaction layers; hands requests to the TU.
 
-    def __init__(self, reactor: Any, cfg: Config, tu: ITransactionUser) -> None:
+    Every setting is an argument (``config.py`` is above this layer):
+    ``listen`` the addresses to bind, ``timers`` T1/T2/T4, and the
+    transport's limits.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        listen: Sequence[ListenAddress],
+        tu: IStackUser,
+        *,
+        timers: TimerConfig | None = None,
+        max_message_size: int = 65536,
+        udp_rcvbuf: int = 4194304,
+        tcp_idle_timeout: float = 600.0,
+    ) -> None:
         super().__init__()
-        self.reactor = reactor
-        self.cfg = cfg
         self.tu = tu
         self.transport = TransportLayer(
             reactor,
-            cfg.proxy["listen"],
+            listen,
             self,
-            max_message_size=cfg.proxy["max_message_size"],
-            udp_rcvbuf=cfg.sip["udp_rcvbuf"],
-            tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+            max_message_size=max_message_size,
+            udp_rcvbuf=udp_rcvbuf,
+            tcp_idle_timeout=tcp_idle_timeout,
         )
         self.transport.setServiceParent(self)
-        self.transactions = TransactionLayer(reactor, self.transport, tu, cfg.sip)
-        attach = getattr(tu, "attach", None)
-        if attach is not None:
-            attach(self)
+        self.transactions = TransactionLayer(reactor, self.transport, tu, timers)
+        tu.attach(self)
 
     def privilegedStartService(self) -> None:
         """A listen address we cannot bind stops startup with one line, as a
@@ -70,9 +84,7 @@ class SipStack(MultiService):
             raise SystemExit(f"site.ini: [proxy] listen: cannot listen on {where}: {why}") from None
 
     def stopService(self) -> Any:
-        detach = getattr(self.tu, "detach", None)
-        if detach is not None:
-            detach()
+        self.tu.detach()
         self.transactions.clear()
         return super().stopService()
 
@@ -94,12 +106,12 @@ class SipStack(MultiService):
         self.transactions.receive(msg, source, local)
 
     def _bad_message(self, error: ParseError, source: Peer, local: ListenAddress | None, size: int) -> None:
-        partial = getattr(error, "partial", None)
+        partial = error.partial
         if isinstance(partial, Request) and partial.method != "ACK" and "via" in partial.headers:
             # (Without a Via no response can be formed: 8.2.6.2 copies them.)
             # RFC 3261 16.3 / 8.2: a request that fails the syntax checks is
             # answered 400; the reason phrase names the problem.
-            status = getattr(error, "status", 400) or 400
+            status = error.status or 400
             try:
                 response = make_response(partial, status, reason_phrase(f"{REASONS_FOR.get(status, 'Bad Request')}: {error}"))
             except Exception as e:  # the partial request may lack what a response needs
@@ -119,6 +131,8 @@ class SipStack(MultiService):
         log.info("dropped a bad {kind} from {source} ({size} bytes): {error}", kind=kind, source=source, size=size,
                  error=error)
 
+    # -- IUnreachableObserver
+
     def peerUnreachable(self, peer: Peer, reason: str) -> None:
         self.transactions.peer_unreachable(peer, reason)
 
@@ -127,7 +141,7 @@ class SipStack(MultiService):
         try:
             msg = parse_message(head)
         except ParseError as e:
-            msg = getattr(e, "partial", None)
+            msg = e.partial
         except Exception:
             msg = None
         if isinstance(msg, Request) and msg.method != "ACK":

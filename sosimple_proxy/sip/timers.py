@@ -32,7 +32,7 @@ the proxy.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 __all__ = ["TimerConfig", "RELIABLE_TRANSPORTS", "is_reliable"]
 
@@ -99,15 +99,6 @@ class TimerConfig:
         s(self, "K", float(t4))
         s(self, "L", 64.0 * t1)
         s(self, "M", 64.0 * t1)
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> "TimerConfig":
-        """From the parsed ``[sip]`` section of site.ini (keys t1, t2, t4)."""
-        return cls(
-            t1=float(section.get("t1", 0.5)),
-            t2=float(section.get("t2", 4.0)),
-            t4=float(section.get("t4", 5.0)),
-        )
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("TimerConfig is immutable")

@@ -12,140 +12,18 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import Iterable, Optional
+from typing import Optional
 
 from sosimple_proxy.sip.errors import ParseError, show
+from sosimple_proxy.sip.grammar import Params, check_host, check_ipv6, parse_hostport, new_params, simple_params
 
 __all__ = [
     "URI",
-    "Params",
     "parse_uri",
-    "parse_hostport",
     "unescape",
     "canonical",
     "format_host",
-    "is_ipv6_reference",
 ]
-
-
-_setitem = dict.__setitem__
-_dict_new = dict.__new__
-
-
-class Params(dict):  # type: ignore[type-arg]
-    """Parameters: lower-case name -> value as written (None when valueless).
-
-    Keys are lower case (parameter names are case-insensitive, RFC 3261
-    section 7.3.1 and 19.1.4), so look them up in lower case; the spelling
-    of each name as written is remembered so that serializing gives back
-    the same text.  Insertion order is kept.
-    """
-
-    __slots__ = ("_names",)
-
-    def __init__(self, items: Iterable[tuple[str, Optional[str]]] | dict = ()) -> None:  # type: ignore[type-arg]
-        super().__init__()
-        # Only the names whose spelling differs from their lower-case key.
-        names: dict[str, str] = {}
-        self._names = names
-        if isinstance(items, dict):
-            items = items.items()
-        for name, value in items:
-            key = name.lower()
-            if key != name and key not in self:
-                names[key] = name
-            _setitem(self, key, value)
-
-    @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[str, Optional[str]]]) -> "Params":
-        """Build from parsed (name, value) pairs; a repeated name returns
-        None so the caller can say which header it was in."""
-        p = cls()
-        names = p._names
-        n = 0
-        for name, value in pairs:
-            key = name.lower()
-            if key != name:
-                names[key] = name
-            dict.__setitem__(p, key, value)
-            n += 1
-        return p if len(p) == n else None  # type: ignore[return-value]
-
-    def __setitem__(self, name: str, value: Optional[str]) -> None:
-        key = name.lower()
-        if key != name and key not in self:
-            self._names[key] = name
-        dict.__setitem__(self, key, value)
-
-    def __delitem__(self, name: str) -> None:
-        key = name.lower()
-        dict.__delitem__(self, key)
-        self._names.pop(key, None)
-
-    def pop(self, name: str, *default: Optional[str]) -> Optional[str]:  # type: ignore[override]
-        key = name.lower()
-        self._names.pop(key, None)
-        return dict.pop(self, key, *default)
-
-    def update(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-        for name, value in dict(*args, **kwargs).items():  # type: ignore[arg-type]
-            self[name] = value  # type: ignore[assignment]
-
-    def setdefault(self, name: str, value: Optional[str] = None) -> Optional[str]:  # type: ignore[override]
-        if name.lower() not in self:
-            self[name] = value
-        return dict.__getitem__(self, name.lower())
-
-    def copy(self) -> "Params":
-        p = Params()
-        dict.update(p, self)
-        p._names = dict(self._names)
-        return p
-
-    def spelled(self) -> list[tuple[str, Optional[str]]]:
-        """(name as written, value) pairs, in order."""
-        names = self._names
-        return [(names.get(k, k), v) for k, v in self.items()]
-
-    def serialize(self, sep: str = ";") -> str:
-        """``;name=value;flag`` as written, each preceded by ``sep``."""
-        names = self._names
-        out = ""
-        for k, v in self.items():
-            if names:
-                k = names.get(k, k)
-            out += f"{sep}{k}" if v is None else f"{sep}{k}={v}"
-        return out
-
-
-
-
-def new_params() -> Params:
-    """An empty Params without running Python-level ``__init__`` (hot path)."""
-    p = _dict_new(Params)
-    p._names = {}
-    return p
-
-
-def simple_params(ptext: str) -> Optional[Params]:
-    """``;a=b;c`` already checked by a regex -> Params; None on a repeat."""
-    p = _dict_new(Params)
-    names = p._names = {}
-    for item in ptext[1:].split(";"):
-        eq = item.find("=")
-        if eq < 0:
-            name = item
-            value = None
-        else:
-            name = item[:eq]
-            value = item[eq + 1 :]
-        key = name.lower()
-        if key in p:
-            return None
-        if key != name:
-            names[key] = name
-        _setitem(p, key, value)
-    return p
 
 
 # -- character classes of RFC 3261 section 25.1 ---------------------------
@@ -157,14 +35,7 @@ _PASSWORD = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESC})*")
 _PARAMCHARS = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESC})+")
 _HNAME = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESC})+")
 _HVALUE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESC})*")
-# hostname / IPv4address; '_' accepted although the grammar forbids it (seen
-# in the wild, harmless).
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_IPV4 = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
-_DOTTED_DIGITS = re.compile(r"[0-9.]+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
-_DIGITS = re.compile(r"[0-9]{1,5}")
 _ESCAPE_ANY = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -196,25 +67,9 @@ def canonical(text: str) -> str:
     return _ESCAPE_ANY.sub(_canon_escape, text)
 
 
-def is_ipv6_reference(host: str) -> bool:
-    return ":" in host
-
-
 def format_host(host: str) -> str:
     """A host as written in a URI or Via: IPv6 addresses in brackets."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def check_ipv6(text: str, what: str) -> str:
-    """Validate an IPv6 address (no brackets, no zone); return it as given."""
-    if "%" in text or not text:
-        raise ParseError(f"{what}: invalid IPv6 address {text!r}")
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        # RFC 5118 section 4.10: [2001:db8:::192.0.2.1] is invalid.
-        raise ParseError(f"{what}: invalid IPv6 address {text!r}") from None
-    return text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -225,55 +80,6 @@ def is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-@functools.lru_cache(maxsize=8192)
-def is_ipv4(host: str) -> bool:
-    """A dotted-quad IPv4address (RFC 3261 25.1), quickly (and remembered:
-    the same few hosts come in every message)."""
-    parts = host.split(".")
-    if len(parts) != 4:
-        return False
-    for p in parts:
-        if not (0 < len(p) <= 3 and p.isdigit() and p.isascii() and int(p) <= 255):
-            return False
-    return True
-
-
-def check_host(host: str, what: str) -> str:
-    """Validate a hostname or IPv4 address (RFC 3261 25.1 ``host``)."""
-    if not _HOSTNAME.fullmatch(host):
-        raise ParseError(f"{what}: invalid host {host!r}")
-    if _DOTTED_DIGITS.fullmatch(host) and not _IPV4.fullmatch(host.rstrip(".")):
-        raise ParseError(f"{what}: invalid IPv4 address {host!r}")
-    return host
-
-
-def parse_hostport(text: str, what: str = "URI") -> tuple[str, Optional[int]]:
-    """``host [":" port]`` -> (host without brackets, port or None)."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ParseError(f"{what}: unterminated IPv6 reference {text!r}")
-        host = check_ipv6(text[1:end], what)
-        rest = text[end + 1 :]
-    else:
-        colon = text.find(":")
-        if colon < 0:
-            return check_host(text, what), None
-        if text.count(":") > 1:
-            # RFC 5118 section 4.2: an IPv6 address must be bracketed.
-            raise ParseError(f"{what}: IPv6 address {text!r} must be enclosed in [ ]")
-        host = check_host(text[:colon], what)
-        rest = text[colon:]
-    if not rest:
-        return host, None
-    if rest[0] != ":" or not _DIGITS.fullmatch(rest[1:]):
-        raise ParseError(f"{what}: invalid port in {text!r}")
-    port = int(rest[1:])
-    if port > 65535:
-        raise ParseError(f"{what}: port {port} is out of range")
-    return host, port
 
 
 class URI:
@@ -520,9 +326,7 @@ def build_sip_uri(
     password, no headers); checks what the regex could not."""
     if host[0] == "[":
         host = check_ipv6(host[1:-1], what)
-    elif ".." in host or "-." in host or ".-" in host:
-        check_host(host, what)
-    elif host[0].isdigit() and host.replace(".", "").isdigit() and not is_ipv4(host):
+    else:
         check_host(host, what)
     p = None
     if port is not None:
@@ -536,8 +340,7 @@ def build_sip_uri(
             # more than once."
             raise ParseError(f"{what}: a URI parameter appears more than once")
     else:
-        params = _dict_new(Params)
-        params._names = {}
+        params = new_params()
     u = URI.__new__(URI)
     u.scheme = scheme
     u.user = user

@@ -17,9 +17,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.interfaces import ITransactionUser
 from sosimple_proxy.sip.message import Headers, Request, Response, make_response
-from sosimple_proxy.sip.transaction import ITransactionUser, TransactionLayer
-from sosimple_proxy.sip.transport import Peer, TransportError
+from sosimple_proxy.sip.transaction import TransactionLayer
+from sosimple_proxy.sip.transport import TransportError
 
 __all__ = [
     "UA",

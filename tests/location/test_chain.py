@@ -7,13 +7,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from sosimple_proxy.config import ConfigError, ListenAddress, parse_config
+from sosimple_proxy.config import ConfigError, parse_config
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, Miss, Target
 from sosimple_proxy.location.local import LocalLocator
 from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.proxy.targets import Addressing
+from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.sip.uri import parse_uri
 
 

@@ -14,12 +14,11 @@ from twisted.internet.task import Clock
 from twisted.names import client, dns
 from twisted.trial import unittest
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.location.dns import DNSLocator, HopResolver, retry_after
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, Miss, Target
 from sosimple_proxy.location.rfc3263 import Destination, Lookups, ResolutionFailed, RFC3263Resolver, order_srv
+from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Response
-from sosimple_proxy.sip.transport import Peer
 from sosimple_proxy.sip.uri import parse_uri
 from tests.dnszone import Zone, record, serve_zone
 

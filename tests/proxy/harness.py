@@ -10,19 +10,24 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
-from sosimple_proxy.config import ListenAddress, parse_config
+from sosimple_proxy.config import parse_config
 from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import ISipStack, ITransportLayer
 from sosimple_proxy.sip.message import Message, Request, Response
 from sosimple_proxy.sip.parser import ParseError, parse_message
+from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
-from sosimple_proxy.sip.transport import Peer, TransportError
+from sosimple_proxy.sip.transport import TransportError
 
 PROXY_UDP = ListenAddress("udp", "127.0.0.1", 5060)
 PROXY_TCP = ListenAddress("tcp", "127.0.0.1", 5060)
 CALLER = Peer("udp", "127.0.0.1", 5070)
 
 
+@implementer(ITransportLayer)
 class Wire:
     """The transport layer's place: records sends, fails some on demand."""
 
@@ -56,6 +61,7 @@ class Wire:
         return out
 
 
+@implementer(ISipStack)
 class Stack:
     def __init__(self, transport: Wire, transactions: TransactionLayer) -> None:
         self.transport = transport
@@ -70,7 +76,9 @@ class Harness:
         self.clock = Clock()
         self.wire = Wire(self.clock, listening or [PROXY_UDP, PROXY_TCP])
         self.core = ProxyCore(self.clock, self.cfg)
-        self.layer = TransactionLayer(self.clock, self.wire, self.core, self.cfg.sip)
+        self.layer = TransactionLayer(
+            self.clock, self.wire, self.core, TimerConfig(self.cfg.sip["t1"], self.cfg.sip["t2"], self.cfg.sip["t4"])
+        )
         self.core.attach(Stack(self.wire, self.layer))
 
     def receive(self, data: str | bytes | Message, source: Peer = CALLER, local: ListenAddress = PROXY_UDP) -> None:

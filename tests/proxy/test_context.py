@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transport import Peer
 from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite
 
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
 
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.stack import SipStack
-from sosimple_proxy.sip.transport import Peer
 from tests.proxy.harness import PROXY_UDP, Harness
 from tests.sip.test_parser_properties import SEEDS
 

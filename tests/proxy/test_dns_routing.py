@@ -10,9 +10,10 @@ from sosimple_proxy.config import parse_config
 from sosimple_proxy.location.dns import HopResolver
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver
 from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
+from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
-from sosimple_proxy.sip.transport import Peer
 from tests.dnszone import Zone, record
 from tests.proxy.harness import PROXY_TCP, PROXY_UDP, Harness, Stack, Wire, invite
 
@@ -38,7 +39,9 @@ class DNSHarness(Harness):
         self.rfc = RFC3263Resolver(Lookups(self.zone, self.clock), self.clock)
         self.wire = Wire(self.clock, [PROXY_UDP, PROXY_TCP])
         self.core = ProxyCore(self.clock, self.cfg, resolve=HopResolver(self.rfc))
-        self.layer = TransactionLayer(self.clock, self.wire, self.core, self.cfg.sip)
+        self.layer = TransactionLayer(
+            self.clock, self.wire, self.core, TimerConfig(self.cfg.sip["t1"], self.cfg.sip["t2"], self.cfg.sip["t4"])
+        )
         self.core.attach(Stack(self.wire, self.layer))
 
 

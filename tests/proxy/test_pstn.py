@@ -5,8 +5,8 @@ driving each gateway's state, DIDs retargeted to their AoR."""
 from __future__ import annotations
 
 from sosimple_proxy.location.gateways import ACTIVE, INACTIVE
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.transport import Peer
 
 from tests.proxy.harness import CALLER, Harness, invite
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sosimple_proxy.config import ListenAddress
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.targets import Addressing
+from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.sip.parser import ParseError, parse_message
 
 ADDRESSING = Addressing(["example.com"], [ListenAddress("udp", "127.0.0.1", 5060)])

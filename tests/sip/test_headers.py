@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from sosimple_proxy.sip.grammar import split_commas
 from sosimple_proxy.sip.headers import (
     CSeq,
     NameAddr,
-    Via,
     parse_contacts,
     parse_cseq,
     parse_max_forwards,
     parse_name_addr,
     parse_name_addr_header,
-    parse_top_via,
-    parse_via,
-    parse_vias,
-    split_commas,
 )
 from sosimple_proxy.sip.parser import ParseError
+from sosimple_proxy.sip.via import Via, parse_top_via, parse_vias, parse_via
 
 
 def test_via_basic() -> None:

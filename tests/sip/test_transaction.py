@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.client_transaction import ClientTransaction, make_ack, make_cancel
 from sosimple_proxy.sip.message import Headers, Request
+from sosimple_proxy.sip.server_transaction import ServerTransaction
 from sosimple_proxy.sip.timers import TimerConfig
-from sosimple_proxy.sip.transaction import (
+from sosimple_proxy.sip.transaction_state import (
     ACCEPTED,
     CALLING,
     COMPLETED,
@@ -19,13 +22,8 @@ from sosimple_proxy.sip.transaction import (
     TIMEOUT,
     TRANSPORT_ERROR,
     TRYING,
-    ClientTransaction,
-    ServerTransaction,
-    make_ack,
-    make_cancel,
-    new_branch,
 )
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.via import new_branch
 from sosimple_proxy.testing.transaction import NEXT, NEXT_TCP, UA, UA_TCP, copy, make_layer, request, response
 
 INVITE_UDP_SENDS = [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
@@ -268,7 +266,7 @@ def test_non_invite_client_tcp_timer_k_zero():
 
 
 def test_configurable_timers():
-    layer, clock, wire, tu = make_layer(timers={"t1": 0.1, "t2": 0.4, "t4": 1.0})
+    layer, clock, wire, tu = make_layer(timers=TimerConfig(t1=0.1, t2=0.4, t4=1.0))
     layer.send_request(request("OPTIONS"), NEXT)
     run(clock, 6.39)
     times = [round(t, 6) for t in wire.times()]
@@ -889,7 +887,7 @@ def test_find_server_transaction_for_acks():
 
 
 def test_stamp_via_keeps_quoted_parameters_intact():
-    from sosimple_proxy.sip.transaction import stamp_via
+    from sosimple_proxy.sip.via import stamp_via
 
     req = request(host="192.0.2.1", via_params=';x="a;b";rport')
     stamp_via(req, Peer("udp", "198.51.100.7", 999))

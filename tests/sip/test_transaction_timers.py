@@ -31,9 +31,10 @@ def test_derived_from_t1_and_timer_d_at_least_32s():
 
 def test_from_site_ini_section():
     cfg = parse_config("[sip]\nt1 = 0.2\nt2 = 1.6\nt4 = 2.5\n")
-    t = TimerConfig.from_config(cfg.sip)
+    t = TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"])
     assert t == TimerConfig(0.2, 1.6, 2.5) and t.F == pytest.approx(12.8)
-    assert TimerConfig.from_config(parse_config("").sip) == TimerConfig()
+    defaults = parse_config("").sip
+    assert TimerConfig(defaults["t1"], defaults["t2"], defaults["t4"]) == TimerConfig()
 
 
 def test_validation_and_immutability():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sosimple_proxy.sip.transaction import response_peer, stamp_via
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.via import response_peer, stamp_via
 from sosimple_proxy.testing.transaction import make_layer, request, response
 
 SRC = Peer("udp", "198.51.100.7", 40123)

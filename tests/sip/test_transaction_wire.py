@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from sosimple_proxy.sip.address import Peer
+from sosimple_proxy.sip.client_transaction import make_ack
 from sosimple_proxy.sip.message import make_response
 from sosimple_proxy.sip.parser import parse_message
-from sosimple_proxy.sip.transaction import CONFIRMED, COMPLETED, make_ack
-from sosimple_proxy.sip.transport import Peer
+from sosimple_proxy.sip.transaction_state import COMPLETED, CONFIRMED
 from sosimple_proxy.testing.transaction import make_layer
 
 SRC = Peer("udp", "198.51.100.7", 40123)

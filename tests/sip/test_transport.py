@@ -17,20 +17,14 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
-from sosimple_proxy.config import ListenAddress
-from sosimple_proxy.sip.transport import (
-    IConnectionObserver,
-    IMessageSink,
-    ITransportLayer,
-    Peer,
-    TransportError,
-    TransportLayer,
-    _set_rcvbuf,
-    stun_binding_response,
-)
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.interfaces import IConnectionObserver, IMessageSink, ITransportLayer, IUnreachableObserver
+from sosimple_proxy.sip.stun import stun_binding_response
+from sosimple_proxy.sip.transport import TransportError, TransportLayer
+from sosimple_proxy.sip.udp import set_rcvbuf
 
 
 def message(body: bytes = b"", method: bytes = b"OPTIONS", cseq: int = 1) -> bytes:
@@ -541,6 +535,7 @@ class RealSocketTests(unittest.TestCase):
             layer, sink = self.layer("udp:127.0.0.1:0")
             unreachable: list[tuple[Peer, str]] = []
             sink.peerUnreachable = lambda peer, reason: unreachable.append((peer, reason))  # type: ignore[attr-defined]
+            alsoProvides(sink, IUnreachableObserver)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
                 gone.bind(("127.0.0.1", 0))
                 closed = gone.getsockname()[1]
@@ -572,7 +567,7 @@ class RealSocketTests(unittest.TestCase):
         # Linux caps at rmem_max unless root (SO_RCVBUFFORCE); either way we asked.
         self.assertGreater(got, 200_000)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            self.assertGreaterEqual(_set_rcvbuf(s, 1 << 20), 1 << 19)
+            self.assertGreaterEqual(set_rcvbuf(s, 1 << 20), 1 << 19)
 
     def test_udp_rcvbuf_force_as_root(self) -> None:
         if not hasattr(os, "geteuid") or os.geteuid() != 0 or not sys.platform.startswith("linux"):
@@ -580,7 +575,7 @@ class RealSocketTests(unittest.TestCase):
         with open("/proc/sys/net/core/rmem_max") as f:
             above = int(f.read()) * 2
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            self.assertEqual(_set_rcvbuf(s, above), above)
+            self.assertEqual(set_rcvbuf(s, above), above)
 
     def test_udp_oversize_real(self) -> defer.Deferred:
         async def run() -> None:
