@@ -23,6 +23,7 @@ from sosimple_proxy.providers import LOCATION_PROVIDERS
 from sosimple_proxy.sip.errors import ParseError
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.values import Schema
+from sosimple_proxy.values import boolean as _bool
 from sosimple_proxy.values import hostports as _hostports
 from sosimple_proxy.values import integer as _int
 from sosimple_proxy.values import number as _float
@@ -45,15 +46,6 @@ class ConfigError(Exception):
 
 
 # --- value parsers: each takes the raw string, returns a value or raises ValueError
-
-
-def _bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("yes", "true", "on", "1"):
-        return True
-    if word in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{raw.strip()!r} is not yes or no")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:

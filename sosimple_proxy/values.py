@@ -1,9 +1,10 @@
 """Value parsers for site.ini: each takes the raw string and returns a value
 or raises ``ValueError`` with the problem (config.py adds section and key).
 
-Shared by :mod:`sosimple_proxy.config` and the location providers' table
+Shared by :mod:`sosimple_proxy.config`, the location providers' table
 (:mod:`sosimple_proxy.providers`), which declares the sections its
-providers read.
+providers read, and the parsers of the security settings; so it imports
+nothing of the project and sits at the bottom of the layers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ from typing import Callable
 
 Schema = dict[str, tuple[Callable[[str], object], str]]
 """A section's keys: key -> (parser, default raw value)."""
+
+
+def boolean(raw: str) -> bool:
+    """``yes``/``no`` (and ``true``/``false``, ``on``/``off``, ``1``/``0``)."""
+    word = raw.strip().lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{raw.strip()!r} is not yes or no")
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
