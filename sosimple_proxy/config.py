@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from sosimple_proxy.location.dialplan import DialPlan, did_number
 from sosimple_proxy.location.routes import route_uri
 from sosimple_proxy.providers import LOCATION_PROVIDERS
+from sosimple_proxy.security.limits import LIMITS_SCHEMA
 from sosimple_proxy.sip.errors import ParseError
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.values import Schema
@@ -172,6 +173,8 @@ SIP: Schema = {
     "timer_c": (_float(), "180"),
     "udp_rcvbuf": (_int(0), "4194304"),
     "tcp_idle_timeout": (_float(), "600"),
+    # A stream message begun must be complete within this (slow senders).
+    "message_timeout": (_float(), "30"),
 }
 REGISTRAR: Schema = {
     "min_expires": (_int(0), "60"),
@@ -224,6 +227,8 @@ SCHEMAS: dict[str, Schema] = {
     "tls": TLS,
     "auth": AUTH,
     "admin": ADMIN,
+    # Its parsers and defaults live with the limiter (security/limits.py).
+    "limits": LIMITS_SCHEMA,
 }
 PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
 

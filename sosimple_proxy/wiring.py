@@ -11,6 +11,11 @@ hands it to the parts that send through it).
 
 The location providers come from the one table in
 :mod:`sosimple_proxy.providers`.
+
+The ``[limits]`` limiter (:func:`build_limits`) is one object on the
+reactor, shared by whoever judges a source: the SIP stack (rates, bans,
+connection and transaction caps), authentication (wrong credentials) and
+the admin API (``GET /limits``, lifting a ban).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.security.limits import Limits, LimitsConfig
 
 log = Logger()
 
@@ -53,6 +59,39 @@ def ring_domains(cfg: Config, name: str) -> list[str]:
     """The domains whose users a ring holds (site-ini.md, [overlay] domains)."""
     section = cfg.section(name) if name in cfg.sections else cfg.section("overlay")
     return list(section["domains"]) or (list(cfg.proxy["domains"]) if name == "overlay" else [])
+
+
+# --- abuse limits
+
+
+class LimitsService(Service):
+    """Runs the limiter's timers (its memory sweep, its ban expiries) while
+    the SIP service runs."""
+
+    name = "limits"
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def startService(self) -> None:
+        super().startService()
+        self.limits.start_sweeping()
+
+    def stopService(self) -> Any:
+        self.limits.stop()
+        return super().stopService()
+
+
+def build_limits(cfg: Config, reactor: Any) -> Limits:
+    """The ``[limits]`` limiter on ``reactor``'s clock."""
+    return Limits(reactor, LimitsConfig(**cfg.section("limits")))
+
+
+def emergency_numbers(cfg: Config) -> tuple[str, ...]:
+    """``[pstn] emergency``: numbers never limited (none while the key does
+    not exist)."""
+    value = cfg.section("pstn").get("emergency", ())
+    return tuple(value.split()) if isinstance(value, str) else tuple(value)
 
 
 # --- the transaction user
@@ -92,6 +131,7 @@ class Proxy:
     forwarder: RequestForwarder
     publishers: Sequence[RingPublisher]
     timers: ProxyTimers
+    limits: Limits | None = None
 
 
 def build_proxy(
@@ -99,12 +139,14 @@ def build_proxy(
     reactor: Any,
     rings: Mapping[str, Any] | None = None,
     rfc3263: RFC3263Resolver | None = None,
+    limits: Limits | None = None,
 ) -> Proxy:
     """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
     stack's user; the stack attaches itself to it).
 
     ``rings`` are the overlay services by provider name; ``rfc3263``
-    replaces the resolver ``[dns]`` describes (tests give a zone's).
+    replaces the resolver ``[dns]`` describes (tests give a zone's);
+    ``limits`` is the limiter the processors report to (wrong credentials).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
@@ -176,7 +218,7 @@ def build_proxy(
             stack,
             from_domain=addressing.primary or "localhost",
         )
-    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
+    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober), limits)
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:
@@ -210,6 +252,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     # Every ring this proxy is a member of, by its [location] provider name
     # (paper III.C.3: one proxy in several rings bridges them).
     top.rings = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
+    # One limiter for the stack, authentication and the admin API.
+    top.limits = build_limits(cfg, reactor) if cfg.proxy["listen"] else None  # type: ignore[attr-defined]
     for ring_name, section in cfg.named("overlay").items():
         if not section["listen"]:
             log.info("[overlay:{name}] listen is empty: not a member", name=ring_name)
@@ -224,7 +268,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
-        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        limits = top.limits  # type: ignore[attr-defined]
+        proxy = build_proxy(cfg, reactor, dict(top.rings), limits=limits)  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],
@@ -233,9 +278,13 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             max_message_size=cfg.proxy["max_message_size"],
             udp_rcvbuf=cfg.sip["udp_rcvbuf"],
             tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+            message_timeout=cfg.sip["message_timeout"],
+            limits=limits,
+            emergency=emergency_numbers(cfg),
         )
         # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
+        LimitsService(limits).setServiceParent(stack)
         stack.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")

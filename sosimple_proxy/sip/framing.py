@@ -131,6 +131,13 @@ class StreamFramer:
         """Bytes held while waiting for the rest of a message."""
         return len(self._buf)
 
+    @property
+    def in_message(self) -> bool:
+        """A message has begun and is not complete yet.  Line ends held
+        between messages (a lone CRLF keep-alive, half a ping) are not a
+        message: a phone that sends them must not meet a message deadline."""
+        return self._need >= 0 or self._scan > 0
+
     def feed(self, data: bytes) -> list[FrameEvent]:
         if self.failed:
             return []

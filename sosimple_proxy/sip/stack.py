@@ -4,19 +4,30 @@ Bytes come in from the transport layer; a message that does not parse is
 answered 400 with a reason phrase that says what is wrong when enough of it
 parsed to address a response, and is otherwise dropped and logged.  Nothing
 that arrives on the wire can raise into the reactor.
+
+With ``limits`` the ``[limits]`` rules run first, on the raw bytes
+(:mod:`~sosimple_proxy.sip.admission`): a banned source is dropped before
+parsing; the request that takes a source over its rate is answered 503 with
+Retry-After, statelessly; emergency calls pass whatever the source did.
+After parsing, ``max_transactions`` turns new requests away with 503 while
+established calls carry on: requests inside a dialog (a To tag), ACK,
+CANCEL, retransmissions and responses still pass.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sosimple_proxy.security.limits import Limits, Verdict
 from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.admission import DROP, EXEMPT, LIMITED, Gate
 from sosimple_proxy.sip.interfaces import IMessageSink, ISipStack, IStackUser, IUnreachableObserver
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.parser import ParseError, parse_message
@@ -30,6 +41,13 @@ log = Logger()
 REASONS_FOR = {400: "Bad Request", 505: "Version Not Supported"}
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+
+# Retry-After of a 503 for a full transaction table: transactions end by
+# their timers within about 32 s, a few seconds frees many.
+OVERLOAD_RETRY_AFTER = 5
+# Methods that never start a new transaction the cap protects against: ACK
+# (part of an INVITE's, or of a dialog) and CANCEL (ends one).
+_UNCAPPED = frozenset({"ACK", "CANCEL"})
 
 
 def reason_phrase(text: str, limit: int = 160) -> str:
@@ -45,7 +63,10 @@ class SipStack(MultiService):
 
     Every setting is an argument (``config.py`` is above this layer):
     ``listen`` the addresses to bind, ``timers`` T1/T2/T4, and the
-    transport's limits.
+    transport's limits.  ``limits`` (the ``[limits]`` rules; None: none)
+    and ``emergency`` (the ``[pstn] emergency`` numbers, exempt from them)
+    guard the door; ``message_timeout`` is how long a stream peer may take
+    to send one message.
     """
 
     def __init__(
@@ -58,9 +79,15 @@ class SipStack(MultiService):
         max_message_size: int = 65536,
         udp_rcvbuf: int = 4194304,
         tcp_idle_timeout: float = 600.0,
+        message_timeout: float | None = 30.0,
+        limits: Limits | None = None,
+        emergency: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self.tu = tu
+        self.limits = limits
+        self.gate = Gate(limits, emergency, reactor) if limits is not None else None
+        self._overloaded = False
         self.transport = TransportLayer(
             reactor,
             listen,
@@ -68,6 +95,8 @@ class SipStack(MultiService):
             max_message_size=max_message_size,
             udp_rcvbuf=udp_rcvbuf,
             tcp_idle_timeout=tcp_idle_timeout,
+            message_timeout=message_timeout,
+            limits=limits,
         )
         self.transport.setServiceParent(self)
         self.transactions = TransactionLayer(reactor, self.transport, tu, timers)
@@ -98,12 +127,66 @@ class SipStack(MultiService):
             log.failure("unexpected error on a message from {source}", source=source)
 
     def _received(self, data: bytes, source: Peer, local: ListenAddress) -> None:
+        gate = self.gate
+        admission = gate.admit(data, source.host) if gate is not None else None
+        if admission is DROP:
+            if source.reliable:
+                self.transport.close_from(source)
+            return
         try:
             msg = parse_message(data)
         except ParseError as e:
-            self._bad_message(e, source, local, len(data))
+            if admission is not LIMITED:
+                self._bad_message(e, source, local, len(data))
+            return
+        if admission is LIMITED:
+            self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
+                         self.limits.retry_after(source.host))
+            return
+        if admission is not None and admission is not EXEMPT and isinstance(msg, Request) and self._over_capacity(msg):
+            self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)
             return
         self.transactions.receive(msg, source, local)
+
+    def _over_capacity(self, request: Request) -> bool:
+        """A new request while ``max_transactions`` are live.  What keeps
+        established calls going passes: ACK, CANCEL, requests in a dialog,
+        retransmissions (matched to their transaction)."""
+        txns = self.transactions
+        live = txns.server_count + txns.client_count
+        if self.limits.check_transactions(live) is not Verdict.LIMITED:  # type: ignore[union-attr]
+            if self._overloaded:
+                self._overloaded = False
+                log.info("limits: {live} transactions, below max_transactions again", live=live)
+            return False
+        if request.method in _UNCAPPED:
+            return False
+        try:
+            if request.to.tag:
+                return False
+        except Exception:
+            return False  # the transaction layer drops what it cannot match
+        if txns.find_server_transaction(request) is not None:
+            return False
+        if not self._overloaded:
+            self._overloaded = True
+            log.warn("limits: {live} transactions (max_transactions): new requests get 503 until some end", live=live)
+        return True
+
+    def _refuse(self, msg: Request | Response, source: Peer, local: ListenAddress, why: str, retry_after: int) -> None:
+        """Answer 503 with Retry-After, statelessly (a limited request gets
+        no transaction: it is what the limit saves)."""
+        if not isinstance(msg, Request) or msg.method == "ACK":
+            return
+        try:
+            response = make_response(msg, 503, reason_phrase(f"Service Unavailable: {why}"))
+            response.headers.add("Retry-After", str(max(1, math.ceil(retry_after))))
+            via = msg.top_via
+            dest = response_peer(via, source) if via is not None else source
+        except Exception as e:
+            log.debug("cannot answer 503 to {source}: {why}", source=source, why=e)
+            return
+        self.transactions.send_stateless(response, dest, local)
 
     def _bad_message(self, error: ParseError, source: Peer, local: ListenAddress | None, size: int) -> None:
         partial = error.partial

@@ -4,6 +4,14 @@
 :class:`~sosimple_proxy.sip.framing.StreamFramer`, answers CRLF keep-alives,
 closes an idle or out-of-step connection, and tells the transport layer when
 it opens and closes so that its table of connections stays right.
+
+Two clocks guard a connection: the idle timeout (nothing at all for
+``tcp_idle_timeout``) and the message deadline (a message begun must be
+complete within ``message_timeout``), without which a sender that trickles
+one never-ending header line, a byte every few seconds, would hold its
+connection and buffer forever.  An accepted connection is first admitted by
+the layer (the ``[limits]`` connection caps and bans): a refused one is
+closed at once, before it costs a timer or a table entry.
 """
 
 from __future__ import annotations
@@ -40,14 +48,19 @@ class StreamConnection(Protocol):
 
     peer: Peer | None = None
     closing = False
+    # Passed the layer's admission (limits); counted against its caps.
+    admitted = False
+    counted = False
 
     def __init__(self, layer: TransportLayer, transport_name: str, local: ListenAddress | None) -> None:
         self.layer = layer
         self.transport_name = transport_name
         self.local = local
+        self._inbound = local is not None  # a listener's factory knows its address
         self.framer = StreamFramer(layer.max_message_size)
         self.last_activity = 0.0
         self._idle_call: Any = None
+        self._message_call: Any = None  # the deadline of the message being received
         self.keys: list[Peer] = []  # the table entries that point here
         self.lost: defer.Deferred = defer.Deferred()
 
@@ -62,6 +75,10 @@ class StreamConnection(Protocol):
             # A wildcard listener: say which of our addresses the peer reached,
             # since that is what belongs in Via and Record-Route.
             self.local = attrs.evolve(self.local, host=normal_host(self.transport.getHost().host))
+        if self.inbound and not self.layer._admit(self):
+            self.closing = True
+            self.transport.abortConnection()
+            return
         self.last_activity = self.layer.reactor.seconds()
         self._idle_call = self.layer.reactor.callLater(self.layer.tcp_idle_timeout, self._checkIdle)
         self.layer._register(self, self.peer)
@@ -72,10 +89,12 @@ class StreamConnection(Protocol):
             return
         self.last_activity = self.layer.reactor.seconds()
         assert self.peer is not None and self.local is not None
+        completed = False
         for event in self.framer.feed(data):
             if self.closing:
                 return
             if type(event) is Frame:
+                completed = True
                 try:
                     self.layer.sink.messageReceived(event.data, self.peer, self.local)
                 except Exception:
@@ -93,13 +112,19 @@ class StreamConnection(Protocol):
                 if answer:
                     self.transport.write(answer)
                 self.close()
+        if not self.closing:
+            self._watchMessage(completed)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
+        self._stopDeadline()
         self.layer._closed(self)
+        if not self.admitted and self.inbound:
+            self.lost.callback(None)
+            return  # refused at once: nobody saw it open
         if self.framer.buffered:
             log.info("{peer}: closed with {n} bytes of an unfinished message", peer=self.peer, n=self.framer.buffered)
         log.debug("{peer}: connection closed", peer=self.peer)
@@ -126,6 +151,42 @@ class StreamConnection(Protocol):
             self.closing = True
             self.layer._unregister(self)
             self.transport.loseConnection()
+
+    @property
+    def inbound(self) -> bool:
+        """Accepted from a peer (made by a listener), not made by us."""
+        return self._inbound
+
+    def _watchMessage(self, completed: bool) -> None:
+        """Start the message deadline at a message's first byte, restart it
+        when one completed and the next has begun, clear it when nothing is
+        pending.  A message that arrives in one read costs no timer."""
+        timeout = self.layer.message_timeout
+        if not timeout:
+            return
+        if self.framer.in_message:
+            if self._message_call is None or completed:
+                self._stopDeadline()
+                self._message_call = self.layer.reactor.callLater(timeout, self._messageTimedOut)
+        elif self._message_call is not None:
+            self._stopDeadline()
+
+    def _stopDeadline(self) -> None:
+        if self._message_call is not None and self._message_call.active():
+            self._message_call.cancel()
+        self._message_call = None
+
+    def _messageTimedOut(self) -> None:
+        self._message_call = None
+        if self.closing:
+            return
+        log.info(
+            "{peer}: no complete message within {t:g}s ({n} bytes held), closing",
+            peer=self.peer,
+            t=self.layer.message_timeout,
+            n=self.framer.buffered,
+        )
+        self.close()
 
     def _checkIdle(self) -> None:
         # One timer per connection, pushed back lazily: cheaper than resetting

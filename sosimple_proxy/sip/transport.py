@@ -14,6 +14,13 @@ Stream connections live in one table keyed by the remote :class:`Peer`
 request came in on (RFC 3261 section 18.2.2) and a new request to the same
 peer reuses it.  TLS only differs in how a connection is made: it is another
 transport name in the same table.
+
+With ``limits`` (a :class:`~sosimple_proxy.security.limits.Limits`), every
+accepted connection is counted against ``[limits] max_connections`` and
+``max_connections_per_source`` and refused while its source is banned; a
+refused connection is closed at once, logged once per source until one from
+there is accepted again (never once per connection: a flood would flood the
+log).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sosimple_proxy.security.limits import Limits, Verdict
 from sosimple_proxy.sip.address import STREAM_TRANSPORTS, ListenAddress, Peer, normal_host
 from sosimple_proxy.sip.interfaces import IMessageSink, ITransportLayer, IUnreachableObserver
 from sosimple_proxy.sip.stream import Connecting, StreamConnection, StreamFactory
@@ -52,6 +60,9 @@ log = Logger()
 # UDP send errors that mean "the packet was lost", not "the peer is unreachable";
 # retransmission deals with them, a 503 would be wrong.
 _UDP_TRANSIENT = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR}
+# Sources remembered as "refusal already logged"; past this the memory is
+# cleared (a few repeated log lines, never unbounded memory).
+_MAX_REFUSING = 10_000
 
 
 class TransportError(Exception):
@@ -99,6 +110,8 @@ class TransportLayer(service.Service):
         stop_grace: float = 5.0,
         tls_server: Any = None,
         tls_client: Callable[[Peer], Any] | None = None,
+        message_timeout: float | None = 30.0,
+        limits: Limits | None = None,
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
@@ -110,6 +123,10 @@ class TransportLayer(service.Service):
         self.stop_grace = stop_grace
         self.tls_server = tls_server
         self.tls_client = tls_client
+        self.message_timeout = message_timeout
+        self.limits = limits
+        # Sources whose refused connections were logged (one line an episode).
+        self._refusing: set[str] = set()
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
         self._bound = False
         self._udp: list[tuple[ListenAddress, Any]] = []  # (bound address, port)
@@ -403,6 +420,44 @@ class TransportLayer(service.Service):
         """``conn`` is closed: forget it."""
         self._unregister(conn)
         self._all_streams.discard(conn)
+        if conn.counted:
+            conn.counted = False
+            if self.limits is not None and conn.peer is not None:
+                self.limits.connection_closed(conn.peer.host)
+
+    def _admit(self, conn: StreamConnection) -> bool:
+        """Whether an accepted connection may stay open ([limits] caps and
+        bans); the caller closes it at once otherwise."""
+        limits = self.limits
+        if limits is None or conn.peer is None:
+            conn.admitted = True
+            return True
+        host = conn.peer.host
+        verdict = limits.connection_opened(host)
+        if verdict is Verdict.ALLOW:
+            conn.admitted = conn.counted = True
+            if self._refusing:
+                self._refusing.discard(host)
+            return True
+        if host not in self._refusing:
+            if len(self._refusing) >= _MAX_REFUSING:
+                self._refusing.clear()
+            self._refusing.add(host)
+            why = "it is banned" if verdict is Verdict.BANNED else (
+                f"{limits.connections_from(host)} open from there, {limits.connections} in all "
+                f"(max_connections_per_source {limits.config.max_connections_per_source}, "
+                f"max_connections {limits.config.max_connections})"
+            )
+            log.warn("{peer}: {transport} connection refused: {why}; further refusals from {host} are not logged",
+                     peer=conn.peer, transport=conn.transport_name.upper(), why=why, host=host)
+        return False
+
+    def close_from(self, peer: Peer) -> None:
+        """Close the connection a message from ``peer`` came on (its source
+        is banned: nothing more from it will be read)."""
+        conn = self._streams.get(peer)
+        if conn is not None:
+            conn.close()
 
     def _unregister(self, conn: StreamConnection) -> None:
         """Stop offering ``conn`` for sends (it is closing or closed)."""
