@@ -68,6 +68,12 @@ def test_ipv6_listen_and_domain_lists():
         ("[admin]\nmax_value = 0\n", "admin", "max_value", "below the minimum"),
         ("[gateway:a]\npriority = high\n", "gateway:a", "priority", "not an integer"),
         ("[proxy]\nlisten = udp:127.0.0.1:5060\nlisten = tcp:127.0.0.1:5060\n", "proxy", "listen", "given twice"),
+        ("[sip]\nmessage_timeout = 0\n", "sip", "message_timeout", "greater than 0"),
+        ("[limits]\nrequests_per_second = fast\n", "limits", "requests_per_second", "not a number"),
+        ("[limits]\nburst = 0\n", "limits", "burst", "below the minimum of 1"),
+        ("[limits]\nban_seconds = -1\n", "limits", "ban_seconds", "must not be negative"),
+        ("[limits]\nallow = 10.0.0.0/8 intranet\n", "limits", "allow", "'intranet' is not an IP address"),
+        ("[limits]\nmax_transactions = 1.5\n", "limits", "max_transactions", "not an integer"),
     ],
 )
 def test_bad_values_name_section_key_and_problem(text, section, key, words):
@@ -126,3 +132,26 @@ def test_named_ring_needs_domains_and_gets_its_own_state_dir():
     assert "[overlay:corp] domains" in str(e.value)
     cfg = parse_config("[overlay:corp]\nlisten = tcp:7100:interface=127.0.0.1\ndomains = corp.test\n", "x.ini")
     assert cfg.named("overlay")["corp"]["state_dir"] == "var/overlay-corp"
+
+
+def test_limits_defaults_and_values():
+    import ipaddress
+
+    from sosimple_proxy.security.limits import LimitsConfig
+
+    cfg = parse_config("")
+    assert cfg.sip["message_timeout"] == 30.0
+    assert LimitsConfig(**cfg.section("limits")) == LimitsConfig()
+    cfg = parse_config("[limits]\nrequests_per_second = 0\nallow = 127.0.0.0/8, ::1\nmax_connections = 0\n")
+    limits = cfg.section("limits")
+    assert limits["requests_per_second"] == 0.0 and limits["max_connections"] == 0
+    assert limits["allow"] == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def test_shipped_site_ini_turns_limits_on():
+    from sosimple_proxy.security.limits import LimitsConfig
+
+    cfg = load_config("conf/site.ini")
+    limits = LimitsConfig(**cfg.section("limits"))
+    assert limits.requests_per_second > 0 and limits.ban_seconds > 0 and limits.allow == ()
+    assert cfg.sip["message_timeout"] == 30.0

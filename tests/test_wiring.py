@@ -111,3 +111,50 @@ def test_the_harness_wire_is_a_transport_layer_and_a_context_a_transaction_user(
     txn = next(iter(h.layer._server.values()))
     assert isinstance(txn.data, ResponseContext)
     assert verifyObject(IClientTransactionUser, txn.data)
+
+
+def test_one_limiter_for_the_stack_and_the_proxy_with_its_timers_run_by_the_service():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sosimple_proxy.security.limits import Limits
+    from sosimple_proxy.sip.stack import SipStack
+    from sosimple_proxy.wiring import build_service
+
+    cfg = parse_config(
+        "[proxy]\nlisten = udp:127.0.0.1:0\n[overlay]\nlisten =\n[admin]\nlisten =\n[location]\norder = local\n"
+        "[sip]\nmessage_timeout = 12\n[limits]\nrequests_per_second = 7\nmax_connections = 3\n"
+    )
+    reactor = MemoryReactorClock()
+    top = build_service(cfg, reactor)
+    limits = top.limits
+    assert isinstance(limits, Limits)
+    assert (limits.config.requests_per_second, limits.config.max_connections) == (7.0, 3)
+    [stack] = [s for s in top if isinstance(s, SipStack)]
+    assert stack.limits is limits and stack.gate is not None and stack.gate.numbers == frozenset()
+    assert stack.transport.limits is limits and stack.transport.message_timeout == 12.0
+    assert stack.tu.__class__.__name__ == "ProxyCore"
+    service = stack.getServiceNamed("limits")
+    service.startService()
+    assert limits._sweeper is not None and limits._sweeper.running
+    service.stopService()
+    assert limits._sweeper is None
+
+
+def test_emergency_numbers_reach_the_stack_when_pstn_has_them():
+    from sosimple_proxy.wiring import emergency_numbers
+
+    cfg = parse_config("")
+    assert emergency_numbers(cfg) == ()
+    cfg.section("pstn")["emergency"] = ("911", "112")
+    assert emergency_numbers(cfg) == ("911", "112")
+    cfg.section("pstn")["emergency"] = "911 112"
+    assert emergency_numbers(cfg) == ("911", "112")
+
+
+def test_no_limiter_without_sip():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sosimple_proxy.wiring import build_service
+
+    top = build_service(parse_config("[proxy]\nlisten =\n[overlay]\nlisten =\n[admin]\nlisten =\n"), MemoryReactorClock())
+    assert top.limits is None

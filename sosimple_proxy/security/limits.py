@@ -152,7 +152,7 @@ class LimitsConfig:
     # Open TCP/TLS connections per source address.
     max_connections_per_source: int = 32
     # Live transactions beyond which new requests get 503.
-    max_transactions: int = 10000
+    max_transactions: int = 100000
 
 
 # The config.py schema shape: key -> (parser, default as written in site.ini).
@@ -164,7 +164,7 @@ LIMITS_SCHEMA: dict[str, tuple[Callable[[str], object], str]] = {
     "auth_failures": (parse_count, "10"),
     "max_connections": (parse_count, "1024"),
     "max_connections_per_source": (parse_count, "32"),
-    "max_transactions": (parse_count, "10000"),
+    "max_transactions": (parse_count, "100000"),
 }
 
 

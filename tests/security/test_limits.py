@@ -286,7 +286,7 @@ def test_defaults():
     config = parse_limits({})
     assert config == LimitsConfig()
     assert (config.requests_per_second, config.burst, config.ban_seconds, config.auth_failures) == (50, 100, 300, 10)
-    assert (config.max_connections, config.max_connections_per_source, config.max_transactions) == (1024, 32, 10000)
+    assert (config.max_connections, config.max_connections_per_source, config.max_transactions) == (1024, 32, 100000)
     assert config.allow == ()
     assert set(LIMITS_SCHEMA) == set(attrs.fields_dict(LimitsConfig))
 
