@@ -136,6 +136,9 @@ class Setup(Server):
                     "node_id": format_id(nid),
                 },
                 "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
+                # sipp and the other proxies all come from 127.0.0.1 (a site
+                # lists its own proxies in allow); see sip_load.BENCH_LIMITS.
+                "limits": {"allow": "127.0.0.0/8", "max_transactions": "0"},
             }
             p = ProxyProcess(sections, port=sip, workdir=workdir / f"{self.name}-proxy{i + 1}")
             self.proxies.append(p)
