@@ -335,11 +335,15 @@ class Limits:
 
     # -- connections and transactions
 
-    def connection_opened(self, source: str) -> Verdict:
+    def connection_opened(self, source: str, banned_ok: bool = False) -> Verdict:
         """Count a new TCP/TLS connection; anything but ALLOW means close it
         (BANNED: at once, without a word).  Only an ALLOW is counted, so
-        call :meth:`connection_closed` exactly for those."""
-        if self.is_banned(source):
+        call :meth:`connection_closed` exactly for those.
+
+        ``banned_ok``: a banned source's connection is allowed within the
+        caps all the same, because only its first message can say whether it
+        is an emergency call (the caller drops anything else and closes)."""
+        if not banned_ok and self.is_banned(source):
             return BANNED
         allowed = self.is_allowed(source)
         per_source = self._connections.get(source, 0)

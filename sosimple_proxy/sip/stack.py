@@ -98,6 +98,7 @@ class SipStack(MultiService):
             message_timeout=message_timeout,
             limits=limits,
         )
+        self.transport.admit_banned = self.gate is not None and bool(self.gate.numbers)
         self.transport.setServiceParent(self)
         self.transactions = TransactionLayer(reactor, self.transport, tu, timers)
         tu.attach(self)

@@ -51,6 +51,8 @@ class StreamConnection(Protocol):
     # Passed the layer's admission (limits); counted against its caps.
     admitted = False
     counted = False
+    # From a banned source, let in to read one message (an emergency call?).
+    probation = False
 
     def __init__(self, layer: TransportLayer, transport_name: str, local: ListenAddress | None) -> None:
         self.layer = layer
@@ -81,6 +83,9 @@ class StreamConnection(Protocol):
             return
         self.last_activity = self.layer.reactor.seconds()
         self._idle_call = self.layer.reactor.callLater(self.layer.tcp_idle_timeout, self._checkIdle)
+        if self.probation and self.layer.message_timeout:
+            # Not the idle timeout: a banned source must speak up at once.
+            self._message_call = self.layer.reactor.callLater(self.layer.message_timeout, self._messageTimedOut)
         self.layer._register(self, self.peer)
         log.debug("{peer}: connected (local {local})", peer=self.peer, local=self.local)
 

@@ -125,6 +125,9 @@ class TransportLayer(service.Service):
         self.tls_client = tls_client
         self.message_timeout = message_timeout
         self.limits = limits
+        # Let banned sources connect (the stack reads their first message for
+        # an emergency call): set by the stack when there are emergency numbers.
+        self.admit_banned = False
         # Sources whose refused connections were logged (one line an episode).
         self._refusing: set[str] = set()
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
@@ -433,9 +436,11 @@ class TransportLayer(service.Service):
             conn.admitted = True
             return True
         host = conn.peer.host
-        verdict = limits.connection_opened(host)
+        verdict = limits.connection_opened(host, banned_ok=self.admit_banned)
         if verdict is Verdict.ALLOW:
             conn.admitted = conn.counted = True
+            # A banned source on probation: its first message must come soon.
+            conn.probation = self.admit_banned and limits.is_banned(host)
             if self._refusing:
                 self._refusing.discard(host)
             return True

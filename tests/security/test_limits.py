@@ -226,6 +226,15 @@ def test_banned_source_gets_no_connection():
     assert limits.connections == 0
 
 
+def test_banned_source_may_connect_when_its_first_message_decides():
+    # With emergency numbers the stack reads a banned source's first message.
+    limits, _, _ = make(max_connections_per_source=1)
+    limits.ban(SRC, "testing")
+    assert limits.connection_opened(SRC, banned_ok=True) is ALLOW
+    assert limits.connection_opened(SRC, banned_ok=True) is LIMITED  # the caps still hold
+    assert limits.connections == 1
+
+
 def test_transaction_cap():
     limits, _, _ = make(max_transactions=100)
     assert limits.check_transactions(99) is ALLOW

@@ -189,3 +189,52 @@ def test_peer_of_a_refused_connection_is_known() -> None:
     accept(r, "10.0.0.1", 5000)
     proto, t = accept(r, "10.0.0.2", 5000)
     assert proto.peer == Peer("tcp", "10.0.0.2", 5000) and t.disconnecting
+
+
+def emergency_stack(**config: Any) -> tuple[Any, Any, Limits, Any]:
+    from sosimple_proxy.sip.stack import SipStack
+    from tests.sip.test_stack_limits import RecordingTU
+    from tests.sip.test_transport import LISTEN, FakeReactor
+
+    r = FakeReactor()
+    limits = Limits(r, LimitsConfig(**config))
+    tu = RecordingTU()
+    stack = SipStack(r, LISTEN, tu, limits=limits, emergency=("911",), message_timeout=30.0)
+    stack.startService()
+    return stack, r, limits, tu
+
+
+def test_with_emergency_numbers_a_banned_source_may_connect_for_an_emergency_call() -> None:
+    from tests.sip.test_stack_limits import request
+
+    stack, r, limits, tu = emergency_stack(ban_seconds=600, max_connections_per_source=2)
+    limits.ban("10.0.0.1", "test")
+    proto, t = accept(r, "10.0.0.1", 5001)
+    assert not t.disconnecting
+    sos = request("INVITE", "sip:911@localhost", call_id="sos", host="10.0.0.1").replace(b"UDP", b"TCP")
+    proto.dataReceived(sos)
+    assert [q.call_id for q in tu.requests] == ["sos"] and not t.disconnecting
+    # Anything else from the banned source: dropped, and its connection closed.
+    other, t2 = accept(r, "10.0.0.1", 5002)
+    other.dataReceived(request("REGISTER", "sip:localhost", call_id="reg", host="10.0.0.1").replace(b"UDP", b"TCP"))
+    assert t2.disconnecting and len(tu.requests) == 1
+    # The caps still hold for it.
+    other.connectionLost(Failure(ConnectionDone()))
+    accept(r, "10.0.0.1", 5003)
+    assert accept(r, "10.0.0.1", 5004)[1].disconnecting
+    stack.stopService()
+
+
+def test_a_banned_source_on_probation_must_speak_within_the_message_timeout() -> None:
+    stack, r, limits, tu = emergency_stack(ban_seconds=600)
+    limits.ban("10.0.0.1", "test")
+    proto, t = accept(r, "10.0.0.1", 5001)
+    r.advance(29)
+    assert not t.disconnecting
+    r.advance(1)
+    assert t.disconnecting
+    # A source that is not banned only meets the idle timeout.
+    proto, t = accept(r, "10.0.0.2", 5001)
+    r.advance(100)
+    assert not t.disconnecting
+    stack.stopService()
