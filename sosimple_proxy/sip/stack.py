@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from sosimple_proxy.security.limits import Limits, Verdict
 from sosimple_proxy.sip.address import ListenAddress, Peer
-from sosimple_proxy.sip.admission import DROP, EXEMPT, LIMITED, Gate
+from sosimple_proxy.sip.admission import DROP, EXEMPT, LIMITED, PASS, Gate
 from sosimple_proxy.sip.interfaces import IMessageSink, ISipStack, IStackUser, IUnreachableObserver
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.parser import ParseError, parse_message
@@ -222,6 +222,9 @@ class SipStack(MultiService):
 
     def framingError(self, head: bytes, status: int, reason: str, source: Peer) -> bytes | None:
         """Answer a stream that cannot be framed (413/513/400), if we can."""
+        gate = self.gate
+        if gate is not None and gate.admit(head, source.host) not in (PASS, EXEMPT):
+            return None  # banned, or over its rate: no parse, no answer
         try:
             msg = parse_message(head)
         except ParseError as e:

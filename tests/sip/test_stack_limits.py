@@ -257,3 +257,13 @@ def test_without_limits_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     for i in range(500):
         stack.messageReceived(request(branch=f"z9hG4bK-{i}"), FLOODER, LOCAL)
     assert len(tu.requests) == 500 and stack.gate is None
+
+
+def test_an_oversized_datagram_from_a_banned_source_is_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(monkeypatch, requests_per_second=1, burst=1, ban_seconds=60)
+    head = request(branch="z9hG4bK-big")
+    assert h.stack.framingError(head, 513, "Message Too Large", FLOODER) is not None
+    h.receive(request(branch="z9hG4bK-b"))  # 503: banned
+    parsed = h.parsed
+    assert h.stack.framingError(head, 513, "Message Too Large", FLOODER) is None
+    assert h.parsed == parsed
