@@ -131,7 +131,6 @@ class Proxy:
     forwarder: RequestForwarder
     publishers: Sequence[RingPublisher]
     timers: ProxyTimers
-    limits: Limits | None = None
 
 
 def build_proxy(
@@ -139,14 +138,12 @@ def build_proxy(
     reactor: Any,
     rings: Mapping[str, Any] | None = None,
     rfc3263: RFC3263Resolver | None = None,
-    limits: Limits | None = None,
 ) -> Proxy:
     """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
     stack's user; the stack attaches itself to it).
 
     ``rings`` are the overlay services by provider name; ``rfc3263``
-    replaces the resolver ``[dns]`` describes (tests give a zone's);
-    ``limits`` is the limiter the processors report to (wrong credentials).
+    replaces the resolver ``[dns]`` describes (tests give a zone's).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
@@ -218,7 +215,7 @@ def build_proxy(
             stack,
             from_domain=addressing.primary or "localhost",
         )
-    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober), limits)
+    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:
@@ -269,7 +266,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
-        proxy = build_proxy(cfg, reactor, dict(top.rings), limits=limits)  # type: ignore[attr-defined]
+        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],
