@@ -23,7 +23,7 @@ from sosimple_proxy.testing.sipp_scenarios import expect_response, scenario, sen
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
 
 RATE = 20  # [limits] requests_per_second, and burst
-BAN = 6  # [limits] ban_seconds
+BAN = 10  # [limits] ban_seconds: outlasts the sipp runs (5 s) with room to spare
 FLOOD_RATE = 5 * RATE
 FLOOD_SECONDS = 3.0
 NORMAL_RATE = 5  # each of REGISTER and MESSAGE from 127.0.0.3: 10/s together, half the limit
@@ -148,6 +148,7 @@ def test_flood_is_answered_503_then_ignored_while_others_carry_on(proxy, tmp_pat
         flooder = Flooder(FLOODER, target)
         try:
             flooder.flood(FLOOD_RATE, FLOOD_SECONDS)
+            ignored = flooder.answered(timeout=0.5)
             assert_sipp_ok(registers.wait(), messages.wait())
             assert sum("still here" in r for r in ua.requests) == NORMAL_CALLS
 
@@ -158,13 +159,14 @@ def test_flood_is_answered_503_then_ignored_while_others_carry_on(proxy, tmp_pat
             assert refusals[0] == len(statuses) - 1, "nothing after the 503: the source is banned"
             # The bucket's burst and what it refilled while they were sent.
             assert RATE <= refusals[0] <= 2 * RATE, statuses
-            assert len(flooder.sent) == FLOOD_RATE * FLOOD_SECONDS
+            assert len(flooder.sent) == FLOOD_RATE * FLOOD_SECONDS + 1  # the flood and one more
             banned_at, line, text = flooder.answers[-1]
             assert re.search(r"\r\nRetry-After: *(\d+)", text).group(1) == str(BAN)
             assert "requests/s" in line
 
             # Silence until the ban ends, then answers again, on time.
-            assert flooder.answered(timeout=1.0) is None
+            assert ignored is None
+            assert time.monotonic() < banned_at + BAN - 2, "too slow to see the ban from inside"
             time.sleep(max(0.0, banned_at + BAN - 1.5 - time.monotonic()))
             assert flooder.answered(timeout=0.5) is None
             deadline = banned_at + BAN + 3
