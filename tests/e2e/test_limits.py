@@ -180,3 +180,63 @@ def test_flood_is_answered_503_then_ignored_while_others_carry_on(proxy, tmp_pat
     assert len(re.findall(rf"banned {re.escape(FLOODER)} for", log)) == 1, "one log line per ban"
     assert re.search(rf"unbanned {re.escape(FLOODER)} \(expired\)", log)
     assert GOOD not in "".join(line for line in log.splitlines() if "banned" in line)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the proxy closes ``sock`` within ``seconds`` (reads until EOF)."""
+    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+    return False
+
+
+def test_tcp_connections_over_the_caps_are_closed_at_once_and_slow_senders_at_their_deadline(tmp_path):
+    p = ProxyProcess(
+        {"limits": {"max_connections_per_source": 3}, "sip": {"message_timeout": 2}},
+        workdir=tmp_path / "proxy",
+    )
+    with p:
+        kept, refused = [], []
+        try:
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", p.port), timeout=3, source_address=("127.0.0.5", 0))
+                kept.append(s)
+            for _ in range(4):
+                s = socket.create_connection(("127.0.0.1", p.port), timeout=3, source_address=("127.0.0.5", 0))
+                refused.append(s)
+                assert closed_within(s, 2.0), "a connection over max_connections_per_source stays open"
+            assert not any(closed_within(s, 0.2) for s in kept)
+            # Another source is not affected.
+            other = socket.create_connection(("127.0.0.1", p.port), timeout=3, source_address=("127.0.0.6", 0))
+            kept.append(other)
+            assert not closed_within(other, 0.2)
+            # A sender that trickles one header line, a byte every 0.4 s, is
+            # closed at the message deadline although it is never idle.
+            trickler = kept[0]
+            trickler.sendall(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.5")
+            start = time.monotonic()
+            closed = False
+            for _ in range(20):  # at most 8 s
+                try:
+                    trickler.sendall(b"5")
+                except OSError:
+                    closed = True
+                    break
+                if closed_within(trickler, 0.4):
+                    closed = True
+                    break
+            took = time.monotonic() - start
+            assert closed and 1.5 <= took <= 4.0, f"closed={closed} after {took:.1f} s"
+        finally:
+            for s in kept + refused:
+                s.close()
+        log = p.log_path.read_text()
+        assert len(re.findall(r"connection refused", log)) == 1, "one line per source, not per connection"
+        assert "no complete message within 2s" in log
