@@ -144,15 +144,17 @@ class SipStack(MultiService):
             self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
                          self.limits.retry_after(source.host))
             return
-        if admission is not None and admission is not EXEMPT and isinstance(msg, Request) and self._over_capacity(msg):
+        if admission is not None and admission is not EXEMPT and isinstance(msg, Request) and self._over_capacity(msg, source):
             self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)
             return
         self.transactions.receive(msg, source, local)
 
-    def _over_capacity(self, request: Request) -> bool:
+    def _over_capacity(self, request: Request, source: Peer) -> bool:
         """A new request while ``max_transactions`` are live.  What keeps
         established calls going passes: ACK, CANCEL, requests in a dialog,
-        retransmissions (matched to their transaction)."""
+        retransmissions (matched to their transaction); and so do the
+        ``[limits] allow`` sources (gateways, our other proxies), which are
+        never limited."""
         txns = self.transactions
         live = txns.server_count + txns.client_count
         if self.limits.check_transactions(live) is not Verdict.LIMITED:  # type: ignore[union-attr]
@@ -167,7 +169,7 @@ class SipStack(MultiService):
                 return False
         except Exception:
             return False  # the transaction layer drops what it cannot match
-        if txns.find_server_transaction(request) is not None:
+        if txns.find_server_transaction(request) is not None or self.limits.is_allowed(source.host):  # type: ignore[union-attr]
             return False
         if not self._overloaded:
             self._overloaded = True

@@ -267,3 +267,11 @@ def test_an_oversized_datagram_from_a_banned_source_is_not_answered(monkeypatch:
     parsed = h.parsed
     assert h.stack.framingError(head, 513, "Message Too Large", FLOODER) is None
     assert h.parsed == parsed
+
+
+def test_allowed_sources_pass_a_full_transaction_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(monkeypatch, max_transactions=1, allow=parse_networks("192.0.2.7"))
+    h.receive(request(branch="z9hG4bK-a"))
+    h.receive(request(branch="z9hG4bK-b"))
+    h.receive(request(branch="z9hG4bK-gw", host="192.0.2.7"), OTHER)
+    assert len(h.tu.requests) == 2 and h.wire.statuses() == [503]
