@@ -173,7 +173,8 @@ class Gate:
             return False
         # Each message keeps the call remembered; a BYE shortens it to its
         # retransmissions.
-        calls[call_id] = now + (EMERGENCY_BYE_TTL if data.startswith(b"BYE ") else EMERGENCY_CALL_TTL)  # type: ignore[index]
+        ttl = EMERGENCY_BYE_TTL if data.startswith(b"BYE ") else EMERGENCY_CALL_TTL
+        calls[call_id] = now + ttl  # type: ignore[index]
         return True
 
     def _forget_ended(self, host: str, now: float) -> None:

@@ -144,7 +144,8 @@ class SipStack(MultiService):
             self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
                          self.limits.retry_after(source.host))
             return
-        if admission is not None and admission is not EXEMPT and isinstance(msg, Request) and self._over_capacity(msg, source):
+        capped = admission is not None and admission is not EXEMPT and isinstance(msg, Request)
+        if capped and self._over_capacity(msg, source):  # type: ignore[arg-type]
             self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)
             return
         self.transactions.receive(msg, source, local)
@@ -169,7 +170,9 @@ class SipStack(MultiService):
                 return False
         except Exception:
             return False  # the transaction layer drops what it cannot match
-        if txns.find_server_transaction(request) is not None or self.limits.is_allowed(source.host):  # type: ignore[union-attr]
+        if txns.find_server_transaction(request) is not None:
+            return False
+        if self.limits.is_allowed(source.host):  # type: ignore[union-attr]
             return False
         if not self._overloaded:
             self._overloaded = True
