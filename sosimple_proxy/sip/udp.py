@@ -165,6 +165,9 @@ class Datagrams(DatagramProtocol):
             source = self._peers[addr] = Peer("udp", addr[0], addr[1])
         layer = self.layer
         if len(data) > layer.max_message_size:
+            limits = layer.limits
+            if limits is not None and limits.is_banned(source.host):
+                return  # silence, and no log line per datagram
             log.info("{source}: datagram of {n} bytes over the limit", source=source, n=len(data))
             answer = layer._sinkFramingError(
                 cut_head(data, layer.max_message_size), 513, "Message Too Large", source

@@ -238,3 +238,13 @@ def test_a_banned_source_on_probation_must_speak_within_the_message_timeout() ->
     r.advance(100)
     assert not t.disconnecting
     stack.stopService()
+
+
+def test_an_oversized_datagram_from_a_banned_source_is_dropped_without_a_word() -> None:
+    layer, r, sink, limits = limited_layer(ban_seconds=60)
+    proto, port = r.udp[0]
+    proto.datagramReceived(message(b"x" * 2000), ("10.0.0.1", 5070))
+    assert len(sink.errors) == 1
+    limits.ban("10.0.0.1", "test")
+    proto.datagramReceived(message(b"x" * 2000), ("10.0.0.1", 5070))
+    assert len(sink.errors) == 1 and port.written == [(b"SIP/2.0 513 Message Too Large\r\nContent-Length: 0\r\n\r\n", ("10.0.0.1", 5070))]
