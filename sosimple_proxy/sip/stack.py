@@ -69,6 +69,11 @@ class SipStack(MultiService):
     to send one message.
     """
 
+    # Class defaults: a subclass that skips __init__ (a test's) has no limits.
+    limits: Limits | None = None
+    gate: Gate | None = None
+    _overloaded = False
+
     def __init__(
         self,
         reactor: Any,
