@@ -191,10 +191,38 @@ def decrement_max_forwards(request: Request) -> None:
 
 
 def uri_transport(uri: URI) -> str:
+    """The transport a URI asks for.  A ``sips:`` URI over TCP is TLS
+    (RFC 3261 26.2.2, RFC 5630 section 3.1.1: ``transport=tcp`` in a SIPS
+    URI means TLS over TCP)."""
     t = uri.transport
-    if t:
-        return t
-    return "tls" if uri.secure else "udp"
+    if uri.secure and t in (None, "tcp", "tls"):
+        return "tls"
+    return t or "udp"
+
+
+def tls_domain(uri: URI) -> str | None:
+    """The SIP domain a TLS next hop chosen by ``uri`` must prove with its
+    certificate (RFC 5922 section 4: the host part of the URI that was
+    resolved, not what DNS turned it into), or None when the host is an
+    address literal: the certificate must then name that address (an
+    IP-address subjectAltName).  A ``maddr`` only says where to connect."""
+    host = (uri.host or "").strip("[]")
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower().rstrip(".")
+    return None
+
+
+def must_stay_secure(request: Request) -> bool:
+    """A ``sips:`` Request-URI, or a ``sips:`` next hop: every hop must be
+    TLS (RFC 5630 section 3.1.3 removes RFC 3261's last-hop exception)."""
+    if request.ruri.secure:
+        return True
+    routes = request.routes
+    return bool(routes) and routes[0].uri.secure
 
 
 def uri_address(uri: URI) -> tuple[str, str, int]:
@@ -246,11 +274,22 @@ def via_value(local: ListenAddress, transport: str, branch: str) -> str:
     return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
 
 
-def record_route_value(local: ListenAddress, r2: bool = False, user: str | None = None) -> str:
-    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses."""
-    t = "" if local.transport == "udp" else f";transport={local.transport}"
+def record_route_value(local: ListenAddress, r2: bool = False, user: str | None = None, secure: bool = False) -> str:
+    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses.
+
+    A TLS address is ``<sips:host:port;lr>`` when ``secure`` (a SIPS
+    request: RFC 3261 16.6 step 4, "the URI placed into the Record-Route
+    header field MUST be a SIPS URI"), else ``sip:`` with ``transport=tls``,
+    which keeps a ``sip:`` dialog ``sip:`` (RFC 5630 section 3.1.3: a SIPS
+    Record-Route would oblige the whole dialog to TLS) while in-dialog
+    requests still reach us by TLS.
+    """
     u = f"{user}@" if user else ""
-    return f"<sip:{u}{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}>"
+    tail = f";lr{';r2=on' if r2 else ''}"
+    if local.transport == "tls" and secure:
+        return f"<sips:{u}{format_host(local.host)}:{local.port}{tail}>"
+    t = "" if local.transport == "udp" else f";transport={local.transport}"
+    return f"<sip:{u}{format_host(local.host)}:{local.port}{t}{tail}>"
 
 
 def add_record_route(request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None) -> None:
@@ -259,16 +298,19 @@ def add_record_route(request: Request, inbound: ListenAddress | None, outbound: 
     When the request leaves by another transport or address than it came
     in on, we add two entries, each naming the interface that faces its
     side: the UAS's route set starts with the top (outbound) one, the
-    UAC's, reversed, with the lower (inbound) one.
+    UAC's, reversed, with the lower (inbound) one.  ``request`` is the copy
+    after its next hop was chosen (16.6 step 6), so a ``sips:`` top Route
+    counts as well as a ``sips:`` Request-URI.
     """
     inbound = inbound or outbound
     if inbound is None:
         return
+    secure = must_stay_secure(request)
     if outbound is None or outbound == inbound:
-        request.headers.prepend("Record-Route", record_route_value(inbound))
+        request.headers.prepend("Record-Route", record_route_value(inbound, secure=secure))
         return
-    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True))
-    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True))
+    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, secure=secure))
+    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, secure=secure))
 
 
 def copy_request(request: Request) -> Request:
