@@ -59,15 +59,18 @@ class RequestForwarder(Forwarder):
         if target.route:
             routing.push_routes(copy, target.route)
         hop = routing.next_hop(copy)
+        secure = routing.must_stay_secure(request) or routing.must_stay_secure(copy)
         dest = routing.parse_flow(target.dest) if target.dest else self._flow(target)
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user))
+                return found.addCallback(
+                    lambda peer: self._finish(copy, routing.with_tls_domain(peer, hop), inbound, lhash, user, secure)
+                )
             if isinstance(found, Response):
                 return found
-            dest = found
-        return self._finish(copy, dest, inbound, lhash, user)
+            dest = routing.with_tls_domain(found, hop)
+        return self._finish(copy, dest, inbound, lhash, user, secure)
 
     def _flow(self, target: Target) -> Peer | None:
         """The UA's own connection, when it registered over one still open."""
@@ -95,7 +98,13 @@ class RequestForwarder(Forwarder):
         d = self.resolve(host)
         return d.addCallback(lambda ip: Peer(transport, ip, port))
 
-    def _finish(self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser) -> Any:
+    def _finish(
+        self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser, secure: bool = False
+    ) -> Any:
+        refused = routing.insecure_hop(secure, dest)
+        if refused is not None:
+            log.info("{method} {uri}: not forwarded: {why}", method=copy.method, uri=copy.uri, why=refused)
+            return make_response_for_branch(480, refused)
         listening = self.listening
         outbound = routing.egress(listening, dest)
         if outbound is None:

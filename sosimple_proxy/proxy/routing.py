@@ -14,6 +14,8 @@ import secrets
 from urllib.parse import quote
 from typing import Callable, Sequence
 
+import attrs
+
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.uri import URI, format_host
@@ -213,6 +215,29 @@ def tls_domain(uri: URI) -> str | None:
         ipaddress.ip_address(host)
     except ValueError:
         return host.lower().rstrip(".")
+    return None
+
+
+def with_tls_domain(dest: Peer, hop: URI) -> Peer:
+    """``dest``, resolved from the next-hop URI ``hop``, with the domain its
+    certificate must prove when it is a TLS hop (see :func:`tls_domain`)."""
+    if dest.transport != "tls" or dest.domain is not None:
+        return dest
+    domain = tls_domain(hop)
+    return attrs.evolve(dest, domain=domain) if domain else dest
+
+
+#: The reason phrase of the 480 for a SIPS request with no TLS way onward.
+NOT_OVER_TLS = "Temporarily Unavailable: a sips: request may leave only over TLS, and {dest} is {transport}"
+
+
+def insecure_hop(secure: bool, dest: Peer) -> str | None:
+    """Why a request may not go to ``dest``: a SIPS request (``secure``, see
+    :func:`must_stay_secure`) over anything but TLS.  RFC 3261 26.2.2
+    (a SIPS URI means TLS on each hop) as RFC 5630 section 3.1.3 tightens
+    it, with no exception for the last hop; the caller answers 480."""
+    if secure and dest.transport != "tls":
+        return NOT_OVER_TLS.format(dest=dest.hostport(), transport=dest.transport.upper())
     return None
 
 

@@ -1,0 +1,109 @@
+"""The proxy core over TLS, in-process (real transaction layer, recording
+wire, Clock): where TLS requests go, what they carry, and the SIPS rule."""
+
+from __future__ import annotations
+
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.message import Request, Response
+from tests.proxy.harness import PROXY_TCP, PROXY_UDP, Harness, invite
+
+PROXY_TLS = ListenAddress("tls", "127.0.0.1", 5061)
+TLS_CALLER = Peer("tls", "127.0.0.1", 40001)
+LISTENING = [PROXY_UDP, PROXY_TCP, PROXY_TLS]
+
+
+def harness(ini: str = "") -> Harness:
+    return Harness(ini, listening=LISTENING)
+
+
+def tls_invite(uri: str, **kw) -> str:
+    return invite(uri, **kw).replace("SIP/2.0/UDP 127.0.0.1:5070", "SIP/2.0/TLS 127.0.0.1:5070")
+
+
+def final(h: Harness, sent) -> Response:
+    finals = [r for r, _ in h.sent_responses(sent) if r.status >= 200]
+    assert len(finals) == 1, finals
+    return finals[0]
+
+
+def test_sips_request_to_a_udp_contact_is_refused_480():
+    h = harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(tls_invite("sips:bob@example.com"), TLS_CALLER, PROXY_TLS)
+    sent = h.wire.take()
+    assert h.sent_requests(sent, "INVITE") == []
+    answer = final(h, sent)
+    assert answer.status == 480
+    assert "sips: request may leave only over TLS" in answer.reason
+
+
+def test_sips_request_goes_over_tls_with_tls_via_and_sips_record_route():
+    h = harness()
+    h.register("bob", "sips:bob@127.0.0.1:6001")
+    h.receive(tls_invite("sips:bob@example.com"), TLS_CALLER, PROXY_TLS)
+    [(req, dest)] = h.sent_requests(h.wire.take(), "INVITE")
+    assert dest == Peer("tls", "127.0.0.1", 6001)  # an address: its certificate must name it
+    assert req.top_via.transport == "TLS"
+    assert req.headers.get_all("record-route") == ["<sips:127.0.0.1:5061;lr>"]
+
+
+def test_sip_request_over_tls_record_routes_transport_tls():
+    h = harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001;transport=tls")
+    h.receive(tls_invite("sip:bob@example.com"), TLS_CALLER, PROXY_TLS)
+    [(req, dest)] = h.sent_requests(h.wire.take(), "INVITE")
+    assert dest.transport == "tls"
+    assert req.headers.get_all("record-route") == ["<sip:127.0.0.1:5061;transport=tls;lr>"]
+
+
+def test_udp_caller_to_tls_callee_gets_a_double_record_route():
+    h = harness()
+    h.register("bob", "sip:bob@127.0.0.1:6001;transport=tls")
+    h.receive(invite("sip:bob@example.com"))
+    [(req, _)] = h.sent_requests(h.wire.take(), "INVITE")
+    assert req.headers.get_all("record-route") == [
+        "<sip:127.0.0.1:5061;transport=tls;lr;r2=on>",
+        "<sip:127.0.0.1:5060;lr;r2=on>",
+    ]
+
+
+def test_a_refused_tls_branch_fails_over_to_the_next_contact():
+    h = harness()
+    h.register("bob", "sips:bob@127.0.0.1:6001", q=1.0)
+    h.register("bob", "sip:bob@127.0.0.1:6002", q=0.5)
+    h.wire.fail.add(Peer("tls", "127.0.0.1", 6001))  # e.g. its certificate was refused
+    h.receive(invite("sip:bob@example.com"))
+    sent = h.wire.take()
+    h.advance(0.1)
+    sent += h.wire.take()
+    tried = [d for _, d in h.sent_requests(sent, "INVITE")]
+    assert tried == [Peer("tls", "127.0.0.1", 6001), Peer("udp", "127.0.0.1", 6002)]
+
+
+def test_a_tls_route_by_name_carries_the_domain_to_verify():
+    h = harness("[routes]\nother.test = sips:other.test:5071;maddr=127.0.0.1\n")
+    h.receive(invite("sip:carol@other.test"))
+    [(req, dest)] = h.sent_requests(h.wire.take(), "INVITE")
+    assert dest == Peer("tls", "127.0.0.1", 5071, domain="other.test")
+    assert req.top_via.transport == "TLS"
+
+
+def test_a_binding_registered_over_tls_is_reached_by_its_connection():
+    h = harness()
+    flow = Peer("tls", "127.0.0.1", 40002)
+    h.receive(
+        "REGISTER sip:example.com SIP/2.0\n"
+        "Via: SIP/2.0/TLS 127.0.0.1:7000;branch=z9hG4bK-reg-carol;rport\n"
+        "Max-Forwards: 70\nTo: <sip:carol@example.com>\nFrom: <sip:carol@example.com>;tag=r\n"
+        "Call-ID: reg-carol\nCSeq: 1 REGISTER\n"
+        "Contact: <sip:carol@127.0.0.1:7000;transport=tls>\nExpires: 600\nContent-Length: 0\n\n",
+        flow,
+        PROXY_TLS,
+    )
+    [(ok, to)] = h.sent_responses(h.wire.take())
+    assert ok.status == 200 and to == flow
+    h.wire.open_flows.add(flow)
+    h.receive(invite("sip:carol@example.com"))
+    [(req, dest)] = h.sent_requests(h.wire.take(), "INVITE")
+    assert dest == flow
+    assert isinstance(req, Request) and req.top_via.transport == "TLS"
