@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import re
 import secrets
-import socket
 import time
 
 import pytest
 
-from sosimple_proxy.testing import BARESIP, Baresip, BaresipError, ProxyProcess
+from sosimple_proxy.testing import (
+    BARESIP,
+    Baresip,
+    BaresipError,
+    ProxyProcess,
+    register_request,
+    udp_final_response,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (Debian package baresip)")
 
@@ -23,37 +30,13 @@ WAIT = 15.0  # every wait in these tests is bounded by this
 def registered_contacts(proxy: ProxyProcess, user: str) -> list[str]:
     """Ask the registrar (REGISTER without Contact, RFC 3261 10.2.3) which
     contacts are bound to ``user``; one UDP exchange, retransmitted as T1 says."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        lport = s.getsockname()[1]
-        tag = secrets.token_hex(4)
-        request = (
-            f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
-            f"Max-Forwards: 70\r\n"
-            f"From: <sip:{user}@{DOMAIN}>;tag={tag}\r\n"
-            f"To: <sip:{user}@{DOMAIN}>\r\n"
-            f"Call-ID: query-{tag}@127.0.0.1\r\n"
-            f"CSeq: 1 REGISTER\r\n"
-            f"Content-Length: 0\r\n\r\n"
-        ).encode()
-        deadline = time.monotonic() + 5.0
-        wait = 0.5
-        while True:
-            s.sendto(request, ("127.0.0.1", proxy.port))
-            s.settimeout(wait)
-            try:
-                answer = s.recv(65536).decode("utf-8", "replace")
-            except socket.timeout:
-                if time.monotonic() >= deadline:
-                    raise AssertionError(f"registrar did not answer a REGISTER query\n{proxy.log_tail()}")
-                wait = min(wait * 2, 4.0)
-                continue
-            if answer.startswith("SIP/2.0 1"):
-                continue
-            assert answer.startswith("SIP/2.0 200"), answer
-            head = answer.split("\r\n\r\n", 1)[0]
-            return [m.group(2).strip() for m in re.finditer(r"^(Contact|m)\s*:(.*)$", head, re.M | re.I)]
+    answer = udp_final_response(
+        proxy.port, lambda lport: register_request(f"{user}@{DOMAIN}", None, via_port=lport, expires=None), timeout=5.0
+    )
+    assert answer is not None, f"registrar did not answer a REGISTER query\n{proxy.log_tail()}"
+    assert answer.startswith("SIP/2.0 200"), answer
+    head = answer.split("\r\n\r\n", 1)[0]
+    return [m.group(2).strip() for m in re.finditer(r"^(Contact|m)\s*:(.*)$", head, re.M | re.I)]
 
 
 @pytest.fixture
@@ -119,13 +102,14 @@ def proxy_address(proxy: ProxyProcess) -> str:
 
 
 def assert_answered(phone: Baresip, method: str, status: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        answers = [e.status for e in phone.sip_trace() if e.incoming and e.method is None and e.cseq_method == method]
-        if status in answers:
-            return
-        assert time.monotonic() < deadline, f"{phone.user}: no {status} to {method} (got {answers})\n{phone.log_tail()}"
-        time.sleep(0.05)
+    def answers() -> list[int | None]:
+        return [e.status for e in phone.sip_trace() if e.incoming and e.method is None and e.cseq_method == method]
+
+    wait_until(
+        lambda: status in answers(),
+        WAIT,
+        what=lambda: f"{phone.user}: no {status} to {method} (got {answers()})\n{phone.log_tail()}",
+    )
 
 
 def test_a_refused_registration_fails_fast_and_cleans_up(proxy):

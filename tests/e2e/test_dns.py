@@ -13,16 +13,23 @@ with the first one down, the second is used.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from sosimple_proxy.testing import ProxyProcess, free_port, run_sipp, sip_options_ping, start_sipp
+from sosimple_proxy.testing import ProxyProcess, free_port, register_contact, run_sipp, sip_options_ping, start_sipp
+from sosimple_proxy.testing.sipp_scenarios import (
+    ack_bye_steps,
+    answer_step,
+    expect_response,
+    invite_step,
+    receive_request,
+    scenario,
+    send_message_step,
+)
 from tests.dnszone import DNSServerProcess
 
 KAMAILIO = shutil.which("kamailio")
@@ -111,104 +118,27 @@ route[RELAY] {
 }
 """
 
-UAC_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bob calls carol@other.test">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:carol@other.test SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
+UAC_CALL = scenario(
+    "bob calls carol@other.test",
+    invite_step("sip:carol@other.test", from_uri="sip:bob@example.com"),
+    expect_response(100, optional=True),
+    expect_response(180, optional=True),
+    expect_response(200, rrs=True),
+    ack_bye_steps("sip:carol@other.test", from_uri="sip:bob@example.com"),
+)
 
-      v=0
-      o=bob 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      [routes]
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="100"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      [routes]
-      Contact: <sip:bob@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
+UAC_MESSAGE = scenario(
+    "bob messages carol@other.test",
+    send_message_step("sip:carol@other.test", "TEXT", from_uri="sip:bob@example.com"),
+    expect_response(100, optional=True),
+    expect_response(200),
+)
 
-UAC_MESSAGE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bob messages carol@other.test">
-  <send retrans="500">
-    <![CDATA[
-      MESSAGE sip:carol@other.test SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:carol@other.test>
-      Call-ID: [call_id]
-      CSeq: 1 MESSAGE
-      Max-Forwards: 70
-      Content-Type: text/plain
-      Content-Length: [len]
-
-      TEXT
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200"/>
-</scenario>
-"""
-
-UAS_MESSAGE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="carol takes a MESSAGE">
-  <recv request="MESSAGE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-</scenario>
-"""
+UAS_MESSAGE = scenario(
+    "carol takes a MESSAGE",
+    receive_request("MESSAGE", crlf=True),
+    answer_step("200 OK", record_route=False, contact=False),
+)
 
 
 class Kamailio:
@@ -245,30 +175,6 @@ class Kamailio:
                 self.process.wait()
 
 
-def register_at(kamailio_port: int, user: str, contact_port: int) -> str | None:
-    """REGISTER user@other.test with Contact 127.0.0.1:contact_port; the final status line."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    port, tag = s.getsockname()[1], uuid.uuid4().hex[:8]
-    text = (
-        f"REGISTER sip:other.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{tag};rport\r\n"
-        f"Max-Forwards: 70\r\nTo: <sip:{user}@other.test>\r\nFrom: <sip:{user}@other.test>;tag={tag}\r\n"
-        f"Call-ID: {tag}@reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{contact_port}>\r\n"
-        f"Expires: 600\r\nContent-Length: 0\r\n\r\n"
-    )
-    try:
-        s.sendto(text.encode(), ("127.0.0.1", kamailio_port))
-        while True:
-            line = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
-            if not line.startswith("SIP/2.0 1"):
-                return line
-    except socket.timeout:
-        return None
-    finally:
-        s.close()
-
-
 @pytest.fixture(scope="module")
 def other_test():
     """Two Kamailios for other.test, carol registered at both, the DNS
@@ -282,7 +188,7 @@ def other_test():
         k2 = Kamailio(workdir, k2_port)
         started.append(k2)
         for k in (k1, k2):
-            assert register_at(k.port, "carol", carol_port) == "SIP/2.0 200 OK"
+            assert register_contact(k.port, "carol@other.test", f"sip:carol@127.0.0.1:{carol_port}") == "SIP/2.0 200 OK"
         zone = {
             "origin": "other.test",
             "records": [
@@ -316,9 +222,8 @@ def carol_takes(env, scenario: str, run_uac, name: str):
     """carol's sipp UAS answers one call of ``scenario`` while ``run_uac``
     runs; the Via lines of what she received (from her message trace)."""
     trace = env["dir"] / f"carol-{name}.log"
-    uas = start_sipp(scenario, "-p", str(env["carol"]), "-trace_msg", "-message_file", str(trace), calls=1, timeout=15,
-                     workdir=env["dir"])
-    time.sleep(0.2)  # let it bind
+    uas = start_sipp(scenario, "-trace_msg", "-message_file", str(trace), calls=1, timeout=15, workdir=env["dir"],
+                     local_port=env["carol"])
     uac = run_uac()
     result = uas.wait()
     assert uac.ok, f"{uac}\n{env['proxy'].log_tail()}"

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sosimple_proxy.testing import PeerProcess, free_port
+from sosimple_proxy.testing import PeerProcess, free_port, wait_until
 
 NODES = 6
 RECORDS = 1000
@@ -123,14 +123,8 @@ def settled(views: dict[str, dict], ring: list[tuple[int, str]]) -> bool:
 
 
 def wait_for(what: str, check, timeout: float, every: float = 0.2, detail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s {detail()}")
-        time.sleep(every)
+    """:func:`wait_until` with a description that ends with ``detail()`` (what is still wrong)."""
+    return wait_until(check, timeout, every, what=lambda: f"{what} {detail()}")
 
 
 @pytest.fixture

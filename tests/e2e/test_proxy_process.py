@@ -15,9 +15,15 @@ from sosimple_proxy.testing import (
     SIPP_OPTIONS_SCENARIO_TEMPLATE,
     ProxyProcess,
     free_port,
+    message_request,
+    register_request,
     run_sipp,
     sip_options_ping,
+    sip_request,
+    status_line,
+    udp_exchange,
 )
+from sosimple_proxy.testing.sipp_scenarios import expect_response, scenario, send_message_step
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -92,26 +98,9 @@ def test_options_200_lists_allow_accept_supported(proxy):
         assert name in head
 
 
-UNKNOWN_USER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="MESSAGE to an unknown user">
-  <send retrans="500">
-    <![CDATA[
-MESSAGE sip:nobody@example.com SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:sipp@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <sip:nobody@example.com>
-Call-ID: [call_id]
-CSeq: 1 MESSAGE
-Max-Forwards: 70
-Content-Type: text/plain
-Content-Length: [len]
-
-hello
-    ]]>
-  </send>
-  <recv response="404"/>
-</scenario>
-"""
+UNKNOWN_USER_SCENARIO = scenario(
+    "MESSAGE to an unknown user", send_message_step("sip:nobody@example.com", "hello"), expect_response(404)
+)
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
@@ -127,28 +116,15 @@ def test_unimplemented_method_to_the_proxy_is_501(proxy, tmp_path):
     assert result.ok, str(result)
 
 
-def _udp_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(timeout)
-    try:
-        s.sendto(data.replace(b"LPORT", str(s.getsockname()[1]).encode()), ("127.0.0.1", port))
-        return s.recvfrom(65535)[0]
-    finally:
-        s.close()
-
-
 def test_malformed_request_over_udp_gets_400_naming_the_problem_and_proxy_survives(proxy):
-    bad = (
-        b"OPTIONS sip:user@example.com SIP/2.0\r\n"
-        b"Via: SIP/2.0/UDP 127.0.0.1:LPORT;branch=z9hG4bK" + uuid.uuid4().hex.encode() + b"\r\n"
-        b"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:user@example.com>\r\n"
-        b"Call-ID: bad-cseq@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
-    )
-    answer = _udp_exchange(proxy.port, bad)
-    status_line = answer.split(b"\r\n", 1)[0].decode()
-    assert status_line.startswith("SIP/2.0 400 ")
-    reason = status_line[len("SIP/2.0 400 "):]
+    def bad(lport: int) -> str:  # the CSeq names another method than the request line
+        good = sip_request("OPTIONS", "sip:user@example.com", to="user@example.com", from_="a@example.com", via_port=lport)
+        return good.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE")
+
+    answers = udp_exchange(proxy.port, bad, retransmit=False)
+    line = status_line(answers[0]) if answers else None
+    assert line is not None and line.startswith("SIP/2.0 400 "), answers
+    reason = line[len("SIP/2.0 400 "):]
     assert "CSeq" in reason and "INVITE" in reason and "OPTIONS" in reason
     # still serving
     assert sip_options_ping("127.0.0.1", proxy.port, timeout=2.0).startswith(b"SIP/2.0 200 ")
@@ -209,43 +185,15 @@ def test_port_in_use_stops_startup_with_one_line(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def _udp_ask(port: int, text: str, timeout: float = 3.0) -> list[str]:
-    """Send one request from a fresh UDP socket; the first lines of the answers."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(timeout)
-    data = text.replace("PORT", str(s.getsockname()[1])).replace("\n", "\r\n").encode()
-    s.sendto(data, ("127.0.0.1", port))
-    lines = []
-    try:
-        while True:
-            answer = s.recv(65535).decode(errors="replace")
-            lines.append(answer.split("\r\n", 1)[0])
-            if not answer.startswith("SIP/2.0 1"):
-                break
-    except socket.timeout:
-        pass
-    finally:
-        s.close()
-    return lines
-
-
 def test_icmp_port_unreachable_is_a_prompt_503_naming_the_hop(proxy):
     # bob's contact is a closed UDP port: the kernel's ICMP error must fail
     # the branch at once (RFC 3261 18.4), not after Timer F's 32 s.
     closed = free_port("udp")
-    tag = uuid.uuid4().hex[:8]
-    register = (
-        f"REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag}-r;rport\n"
-        f"Max-Forwards: 70\nTo: <sip:icmp-{tag}@example.com>\nFrom: <sip:icmp-{tag}@example.com>;tag=r\n"
-        f"Call-ID: {tag}-r\nCSeq: 1 REGISTER\nContact: <sip:x@127.0.0.1:{closed}>\nContent-Length: 0\n\n"
+    bob = f"icmp-{uuid.uuid4().hex[:8]}@example.com"
+    register = udp_exchange(
+        proxy.port, lambda lport: register_request(bob, f"sip:x@127.0.0.1:{closed}", via_port=lport, expires=None)
     )
-    assert _udp_ask(proxy.port, register) == ["SIP/2.0 200 OK"]
-    message = (
-        f"MESSAGE sip:icmp-{tag}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag}-m;rport\n"
-        f"Max-Forwards: 70\nTo: <sip:icmp-{tag}@example.com>\nFrom: <sip:a@example.com>;tag=m\n"
-        f"Call-ID: {tag}-m\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: 2\n\nhi"
-    )
-    answers = _udp_ask(proxy.port, message)
+    assert [status_line(a) for a in register] == ["SIP/2.0 200 OK"]
+    answers = [status_line(a) for a in udp_exchange(proxy.port, lambda lport: message_request(bob, "a@example.com", "hi", via_port=lport))]
     assert answers and answers[-1].startswith("SIP/2.0 503 "), answers
     assert f"127.0.0.1:{closed}" in answers[-1]

@@ -14,14 +14,35 @@ The scenarios are inline XML with ``%(name)s`` slots filled per test.
 from __future__ import annotations
 
 import re
-import socket
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from sosimple_proxy.testing import SIPP, ProxyProcess, SippProcess, SippResult, free_port, start_sipp
+from sosimple_proxy.testing import (
+    SIPP,
+    ProxyProcess,
+    SippProcess,
+    bound_by,
+    free_port,
+    register_contact,
+    sip_request,
+    start_sipp,
+    udp_final_response,
+)
+from sosimple_proxy.testing.sipp import assert_sipp_ok
+from sosimple_proxy.testing.sipp_scenarios import (
+    ack_bye_steps,
+    ack_non_2xx_step,
+    answer_step,
+    ere,
+    expect_response,
+    invite_step,
+    scenario,
+    send_message_step,
+    sent_messages,
+)
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
 
@@ -85,56 +106,25 @@ def register(proxy_port: int, user: str, contact_port: int, transport: str = "ud
     """Register ``user@example.com`` at ``127.0.0.1:contact_port`` (a sipp UAS)
     with a REGISTER over UDP; the Contact names the UAS's transport."""
     contact = f"sip:{user}@127.0.0.1:{contact_port}{URI_TRANSPORT[transport]}"
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    lport = s.getsockname()[1]
-    tag = uuid.uuid4().hex[:10]
-    msg = (
-        f"REGISTER sip:example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{tag};rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag={tag}\r\nTo: <sip:{user}@example.com>\r\n"
-        f"Call-ID: reg-{tag}\r\nCSeq: 1 REGISTER\r\nContact: <{contact}>\r\nExpires: {expires}\r\n"
-        f"Content-Length: 0\r\n\r\n"
-    )
-    try:
-        s.sendto(msg.encode(), ("127.0.0.1", proxy_port))
-        answer = s.recv(65535).decode(errors="replace")
-    finally:
-        s.close()
-    assert answer.startswith("SIP/2.0 200 "), answer
+    answer = register_contact(proxy_port, f"{user}@example.com", contact, expires=expires)
+    assert answer == "SIP/2.0 200 OK", answer
     return contact
-
-
-def _bound(port: int, transport: str) -> bool:
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", port))
-        return False
-    except OSError:
-        return True
-    finally:
-        s.close()
 
 
 def start_uas(scenario: str, port: int, transport: str, workdir: Path, *extra: str) -> SippProcess:
     """A one-call sipp UAS on ``port``, returned once it holds the port."""
     uas = start_sipp(
         scenario,
-        "-p", str(port),
         "-t", SIPP_TRANSPORT[transport],
         "-recv_timeout", "8000",
         *extra,
         calls=1,
         timeout=RUN_TIMEOUT,
         workdir=workdir,
+        local_port=port,
     )
-    deadline = time.monotonic() + 5
-    while not _bound(port, transport):
-        if uas.process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"sipp UAS did not bind {transport} port {port}\n{uas.kill()}")
-        time.sleep(0.02)
+    if not bound_by(uas.process.pid, port, transport):
+        raise AssertionError(f"sipp UAS did not bind {transport} port {port}\n{uas.kill()}")
     return uas
 
 
@@ -147,27 +137,6 @@ def run_uac(scenario: str, proxy_port: int, transport: str, workdir: Path, *extr
     result = start_sipp(scenario, *args, calls=1, timeout=RUN_TIMEOUT, workdir=workdir).wait()
     text = trace_path.read_text(errors="replace") if trace and trace_path.exists() else ""
     return result, text
-
-
-def sent_messages(trace: str, method: str) -> list[str]:
-    """The messages sipp's ``-trace_msg`` log shows it sent whose first line starts with ``method``."""
-    out = []
-    for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + trace):
-        head, _, msg = block.partition("\n\n")
-        if "message sent" in head and msg.lstrip().startswith(method + " "):
-            out.append(msg.strip())
-    return out
-
-
-def ere(text: str) -> str:
-    """``text`` as a POSIX extended regexp (sipp's), matching itself."""
-    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
-
-
-def check(*results: SippResult) -> None:
-    """Every sipp run succeeded; else all of them are shown."""
-    if not all(r.ok for r in results):
-        raise AssertionError("\n\n".join(str(r) for r in results))
 
 
 def fill(template: str, **values: object) -> str:
@@ -190,118 +159,15 @@ def rr_regexp(transport: str, port: int, r2: bool = False) -> str:
 
 # --- scenario pieces
 
+ALICE = "sip:alice@example.com"  # every UAC here calls as alice
+
 HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="%(name)s">\n'
 TAIL = "</scenario>\n"
 
-SDP = """v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-"""
-
-UAC_INVITE = """
-  <send retrans="500">
-    <![CDATA[
-INVITE %(ruri)s SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-""" + SDP + """
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-"""
-
-# ACK of a non-2xx final: same branch as the INVITE (its Via comes back in
-# the response), To with the response's tag (RFC 3261 17.1.1.3).
-UAC_ACK_NON_2XX = """
-  <send>
-    <![CDATA[
-ACK %(ruri)s SIP/2.0
-[last_Via:]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-"""
-
-# The ACK and BYE of an established dialog: Request-URI from the 200's
-# Contact, Route set from its Record-Route (rrs="true" on that recv).
-UAC_ACK_BYE = """
-  <send>
-    <![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-[routes]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="100"/>
-  <send retrans="500">
-    <![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-[routes]
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
-Max-Forwards: 70
-Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-"""
-
-
-def uas_response(status: str, sdp: bool = False, in_dialog: bool = False) -> str:
-    """A UAS response to the last request received, Record-Route echoed;
-    ``in_dialog``: the request's To has our tag already."""
-    to_tag = "" if in_dialog else ";tag=[pid]SIPpTag01[call_number]"
-    body = SDP if sdp else ""
-    ctype = "Content-Type: application/sdp\n" if sdp else ""
-    retrans = ' retrans="500"' if sdp else ""
-    return f"""
-  <send{retrans}>
-    <![CDATA[
-SIP/2.0 {status}
-[last_Via:]
-[last_From:]
-[last_To:]{to_tag}
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-{ctype}Content-Length: [len]
-
-{body}
-    ]]>
-  </send>
-"""
+UAC_INVITE = invite_step("%(ruri)s", from_uri=ALICE) + expect_response(100, optional=True)
+UAC_ACK_NON_2XX = ack_non_2xx_step("%(ruri)s", from_uri=ALICE)
+# The ACK and BYE of an established dialog (the 200 received with rrs="true").
+UAC_ACK_BYE = ack_bye_steps("%(ruri)s", from_uri=ALICE)
 
 
 # The INVITE arrives through the proxy: our Via on top, our Record-Route;
@@ -325,7 +191,7 @@ UAS_CANCELLED = """
     </action>
   </recv>
   <Reference variables="cancel_via_ok"/>
-""" + uas_response("200 OK") + """
+""" + answer_step("200 OK") + """
   <send>
     <![CDATA[
 SIP/2.0 487 Request Terminated
@@ -357,7 +223,7 @@ UAS_ACK_BYE = """
     </action>
   </recv>
   <Reference variables="ack_via_ok,ack_route,bye_via_ok,bye_route"/>
-""" + uas_response("200 OK", in_dialog=True)
+""" + answer_step("200 OK", in_dialog=True)
 
 
 def uac_call(ruri: str, proxy_port: int, transport: str, provisionals: int = 1, rr: str | None = None) -> str:
@@ -387,7 +253,7 @@ def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0, rr: str 
     Record-Route must match ``rr``."""
     pause = f'  <pause milliseconds="{answer_after_ms}"/>\n' if answer_after_ms else ""
     return fill(
-        HEAD + UAS_RECV_INVITE + uas_response("180 Ringing") + pause + uas_response("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("180 Ringing") + pause + answer_step("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
         name="UAS call",
         via=via_regexp(transport, proxy_port),
         rr=rr or rr_regexp(transport, proxy_port),
@@ -396,7 +262,7 @@ def uas_call(proxy_port: int, transport: str, answer_after_ms: int = 0, rr: str 
 
 def uas_ring_then_cancelled(proxy_port: int, transport: str) -> str:
     return fill(
-        HEAD + UAS_RECV_INVITE + uas_response("180 Ringing") + UAS_CANCELLED + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("180 Ringing") + UAS_CANCELLED + TAIL,
         name="UAS rings, is cancelled",
         via=via_regexp(transport, proxy_port),
         rr=rr_regexp(transport, proxy_port),
@@ -462,56 +328,22 @@ def register_scenario(user: str, c1: str, c2: str) -> str:
     return HEAD % {"name": "REGISTER, refresh, de-REGISTER"} + body + f'  <Reference variables="{variables}"/>\n' + TAIL
 
 
-def _udp_request(port: int, text: str) -> str:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(3)
-    try:
-        s.sendto(text.replace("LPORT", str(s.getsockname()[1])).encode(), ("127.0.0.1", port))
-        while True:
-            answer = s.recv(65535).decode(errors="replace")
-            if not answer.startswith("SIP/2.0 1"):
-                return answer
-    finally:
-        s.close()
-
-
 def test_register_refresh_and_deregister(proxy, transport, tmp_path):
     user = unique("reg")
     c1, c2 = f"sip:{user}@127.0.0.1:5999", f"sip:{user}@127.0.0.1:5998{URI_TRANSPORT[transport]}"
     result, _ = run_uac(register_scenario(user, c1, c2), proxy.port, transport, tmp_path, "-default_behaviors", "all,-bye")
-    check(result)
+    assert_sipp_ok(result)
     # Nothing is left: a request for the AoR is not found.
-    tag = uuid.uuid4().hex[:8]
-    answer = _udp_request(
+    answer = udp_final_response(
         proxy.port,
-        f"OPTIONS sip:{user}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:LPORT;branch=z9hG4bK{tag}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:x@example.com>;tag={tag}\r\nTo: <sip:{user}@example.com>\r\n"
-        f"Call-ID: {tag}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        lambda lport: sip_request(
+            "OPTIONS", f"sip:{user}@example.com", to=f"{user}@example.com", from_="x@example.com", via_port=lport
+        ),
     )
-    assert answer.startswith("SIP/2.0 404 "), answer
+    assert answer is not None and answer.startswith("SIP/2.0 404 "), answer
 
 
 # --- 2. MESSAGE to a registered sipp UAS
-
-UAC_MESSAGE = """
-  <send retrans="500">
-    <![CDATA[
-MESSAGE %(ruri)s SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-Max-Forwards: %(max_forwards)s
-From: <sip:alice@example.com>;tag=[pid]SIPpTag00[call_number]
-To: <%(ruri)s>
-Call-ID: [call_id]
-CSeq: 1 MESSAGE
-Content-Type: text/plain
-Content-Length: [len]
-
-%(text)s
-    ]]>
-  </send>
-  <recv response="%(expect)s"/>
-"""
 
 UAS_MESSAGE = """
   <recv request="MESSAGE">
@@ -522,26 +354,17 @@ UAS_MESSAGE = """
     </action>
   </recv>
   <Reference variables="via_ok,ruri_ok,text_ok"/>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-"""
+""" + answer_step("200 OK", record_route=False, contact=False)
 
 NO_BYE = ("-default_behaviors", "all,-bye")
 
 
 def uac_message(ruri: str, expect: int = 200, text: str = "hello through the proxy", max_forwards: int = 70) -> str:
-    return fill(HEAD + UAC_MESSAGE + TAIL, name="UAC MESSAGE", ruri=ruri, expect=expect, text=text,
-                max_forwards=max_forwards)
+    return scenario(
+        "UAC MESSAGE",
+        send_message_step(ruri, text, from_uri="sip:alice@example.com", max_forwards=max_forwards),
+        expect_response(expect),
+    )
 
 
 def uas_message(proxy_port: int, transport: str, ruri_re: str, text: str = "hello through the proxy") -> str:
@@ -555,7 +378,7 @@ def test_message_to_registered_uas_is_delivered(proxy, transport, tmp_path):
     contact = register(proxy.port, user, port, transport)
     uas = start_uas(uas_message(proxy.port, transport, ere(contact)), port, transport, tmp_path, *NO_BYE)
     result, _ = run_uac(uac_message(f"sip:{user}@example.com"), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 3. a call, Record-Route honoured
@@ -568,7 +391,7 @@ def test_call_with_record_route(proxy, transport, tmp_path):
     uas = start_uas(uas_call(proxy.port, transport), port, transport, tmp_path)
     result, trace = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, transport), proxy.port, transport,
                             tmp_path, trace=True)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     # The caller's ACK and BYE went to the UAS's Contact with the proxy's
     # Record-Route as their Route set.
     route = f"Route: {rr_entry(transport, proxy.port)}"
@@ -592,7 +415,7 @@ def test_call_across_transports_double_record_route(proxy, transport, caller, ca
     uas = start_uas(uas_call(proxy.port, callee, rr=top), port, callee, tmp_path)
     result, trace = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, caller, rr=top), proxy.port, caller,
                             tmp_path, trace=True)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     near, far = rr_entry(caller, proxy.port, r2=True), rr_entry(callee, proxy.port, r2=True)
     for method in ("ACK", "BYE"):
         (sent,) = sent_messages(trace, method)
@@ -628,9 +451,9 @@ def test_cancelled_invite_ends_487(proxy, transport, tmp_path):
     register(proxy.port, user, port, transport)
     uas = start_uas(uas_ring_then_cancelled(proxy.port, transport), port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(HEAD + UAC_INVITE + UAC_CANCEL + UAC_ACK_NON_2XX + TAIL, name="UAC cancels", ruri=ruri)
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
-    check(result, uas.wait())
+    uac_scenario = fill(HEAD + UAC_INVITE + UAC_CANCEL + UAC_ACK_NON_2XX + TAIL, name="UAC cancels", ruri=ruri)
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 5. busy
@@ -641,18 +464,18 @@ def test_busy_callee_486_is_relayed(proxy, transport, tmp_path):
     port = free_port(transport)
     register(proxy.port, user, port, transport)
     uas_scenario = fill(
-        HEAD + UAS_RECV_INVITE + uas_response("486 Busy Here") + '  <recv request="ACK"/>\n' + TAIL,
+        HEAD + UAS_RECV_INVITE + answer_step("486 Busy Here") + '  <recv request="ACK"/>\n' + TAIL,
         name="UAS busy",
         via=via_regexp(transport, proxy.port),
         rr=rr_regexp(transport, proxy.port),
     )
     uas = start_uas(uas_scenario, port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(
+    uac_scenario = fill(
         HEAD + UAC_INVITE + '  <recv response="486"/>\n' + UAC_ACK_NON_2XX + TAIL, name="UAC to busy", ruri=ruri
     )
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
-    check(result, uas.wait())
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- 6. forking
@@ -668,7 +491,7 @@ def test_forked_invite_one_answers_other_cancelled(proxy, transport, tmp_path):
     uas_b = start_uas(uas_ring_then_cancelled(proxy.port, transport), ringing, transport, tmp_path)
     result, _ = run_uac(uac_call(f"sip:{user}@example.com", proxy.port, transport, provisionals=2), proxy.port,
                         transport, tmp_path)
-    check(result, uas_a.wait(), uas_b.wait())
+    assert_sipp_ok(result, uas_a.wait(), uas_b.wait())
 
 
 # --- 7. redirect mode
@@ -687,9 +510,9 @@ def test_redirect_mode_answers_302_with_the_contact(redirect_proxy, transport, t
   </recv>
   <Reference variables="ok"/>
 """
-    scenario = fill(HEAD + UAC_INVITE + recv_302 + UAC_ACK_NON_2XX + TAIL, name="UAC redirected", ruri=ruri)
-    result, _ = run_uac(scenario, redirect_proxy.port, transport, tmp_path)
-    check(result)
+    uac_scenario = fill(HEAD + UAC_INVITE + recv_302 + UAC_ACK_NON_2XX + TAIL, name="UAC redirected", ruri=ruri)
+    result, _ = run_uac(uac_scenario, redirect_proxy.port, transport, tmp_path)
+    assert_sipp_ok(result)
 
 
 # --- 8. [routes] to another domain
@@ -699,7 +522,7 @@ def test_request_to_routed_domain_reaches_the_next_hop(proxy, transport, route_p
     ruri = "sip:carol@other.test"
     uas = start_uas(uas_message(proxy.port, transport, ere(ruri)), route_port, transport, tmp_path, *NO_BYE)
     result, _ = run_uac(uac_message(ruri), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
 
 
 # --- errors and Timer C (UDP)
@@ -710,7 +533,7 @@ udp_only = pytest.mark.parametrize("transport", ["udp"], indirect=True)
 @udp_only
 def test_looped_request_gets_482(proxy, transport, tmp_path):
     result, _ = run_uac(uac_message("sip:x@loop.test", expect=482), proxy.port, transport, tmp_path, *NO_BYE)
-    check(result)
+    assert_sipp_ok(result)
 
 
 @udp_only
@@ -720,7 +543,7 @@ def test_max_forwards_zero_gets_483(proxy, transport, tmp_path):
     result, _ = run_uac(
         uac_message(f"sip:{user}@example.com", expect=483, max_forwards=0), proxy.port, transport, tmp_path, *NO_BYE
     )
-    check(result)
+    assert_sipp_ok(result)
 
 
 @udp_only
@@ -731,13 +554,13 @@ def test_timer_c_cancels_the_branch_and_answers_408(timer_c_proxy, transport, tm
     register(proxy.port, user, port, transport)
     uas = start_uas(uas_ring_then_cancelled(proxy.port, transport), port, transport, tmp_path)
     ruri = f"sip:{user}@example.com"
-    scenario = fill(
+    uac_scenario = fill(
         HEAD + UAC_INVITE + '  <recv response="180"/>\n  <recv response="408"/>\n' + UAC_ACK_NON_2XX + TAIL,
         name="UAC waits for Timer C",
         ruri=ruri,
     )
     started = time.monotonic()
-    result, _ = run_uac(scenario, proxy.port, transport, tmp_path)
+    result, _ = run_uac(uac_scenario, proxy.port, transport, tmp_path)
     elapsed = time.monotonic() - started
-    check(result, uas.wait())
+    assert_sipp_ok(result, uas.wait())
     assert elapsed >= 1.8, f"408 after {elapsed:.2f}s, before Timer C (2 s)"

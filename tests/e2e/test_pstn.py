@@ -14,20 +14,9 @@ from __future__ import annotations
 import pytest
 
 from sosimple_proxy.testing import SIPP, ProxyProcess, free_ports
-from tests.e2e.test_proxying import (
-    HEAD,
-    TAIL,
-    UAS_ACK_BYE,
-    check,
-    ere,
-    fill,
-    register,
-    run_uac,
-    start_uas,
-    uac_call,
-    uas_response,
-    via_regexp,
-)
+from sosimple_proxy.testing.sipp import assert_sipp_ok
+from sosimple_proxy.testing.sipp_scenarios import answer_step, ere
+from tests.e2e.test_proxying import HEAD, TAIL, UAS_ACK_BYE, fill, register, run_uac, start_uas, uac_call, via_regexp
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
 
@@ -76,7 +65,7 @@ def uas_answers(proxy_port: int, ruri: str) -> str:
     """A gateway (or phone) that gets an INVITE for exactly ``ruri`` through
     the proxy, answers 200 and sees ACK and BYE."""
     return fill(
-        HEAD + UAS_INVITE_TO + uas_response("180 Ringing") + uas_response("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
+        HEAD + UAS_INVITE_TO + answer_step("180 Ringing") + answer_step("200 OK", sdp=True) + UAS_ACK_BYE + TAIL,
         name="gateway answers",
         ruri_re=ere(ruri),
         via=via_regexp("udp", proxy_port),
@@ -86,7 +75,7 @@ def uas_answers(proxy_port: int, ruri: str) -> str:
 def uas_refuses(proxy_port: int, ruri: str) -> str:
     """A gateway that answers the INVITE 503 and takes the ACK."""
     return fill(
-        HEAD + UAS_INVITE_TO + uas_response("503 Service Unavailable") + '  <recv request="ACK"/>\n' + TAIL,
+        HEAD + UAS_INVITE_TO + answer_step("503 Service Unavailable") + '  <recv request="ACK"/>\n' + TAIL,
         name="gateway refuses",
         ruri_re=ere(ruri),
         via=via_regexp("udp", proxy_port),
@@ -98,7 +87,7 @@ def test_tel_uri_goes_to_the_gateway_group_of_its_prefix(proxy, ports, tmp_path)
     gw = start_uas(uas_answers(proxy.port, f"sip:+15551234567@127.0.0.1:{ports['a1']};user=phone"),
                    ports["a1"], "udp", tmp_path)
     result, _ = run_uac(uac_call("tel:+15551234567", proxy.port, "udp"), proxy.port, "udp", tmp_path)
-    check(result, gw.wait())
+    assert_sipp_ok(result, gw.wait())
 
 
 def test_local_seven_digit_number_goes_to_its_group_with_strip_and_prepend(proxy, ports, tmp_path):
@@ -106,7 +95,7 @@ def test_local_seven_digit_number_goes_to_its_group_with_strip_and_prepend(proxy
     gw = start_uas(uas_answers(proxy.port, f"sip:94125550123@127.0.0.1:{ports['b']};user=phone"),
                    ports["b"], "udp", tmp_path)
     result, _ = run_uac(uac_call("sip:5550123@example.com", proxy.port, "udp"), proxy.port, "udp", tmp_path)
-    check(result, gw.wait())
+    assert_sipp_ok(result, gw.wait())
 
 
 def test_first_gateway_answering_503_fails_over_to_the_second(proxy, ports, tmp_path):
@@ -116,7 +105,7 @@ def test_first_gateway_answering_503_fails_over_to_the_second(proxy, ports, tmp_
     second = start_uas(uas_answers(proxy.port, f"sip:{number}@127.0.0.1:{ports['a2']};user=phone"),
                        ports["a2"], "udp", tmp_path)
     result, _ = run_uac(uac_call(f"tel:{number}", proxy.port, "udp"), proxy.port, "udp", tmp_path)
-    check(result, first.wait(), second.wait())
+    assert_sipp_ok(result, first.wait(), second.wait())
 
 
 def test_inbound_call_from_a_gateway_to_a_did_reaches_the_mapped_aor(proxy, ports, tmp_path):
@@ -126,4 +115,4 @@ def test_inbound_call_from_a_gateway_to_a_did_reaches_the_mapped_aor(proxy, port
     # the gateway (sipp bound to b's address) calls the DID at the proxy's IP address
     did = f"sip:+14125550100@127.0.0.1:{proxy.port};user=phone"
     result, _ = run_uac(uac_call(did, proxy.port, "udp"), proxy.port, "udp", tmp_path, "-p", str(ports["b"]))
-    check(result, alice.wait())
+    assert_sipp_ok(result, alice.wait())

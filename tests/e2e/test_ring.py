@@ -16,97 +16,48 @@ import sys
 import socket
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import pytest
 
 from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
-from sosimple_proxy.testing import BARESIP, Baresip, BaresipError, ProxyProcess, free_port, run_sipp, start_sipp
+from sosimple_proxy.testing import (
+    BARESIP,
+    AnsweringUA,
+    Baresip,
+    BaresipError,
+    ProxyProcess,
+    free_port,
+    message_request,
+    register_contact,
+    run_sipp,
+    send_message,
+    start_sipp,
+    udp_final_response,
+    wait_until,
+)
+from sosimple_proxy.testing.ua import answer_200
 
 RING = 2**DEFAULT_BITS
 
 
-class TinyUA:
-    """A UA on a UDP port that answers every request 200 and keeps them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[str] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except (socket.timeout, OSError):
-                continue
-            text = data.decode(errors="replace")
-            if text.startswith("SIP/2.0"):
-                continue
-            self.requests.append(text)
-            head = text.split("\r\n\r\n", 1)[0].split("\r\n")
-            keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
-            keep = [h + ";tag=ua" if h.lower().startswith(("to:", "t:")) and "tag=" not in h else h for h in keep]
-            answer = "SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
-            self.sock.sendto(answer.encode(), addr)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
-
-
-def send(port: int, text: str, timeout: float = 3.0) -> str | None:
-    """One request from a fresh socket; the final response's status line."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(timeout)
-    s.sendto(text.replace("PORT", str(s.getsockname()[1])).replace("\n", "\r\n").encode(), ("127.0.0.1", port))
-    try:
-        while True:
-            line = s.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
-            if not line.startswith("SIP/2.0 1"):
-                return line
-    except socket.timeout:
-        return None
-    finally:
-        s.close()
-
-
 def register(proxy_port: int, user: str, contact_port: int) -> str | None:
-    tag = uuid.uuid4().hex[:8]
-    return send(
-        proxy_port,
-        f"REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
-        f"Max-Forwards: 70\nTo: <sip:{user}@example.com>\nFrom: <sip:{user}@example.com>;tag={tag}\n"
-        f"Call-ID: {tag}@reg\nCSeq: 1 REGISTER\nContact: <sip:{user}@127.0.0.1:{contact_port}>\n"
-        f"Expires: 600\nContent-Length: 0\n\n",
-    )
+    return register_contact(proxy_port, f"{user}@example.com", f"sip:{user}@127.0.0.1:{contact_port}")
 
 
 def message(proxy_port: int, to: str, text: str, timeout: float = 3.0) -> str | None:
-    tag = uuid.uuid4().hex[:8]
-    return send(
-        proxy_port,
-        f"MESSAGE sip:{to}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
-        f"Max-Forwards: 70\nTo: <sip:{to}@example.com>\nFrom: <sip:bob@example.com>;tag={tag}\n"
-        f"Call-ID: {tag}@msg\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: {len(text)}\n\n{text}",
-        timeout,
-    )
+    return send_message(proxy_port, f"{to}@example.com", "bob@example.com", text, timeout=timeout)
 
 
-def eventually(check, deadline: float = 15.0, every: float = 0.3):
-    end = time.monotonic() + deadline
-    while True:
-        got = check()
-        if got or time.monotonic() > end:
-            return got
-        time.sleep(every)
+def ring_binding(admin_url: str, aor: str) -> list[dict]:
+    """The bindings the ring holds for ``aor``, as the admin API shows them."""
+    try:
+        with urllib.request.urlopen(f"{admin_url}/registrations/{urllib.parse.quote(aor)}", timeout=2) as r:
+            return json.loads(r.read())["bindings"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def start_ring(
@@ -171,14 +122,13 @@ def ring_with_fixed_ids(tmp_path):
 
 def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_with_fixed_ids):
     ring = ring_with_fixed_ids
-    alice = TinyUA()
-    uas_port = free_port("udp")
+    alice = AnsweringUA()
     try:
         assert register(ring["alice"].port, "alice", alice.port) == "SIP/2.0 200 OK"
         # MESSAGE from bob's proxy: the ring gives alice's binding, routed via her proxy
         text = f"hello-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK")
-        assert any(text in r for r in alice.requests)
+        wait_until(lambda: message(ring["bob"].port, "alice", text) == "SIP/2.0 200 OK", 15, 0.3)
+        assert alice.received(text)
         # any node shows what the ring holds for alice (admin API, `sosimple lookup`)
         looked = subprocess.run(
             [sys.executable, "-m", "sosimple_proxy.cli", "--admin", ring["admin"], "lookup", "alice@example.com"],
@@ -190,35 +140,25 @@ def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_w
         assert b["proxy"] == f"sip:127.0.0.1:{ring['alice'].port}" and 0 < b["expires"] <= 600
         # redirect mode answers 302 with what the ring returned: alice's
         # contact, reached through her own proxy (an escaped Route header)
-        tag = uuid.uuid4().hex[:8]
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(3)
-        port = s.getsockname()[1]
-        s.sendto(
-            (f"MESSAGE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{tag};rport\r\n"
-             f"Max-Forwards: 70\r\nTo: <sip:alice@example.com>\r\nFrom: <sip:bob@example.com>;tag={tag}\r\n"
-             f"Call-ID: {tag}@r\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n").encode(),
-            ("127.0.0.1", ring["other"].port),
+        answer = udp_final_response(
+            ring["other"].port, lambda lport: message_request("alice@example.com", "bob@example.com", "", via_port=lport)
         )
-        answer = s.recv(65535).decode()
-        s.close()
-        assert answer.startswith("SIP/2.0 302 "), answer
+        assert answer is not None and answer.startswith("SIP/2.0 302 "), answer
         contact = next(line for line in answer.split("\r\n") if line.lower().startswith(("contact:", "m:")))
         assert f"sip:alice@127.0.0.1:{alice.port}?Route=" in contact
         assert f"127.0.0.1%3A{ring['alice'].port}" in contact
         # an unknown user of our domain: the ring's authoritative miss, at
         # once (once the ring has settled; until then it may say 480, never 404)
-        assert eventually(lambda: message(ring["bob"].port, "nobody-yet", "x") == "SIP/2.0 404 Not Found", 10)
+        wait_until(lambda: message(ring["bob"].port, "nobody-yet", "x") == "SIP/2.0 404 Not Found", 10, 0.3)
         started = time.monotonic()
         assert message(ring["bob"].port, "nobody", "x") == "SIP/2.0 404 Not Found"
         assert time.monotonic() - started < 2.0
 
-        # an INVITE-ACK-BYE call from bob (sipp) to alice's sipp UAS
-        assert register(ring["alice"].port, "carol", uas_port) == "SIP/2.0 200 OK"
-        time.sleep(0.5)
-        uas = start_sipp("uas", "-p", str(uas_port), calls=1, timeout=20)
-        time.sleep(0.3)
+        # an INVITE-ACK-BYE call from bob (sipp) to carol's sipp UAS at alice's proxy,
+        # once the ring holds carol's binding
+        uas = start_sipp("uas", calls=1, timeout=20, local_port=0)
+        assert register(ring["alice"].port, "carol", uas.port) == "SIP/2.0 200 OK"
+        wait_until(lambda: ring_binding(ring["admin"], "carol@example.com"), 10, 0.1, what="carol's binding in the ring")
         uac = run_sipp("uac", f"127.0.0.1:{ring['bob'].port}", "-s", "carol", calls=1, timeout=15)
         assert uac.ok, uac
         assert uas.wait().ok
@@ -229,25 +169,25 @@ def test_bob_reaches_alice_through_the_ring_and_after_her_key_holder_dies(ring_w
         kill(ring["responsible"])
         for sender in ("bob", "fresh"):
             text = f"again-{sender}-{uuid.uuid4().hex[:6]}"
-            assert eventually(lambda: message(ring[sender].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
-            assert any(text in r for r in alice.requests)
+            wait_until(lambda: message(ring[sender].port, "alice", text) == "SIP/2.0 200 OK", 20, 0.3)
+            assert alice.received(text)
     finally:
         alice.close()
 
 
 def test_two_dead_proxies_that_hold_neither_user_lose_nothing(tmp_path):
     procs = start_ring([None] * 5, tmp_path)
-    alice = TinyUA()
+    alice = AnsweringUA()
     try:
         a, b, x, y = procs[0], procs[1], procs[2], procs[3]
         assert register(a.port, "alice", alice.port) == "SIP/2.0 200 OK"
-        assert eventually(lambda: message(b.port, "alice", "one") == "SIP/2.0 200 OK")
+        wait_until(lambda: message(b.port, "alice", "one") == "SIP/2.0 200 OK", 15, 0.3)
         kill(x)
         kill(y)
         # the fifth proxy has never looked alice up: its answer comes from the ring
         text = f"after-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(procs[4].port, "alice", text) == "SIP/2.0 200 OK", deadline=20)
-        assert any(text in r for r in alice.requests)
+        wait_until(lambda: message(procs[4].port, "alice", text) == "SIP/2.0 200 OK", 20, 0.3)
+        assert alice.received(text)
     finally:
         alice.close()
         for p in procs:
@@ -271,7 +211,7 @@ def test_baresip_phones_at_two_proxies_message_and_call_through_the_ring(tmp_pat
                 except BaresipError:
                     return False
 
-            assert eventually(delivered, deadline=20, every=0.5), alice.log_tail()
+            wait_until(delivered, 20, 0.5, what=alice.log_tail)
             bob.dial("sip:alice@example.com")
             bob.wait_event("CALL_ESTABLISHED", 15, direction="outgoing")
             alice.wait_event("CALL_ESTABLISHED", 15, direction="incoming")
@@ -337,10 +277,7 @@ class TcpUA:
             if msg is None or msg.startswith("SIP/2.0"):
                 continue
             self.requests.append(msg)
-            head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
-            keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")]
-            keep = [h + ";tag=ua" if h.lower().startswith(("to:", "t:")) and "tag=" not in h else h for h in keep]
-            self.sock.sendall(("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode())
+            self.sock.sendall(answer_200(msg).encode())
 
     def close(self) -> None:
         self.sock.close()
@@ -354,7 +291,7 @@ def test_a_ua_behind_its_tcp_connection_is_reached_from_another_proxy(tmp_path):
         server = threading.Thread(target=ua.serve, args=(12.0,), daemon=True)
         server.start()
         text = f"through-the-flow-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(procs[2].port, "nat", text) == "SIP/2.0 200 OK", deadline=10)
+        wait_until(lambda: message(procs[2].port, "nat", text) == "SIP/2.0 200 OK", 10, 0.3)
         assert any(text in r for r in ua.requests)
         # it came over the UA's own connection, through its proxy: our Via on top
         assert any(f"127.0.0.1:{procs[0].port}" in r.split("\r\n")[1] for r in ua.requests if text in r)

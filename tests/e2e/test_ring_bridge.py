@@ -9,29 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from sosimple_proxy.testing import ProxyProcess, free_port
-from tests.e2e.test_ring import TinyUA, eventually, send
-
-
-def register(proxy_port: int, user: str, domain: str, contact_port: int) -> str | None:
-    tag = uuid.uuid4().hex[:8]
-    return send(
-        proxy_port,
-        f"REGISTER sip:{domain} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
-        f"Max-Forwards: 70\nTo: <sip:{user}@{domain}>\nFrom: <sip:{user}@{domain}>;tag={tag}\n"
-        f"Call-ID: {tag}@reg\nCSeq: 1 REGISTER\nContact: <sip:{user}@127.0.0.1:{contact_port}>\n"
-        f"Expires: 600\nContent-Length: 0\n\n",
-    )
-
-
-def message(proxy_port: int, frm: str, to: str, text: str) -> str | None:
-    tag = uuid.uuid4().hex[:8]
-    return send(
-        proxy_port,
-        f"MESSAGE sip:{to} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-{tag};rport\n"
-        f"Max-Forwards: 70\nTo: <sip:{to}>\nFrom: <sip:{frm}>;tag={tag}\n"
-        f"Call-ID: {tag}@msg\nCSeq: 1 MESSAGE\nContent-Type: text/plain\nContent-Length: {len(text)}\n\n{text}",
-    )
+from sosimple_proxy.testing import AnsweringUA, ProxyProcess, free_port, register_contact, send_message, wait_until
 
 
 def test_a_user_of_ring_a_reaches_a_user_of_ring_b_through_the_bridge(tmp_path):
@@ -68,23 +46,23 @@ def test_a_user_of_ring_a_reaches_a_user_of_ring_b_through_the_bridge(tmp_path):
         port=pb_sip,
         workdir=tmp_path / "pb",
     )
-    alice, bob = TinyUA(), TinyUA()
+    alice, bob = AnsweringUA(), AnsweringUA()
     try:
         x.start()
         pa.start()
         pb.start()
-        assert register(pa.port, "alice", "a.test", alice.port) == "SIP/2.0 200 OK"
-        assert register(pb.port, "bob", "b.test", bob.port) == "SIP/2.0 200 OK"
+        assert register_contact(pa.port, "alice@a.test", f"sip:alice@127.0.0.1:{alice.port}") == "SIP/2.0 200 OK"
+        assert register_contact(pb.port, "bob@b.test", f"sip:bob@127.0.0.1:{bob.port}") == "SIP/2.0 200 OK"
         hello = f"hello-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(pa.port, "alice@a.test", "bob@b.test", hello) == "SIP/2.0 200 OK", 20)
-        assert any(hello in r for r in bob.requests)
+        wait_until(lambda: send_message(pa.port, "bob@b.test", "alice@a.test", hello) == "SIP/2.0 200 OK", 20, 0.3)
+        assert bob.received(hello)
         back = f"back-{uuid.uuid4().hex[:6]}"
-        assert eventually(lambda: message(pb.port, "bob@b.test", "alice@a.test", back) == "SIP/2.0 200 OK", 20)
-        assert any(back in r for r in alice.requests)
+        wait_until(lambda: send_message(pb.port, "alice@a.test", "bob@b.test", back) == "SIP/2.0 200 OK", 20, 0.3)
+        assert alice.received(back)
         # a user neither ring knows: an authoritative 404 from ring B, via the
         # bridge (a ring that has just formed may say 480 until its nodes
         # can vouch for their ranges; never 404 before)
-        assert eventually(lambda: message(pa.port, "alice@a.test", "nobody@b.test", "x") == "SIP/2.0 404 Not Found", 10)
+        wait_until(lambda: send_message(pa.port, "nobody@b.test", "alice@a.test", "x") == "SIP/2.0 404 Not Found", 10, 0.3)
     finally:
         alice.close()
         bob.close()

@@ -3,7 +3,7 @@ the simulated network (deterministic clock), including the contact cache."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.location.interfaces import Found, Miss
@@ -12,6 +12,7 @@ from sosimple_proxy.overlay.ids import KeyScheme
 from sosimple_proxy.overlay.simnet import SimCluster
 from sosimple_proxy.sip.message import Response
 from sosimple_proxy.sip.uri import parse_uri
+from sosimple_proxy.testing.ring import run_until_answered, sim_ring
 
 
 class Member:
@@ -24,24 +25,7 @@ class Member:
 
 
 def ring(n: int = 6, seed: int = 7) -> SimCluster:
-    cluster = SimCluster(seed)
-    cluster.grow(n, settle_rounds=5)
-    cluster.settle()
-    return cluster
-
-
-def result(cluster: SimCluster, value):
-    """Run the simulation until a Deferred (or a plain value) has an answer."""
-    if not isinstance(value, Deferred):
-        return value
-    got = []
-    value.addBoth(got.append)
-    for _ in range(200):
-        if got:
-            break
-        cluster.run(0.1)
-    assert got, "no answer from the ring"
-    return got[0]
+    return sim_ring(n, seed, settle_rounds=5)
 
 
 def is_example(uri) -> bool:
@@ -72,7 +56,7 @@ def test_a_registration_written_at_one_node_is_found_from_another_with_its_path(
     now = cluster.clock.seconds()
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.1:5060", 600, now)])
     cluster.run(2)
-    got = result(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    got = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     assert isinstance(got, Found)
     (t,) = got.targets
     assert str(t.uri) == "sip:alice@10.0.0.1:5060"
@@ -82,7 +66,7 @@ def test_a_registration_written_at_one_node_is_found_from_another_with_its_path(
 def test_unknown_user_is_an_authoritative_miss_and_other_domains_not_mine():
     cluster = ring()
     _, locator = publisher_and_locator(cluster)
-    assert isinstance(result(cluster, locator.locate(parse_uri("sip:nobody@example.com"))), Miss)
+    assert isinstance(run_until_answered(cluster, locator.locate(parse_uri("sip:nobody@example.com"))), Miss)
     assert locator.locate(parse_uri("sip:nobody@other.test")).__class__.__name__ == "_NotMine"
 
 
@@ -98,11 +82,11 @@ def test_two_proxies_registering_one_aor_merge_and_a_removal_is_a_tombstone():
     t1.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, now)])
     t2.replace("alice@example.com", [binding("sip:alice@10.0.0.2", 600, now)])
     cluster.run(2)
-    got = result(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    got = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     assert sorted(str(t.uri) for t in got.targets) == ["sip:alice@10.0.0.1", "sip:alice@10.0.0.2"]
     t1.replace("alice@example.com", [])  # de-registered at the first proxy
     cluster.run(2)
-    got = result(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    got = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     assert [str(t.uri) for t in got.targets] == ["sip:alice@10.0.0.2"]
 
 
@@ -112,9 +96,9 @@ def test_bindings_expire_in_the_ring_too():
     locator.cache_ttl = 0
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 30, cluster.clock.seconds())])
     cluster.run(2)
-    assert isinstance(result(cluster, locator.locate(parse_uri("sip:alice@example.com"))), Found)
+    assert isinstance(run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com"))), Found)
     cluster.run(40)
-    assert isinstance(result(cluster, locator.locate(parse_uri("sip:alice@example.com"))), Miss)
+    assert isinstance(run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com"))), Miss)
 
 
 def test_contact_cache_answers_without_the_ring_and_a_failed_target_is_looked_up_once_more():
@@ -123,7 +107,7 @@ def test_contact_cache_answers_without_the_ring_and_a_failed_target_is_looked_up
     now = cluster.clock.seconds()
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, now, instance="dev")])
     cluster.run(2)
-    first = result(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    first = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     # from the cache: an answer at once, no Deferred
     cached = locator.locate(parse_uri("sip:alice@example.com"))
     assert isinstance(cached, Found) and cached.targets == first.targets
@@ -133,18 +117,18 @@ def test_contact_cache_answers_without_the_ring_and_a_failed_target_is_looked_up
     stale = locator.locate(parse_uri("sip:alice@example.com"))
     assert [str(t.uri) for t in stale.targets] == ["sip:alice@10.0.0.1"]
     # the stale target times out: one fresh lookup gives the new contact
-    again = result(cluster, locator.target_failed(stale.targets[0], Response(408)))
+    again = run_until_answered(cluster, locator.target_failed(stale.targets[0], Response(408)))
     assert [str(t.uri) for t in again] == ["sip:alice@10.0.0.9"]
     # once alice is gone from the ring, the second lookup says so (a Miss: 404)
     table.replace("alice@example.com", [])
     cluster.run(2)
     stale = locator.locate(parse_uri("sip:alice@example.com"))
     assert [str(t.uri) for t in stale.targets] == ["sip:alice@10.0.0.9"]  # still cached
-    gone = result(cluster, locator.target_failed(stale.targets[0], Response(408)))
+    gone = run_until_answered(cluster, locator.target_failed(stale.targets[0], Response(408)))
     assert isinstance(gone, Miss)
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.9", 600, cluster.clock.seconds(), instance="dev")])
     cluster.run(2)
-    again = list(result(cluster, locator.locate(parse_uri("sip:alice@example.com"))).targets)
+    again = list(run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com"))).targets)
     # a target from a fresh lookup earns no second lookup
     assert locator.target_failed(again[0], Response(408)) is None
     # a 486 is an answer, not a failure of the cache
@@ -166,5 +150,5 @@ def test_replicas_answer_when_the_responsible_node_is_dead():
     cluster.run(3)
     assert responsible.store.get(key, "registration"), "the dying node held the registration"
     cluster.kill(responsible)
-    got = result(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    got = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     assert isinstance(got, Found) and str(got.targets[0].uri) == "sip:alice@10.0.0.1"

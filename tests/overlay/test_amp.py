@@ -7,7 +7,7 @@ by asserting on elapsed time.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp as tamp
@@ -29,6 +29,7 @@ from sosimple_proxy.overlay.amp import (
 from sosimple_proxy.overlay.node import ChordNode, NodeConfig
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.store import MemoryRecordStore
+from sosimple_proxy.testing.polling import until, until_quiet
 
 M = 32
 CONFIG = NodeConfig(m=M, stabilize_interval=0.1, successors=4, replicas=2)
@@ -53,21 +54,6 @@ class Running:
         return defer.maybeDeferred(self.port.stopListening)
 
 
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def until(condition, timeout: float = 15.0, step: float = 0.05):
-    """Poll ``condition`` until it holds; fail the test if it never does."""
-    waited = 0.0
-    while not condition():
-        if waited > timeout:
-            raise AssertionError("condition not met")
-        yield sleep(step)
-        waited += step
-
-
 class AMPRingTests(unittest.TestCase):
     timeout = 60
 
@@ -77,8 +63,8 @@ class AMPRingTests(unittest.TestCase):
     @defer.inlineCallbacks
     def tearDown(self):
         yield defer.DeferredList([r.stop() for r in self.running if r.node.running or r.port.connected])
-        # let calls in flight time out, so the reactor is left clean
-        yield sleep(4 * CONFIG.rpc_timeout + 0.2)
+        # let calls in flight time out (within 4 RPC timeouts), so the reactor is left clean
+        yield until_quiet(4 * CONFIG.rpc_timeout + 0.2)
 
     @defer.inlineCallbacks
     def start(self, node_id: int, bootstrap=()):

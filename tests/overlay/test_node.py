@@ -8,16 +8,14 @@ from sosimple_proxy.overlay.node import ChordNode, LookupFailed, NodeConfig, Sto
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.simnet import SimCluster
 from sosimple_proxy.overlay.store import MemoryRecordStore
+from sosimple_proxy.testing.ring import sim_ring
 
 M = 16
 
 
 def cluster(n=8, seed=1, **kw):
     cfg = NodeConfig(m=M, stabilize_interval=1.0, successors=kw.pop("successors", 4), replicas=kw.pop("replicas", 2), **kw)
-    c = SimCluster(seed, cfg)
-    c.grow(n, per_round=4)
-    c.settle()
-    return c
+    return sim_ring(n, seed, cfg, per_round=4)
 
 
 def test_interfaces_and_config_defaults():

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from sosimple_proxy.overlay import ids
 from sosimple_proxy.overlay.identity import load_or_create_key, public_key_bytes
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.service import OverlayService, key_scheme, node_config, node_id
+from sosimple_proxy.testing.polling import until, until_quiet
+from sosimple_proxy.testing.ring import overlay_settings, ring_settled
 
 
-def settings(state_dir: str, bootstrap=(), **extra):
-    s = {
-        "listen": "tcp:0:interface=127.0.0.1",
-        "advertise": "",
-        "bootstrap": tuple(bootstrap),
-        "replicas": 2,
-        "successors": 4,
-        "stabilize_interval": 0.1,
-        "state_dir": state_dir,
-        "key_scheme": "flat",
-        "domain_bits": 32,
-        "home_domain": "",
-        "node_id": "",
-    }
-    s.update(extra)
-    return s
+# A fast ring: these tests wait for it to settle.
+settings = functools.partial(overlay_settings, stabilize_interval=0.1)
 
 
 def test_settings_map_onto_the_node():
@@ -70,21 +59,14 @@ class ServiceTests(unittest.TestCase):
         # a write during the join window lands where the writer's view says;
         # the ring repairs that within a few rounds, but here we want the
         # ring settled first
-        for _ in range(200):
-            settled = a.predecessor == b.peer and b.predecessor == a.peer and a.successors and b.successors
-            if settled and a.responsible_for(a.id) and b.authoritative(b.id) and a.authoritative(a.id):
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield until(lambda: ring_settled([a, b]), 20, what="a ring of two to settle")
         key = first.keys.key("alice@example.com")
         rec = Record(key, "blob", "", "t", b"hello", reactor.seconds() + 600, 1)
         yield a.put(rec)
         got = yield b.get(key)
         self.assertEqual(got, [rec])
         # replication reaches b (it is among the key's replicas in a ring of two)
-        for _ in range(200):
-            if b.store.get(key):
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield until(lambda: b.store.get(key), 10, what="the replica at b")
         self.assertEqual(b.store.get(key), [rec])
         old_id = b.id
         yield second.stopService()  # leaves: hands its range over, keeps its copy
@@ -99,4 +81,4 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(got, [rec])
         yield again.stopService()
         yield first.stopService()
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        yield until_quiet(1.0)

@@ -4,6 +4,7 @@ from sosimple_proxy.overlay.messages import Peer
 from sosimple_proxy.overlay.node import NodeConfig
 from sosimple_proxy.overlay.simclock import SimClock
 from sosimple_proxy.overlay.simnet import SimCluster, SimNetwork, percentile
+from sosimple_proxy.testing.ring import sim_ring
 
 
 class Echo:
@@ -49,9 +50,7 @@ def test_latency_loss_and_crashes():
 
 
 def run(seed):
-    c = SimCluster(seed, NodeConfig(m=32, stabilize_interval=1.0))
-    c.grow(30, per_round=10)
-    c.settle()
+    c = sim_ring(30, seed, NodeConfig(m=32, stabilize_interval=1.0), per_round=10)
     nodes = c.joined()
     results = c.gather([c.rng.choice(nodes).lookup(c.random_key()) for _ in range(50)])
     return [r.hops for ok, r in results], sorted(n.id for n in nodes), c.clock.calls_run

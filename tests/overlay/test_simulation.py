@@ -22,16 +22,14 @@ import pytest
 
 from sosimple_proxy.overlay.node import LookupFailed, NodeConfig
 from sosimple_proxy.overlay.simnet import SimCluster, percentile
+from sosimple_proxy.testing.ring import sim_ring
 
 SEEDS = [1, 2, 3, 4, 5]
 BIG = pytest.mark.skipif(not os.environ.get("OVERLAY_BIG"), reason="set OVERLAY_BIG=1 for the large simulations")
 
 
 def build(seed: int, n: int, **cfg) -> SimCluster:
-    c = SimCluster(seed, NodeConfig(stabilize_interval=1.0, **cfg))
-    c.grow(n, per_round=50)
-    c.settle()
-    return c
+    return sim_ring(n, seed, NodeConfig(stabilize_interval=1.0, **cfg))
 
 
 def lookup_batch(c: SimCluster, count: int) -> tuple[int, list[int], int]:

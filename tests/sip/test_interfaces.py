@@ -20,7 +20,7 @@ from sosimple_proxy.sip.stack import SipStack
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer, TransactionUser
 from sosimple_proxy.sip.transport import TransportLayer
-from tests.sip.test_transaction_fakes import FakeTransport, RecordingTU
+from sosimple_proxy.testing.transaction import RecordingTU, RecordingWire
 
 
 class AttachedTU(TransactionUser):
@@ -74,7 +74,7 @@ def test_transport_layer_provides_itransportlayer() -> None:
 
 def test_test_fakes_fit_the_interfaces() -> None:
     assert verifyObject(ITransactionUser, RecordingTU())
-    layer = TransactionLayer(Clock(), FakeTransport(Clock()), RecordingTU())
+    layer = TransactionLayer(Clock(), RecordingWire(Clock()), RecordingTU())
     assert layer.timers == TimerConfig()
 
 

@@ -24,7 +24,7 @@ from sosimple_proxy.sip.transaction_state import (
     TRYING,
 )
 from sosimple_proxy.sip.via import new_branch
-from tests.sip.test_transaction_fakes import NEXT, NEXT_TCP, UA, UA_TCP, copy, make_layer, request, response
+from sosimple_proxy.testing.transaction import NEXT, NEXT_TCP, UA, UA_TCP, copy, make_layer, request, response
 
 INVITE_UDP_SENDS = [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
 NON_INVITE_UDP_SENDS = [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]

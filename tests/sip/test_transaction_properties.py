@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from sosimple_proxy.sip.client_transaction import make_ack
 from sosimple_proxy.sip.transaction_state import ACCEPTED, PROCEEDING, TERMINATED
-from tests.sip.test_transaction_fakes import NEXT, NEXT_TCP, UA, UA_TCP, copy, make_layer, request, response
+from sosimple_proxy.testing.transaction import NEXT, NEXT_TCP, UA, UA_TCP, copy, make_layer, request, response
 
 STATUSES = [100, 180, 183, 200, 202, 404, 486, 503, 603]
 

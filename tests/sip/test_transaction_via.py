@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.via import response_peer, stamp_via
-from tests.sip.test_transaction_fakes import make_layer, request, response
+from sosimple_proxy.testing.transaction import make_layer, request, response
 
 SRC = Peer("udp", "198.51.100.7", 40123)
 

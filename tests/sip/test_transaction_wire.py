@@ -7,7 +7,7 @@ from sosimple_proxy.sip.client_transaction import make_ack
 from sosimple_proxy.sip.message import make_response
 from sosimple_proxy.sip.parser import parse_message
 from sosimple_proxy.sip.transaction_state import COMPLETED, CONFIRMED
-from tests.sip.test_transaction_fakes import make_layer
+from sosimple_proxy.testing.transaction import make_layer
 
 SRC = Peer("udp", "198.51.100.7", 40123)
 

@@ -17,40 +17,9 @@ from sosimple_proxy.overlay import ids
 from sosimple_proxy.overlay.node import NotRunning
 from sosimple_proxy.overlay.records import Record
 from sosimple_proxy.overlay.service import OverlayService
+from sosimple_proxy.testing.ring import overlay_settings, ring_settled
+from sosimple_proxy.testing.polling import until, until_quiet
 from sosimple_proxy.web.admin import admin_site
-
-
-def overlay_settings(state_dir: str, bootstrap=(), **extra):
-    s = {
-        "listen": "tcp:0:interface=127.0.0.1",
-        "advertise": "",
-        "bootstrap": tuple(bootstrap),
-        "replicas": 2,
-        "successors": 4,
-        # calls time out after half an interval: generous enough for a busy machine
-        "stabilize_interval": 0.5,
-        "state_dir": state_dir,
-        "key_scheme": "flat",
-        "domain_bits": 32,
-        "home_domain": "",
-        "node_id": "",
-    }
-    s.update(extra)
-    return s
-
-
-def settled(nodes) -> bool:
-    """Every node has its true successor and predecessor and vouches for its range."""
-    order = sorted(nodes, key=lambda n: n.id)
-    if len(order) == 1:
-        return order[0].joined
-    for i, n in enumerate(order):
-        succ, pred = order[(i + 1) % len(order)], order[i - 1]
-        if not n.successors or n.successors[0].address != succ.address:
-            return False
-        if n.predecessor is None or n.predecessor.address != pred.address or not n.authoritative(n.id):
-            return False
-    return True
 
 
 class AdminTestBase(unittest.TestCase):
@@ -78,12 +47,7 @@ class AdminTestBase(unittest.TestCase):
             first_address = first_address or node.address
             self.services.append(svc)
             self.urls.append(self.serve(svc))
-        for _ in range(300):
-            if settled([s.node for s in self.services]):
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        else:
-            self.fail("the ring did not settle")
+        yield until(lambda: ring_settled([s.node for s in self.services]), 15, what="the ring to settle")
 
     def serve(self, ring) -> str:
         port = reactor.listenTCP(0, admin_site(ring, self.LIMITS), interface="127.0.0.1")
@@ -94,7 +58,7 @@ class AdminTestBase(unittest.TestCase):
     def _stop(self, svc):
         if svc.running:
             yield svc.stopService()
-        yield task.deferLater(reactor, 0.2, lambda: None)
+        yield until_quiet(1.0)  # its RPCs in flight answer or time out
 
     @defer.inlineCallbacks
     def call(self, method: str, url: str, data: bytes | None = None):
@@ -273,7 +237,7 @@ class OneNodeTests(AdminTestBase):
             ],
         )
         view = None
-        for _ in range(50):
+        for _ in range(50):  # an HTTP round trip each: the loop cannot be a plain predicate
             code, view = yield self.json_call("GET", self.url + "/registrations/sip:Al%2569ce@EXAMPLE.com")
             if code == 200:
                 break
@@ -322,7 +286,7 @@ class StatesTests(AdminTestBase):
         self.assertIn("joining", body["error"])
         svc.startService()
         svc.ready.addErrback(lambda f: f.trap(NotRunning))  # stopped before it could join
-        self.addCleanup(task.deferLater, reactor, 0.5, lambda: None)  # its last connection attempt
+        self.addCleanup(until_quiet, 1.0)  # its last connection attempt
         self.addCleanup(self._stop, svc)
         code, body = yield self.json_call("GET", url + "/ring")
         self.assertEqual(code, 503)

@@ -1,4 +1,13 @@
-"""Fakes shared by the transaction layer tests: a recording wire and TU."""
+"""Fakes for tests of the transaction layer and of what sits on it.
+
+A :class:`RecordingWire` stands where the transport layer would be: it
+records every send with the clock's time (so retransmission schedules can
+be asserted exactly) and fails sends on demand.  A :class:`RecordingTU`
+stands where the proxy would be: it records every call the layer makes.
+:func:`make_layer` wires both to a real ``TransactionLayer`` on a
+``task.Clock``; :func:`request` and :func:`response` build the messages
+RFC 3261's examples use.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +23,29 @@ from sosimple_proxy.sip.message import Headers, Request, Response, make_response
 from sosimple_proxy.sip.transaction import TransactionLayer
 from sosimple_proxy.sip.transport import TransportError
 
+__all__ = [
+    "UA",
+    "UA_TCP",
+    "NEXT",
+    "NEXT_TCP",
+    "RecordingWire",
+    "RecordingTU",
+    "make_layer",
+    "request",
+    "response",
+    "copy",
+]
+
+# The documentation addresses (RFC 5737) of a caller and of the next hop.
 UA = Peer("udp", "192.0.2.1", 5060)
 UA_TCP = Peer("tcp", "192.0.2.1", 40001)
 NEXT = Peer("udp", "192.0.2.9", 5060)
 NEXT_TCP = Peer("tcp", "192.0.2.9", 5060)
 
 
-class FakeTransport:
-    """Records every send with the clock time; fails sends on demand."""
+class RecordingWire:
+    """Records every send with the clock time; fails sends on demand
+    (``fail_all``, or a destination in ``fail_dests``)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -80,9 +104,11 @@ class RecordingTU:
         return [r.status for r, _ in self.responses]
 
 
-def make_layer(**kw: Any) -> tuple[TransactionLayer, Clock, FakeTransport, RecordingTU]:
+def make_layer(**kw: Any) -> tuple[TransactionLayer, Clock, RecordingWire, RecordingTU]:
+    """A ``TransactionLayer`` (``kw`` go to it) on a fresh ``Clock``, a
+    recording wire and a recording TU."""
     clock = Clock()
-    wire = FakeTransport(clock)
+    wire = RecordingWire(clock)
     tu = RecordingTU()
     layer = TransactionLayer(clock, wire, tu, **kw)
     return layer, clock, wire, tu
@@ -103,6 +129,7 @@ def request(
     extra: tuple[tuple[str, str], ...] = (),
     more_vias: tuple[str, ...] = (),
 ) -> Request:
+    """A request as a UA at ``host:port`` sends it (RFC 3261's Alice to Bob)."""
     hostport = host if port is None else f"{host}:{port}"
     via = f"SIP/2.0/{transport} {hostport}"
     if branch is not None:

@@ -1,0 +1,91 @@
+"""Rings for tests: a settled simulated ring, and a check that real nodes settled.
+
+Tests of the overlay, of the location providers on it and of the admin API
+each need a ring whose nodes already know their neighbours; building one
+the same way everywhere keeps the seeds and settling rules in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred
+
+from sosimple_proxy.overlay.tuning import NodeConfig
+from sosimple_proxy.overlay.simnet import SimCluster
+
+__all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings"]
+
+
+def sim_ring(
+    n: int,
+    seed: int = 1,
+    config: NodeConfig | None = None,
+    *,
+    per_round: int = 50,
+    settle_rounds: int = 0,
+    **cluster: Any,
+) -> SimCluster:
+    """``n`` Chord nodes on the simulated network (deterministic clock, seeded
+    randomness), grown ``per_round`` at a time and run until every node has
+    its true successor, predecessor and lists.  ``cluster`` goes to
+    :class:`SimCluster` (``loss``, ``latency``...)."""
+    c = SimCluster(seed, config, **cluster) if config is not None else SimCluster(seed, **cluster)
+    c.grow(n, per_round=per_round, settle_rounds=settle_rounds)
+    c.settle()
+    return c
+
+
+def run_until_answered(cluster: SimCluster, value: Any, rounds: float = 20) -> Any:
+    """Run the simulation until ``value`` (a Deferred, or a plain value) has
+    an answer, and return it; a failure is returned, not raised, so a test
+    can look at it.  Fails the test if no answer comes within ``rounds``."""
+    if not isinstance(value, Deferred):
+        return value
+    got: list[Any] = []
+    value.addBoth(got.append)
+    step = cluster.interval / 10
+    deadline = cluster.clock.seconds() + rounds * cluster.interval
+    while not got and cluster.clock.seconds() < deadline:
+        cluster.clock.advance(step)
+    assert got, "no answer from the ring"
+    return got[0]
+
+
+def ring_settled(nodes: Iterable[Any]) -> bool:
+    """Every node (running ``ChordNode``s, over real sockets or not) has its
+    true successor and predecessor and vouches for its own range (has synced
+    every key of it, so a miss there is authoritative)."""
+    order = sorted(nodes, key=lambda n: n.id)
+    if len(order) == 1:
+        return bool(order[0].joined)
+    for i, n in enumerate(order):
+        succ, pred = order[(i + 1) % len(order)], order[i - 1]
+        if not n.successors or n.successors[0].address != succ.address:
+            return False
+        if n.predecessor is None or n.predecessor.address != pred.address or not n.authoritative(n.id):
+            return False
+    return True
+
+
+def overlay_settings(state_dir: str, bootstrap: Iterable[tuple[str, int]] = (), **extra: Any) -> dict[str, Any]:
+    """An ``[overlay]`` section as ``OverlayService`` takes it, for an
+    in-process node: a kernel-chosen loopback port (bound at once, so it
+    cannot race), flat keys, state under ``state_dir``, stabilization every
+    0.5 s (RPCs time out after half of it: generous for a busy machine).
+    ``extra`` overrides any key."""
+    settings: dict[str, Any] = {
+        "listen": "tcp:0:interface=127.0.0.1",
+        "advertise": "",
+        "bootstrap": tuple(bootstrap),
+        "replicas": 2,
+        "successors": 4,
+        "stabilize_interval": 0.5,
+        "state_dir": state_dir,
+        "key_scheme": "flat",
+        "domain_bits": 32,
+        "home_domain": "",
+        "node_id": "",
+    }
+    settings.update(extra)
+    return settings
