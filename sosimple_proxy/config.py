@@ -244,7 +244,7 @@ TLS: Schema = {
     "certificate": (_text, ""),
     "key": (_text, ""),
     "ca": (_text, ""),
-    "verify": (_bool, "no"),
+    "verify": (_bool, "yes"),
 }
 AUTH: Schema = {
     "required": (_bool, "no"),
