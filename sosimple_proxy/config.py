@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import attrs
 from twisted.logger import Logger
 
+from sosimple_proxy.security.tls import TLS_SCHEMA, TLSConfig
 from sosimple_proxy.sip.address import ListenAddress
 
 log = Logger()
@@ -240,12 +241,9 @@ OVERLAY: Schema = {
     "node_id": (_hex_id, ""),
 }
 DNS: Schema = {"servers": (_hostports, "")}
-TLS: Schema = {
-    "certificate": (_text, ""),
-    "key": (_text, ""),
-    "ca": (_text, ""),
-    "verify": (_bool, "yes"),
-}
+# [tls]: the parsers live with the TLS code (security/tls.py); verify
+# defaults to yes, min_version to 1.2.
+TLS: Schema = dict(TLS_SCHEMA)
 AUTH: Schema = {
     "required": (_bool, "no"),
     "users_file": (_text, ""),
@@ -395,9 +393,24 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("registrar", "min_expires", f"{reg['min_expires']} is above max_expires ({reg['max_expires']})")
     if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
-    for a in proxy["listen"]:
-        if a.transport == "tls" and not (cfg.sections["tls"]["certificate"] and cfg.sections["tls"]["key"]):
-            raise ConfigError("proxy", "listen", f"{a} needs [tls] certificate and key")
+    _check_tls(cfg)
+
+
+def _check_tls(cfg: Config) -> None:
+    """[tls] certificate and key go together, and a tls: listener needs them."""
+    tls = cfg.sections["tls"]
+    if bool(tls["certificate"]) != bool(tls["key"]):
+        missing = "key" if tls["certificate"] else "certificate"
+        raise ConfigError("tls", missing, "certificate and key go together: set both or neither")
+    missing = [k for k in ("certificate", "key") if not tls[k]]
+    for a in cfg.proxy["listen"]:
+        if a.transport == "tls" and missing:
+            raise ConfigError("proxy", "listen", f"{a} needs [tls] {' and '.join(missing)}, which are not set")
+
+
+def tls_config(cfg: Config) -> TLSConfig:
+    """The ``[tls]`` section as the TLS code takes it."""
+    return TLSConfig(**cfg.sections["tls"])
 
 
 def _check_did(cfg: Config) -> None:

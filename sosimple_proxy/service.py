@@ -12,7 +12,10 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config, ConfigError, load_config
+from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
+from sosimple_proxy.reloads import Reloads
+from sosimple_proxy.security.tls import TLSFileError
+from sosimple_proxy.tls_contexts import TLSContexts, build_tls
 
 log = Logger()
 
@@ -74,6 +77,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
             resolve = HopResolver(rfc3263_from_config(cfg.section("dns"), reactor))
         core = ProxyCore(reactor, cfg, resolve=resolve, overlays=dict(top.rings))  # type: ignore[attr-defined]
+        tls = _tls(cfg)
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],
@@ -82,11 +86,25 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             max_message_size=cfg.proxy["max_message_size"],
             udp_rcvbuf=cfg.sip["udp_rcvbuf"],
             tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+            **tls.stack_arguments(),
         )
         stack.setServiceParent(top)
+        # SIGHUP: new certificates for new connections; calls carry on.
+        reloads = Reloads(reactor)
+        reloads.add("TLS certificates", stack.transport.reload_tls)
+        reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def _tls(cfg: Config) -> TLSContexts:
+    """The TLS contexts, with their files read now: a bad one stops startup
+    with one line naming its [tls] key, before any port is bound."""
+    try:
+        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+    except TLSFileError as e:
+        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None
 
 
 def makeService(path: str) -> MultiService:
