@@ -64,12 +64,10 @@ class RequestForwarder(Forwarder):
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(
-                    lambda peer: self._finish(copy, routing.with_tls_domain(peer, hop), inbound, lhash, user, secure)
-                )
+                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, secure))
             if isinstance(found, Response):
                 return found
-            dest = routing.with_tls_domain(found, hop)
+            dest = found
         return self._finish(copy, dest, inbound, lhash, user, secure)
 
     def _flow(self, target: Target) -> Peer | None:
@@ -83,6 +81,16 @@ class RequestForwarder(Forwarder):
         return peer if has is not None and has(peer) else None
 
     def _resolve(self, hop: Any) -> Any:
+        """The peer for a next-hop URI (see :meth:`_address`); a TLS peer
+        carries the domain its certificate must prove (RFC 5922)."""
+        found = self._address(hop)
+        if isinstance(found, Deferred):
+            return found.addCallback(routing.with_tls_domain, hop)
+        if isinstance(found, Peer):
+            return routing.with_tls_domain(found, hop)
+        return found
+
+    def _address(self, hop: Any) -> Any:
         """The peer for a next-hop URI: IP literals at once, names by DNS."""
         transport, host, port = routing.uri_address(hop)
         if transport not in ("udp", "tcp", "tls"):

@@ -107,3 +107,21 @@ def test_a_binding_registered_over_tls_is_reached_by_its_connection():
     [(req, dest)] = h.sent_requests(h.wire.take(), "INVITE")
     assert dest == flow
     assert isinstance(req, Request) and req.top_via.transport == "TLS"
+
+
+def test_a_tls_hop_resolved_by_dns_keeps_the_domain_of_its_uri():
+    """RFC 5922 section 4: the certificate must name the domain of the URI,
+    not the SRV target or the address DNS gave."""
+    from twisted.internet import defer
+
+    from sosimple_proxy.proxy.forward import RequestForwarder
+    from sosimple_proxy.sip.uri import parse_uri
+
+    class Hops:
+        def resolve_uri(self, uri):
+            return defer.succeed(Peer("tls", "192.0.2.5", 5061))
+
+    forwarder = RequestForwarder(None, True, Hops())
+    got = []
+    forwarder._resolve(parse_uri("sips:Other.Test")).addCallback(got.append)
+    assert got == [Peer("tls", "192.0.2.5", 5061, domain="other.test")]
