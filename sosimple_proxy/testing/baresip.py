@@ -102,8 +102,9 @@ class Baresip:
             bob.wait_event("CALL_ESTABLISHED")
 
     ``transport`` (``udp``, ``tcp`` or ``tls``) goes into the outbound URI;
-    over TLS ``ca`` (a PEM file) is baresip's ``sip_cafile``, the CA it
-    trusts for the proxy's certificate.  Audio
+    over TLS ``ca`` (a PEM file) is baresip's ``sip_cafile``.  Debian 12's
+    baresip 1.0 (libre) accepts any server certificate whatever its CA, so
+    a TLS test with baresip shows encryption, not that it checked the proxy.  Audio
     comes from ``ausine`` and goes to an ``aubridge`` device nobody reads:
     signalling is real, media is a sine wave.  Every wait is bounded and
     raises :class:`BaresipError` with the log tail.
