@@ -121,3 +121,8 @@ def test_the_stack_gets_the_contexts(pki):
     stacks = [s for s in top if hasattr(s, "transport") and hasattr(s.transport, "tls")]
     assert stacks and stacks[0].transport.tls.server is not None
     assert any(getattr(s, "name", None) == "reloads" for s in top)
+
+
+def test_tls_listen_addresses_ipv4_and_ipv6():
+    cfg = config("[proxy]\nlisten = tls:127.0.0.1:5061, tls:[::1]:5061\n[tls]\ncertificate = a.pem\nkey = a.key\n")
+    assert list(cfg.proxy["listen"]) == [ListenAddress("tls", "127.0.0.1", 5061), ListenAddress("tls", "::1", 5061)]
