@@ -12,11 +12,23 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
-from typing import Callable, Iterable
+from typing import Callable
 
 import attrs
 from twisted.logger import Logger
 
+from sosimple_proxy.location.dialplan import DialPlan, did_number
+from sosimple_proxy.location.routes import route_uri
+from sosimple_proxy.providers import LOCATION_PROVIDERS
+from sosimple_proxy.sip.errors import ParseError
+from sosimple_proxy.sip.uri import parse_uri
+from sosimple_proxy.values import Schema
+from sosimple_proxy.values import boolean as _bool
+from sosimple_proxy.values import hostports as _hostports
+from sosimple_proxy.values import integer as _int
+from sosimple_proxy.values import number as _float
+from sosimple_proxy.values import port as _port
+from sosimple_proxy.values import words as _words
 from sosimple_proxy.security.tls import TLS_SCHEMA, TLSConfig
 from sosimple_proxy.sip.address import ListenAddress
 
@@ -37,45 +49,6 @@ class ConfigError(Exception):
 # --- value parsers: each takes the raw string, returns a value or raises ValueError
 
 
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw.strip()!r} is not an integer") from None
-        if lo is not None and value < lo:
-            raise ValueError(f"{value} is below the minimum of {lo}")
-        if hi is not None and value > hi:
-            raise ValueError(f"{value} is above the maximum of {hi}")
-        return value
-
-    return parse
-
-
-def _float(lo: float = 0.0, strict: bool = True) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw.strip()!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"{raw.strip()!r} is not a finite number")
-        if value < lo or (strict and value == lo):
-            raise ValueError(f"{value:g} must be greater than {lo:g}")
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("yes", "true", "on", "1"):
-        return True
-    if word in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{raw.strip()!r} is not yes or no")
-
-
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         word = raw.strip().lower()
@@ -84,10 +57,6 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return word
 
     return parse
-
-
-def _words(raw: str) -> tuple[str, ...]:
-    return tuple(w for w in re.split(r"[\s,]+", raw.strip()) if w)
 
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
@@ -104,15 +73,6 @@ def _domain(word: str) -> str:
 
 def _domains(raw: str) -> tuple[str, ...]:
     return tuple(_domain(w) for w in _words(raw))
-
-
-def _port(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{what}: {text!r} is not a port number")
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{what}: port {port} is out of range 0-65535")
-    return port
 
 
 def parse_listen_address(item: str) -> ListenAddress:
@@ -135,8 +95,16 @@ def parse_listen_address(item: str) -> ListenAddress:
     return ListenAddress(transport, str(addr), _port(m["p"], repr(item)))
 
 
+# Listen transports we do not serve: SIP over TLS listens as tls:.
+NOT_YET_TRANSPORTS = ("sips",)
+
+
 def _listen(raw: str) -> tuple[ListenAddress, ...]:
     items = [i.strip() for i in raw.split(",") if i.strip()]
+    for item in items:
+        transport = item.split(":", 1)[0].lower()
+        if transport in NOT_YET_TRANSPORTS:
+            raise ValueError(f"{item!r}: {transport} listeners are not supported (SIP over TLS listens as tls:)")
     addrs = tuple(parse_listen_address(i) for i in items)
     seen: set[tuple[str, str, int]] = set()
     for a in addrs:
@@ -144,16 +112,6 @@ def _listen(raw: str) -> tuple[ListenAddress, ...]:
             raise ValueError(f"{a} is listed twice")
         seen.add((a.transport, a.host, a.port))
     return addrs
-
-
-def _hostports(raw: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for word in _words(raw):
-        m = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]|(?P<h>[^:\[\]]+)):(?P<p>.*)", word)
-        if not m:
-            raise ValueError(f"{word!r} is not host:port")
-        out.append((m["v6"] or m["h"], _port(m["p"], repr(word))))
-    return tuple(out)
 
 
 def _text(raw: str) -> str:
@@ -199,8 +157,6 @@ def _hex_id(raw: str) -> str:
 
 # --- the schema: section -> key -> (parser, default raw value)
 
-Schema = dict[str, tuple[Callable[[str], object], str]]
-
 PROXY: Schema = {
     "listen": (_listen, "udp:127.0.0.1:5060, tcp:127.0.0.1:5060"),
     "domains": (_domains, "localhost"),
@@ -240,7 +196,6 @@ OVERLAY: Schema = {
     "home_domain": (_text, ""),
     "node_id": (_hex_id, ""),
 }
-DNS: Schema = {"servers": (_hostports, "")}
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
 TLS: Schema = dict(TLS_SCHEMA)
@@ -257,57 +212,28 @@ ADMIN: Schema = {
 }
 
 
-def _located(module: str, name: str) -> Callable[[str], object]:
-    """A value parser that lives with the code using the value
-    (``sosimple_proxy.location.<module>.<name>``), imported when used."""
-
-    def parse(raw: str) -> object:
-        import importlib
-
-        return getattr(importlib.import_module(f"sosimple_proxy.location.{module}"), name)(raw)  # type: ignore[no-any-return]
-
-    return parse
-
-
-def _gateway_uri(raw: str) -> str:
-    """A gateway's SIP URI; empty is refused once the section is read."""
-    from sosimple_proxy.location.gateways import parse_gateway_uri
-
-    if raw.strip():
-        parse_gateway_uri(raw)
-    return raw.strip()
-
-
-PSTN: Schema = {
-    "country_code": (_located("dialplan", "parse_country_code"), ""),
-    "local_patterns": (_located("dialplan", "parse_local_patterns"), ""),
-    "probe_interval": (_float(0.0, strict=False), "30"),
-    "retry_interval": (_float(), "30"),
-}
-GATEWAY: Schema = {
-    "uri": (_gateway_uri, ""),
-    "prefixes": (_located("gateways", "parse_prefixes"), "+"),
-    "priority": (_int(0), "1"),
-    "weight": (_int(0), "1"),
-    "strip": (_int(0, 15), "0"),
-    "prepend": (_located("gateways", "parse_prepend"), ""),
-}
-
 SCHEMAS: dict[str, Schema] = {
     "proxy": PROXY,
     "sip": SIP,
     "registrar": REGISTRAR,
     "location": LOCATION,
     "overlay": OVERLAY,
-    "dns": DNS,
     "tls": TLS,
     "auth": AUTH,
     "admin": ADMIN,
-    "pstn": PSTN,
 }
-PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY, "gateway:": GATEWAY}
-# Sections whose keys are free-form (a domain, a number).
-FREE_FORM = ("routes", "did")
+PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
+
+
+def _schemas() -> tuple[dict[str, Schema], dict[str, Schema], tuple[str, ...]]:
+    """Every section: ours, and those the location providers read (from
+    their table), plus the free-form ones (a domain, a number per key)."""
+    schemas, prefixed, free_form = dict(SCHEMAS), dict(PREFIXED), ()
+    for provider in LOCATION_PROVIDERS.values():
+        for name, schema in provider.sections.items():
+            (prefixed if name.endswith(":") else schemas)[name] = schema
+        free_form += provider.free_form
+    return schemas, prefixed, free_form
 
 
 class Section(dict):
@@ -369,8 +295,6 @@ def _parse_section(name: str, schema: Schema, raw: dict[str, str], warnings: lis
 
 def _cross_checks(cfg: Config) -> None:
     sip, reg, proxy = cfg.sections["sip"], cfg.sections["registrar"], cfg.sections["proxy"]
-    from sosimple_proxy.location.routes import route_uri
-    from sosimple_proxy.sip.errors import ParseError
 
     for name, ring in cfg.named("overlay").items():
         # site-ini.md: [overlay:NAME] domains is required (whose users it holds)
@@ -393,6 +317,9 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("registrar", "min_expires", f"{reg['min_expires']} is above max_expires ({reg['max_expires']})")
     if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
+    if cfg.sections["auth"]["required"]:
+        # Until the security work lands nothing would challenge a request.
+        raise ConfigError("auth", "required", "yes: challenging requests is not supported yet")
     _check_tls(cfg)
 
 
@@ -415,11 +342,8 @@ def tls_config(cfg: Config) -> TLSConfig:
 
 def _check_did(cfg: Config) -> None:
     """[did]: each key a number the dial plan reads, each value a SIP AoR."""
-    from sosimple_proxy.location.dialplan import DialPlan, did_number
-    from sosimple_proxy.sip.errors import ParseError
-    from sosimple_proxy.sip.uri import parse_uri
 
-    plan = DialPlan.from_config(cfg.sections["pstn"])
+    plan = DialPlan(cfg.sections["pstn"]["country_code"], cfg.sections["pstn"]["local_patterns"])
     for number, aor in cfg.sections.get("did", {}).items():
         try:
             did_number(plan, number)
@@ -453,23 +377,24 @@ def parse_config(text: str, path: str = "site.ini") -> Config:
 
     warnings: list[str] = []
     sections: dict[str, Section] = {}
+    schemas, prefixed, free_form = _schemas()
     for name in parser.sections():
         raw = dict(parser.items(name))
-        if name in SCHEMAS:
+        if name in schemas:
             continue
-        prefix = next((p for p in PREFIXED if name.startswith(p) and len(name) > len(p)), None)
+        prefix = next((p for p in prefixed if name.startswith(p) and len(name) > len(p)), None)
         if prefix:
-            sections[name] = _parse_section(name, PREFIXED[prefix], raw, warnings)
-        elif name in FREE_FORM:
+            sections[name] = _parse_section(name, prefixed[prefix], raw, warnings)
+        elif name in free_form:
             s = Section(raw)
             s.name = name
             sections[name] = s
         else:
             warnings.append(f"site.ini: [{name}]: unknown section, ignored")
-    for name, schema in SCHEMAS.items():
+    for name, schema in schemas.items():
         raw = dict(parser.items(name)) if parser.has_section(name) else {}
         sections[name] = _parse_section(name, schema, raw, warnings)
-    for name in FREE_FORM:
+    for name in free_form:
         sections.setdefault(name, Section())
     cfg = Config(path=path, sections=sections, warnings=warnings)
     _cross_checks(cfg)
@@ -486,7 +411,3 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("(file)", None, f"{path} is not UTF-8 text") from None
     return parse_config(text, path)
-
-
-def all_domains(cfg: Config) -> Iterable[str]:
-    return cfg.proxy["domains"]

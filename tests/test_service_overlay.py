@@ -6,7 +6,7 @@ from twisted.internet import reactor
 
 from sosimple_proxy.config import parse_config
 from sosimple_proxy.overlay.service import OverlayService
-from sosimple_proxy.service import build_service
+from sosimple_proxy.wiring import build_service
 
 
 def test_storage_peer_runs_overlay_and_admin_without_sip(tmp_path):

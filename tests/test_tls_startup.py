@@ -105,7 +105,7 @@ def test_verify_no_is_warned_at_startup():
 
 
 def test_a_bad_tls_file_stops_startup_with_one_line(pki):
-    from sosimple_proxy import service
+    from sosimple_proxy import wiring as service
 
     cfg = config(f"[proxy]\nlisten = tls:127.0.0.1:0\n[tls]\ncertificate = {pki}/missing.pem\nkey = {pki}/proxy.key\n")
     with pytest.raises(SystemExit) as e:
@@ -114,7 +114,7 @@ def test_a_bad_tls_file_stops_startup_with_one_line(pki):
 
 
 def test_the_stack_gets_the_contexts(pki):
-    from sosimple_proxy import service
+    from sosimple_proxy import wiring as service
 
     cfg = config(f"[proxy]\nlisten = tls:127.0.0.1:0\n[tls]\ncertificate = {pki}/proxy.pem\nkey = {pki}/proxy.key\n")
     top = service.build_service(cfg, MemoryReactorClock())

@@ -14,18 +14,21 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss
+from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, IRetargeting, LocateResult, Miss, Target
 
 log = Logger()
 
 
-@implementer(ILocator)
+@implementer(ILocator, IRetargeting)
 class LocationChain:
     """Providers in order; the first :class:`Found` wins.
 
     The answer is a :class:`Found`, a :class:`Miss` (some provider served the
     URI and every one that did missed) or :data:`NOT_MINE` (nobody serves
     it).  It is returned directly while every provider answers directly.
+
+    A failed branch is reported back to the provider that gave its target
+    (``target.source``), when that provider is :class:`IRetargeting`.
     """
 
     name = "chain"
@@ -35,6 +38,12 @@ class LocationChain:
 
     def locate(self, uri: Any) -> LocateResult:
         return self._ask(uri, 0, None)
+
+    def target_failed(self, target: Target, response: Any) -> Any:
+        provider = next((p for p in self.providers if p.name == target.source), None)
+        if provider is not None and IRetargeting.providedBy(provider):
+            return provider.target_failed(target, response)
+        return None
 
     def _ask(self, uri: Any, start: int, miss: Miss | None) -> LocateResult:
         providers = self.providers

@@ -99,14 +99,6 @@ class DialPlan:
         self.country_code = country_code.lstrip("+")
         self.local_patterns = tuple(local_patterns)
 
-    @classmethod
-    def from_config(cls, pstn: Mapping[str, Any]) -> "DialPlan":
-        """From the parsed ``[pstn]`` section (values already validated)."""
-        patterns = pstn.get("local_patterns") or ()
-        if isinstance(patterns, str):
-            patterns = parse_local_patterns(patterns)
-        return cls(pstn.get("country_code") or "", patterns)
-
     # -- numbers as strings
 
     def normalise(self, dialled: str) -> str | None:

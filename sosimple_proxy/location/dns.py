@@ -18,10 +18,19 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
-from sosimple_proxy.location.rfc3263 import Lookups, ResolutionFailed, RFC3263Resolver, make_resolver
+from sosimple_proxy.location.interfaces import (
+    NOT_MINE,
+    Found,
+    IHopResolver,
+    ILocator,
+    IRetargeting,
+    LocateResult,
+    Miss,
+    Target,
+)
+from sosimple_proxy.location.rfc3263 import ResolutionFailed, RFC3263Resolver
 from sosimple_proxy.sip.address import Peer
-from sosimple_proxy.sip.uri import is_ip
+from sosimple_proxy.sip.uri import URI, is_ip
 
 log = Logger()
 
@@ -32,7 +41,7 @@ AVOID_ON = frozenset({408, 503})
 MAX_RETRY_AFTER = 3600.0
 
 
-@implementer(ILocator)
+@implementer(ILocator, IRetargeting)
 class DNSLocator:
     """Foreign domains by RFC 3263.
 
@@ -83,8 +92,8 @@ class DNSLocator:
         return Miss("Temporarily Unavailable: DNS failure", self.name, 480)
 
     def target_failed(self, target: Target, response: Any) -> None:
-        """The response context's retarget hook (via the core): a target of
-        ours failed with a 408, 5xx or a transport error."""
+        """A target of ours failed (:class:`IRetargeting`): a server that
+        timed out or is unavailable goes last for a while."""
         if not target.dest or response.status not in AVOID_ON:
             return None
         self.resolver.avoid(target.dest, retry_after(response))
@@ -104,12 +113,13 @@ def retry_after(response: Any) -> float | None:
     return min(max(seconds, 1.0), MAX_RETRY_AFTER)
 
 
+@implementer(IHopResolver)
 class HopResolver:
-    """The forwarder's resolver for next hops named by host.
+    """The forwarder's resolver for next hops named by host, by RFC 3263.
 
     ``resolve_uri(hop)`` fires with the :class:`Peer` of the first
     destination RFC 3263 gives for the hop URI (transport and port may come
-    from NAPTR and SRV); calling it with a bare host name gives an address.
+    from NAPTR and SRV); ``resolve(host)`` gives an address.
     """
 
     def __init__(self, rfc3263: RFC3263Resolver) -> None:
@@ -119,14 +129,6 @@ class HopResolver:
         d = self.rfc3263.resolve(uri)
         return d.addCallback(lambda dests: Peer(dests[0].transport, dests[0].host, dests[0].port))
 
-    def __call__(self, host: str) -> Deferred:
-        from sosimple_proxy.sip.uri import URI
-
+    def resolve(self, host: str) -> Deferred:
         d = self.rfc3263.resolve(URI("sip", None, host, 5060))
         return d.addCallback(lambda dests: dests[0].host)
-
-
-def rfc3263_from_config(section: Any, reactor: Any, clock: Any = None) -> RFC3263Resolver:
-    """The resolver ``[dns]`` describes: ``servers``, or the system's."""
-    clock = clock if clock is not None else reactor
-    return RFC3263Resolver(Lookups(make_resolver(section["servers"], reactor), clock), clock)

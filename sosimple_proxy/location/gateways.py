@@ -19,7 +19,7 @@ from __future__ import annotations
 import random as _random
 import re
 import uuid
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -107,19 +107,6 @@ class Gateway:
     weight: int = 1
     strip: int = 0
     prepend: str = ""
-
-    @classmethod
-    def from_config(cls, name: str, section: Mapping[str, Any]) -> "Gateway":
-        uri = section["uri"]
-        return cls(
-            name,
-            uri if isinstance(uri, URI) else parse_gateway_uri(uri),
-            tuple(section["prefixes"]),
-            section["priority"],
-            section["weight"],
-            section["strip"],
-            section["prepend"],
-        )
 
     @property
     def dest(self) -> str | None:
@@ -236,7 +223,6 @@ class GatewaySet:
         self.clock = clock
         self.rand = rand
         self.states = {g.name: GatewayState(clock, retry_interval) for g in self.gateways}
-        self.by_name = {g.name: g for g in self.gateways}
 
     def group(self, e164: str) -> list[Gateway]:
         """The gateways whose prefix matches ``e164`` best (active or not)."""
@@ -267,22 +253,23 @@ class GatewayProber:
     transaction layer; each answer or failure drives that gateway's state.
 
     ``stack`` has ``transactions`` (``send_request``) and
-    ``transport.listening()``; ``from_domain`` goes in the From header.
-    A gateway with a probe still in flight is not probed again.
+    ``transport.listening()`` (one of our addresses sends each probe);
+    ``from_domain`` goes in the From header.  A gateway with a probe still
+    in flight is not probed again.
     """
 
-    def __init__(self, gateways: GatewaySet, clock: Any, interval: float, from_domain: str = "localhost") -> None:
+    def __init__(
+        self, gateways: GatewaySet, clock: Any, interval: float, stack: Any, from_domain: str = "localhost"
+    ) -> None:
         self.gateways = gateways
         self.clock = clock
         self.interval = interval
+        self.stack = stack
         self.from_domain = from_domain
-        self.stack: Any = None
         self.pending: dict[str, Any] = {}
         self._call: Any = None
-        self.sent = 0
 
-    def start(self, stack: Any, first: float = 0.0) -> None:
-        self.stack = stack
+    def start(self, first: float = 0.0) -> None:
         if self.interval > 0 and self._call is None:
             self._call = self.clock.callLater(first, self._round)
 
@@ -317,7 +304,6 @@ class GatewayProber:
         txn = self.stack.transactions.send_request(request, peer, self)
         txn.data = gateway.name
         self.pending[gateway.name] = txn
-        self.sent += 1
 
     def _local(self, peer: Any) -> Any:
         """Our listen address facing ``peer``: same transport and family,

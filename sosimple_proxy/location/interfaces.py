@@ -77,3 +77,29 @@ class ILocator(Interface):
         Synchronous answers are returned directly so that the common case
         (a local binding) costs no Deferred.
         """
+
+
+class IRetargeting(Interface):
+    """A provider that wants to hear about a failed branch to one of its targets.
+
+    The response context asks the location chain, which asks the provider
+    named in ``target.source``: a cached contact is looked up again (paper
+    IV.B), a gateway or DNS destination is avoided for a while.
+    """
+
+    def target_failed(target: Target, response: Any) -> Any:
+        """``target`` failed with ``response`` (408, a 5xx, or our 503 for a
+        transport error).  Returns None, new targets, a :class:`Miss` (the
+        target is gone), or a Deferred of one of these."""
+
+
+class IHopResolver(Interface):
+    """Next hops named by host (a Route such as ``<sip:proxy.other.test;lr>``)."""
+
+    def resolve(host: str) -> Any:
+        """A Deferred firing with one address (a string) for ``host``."""
+
+    def resolve_uri(uri: Any) -> Any:
+        """A Deferred firing with the Peer a hop URI leads to (RFC 3263:
+        transport and port may come from NAPTR and SRV)."""
+

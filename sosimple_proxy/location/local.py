@@ -28,12 +28,10 @@ class LocalLocator:
         table: BindingTable,
         is_ours: Callable[[Any], bool],
         aor: Callable[[Any], str],
-        last_for_our_domains: bool = True,
     ) -> None:
         self.table = table
         self.is_ours = is_ours
         self.aor = aor
-        self.last_for_our_domains = last_for_our_domains
 
     def locate(self, uri: Any) -> LocateResult:
         if not self.is_ours(uri) or not uri.user:

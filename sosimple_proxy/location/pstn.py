@@ -6,7 +6,9 @@ group's other usable gateways as its ``fallbacks`` (tried in turn on 408,
 5xx or a transport error) and ``dest`` set to the gateway's address; the
 Request-URI becomes ``sip:<number>@<gateway>;user=phone`` after the
 gateway's strip/prepend.  A failed branch comes back through
-:meth:`PstnLocator.target_failed` and moves that gateway's state.
+:meth:`PstnLocator.target_failed` (:class:`IRetargeting`) and moves that
+gateway's state.  The OPTIONS probes (:class:`GatewayProber`) are started
+and stopped by the composition root with the SIP service.
 
 :class:`PassNumbers` wraps the providers that serve users (``local``, the
 rings) so that "phone numbers are not users": a number they miss is passed
@@ -16,56 +18,29 @@ number is still found.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from sosimple_proxy.location.dialplan import DialPlan
-from sosimple_proxy.location.gateways import Gateway, GatewayProber, GatewaySet
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
+from sosimple_proxy.location.gateways import Gateway, GatewaySet
+from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, IRetargeting, LocateResult, Miss, Target
 
 log = Logger()
 
 
-@implementer(ILocator)
+@implementer(ILocator, IRetargeting)
 class PstnLocator:
     """Phone numbers -> a gateway target with the rest of its group as fallbacks."""
 
     name = "pstn"
 
-    def __init__(self, plan: DialPlan, gateways: GatewaySet, prober: GatewayProber | None = None) -> None:
+    def __init__(self, plan: DialPlan, gateways: GatewaySet) -> None:
         self.plan = plan
         self.gateways = gateways
-        self.prober = prober
         self._by_dest: dict[str, str] = {}
-
-    @classmethod
-    def from_config(
-        cls, cfg: Any, plan: DialPlan, clock: Any, rand: Any = None, from_domain: str = "localhost"
-    ) -> "PstnLocator | None":
-        """From ``[pstn]`` and the ``[gateway:NAME]`` sections; None when
-        there is no gateway (the provider is then not configured)."""
-        sections: Mapping[str, Any] = cfg.named("gateway")
-        if not sections:
-            return None
-        pstn = cfg.section("pstn")
-        gateways = [Gateway.from_config(name, s) for name, s in sections.items()]
-        kwargs = {"rand": rand} if rand is not None else {}
-        gw_set = GatewaySet(gateways, clock, retry_interval=pstn["retry_interval"], **kwargs)
-        prober = GatewayProber(gw_set, clock, pstn["probe_interval"], from_domain)
-        return cls(plan, gw_set, prober)
-
-    def attach(self, stack: Any) -> None:
-        """The SIP stack is up: start probing the gateways."""
-        if self.prober is not None:
-            self.prober.start(stack)
-
-    def detach(self) -> None:
-        """The SIP stack stops: no more probes."""
-        if self.prober is not None:
-            self.prober.stop()
 
     def locate(self, uri: Any) -> LocateResult:
         if not self.plan.is_number(uri):
@@ -118,11 +93,11 @@ class PstnLocator:
         return None
 
 
-@implementer(ILocator)
+@implementer(ILocator, IRetargeting)
 class PassNumbers:
     """A provider of users that passes the phone numbers it misses on.
 
-    Everything else (``name``, ``target_failed``...) is the wrapped provider's.
+    Its ``name`` and its retargeting are the wrapped provider's.
     """
 
     def __init__(self, provider: ILocator, plan: DialPlan) -> None:
@@ -133,8 +108,10 @@ class PassNumbers:
     def name(self) -> str:
         return self.provider.name  # type: ignore[no-any-return]
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.provider, attr)
+    def target_failed(self, target: Target, response: Any) -> Any:
+        if IRetargeting.providedBy(self.provider):
+            return self.provider.target_failed(target, response)
+        return None
 
     def locate(self, uri: Any) -> LocateResult:
         answer = self.provider.locate(uri)

@@ -26,7 +26,7 @@ from sosimple_proxy.location import regrecord
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.location.regrecord import KIND
 from sosimple_proxy.overlay.records import Record
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, LocateResult, Miss, Target
+from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, IRetargeting, LocateResult, Miss, Target
 from sosimple_proxy.sip.uri import parse_uri
 
 log = Logger()
@@ -44,8 +44,6 @@ def encode_binding(binding: Binding, route: Sequence[str]) -> bytes:
         binding.reg_id,
     )
 
-
-decode_entry = regrecord.decode
 
 
 def entry_name(writer: str, binding: Binding) -> str:
@@ -137,7 +135,7 @@ class RingPublisher:
         d.addErrback(failed)
 
 
-@implementer(ILocator)
+@implementer(ILocator, IRetargeting)
 class RingLocator:
     """Looks an AoR up in one ring (``overlay`` or ``overlay:NAME``)."""
 
@@ -190,8 +188,9 @@ class RingLocator:
         return d
 
     def target_failed(self, target: Target, response: Any) -> Any:
-        """A target from the cache timed out, got 503 or a transport error:
-        forget the cached answer and ask the ring once more (paper IV.B)."""
+        """A target from the cache timed out, got 503 or a transport error
+        (:class:`IRetargeting`): forget the cached answer and ask the ring
+        once more (paper IV.B)."""
         aor = self._served.pop(target, None)
         if aor is None or not (response.status in (408, 503) or response.status >= 500):
             return None
@@ -211,7 +210,7 @@ class RingLocator:
         until = float("inf")
         for rec in records:
             try:
-                data = decode_entry(rec.value)
+                data = regrecord.decode(rec.value)
                 contact = parse_uri(data["contact"])
             except Exception:
                 log.info("ring {name}: unreadable registration entry {entry!r}", name=self.name, entry=rec.entry)

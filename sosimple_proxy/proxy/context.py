@@ -11,14 +11,15 @@ recurses on 3xx Contacts.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sosimple_proxy.location.interfaces import Miss, Target
+from sosimple_proxy.location.interfaces import IRetargeting, Miss, Target
+from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.sip.client_transaction import ClientTransaction
 from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response, make_response
@@ -90,33 +91,19 @@ class Branch:
         self.cancelled = False
 
 
-class Forwarder:
-    """What a context needs from the proxy: a client transaction to a target.
-
-    :meth:`send` builds the per-branch copy of the request (16.6 steps 1-9)
-    and starts the transaction; it returns the ClientTransaction, a
-    Deferred firing with it (name resolution), or a Response the branch
-    gets instead (e.g. 503 when the target cannot be reached at all).
-    """
-
-    def send(self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser) -> Any:
-        raise NotImplementedError
-
-
 @implementer(IClientTransactionUser)
 class ResponseContext:
     def __init__(
         self,
         clock: Any,
-        forwarder: Forwarder,
+        forwarder: IForwarder,
         request: Request,
         txn: ServerTransaction,
         targets: Sequence[Target],
         *,
         timer_c: float = 180.0,
         recurse_on_3xx: bool = False,
-        on_final: Callable[["ResponseContext", Response], Response | None] | None = None,
-        retarget: Callable[[Target, Response], Any] | None = None,
+        retarget: IRetargeting | None = None,
     ) -> None:
         self.clock = clock
         self.forwarder = forwarder
@@ -125,7 +112,6 @@ class ResponseContext:
         self.is_invite = request.method == "INVITE"
         self.timer_c = timer_c
         self.recurse_on_3xx = recurse_on_3xx
-        self.on_final = on_final
         # Told of every failed branch (408, 5xx, transport error); may give
         # new targets (or a Deferred of them) to try: the contact cache's
         # second lookup (paper IV.B), a provider marking a target bad.
@@ -322,7 +308,7 @@ class ResponseContext:
         if self.retarget is None:
             return
         try:
-            more = self.retarget(target, response)
+            more = self.retarget.target_failed(target, response)
         except Exception:
             log.failure("retargeting after {status} from {uri} failed", status=response.status, uri=str(target.uri))
             return
@@ -440,10 +426,6 @@ class ResponseContext:
             response.headers.remove("proxy-authenticate")
             for name, value in self.auth_challenges:
                 response.headers.add(name, value)
-        if self.on_final is not None:
-            replaced = self.on_final(self, response)
-            if replaced is not None:
-                response = replaced
         if response.status == 408 and not self.is_invite:
             # RFC 4320 4.1: "A transaction-stateful SIP element MUST NOT
             # send a response with Status-Code of 408 to a non-INVITE
@@ -465,7 +447,5 @@ class ResponseContext:
             if 200 <= response.status < 300:
                 # A late 2xx (the server transaction has ended): forward it
                 # statelessly by Via, as 16.7 step 9 and RFC 6026 expect.
-                send_by_via = getattr(self.forwarder, "send_response_by_via", None)
-                if send_by_via is not None:
-                    send_by_via(response)
+                self.forwarder.send_response_by_via(response)
 

@@ -8,14 +8,17 @@ ACK of a 2xx and responses that match no transaction (16.11, 18.2.2).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from sosimple_proxy.location.interfaces import Target
+from sosimple_proxy.location.interfaces import IHopResolver, Target
 from sosimple_proxy.proxy import routing
-from sosimple_proxy.proxy.context import Forwarder
+from sosimple_proxy.proxy.interfaces import IForwarder
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response
@@ -32,20 +35,20 @@ def request_loop_hash(request: Request) -> str:
     return request.cached("loop-hash", lambda: routing.loop_hash(request))  # type: ignore[no-any-return]
 
 
-class RequestForwarder(Forwarder):
-    def __init__(
-        self,
-        stack: Any,
-        record_route: bool,
-        resolve: Callable[[str], Any] | None = None,
-    ) -> None:
+@implementer(IForwarder)
+class RequestForwarder:
+    """The proxy's way out through the stack: its transport (our addresses,
+    the UAs' open connections) and transaction layer; ``hops`` resolves
+    next hops named by host (RFC 3263; None: those are unreachable)."""
+
+    def __init__(self, stack: StackLink, record_route: bool, hops: IHopResolver | None = None) -> None:
         self.stack = stack
         self.record_route = record_route
-        self.resolve = resolve
+        self.hops = hops
 
     @property
     def listening(self) -> Sequence[ListenAddress]:
-        return self.stack.transport.listening()
+        return self.stack.listening()
 
     # -- requests in a transaction
 
@@ -77,8 +80,7 @@ class RequestForwarder(Forwarder):
         peer = routing.parse_flow(target.flow)
         if peer is None or not peer.reliable:
             return None
-        has = getattr(self.stack.transport, "has_connection", None)
-        return peer if has is not None and has(peer) else None
+        return peer if self.stack.transport.has_connection(peer) else None
 
     def _resolve(self, hop: Any) -> Any:
         """The peer for a next-hop URI (see :meth:`_address`); a TLS peer
@@ -97,14 +99,10 @@ class RequestForwarder(Forwarder):
             return make_response_for_branch(503, f"Service Unavailable: transport {transport} not supported")
         if is_ip(host):
             return Peer(transport, host.strip("[]"), port)
-        if self.resolve is None:
+        if self.hops is None:
             return make_response_for_branch(503, f"Service Unavailable: cannot resolve {host}")
-        resolve_uri = getattr(self.resolve, "resolve_uri", None)
-        if resolve_uri is not None:
-            # RFC 3263: the hop's transport and port may come from NAPTR/SRV.
-            return resolve_uri(hop)
-        d = self.resolve(host)
-        return d.addCallback(lambda ip: Peer(transport, ip, port))
+        # RFC 3263: the hop's transport and port may come from NAPTR/SRV.
+        return self.hops.resolve_uri(hop)
 
     def _finish(
         self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser, secure: bool = False
@@ -120,10 +118,10 @@ class RequestForwarder(Forwarder):
             outbound = next((a for a in listening if (":" in a.host) == (":" in dest.host)), None)
             if outbound is None:
                 return make_response_for_branch(503, f"Service Unavailable: no local address to reach {dest}")
-            sent_by = ListenAddress(dest.transport, outbound.host, outbound.port)
+            sent_by = attrs.evolve(outbound, transport=dest.transport)
         else:
             sent_by = outbound
-        if self.record_route and copy.method in DIALOG_CREATING and not _has_to_tag(copy):
+        if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
             routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)
@@ -137,12 +135,12 @@ class RequestForwarder(Forwarder):
             return
         self.stack.transactions.send_stateless(response, response_peer(via))
 
-    def forward_stateless(self, request: Request, hop_uri: Any, flow: Peer | None = None) -> None:
+    def forward_stateless(self, request: Request) -> None:
         """Forward e.g. the ACK of a 2xx (16.11) along its route."""
         lhash = request_loop_hash(request)
         routing.decrement_max_forwards(request)
-        hop = routing.next_hop(request) if hop_uri is None else hop_uri
-        dest = flow or self._resolve(hop)
+        hop = routing.next_hop(request)
+        dest = self._resolve(hop)
         if isinstance(dest, Deferred):
             dest.addCallback(lambda peer: self._send_stateless(request, peer, lhash))
             dest.addErrback(lambda f: log.info("stateless forward failed: {f}", f=f.getErrorMessage()))
@@ -160,11 +158,6 @@ class RequestForwarder(Forwarder):
                 return
         request.headers.prepend("Via", routing.via_value(outbound, dest.transport, routing.stateless_branch(request, lhash)))
         self.stack.transactions.send_stateless(request, dest, outbound if outbound.transport == dest.transport else None)
-
-
-def _has_to_tag(request: Request) -> bool:
-    to = request.headers.get("to") or ""
-    return ";tag=" in to.replace(" ", "").lower()
 
 
 def make_response_for_branch(status: int, reason: str) -> Response:

@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import secrets
 from urllib.parse import quote
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 
@@ -336,6 +336,25 @@ def add_record_route(request: Request, inbound: ListenAddress | None, outbound: 
         return
     request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, secure=secure))
     request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, secure=secure))
+
+
+def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:
+    """How other proxies of the ring reach this one: a Route value (UDP
+    first); for a binding registered over a connection, one that names the
+    flow, so the request leaves by the UA's own connection."""
+    if not listening:
+        return None
+    first = next((a for a in listening if a.transport == "udp"), listening[0])
+    received = getattr(binding, "received", None)
+    flow = parse_flow(received)
+    user = flow_token(received) if flow is not None and flow.reliable else None  # type: ignore[arg-type]
+    return record_route_value(first, user=user)
+
+
+def has_to_tag(request: Request) -> bool:
+    """A To tag: the request belongs to a dialog (RFC 3261 12.2)."""
+    to = request.headers.get("to") or ""
+    return ";tag=" in to.replace(" ", "").lower()
 
 
 def copy_request(request: Request) -> Request:

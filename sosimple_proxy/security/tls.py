@@ -45,6 +45,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from sosimple_proxy.values import boolean
 
 log = Logger()
 
@@ -72,15 +73,6 @@ def parse_min_version(raw: str) -> str:
     if text not in MIN_VERSIONS:
         raise ValueError(f"{raw.strip()!r} is not a TLS version we accept ({', '.join(MIN_VERSIONS)})")
     return text
-
-
-def _parse_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("yes", "true", "on", "1"):
-        return True
-    if word in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{raw.strip()!r} is not yes or no")
 
 
 def _parse_path(raw: str) -> str:
@@ -119,7 +111,7 @@ TLS_SCHEMA: dict[str, tuple[Callable[[str], object], str]] = {
     "certificate": (_parse_path, ""),
     "key": (_parse_path, ""),
     "ca": (_parse_path, ""),
-    "verify": (_parse_bool, "yes"),
+    "verify": (boolean, "yes"),
     "min_version": (parse_min_version, DEFAULT_MIN_VERSION),
     "handshake_timeout": (_parse_timeout, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}"),
 }

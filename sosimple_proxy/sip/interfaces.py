@@ -75,6 +75,9 @@ class ITransportLayer(Interface):
     def listening() -> "list[ListenAddress]":
         """The addresses we listen on, with the ports really bound."""
 
+    def has_connection(peer: "Peer") -> bool:
+        """Is there a usable stream connection to ``peer`` (a UA's flow)?"""
+
 
 # -- transaction layer -> transaction user
 

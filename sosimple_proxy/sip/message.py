@@ -526,7 +526,7 @@ def make_response(
 _COPIED = frozenset(("via", "from", "call-id", "cseq"))
 
 
-# At the end: via.py imports this module (header_key), the others do not.
+# At the end: the structured views import this module's types for hints only.
 from sosimple_proxy.sip import grammar as _grammar  # noqa: E402
 from sosimple_proxy.sip import headers as _headers  # noqa: E402
 from sosimple_proxy.sip import uri as _uri  # noqa: E402

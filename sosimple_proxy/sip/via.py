@@ -32,7 +32,6 @@ from sosimple_proxy.sip.grammar import (
     split_commas,
     unfold,
 )
-from sosimple_proxy.sip.message import header_key
 from sosimple_proxy.sip.timers import is_reliable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -432,7 +431,7 @@ def stamp_via(request: Request, source: Peer) -> bool:
     if received is None and rport is None:
         return False
     headers = request.headers
-    name = next(n for n, _v in headers if header_key(n) == "via")
+    name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
     raw = headers.pop_first_value("via")
     assert raw is not None
     headers.prepend(name, _stamped_via_text(raw, received, rport))

@@ -52,6 +52,8 @@ def _run_with(tmp_path, text: str) -> subprocess.CompletedProcess:
         ("[proxy]\nlisten = udp:127.0.0.1:notaport\n", "[proxy] listen"),
         ("[sip]\nt1 = soon\n", "[sip] t1"),
         ("[proxy]\nmax_message_size = tiny\n", "[proxy] max_message_size"),
+        ("[auth]\nrequired = yes\n", "[auth] required: yes: challenging requests is not supported yet"),
+        ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "[proxy] listen: 'tls:127.0.0.1:5061': tls listeners are not supported yet"),
     ],
 )
 def test_bad_config_stops_with_one_line_and_status_1(tmp_path, text, words):

@@ -13,7 +13,7 @@ from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, Miss, Target
 from sosimple_proxy.location.local import LocalLocator
 from sosimple_proxy.location.routes import StaticRoutes
-from sosimple_proxy.proxy.targets import Addressing
+from sosimple_proxy.proxy.addressing import Addressing
 from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.sip.uri import parse_uri
 

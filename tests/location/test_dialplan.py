@@ -124,7 +124,7 @@ def test_pstn_config_is_validated_and_parsed():
         "[gateway:a]\nuri = sip:127.0.0.1:5080;transport=udp\nprefixes = +1 +44\nprepend = 9\n"
         "[did]\n+14125550100 = sip:alice@example.com\n"
     )
-    plan = DialPlan.from_config(cfg.section("pstn"))
+    plan = DialPlan(cfg.section("pstn")["country_code"], cfg.section("pstn")["local_patterns"])
     assert plan.normalise("01144201234567") == "+44201234567"
     assert cfg.section("pstn")["probe_interval"] == 0
     gw = cfg.named("gateway")["a"]

@@ -397,4 +397,4 @@ class Hops(DNSCase):
         hops = HopResolver(self.rfc)
         peer = yield hops.resolve_uri(parse_uri("sip:other.test;lr"))
         self.assertEqual(peer, Peer("tcp", "127.0.0.2", 5071))
-        self.assertEqual((yield hops("plain.test")), "127.0.0.5")
+        self.assertEqual((yield hops.resolve("plain.test")), "127.0.0.5")

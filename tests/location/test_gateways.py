@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from sosimple_proxy.location.dialplan import DialPlan, parse_local_patterns
 from sosimple_proxy.location.gateways import (
@@ -19,7 +20,7 @@ from sosimple_proxy.location.gateways import (
     parse_gateway_uri,
     weighted_order,
 )
-from sosimple_proxy.location.interfaces import NOT_MINE, Found, Miss
+from sosimple_proxy.location.interfaces import NOT_MINE, Found, ILocator, IRetargeting, Miss
 from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
 from sosimple_proxy.sip.message import Response
 from sosimple_proxy.sip.uri import parse_uri
@@ -175,6 +176,7 @@ def test_retry_after_of_a_503_sets_how_long_the_gateway_rests():
     assert isinstance(loc.locate(parse_uri("tel:+15551234567")), Found)
 
 
+@implementer(ILocator, IRetargeting)
 class Users:
     name = "local"
 

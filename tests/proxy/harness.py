@@ -13,7 +13,6 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from sosimple_proxy.config import parse_config
-from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.interfaces import ISipStack, ITransportLayer
 from sosimple_proxy.sip.message import Message, Request, Response
@@ -21,6 +20,7 @@ from sosimple_proxy.sip.parser import ParseError, parse_message
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction import TransactionLayer
 from sosimple_proxy.sip.transport import TransportError
+from sosimple_proxy.wiring import build_proxy
 
 PROXY_UDP = ListenAddress("udp", "127.0.0.1", 5060)
 PROXY_TCP = ListenAddress("tcp", "127.0.0.1", 5060)
@@ -63,23 +63,32 @@ class Wire:
 
 @implementer(ISipStack)
 class Stack:
+    """The two layers of a SipStack that the proxy uses."""
+
     def __init__(self, transport: Wire, transactions: TransactionLayer) -> None:
         self.transport = transport
         self.transactions = transactions
 
 
 class Harness:
-    def __init__(self, ini: str = "", listening: list[ListenAddress] | None = None) -> None:
+    """The proxy as the composition root builds it, on a Wire and a Clock."""
+
+    def __init__(
+        self, ini: str = "", listening: list[ListenAddress] | None = None, rfc3263: Any = None, clock: Clock | None = None
+    ) -> None:
         text = "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:5060, tcp:127.0.0.1:5060\n" + ini
         text += "\n[location]\norder = local routes\n" if "[location]" not in ini else ""
         self.cfg = parse_config(text, "test.ini")
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.wire = Wire(self.clock, listening or [PROXY_UDP, PROXY_TCP])
-        self.core = ProxyCore(self.clock, self.cfg)
+        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263)
+        self.core = self.proxy.core
+        self.providers = self.proxy.providers
         self.layer = TransactionLayer(
             self.clock, self.wire, self.core, TimerConfig(self.cfg.sip["t1"], self.cfg.sip["t2"], self.cfg.sip["t4"])
         )
-        self.core.attach(Stack(self.wire, self.layer))
+        self.core.attach(Stack(self.wire, self.layer))  # what SipStack does
+        self.proxy.timers.startService()
 
     def receive(self, data: str | bytes | Message, source: Peer = CALLER, local: ListenAddress = PROXY_UDP) -> None:
         if isinstance(data, Message):

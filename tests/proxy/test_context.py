@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from zope.interface import implementer
+
+from sosimple_proxy.location.interfaces import IRetargeting
 from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
 from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite
@@ -391,7 +394,7 @@ def _core_targets(h, targets):
     """Run a MESSAGE through the core with a fixed target set."""
     from sosimple_proxy.location.interfaces import Found
 
-    h.core.location.providers.insert(0, type("Fixed", (), {"name": "fixed", "locate": lambda self, uri: Found(tuple(targets), "fixed")})())
+    h.proxy.location.providers.insert(0, type("Fixed", (), {"name": "fixed", "locate": lambda self, uri: Found(tuple(targets), "fixed")})())
 
 
 def test_fallbacks_are_tried_in_turn_on_503_and_timeout_but_not_on_486():
@@ -418,6 +421,14 @@ def test_fallbacks_are_tried_in_turn_on_503_and_timeout_but_not_on_486():
     assert h.sent_requests(sent, "MESSAGE") == [] and statuses(h, sent) == [486]
 
 
+@implementer(IRetargeting)
+class Retargeting:
+    """A provider's retargeting, from a function."""
+
+    def __init__(self, fn):
+        self.target_failed = fn
+
+
 def test_retarget_hook_adds_targets_after_a_failure():
     from twisted.internet.defer import Deferred
 
@@ -425,10 +436,10 @@ def test_retarget_hook_adds_targets_after_a_failure():
     from sosimple_proxy.proxy.context import ResponseContext
     from sosimple_proxy.sip.uri import parse_uri
 
-    from sosimple_proxy.proxy.core import HANDLED
+    from sosimple_proxy.proxy.chain import TAKEN
 
     h = Harness()
-    h.core.processors = (lambda core, request, txn: HANDLED,)  # a server transaction left to us
+    h.core.chain.processors = [lambda job: TAKEN]  # a server transaction left to us
     h.receive(invite(method="MESSAGE"))
     h.wire.take()
     txn = next(iter(h.layer._server.values()))
@@ -440,7 +451,7 @@ def test_retarget_hook_adds_targets_after_a_failure():
         return later
 
     ctx = ResponseContext(h.clock, h.core.forwarder, txn.request, txn, [Target(parse_uri("sip:bob@127.0.0.1:6001"))],
-                          retarget=retarget)
+                          retarget=Retargeting(retarget))
     txn.data = None
     ctx.start()
     (req, _), = h.sent_requests(h.wire.take(), "MESSAGE")
@@ -487,10 +498,10 @@ def test_self_route_names_the_flow_of_a_binding_registered_over_a_connection():
     h = Harness()
     tcp = Binding("a@example.com", "sip:a@127.0.0.1:9", 1e9, "c", 1, received="tcp:127.0.0.1:40999")
     udp = Binding("a@example.com", "sip:a@127.0.0.1:9", 1e9, "c", 1, received="udp:127.0.0.1:40999")
-    route = h.core.self_route(tcp)
+    route = routing.self_route(h.wire.listening(), tcp)
     user = route[len("<sip:"):].split("@", 1)[0]
     assert routing.flow_of(user) == "tcp:127.0.0.1:40999" and route.endswith("@127.0.0.1:5060;lr>")
-    assert h.core.self_route(udp) == "<sip:127.0.0.1:5060;lr>"
+    assert routing.self_route(h.wire.listening(), udp) == "<sip:127.0.0.1:5060;lr>"
 
 
 def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout():
@@ -500,16 +511,16 @@ def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout(
     from sosimple_proxy.proxy.context import ResponseContext
     from sosimple_proxy.sip.uri import parse_uri
 
-    from sosimple_proxy.proxy.core import HANDLED
+    from sosimple_proxy.proxy.chain import TAKEN
 
     h = Harness()
-    h.core.processors = (lambda core, request, txn: HANDLED,)  # a server transaction left to us
+    h.core.chain.processors = [lambda job: TAKEN]  # a server transaction left to us
     h.receive(invite(method="MESSAGE"))
     h.wire.take()
     txn = next(iter(h.layer._server.values()))
     later: Deferred = Deferred()
     ctx = ResponseContext(h.clock, h.core.forwarder, txn.request, txn, [Target(parse_uri("sip:bob@127.0.0.1:6001"))],
-                          retarget=lambda target, response: later)
+                          retarget=Retargeting(lambda target, response: later))
     ctx.start()
     h.wire.take()
     h.advance(33)  # the cached contact never answers: Timer F

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from sosimple_proxy.config import parse_config
-from sosimple_proxy.location.dns import HopResolver
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver
-from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from sosimple_proxy.sip.timers import TimerConfig
-from sosimple_proxy.sip.transaction import TransactionLayer
 from tests.dnszone import Zone, record
-from tests.proxy.harness import PROXY_TCP, PROXY_UDP, Harness, Stack, Wire, invite
+from tests.proxy.harness import Harness, invite
 
 KA = Peer("udp", "127.0.0.2", 5070)
 KB = Peer("udp", "127.0.0.3", 5080)
@@ -23,10 +18,7 @@ KB = Peer("udp", "127.0.0.3", 5080)
 
 class DNSHarness(Harness):
     def __init__(self, order: str = "local routes dns", ini: str = "") -> None:
-        text = "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:5060, tcp:127.0.0.1:5060\n"
-        text += f"[location]\norder = {order}\n[routes]\nrouted.test = sip:127.0.0.1:5999\n" + ini
-        self.cfg = parse_config(text, "test.ini")
-        self.clock = Clock()
+        clock = Clock()
         self.zone = Zone(
             "test",
             [
@@ -36,13 +28,9 @@ class DNSHarness(Harness):
                 ("kb.other.test", record("A", address="127.0.0.3", ttl=300)),
             ],
         )
-        self.rfc = RFC3263Resolver(Lookups(self.zone, self.clock), self.clock)
-        self.wire = Wire(self.clock, [PROXY_UDP, PROXY_TCP])
-        self.core = ProxyCore(self.clock, self.cfg, resolve=HopResolver(self.rfc))
-        self.layer = TransactionLayer(
-            self.clock, self.wire, self.core, TimerConfig(self.cfg.sip["t1"], self.cfg.sip["t2"], self.cfg.sip["t4"])
-        )
-        self.core.attach(Stack(self.wire, self.layer))
+        self.rfc = RFC3263Resolver(Lookups(self.zone, clock), clock)
+        ini = f"[location]\norder = {order}\n[routes]\nrouted.test = sip:127.0.0.1:5999\n" + ini
+        super().__init__(ini, rfc3263=self.rfc, clock=clock)
 
 
 def message(uri: str, n: int, extra: str = "") -> str:
@@ -124,7 +112,7 @@ def test_route_hop_named_by_host_is_resolved_by_srv():
 
 def test_without_dns_in_the_order_there_is_no_dns_provider():
     h = Harness()
-    assert "dns" not in h.core.providers
+    assert "dns" not in h.providers
     h.receive(message("sip:carol@other.test", 1))
     [(r, _)] = h.sent_responses(h.wire.take())
     assert r.status == 404

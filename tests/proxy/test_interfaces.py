@@ -8,6 +8,7 @@ from __future__ import annotations
 from zope.interface.verify import verifyObject
 
 from sosimple_proxy.location.gateways import Gateway, GatewayProber, GatewaySet
+from sosimple_proxy.proxy.chain import TAKEN
 from sosimple_proxy.proxy.context import ResponseContext, Target
 from sosimple_proxy.sip.interfaces import (
     IClientTransactionUser,
@@ -28,7 +29,7 @@ def test_proxy_core_is_a_stack_user() -> None:
 
 def test_response_context_receives_responses() -> None:
     h = Harness()
-    h.core.processors = (lambda core, request, txn: None,)
+    h.core.chain.processors = [lambda job: TAKEN]
     h.receive(
         "MESSAGE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-i1\n"
         "Max-Forwards: 70\nFrom: <sip:a@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: i1@x\n"
@@ -42,7 +43,7 @@ def test_response_context_receives_responses() -> None:
 def test_gateway_prober_receives_responses() -> None:
     h = Harness()
     gateways = GatewaySet([Gateway("gw", parse_uri("sip:192.0.2.7:5060"))], h.clock)
-    assert verifyObject(IClientTransactionUser, GatewayProber(gateways, h.clock, 30.0))
+    assert verifyObject(IClientTransactionUser, GatewayProber(gateways, h.clock, 30.0, Stack(h.wire, h.layer)))
 
 
 def test_harness_fakes_fit_the_stack_interfaces() -> None:

@@ -49,7 +49,7 @@ def test_a_tel_uri_goes_to_the_first_gateway_of_its_group_and_fails_over_on_503(
     (ok,) = final_upstream(h.wire.take())
     assert ok.status == 200
     # a1 rests: the next call goes straight to a2
-    assert h.core.providers["pstn"].gateways.state("a1").state == INACTIVE
+    assert h.providers["pstn"].gateways.state("a1").state == INACTIVE
     h.receive(invite("tel:+15559999999", branch="z9hG4bK-caller-2", call_id="call-2"))
     sent = h.wire.take()
     assert requests_to(sent, GW2) and not requests_to(sent, GW1)
@@ -105,7 +105,7 @@ def test_an_inbound_call_to_a_did_reaches_the_mapped_aor():
 
 def test_options_probes_drive_the_gateway_state():
     h = pstn_harness(probe_interval=20)
-    states = h.core.providers["pstn"].gateways.states
+    states = h.providers["pstn"].gateways.states
     h.clock.advance(0)  # the first round goes out at once
     sent = h.wire.take()
     probes = {d: m for m, d in sent if isinstance(m, Request) and m.method == "OPTIONS"}
@@ -139,7 +139,7 @@ def test_a_probe_that_cannot_be_sent_marks_the_gateway_inactive():
     h.wire.fail.add(GW1)
     h.clock.advance(0)
     h.clock.advance(0)
-    states = h.core.providers["pstn"].gateways.states
+    states = h.providers["pstn"].gateways.states
     assert states["a1"].state == INACTIVE and states["a2"].state == ACTIVE
     h.receive(invite("tel:+15551234567"))
     sent = h.wire.take()
@@ -150,7 +150,7 @@ def test_probes_stop_with_the_sip_service():
     h = pstn_harness(probe_interval=20)
     h.clock.advance(0)
     h.wire.take()
-    h.core.detach()  # what SipStack.stopService does, then:
+    h.proxy.timers.stopService()  # what stopping the SIP service does, then:
     h.layer.clear()
     h.advance(60)
     assert [m for m, _ in h.wire.take() if isinstance(m, Request) and m.method == "OPTIONS"] == []

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.proxy.registrar import Registrar
-from sosimple_proxy.proxy.targets import Addressing
+from sosimple_proxy.proxy.addressing import Addressing
 from sosimple_proxy.sip.address import ListenAddress
 from sosimple_proxy.sip.parser import ParseError, parse_message
 

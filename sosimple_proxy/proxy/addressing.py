@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from sosimple_proxy.proxy.registrar import aor_key
+from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.address import ListenAddress
 
 
@@ -27,19 +28,25 @@ class Addressing:
     of our domains (gateways and phones address the proxy by IP).
     """
 
-    def __init__(self, domains: Sequence[str], listen: Sequence[ListenAddress]) -> None:
+    def __init__(
+        self,
+        domains: Sequence[str],
+        listen: Sequence[ListenAddress],
+        stack: StackLink | None = None,
+    ) -> None:
         self.domains = frozenset(_normal_host(d) for d in domains)
         # Users addressed at one of our IP addresses are users of this
         # domain (as Kamailio does without use_domain): sip:bob@127.0.0.1
         # reaches the bob who registered as bob@example.com.
         self.primary = _normal_host(domains[0]) if domains else None
         self._configured = list(listen)
-        # Replaced by the transport layer's view once ports are bound.
-        self.listening: Callable[[], Sequence[ListenAddress]] = lambda: self._configured
+        # The transport layer's view (ports really bound) once the stack
+        # exists; the configured addresses until then.
+        self.stack = stack
         self._cache: tuple[tuple[ListenAddress, ...], tuple[set[str], set[int]]] | None = None
 
     def _addresses(self) -> tuple[set[str], set[int]]:
-        addrs = tuple(self.listening()) or tuple(self._configured)
+        addrs = (tuple(self.stack.listening()) if self.stack is not None else ()) or tuple(self._configured)
         cached = self._cache
         if cached is not None and cached[0] == addrs:
             return cached[1]

@@ -1,0 +1,260 @@
+"""The composition root: a validated site.ini in, the proxy's parts out.
+
+This is the one module (with :mod:`sosimple_proxy.service`, the twistd
+entry point) that reads :class:`~sosimple_proxy.config.Config`; the layers
+below receive plain values and their collaborators from here.  It builds,
+in order: the rings, the admin site, the proxy (:func:`build_proxy`:
+registrar, location providers and their chain, ring publishers, forwarder,
+the processor chain, the core) and the SIP stack that runs it (transports
+and the transaction layer; the stack attaches itself to the core, which
+hands it to the parts that send through it).
+
+The location providers come from the one table in
+:mod:`sosimple_proxy.providers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from sosimple_proxy.config import Config, ConfigError, tls_config
+from sosimple_proxy.location.bindings import BindingTable
+from sosimple_proxy.location.chain import LocationChain
+from sosimple_proxy.location.dialplan import DialPlan, DidTable
+from sosimple_proxy.location.dns import HopResolver
+from sosimple_proxy.location.gateways import GatewayProber
+from sosimple_proxy.location.interfaces import ILocator
+from sosimple_proxy.location.pstn import PstnLocator
+from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver, make_resolver
+from sosimple_proxy.location.ring import RingPublisher
+from sosimple_proxy.location.routes import StaticRoutes
+from sosimple_proxy.proxy import routing
+from sosimple_proxy.proxy.addressing import Addressing
+from sosimple_proxy.proxy.chain import Chain, StatefulForwarding, proxy_chain, redirecting
+from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.proxy.forward import RequestForwarder
+from sosimple_proxy.proxy.registrar import Registrar
+from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.reloads import Reloads
+from sosimple_proxy.security.tls import TLSFileError
+from sosimple_proxy.tls_contexts import TLSContexts, build_tls
+
+log = Logger()
+
+
+def rfc3263_resolver(dns: Mapping[str, Any], reactor: Any) -> RFC3263Resolver:
+    """The resolver ``[dns]`` describes: ``servers``, or the system's."""
+    return RFC3263Resolver(Lookups(make_resolver(dns["servers"], reactor), reactor), reactor)
+
+
+def ring_domains(cfg: Config, name: str) -> list[str]:
+    """The domains whose users a ring holds (site-ini.md, [overlay] domains)."""
+    section = cfg.section(name) if name in cfg.sections else cfg.section("overlay")
+    return list(section["domains"]) or (list(cfg.proxy["domains"]) if name == "overlay" else [])
+
+
+# --- the transaction user
+
+
+class ProxyTimers(Service):
+    """The proxy's own timers, started and stopped with the SIP service:
+    the binding table's sweeps and the gateways' OPTIONS probes."""
+
+    name = "proxy-timers"
+
+    def __init__(self, bindings: BindingTable, prober: GatewayProber | None) -> None:
+        self.bindings = bindings
+        self.prober = prober
+
+    def startService(self) -> None:
+        super().startService()
+        self.bindings.start()
+        if self.prober is not None:
+            self.prober.start()
+
+    def stopService(self) -> Any:
+        self.bindings.stop()
+        if self.prober is not None:
+            self.prober.stop()
+        return super().stopService()
+
+
+@attrs.frozen
+class Proxy:
+    """The transaction user and the parts it was built from."""
+
+    core: ProxyCore
+    registrar: Registrar
+    location: LocationChain
+    providers: Mapping[str, ILocator]
+    forwarder: RequestForwarder
+    publishers: Sequence[RingPublisher]
+    timers: ProxyTimers
+
+
+def build_proxy(
+    cfg: Config,
+    reactor: Any,
+    rings: Mapping[str, Any] | None = None,
+    rfc3263: RFC3263Resolver | None = None,
+) -> Proxy:
+    """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
+    stack's user; the stack attaches itself to it).
+
+    ``rings`` are the overlay services by provider name; ``rfc3263``
+    replaces the resolver ``[dns]`` describes (tests give a zone's).
+    """
+    proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
+    listen = proxy_cfg["listen"]
+    stack = StackLink()
+    addressing = Addressing(proxy_cfg["domains"], listen, stack)
+    bindings = BindingTable(reactor)
+    registrar = Registrar(
+        reactor,
+        bindings,
+        min_expires=reg["min_expires"],
+        max_expires=reg["max_expires"],
+        default_expires=reg["default_expires"],
+        max_contacts=reg["max_contacts"],
+        is_ours=addressing.is_ours,
+        aor=addressing.aor,
+    )
+    dialplan = DialPlan(cfg.section("pstn")["country_code"], cfg.section("pstn")["local_patterns"])
+    routes = StaticRoutes(dict(cfg.section("routes")))
+    ring_parts = {
+        name: (overlay, Addressing(ring_domains(cfg, name), listen, stack))
+        for name, overlay in (rings or {}).items()
+    }
+    order = cfg.section("location")["order"]
+    if rfc3263 is None and "dns" in order:
+        # RFC 3263 only with "dns" in [location] order: without it nothing
+        # queries DNS (tests leave it out).
+        rfc3263 = rfc3263_resolver(cfg.section("dns"), reactor)
+    parts = ProviderParts(cfg, reactor, addressing, bindings, dialplan, routes, ring_parts, stack, rfc3263)
+    providers = build_providers(order, parts)
+    location = LocationChain(list(providers.values()))
+
+    forwarder = RequestForwarder(
+        stack, proxy_cfg["record_route"], HopResolver(rfc3263) if rfc3263 is not None else None
+    )
+    send_to = (
+        redirecting
+        if proxy_cfg["mode"] == "redirect"
+        else StatefulForwarding(reactor, forwarder, location, cfg.sip["timer_c"], proxy_cfg["recurse_on_3xx"])
+    )
+    chain = Chain(
+        proxy_chain(
+            addressing=addressing,
+            stack=stack,
+            registrar=registrar,
+            routes=routes,
+            dids=DidTable(dialplan, dict(cfg.section("did"))),
+            location=location,
+            send_to=send_to,
+        )
+    )
+    core = ProxyCore(chain, registrar, forwarder, addressing, stack)
+
+    def self_route(binding: Any) -> str | None:
+        return routing.self_route(stack.listening(), binding)
+
+    publishers = []
+    for name, (overlay, ring_addressing) in ring_parts.items():
+        # Our registrar's users go to every ring that holds their domain.
+        if any(d in ring_addressing.domains for d in addressing.domains):
+            holds = _holds(ring_addressing)
+            publishers.append(RingPublisher(overlay, bindings, self_route, reactor, accepts=holds))
+    prober = None
+    pstn = providers.get("pstn")
+    if isinstance(pstn, PstnLocator):
+        prober = GatewayProber(
+            pstn.gateways,
+            reactor,
+            cfg.section("pstn")["probe_interval"],
+            stack,
+            from_domain=addressing.primary or "localhost",
+        )
+    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
+
+
+def _holds(addressing: Addressing) -> Callable[[str], bool]:
+    def holds(aor: str) -> bool:
+        return aor.rpartition("@")[2] in addressing.domains
+
+    return holds
+
+
+# --- the whole process
+
+
+def build_service(cfg: Config, reactor: Any) -> MultiService:
+    """Build the proxy's services from a validated config."""
+    from sosimple_proxy.sip.stack import SipStack
+    from sosimple_proxy.sip.timers import TimerConfig
+
+    top = MultiService()
+    for warning in cfg.warnings:
+        log.warn("{warning}", warning=warning)
+    # The ring first: the proxy and the admin API use it (``top.overlay``,
+    # an OverlayService whose ``ready`` fires with the node, or None).
+    top.overlay = None  # type: ignore[attr-defined]
+    if cfg.section("overlay")["listen"]:
+        from sosimple_proxy.overlay.service import OverlayService
+
+        top.overlay = OverlayService(reactor, dict(cfg.section("overlay")))  # type: ignore[attr-defined]
+        top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
+    else:
+        log.info("[overlay] listen is empty: no overlay")
+    # Every ring this proxy is a member of, by its [location] provider name
+    # (paper III.C.3: one proxy in several rings bridges them).
+    top.rings = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
+    for ring_name, section in cfg.named("overlay").items():
+        if not section["listen"]:
+            log.info("[overlay:{name}] listen is empty: not a member", name=ring_name)
+            continue
+        from sosimple_proxy.overlay.service import OverlayService as Ring
+
+        ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
+        ring.setServiceParent(top)
+        top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    if cfg.section("admin")["listen"]:
+        from sosimple_proxy.web.admin import admin_service
+
+        admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
+    if cfg.proxy["listen"]:
+        tls = _tls(cfg)
+        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        stack = SipStack(
+            reactor,
+            cfg.proxy["listen"],
+            proxy.core,
+            timers=TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"]),
+            max_message_size=cfg.proxy["max_message_size"],
+            udp_rcvbuf=cfg.sip["udp_rcvbuf"],
+            tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+            **tls.stack_arguments(),
+        )
+        # started after the stack's listeners, stopped before them
+        proxy.timers.setServiceParent(stack)
+        stack.setServiceParent(top)
+        # SIGHUP: new certificates for new connections; calls carry on.
+        reloads = Reloads(reactor)
+        reloads.add("TLS certificates", stack.transport.reload_tls)
+        reloads.setServiceParent(top)
+    else:
+        log.info("[proxy] listen is empty: no SIP service")
+    return top
+
+
+def _tls(cfg: Config) -> TLSContexts:
+    """The TLS contexts, their files read now: a bad one stops startup with
+    one line naming its [tls] key, before any port is bound."""
+    try:
+        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+    except TLSFileError as e:
+        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None

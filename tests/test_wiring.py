@@ -1,0 +1,113 @@
+"""The composition root: the provider table, what build_proxy builds, and
+every part provides the interfaces it declares (verifyObject)."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from sosimple_proxy.config import parse_config
+from sosimple_proxy.location.chain import LocationChain
+from sosimple_proxy.location.dns import DNSLocator, HopResolver
+from sosimple_proxy.location.gateways import GatewayProber
+from sosimple_proxy.location.interfaces import IHopResolver, ILocator, IRetargeting
+from sosimple_proxy.location.local import LocalLocator
+from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
+from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver
+from sosimple_proxy.location.ring import RingLocator
+from sosimple_proxy.location.routes import StaticRoutes
+from sosimple_proxy.proxy.context import ResponseContext
+from sosimple_proxy.proxy.core import ProxyCore
+from sosimple_proxy.proxy.forward import RequestForwarder
+from sosimple_proxy.proxy.interfaces import IForwarder
+from sosimple_proxy.providers import LOCATION_PROVIDERS
+from sosimple_proxy.sip.interfaces import IClientTransactionUser, IStackUser, ITransactionUser, ITransportLayer
+from sosimple_proxy.wiring import build_proxy
+from tests.dnszone import Zone
+from tests.proxy.harness import Harness, Wire, invite
+
+FULL = (
+    "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:5060\n"
+    "[location]\norder = local overlay routes dns pstn\n"
+    "[routes]\nother.test = sip:127.0.0.1:5999\n"
+    "[gateway:a]\nuri = sip:127.0.0.1:5081\n"
+)
+
+
+class FakeRing:
+    """What the ring providers use of an OverlayService."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred = Deferred()
+        self.node = None
+        self.keys = None
+
+
+def full_proxy():
+    clock = Clock()
+    rfc = RFC3263Resolver(Lookups(Zone("test", []), clock), clock)
+    return build_proxy(parse_config(FULL), clock, {"overlay": FakeRing()}, rfc3263=rfc)
+
+
+def test_every_default_provider_name_is_in_the_table():
+    order = parse_config("").section("location")["order"]
+    assert all(name.split(":")[0] in LOCATION_PROVIDERS for name in order)
+
+
+def test_the_providers_sections_are_part_of_site_ini():
+    cfg = parse_config("[dns]\nservers = 127.0.0.1:5353\n[gateway:a]\nuri = sip:127.0.0.1:5081\nprefixes = +1 +44\n"
+                       "[pstn]\ncountry_code = 1\n[did]\n+14125550100 = sip:alice@example.com\n")
+    assert cfg.warnings == []
+    assert cfg.section("dns")["servers"] == (("127.0.0.1", 5353),)
+    assert cfg.named("gateway")["a"]["prefixes"] == ("1", "44")
+    assert cfg.section("did") == {"+14125550100": "sip:alice@example.com"}
+
+
+def test_build_proxy_builds_the_providers_in_order_and_only_those_configured():
+    proxy = full_proxy()
+    assert list(proxy.providers) == ["local", "overlay", "routes", "dns", "pstn"]
+    assert proxy.location.providers == list(proxy.providers.values())
+    assert len(proxy.publishers) == 1  # our domain is the ring's
+    # no such ring, no gateway, no such provider: skipped
+    h = Harness("[location]\norder = local overlay:other routes pstn nosuch\n")
+    assert list(h.providers) == ["local", "routes"]
+
+
+def test_without_dns_in_the_order_nothing_resolves_names():
+    h = Harness("[location]\norder = local routes\n")
+    assert h.proxy.forwarder.hops is None
+
+
+def test_locators_provide_ilocator_and_the_retargeting_ones_iretargeting():
+    proxy = full_proxy()
+    p = proxy.providers
+    assert isinstance(p["local"], PassNumbers) and isinstance(p["local"].provider, LocalLocator)
+    assert isinstance(p["overlay"], PassNumbers) and isinstance(p["overlay"].provider, RingLocator)
+    assert isinstance(p["routes"], StaticRoutes)
+    assert isinstance(p["dns"], DNSLocator)
+    assert isinstance(p["pstn"], PstnLocator)
+    for locator in [*p.values(), p["local"].provider, p["overlay"].provider, proxy.location]:
+        assert verifyObject(ILocator, locator)
+    for retargeting in [p["local"], p["overlay"], p["overlay"].provider, p["dns"], p["pstn"], proxy.location]:
+        assert verifyObject(IRetargeting, retargeting)
+    assert isinstance(proxy.location, LocationChain)
+
+
+def test_the_proxy_parts_provide_their_interfaces():
+    proxy = full_proxy()
+    assert isinstance(proxy.core, ProxyCore) and verifyObject(ITransactionUser, proxy.core)
+    assert verifyObject(IStackUser, proxy.core)
+    assert isinstance(proxy.forwarder, RequestForwarder) and verifyObject(IForwarder, proxy.forwarder)
+    assert isinstance(proxy.forwarder.hops, HopResolver) and verifyObject(IHopResolver, proxy.forwarder.hops)
+    assert isinstance(proxy.timers.prober, GatewayProber)
+    assert verifyObject(IClientTransactionUser, proxy.timers.prober)
+
+
+def test_the_harness_wire_is_a_transport_layer_and_a_context_a_transaction_user():
+    h = Harness()
+    assert verifyObject(ITransportLayer, Wire(h.clock, []))
+    h.receive(invite(uri="sip:bob@127.0.0.1:6001", method="MESSAGE"))
+    txn = next(iter(h.layer._server.values()))
+    assert isinstance(txn.data, ResponseContext)
+    assert verifyObject(IClientTransactionUser, txn.data)
