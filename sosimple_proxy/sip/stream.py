@@ -35,7 +35,7 @@ from sosimple_proxy.sip.interfaces import IConnectionObserver
 if TYPE_CHECKING:  # pragma: no cover
     from sosimple_proxy.sip.transport import TransportLayer
 
-__all__ = ["StreamConnection", "StreamFactory", "Connecting"]
+__all__ = ["StreamConnection", "StreamFactory", "Connecting", "HandshakeTimeout"]
 
 log = Logger()
 
@@ -43,6 +43,10 @@ log = Logger()
 @functools.lru_cache(maxsize=64)
 def _is_unspecified(host: str) -> bool:
     return ipaddress.ip_address(host).is_unspecified
+
+
+class HandshakeTimeout(Exception):
+    """A TLS connection was closed because its handshake took too long."""
 
 
 @implementer(IHandshakeListener)
@@ -148,6 +152,10 @@ class StreamConnection(Protocol):
         self.closing = True
         self._lost_reason = reason or Failure(ConnectionDone("connection closed"))
         if self._deadline is not None:
+            if self._deadline.expired:
+                # Say why we aborted it, not that it was aborted.
+                seconds = self.layer.tls.handshake_timeout
+                self._lost_reason = Failure(HandshakeTimeout(f"TLS handshake not finished in {seconds:g} s"))
             self._deadline.cancel()
             self._deadline = None
         waiters, self._ready_waiters = self._ready_waiters, []

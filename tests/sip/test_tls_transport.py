@@ -11,7 +11,9 @@ from typing import Any
 
 from twisted.internet import defer, reactor as global_reactor, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -348,3 +350,21 @@ class RealSocketTests(unittest.TestCase):
                 pass
 
         return defer.ensureDeferred(run())
+
+
+class SilentServerTests(unittest.SynchronousTestCase):
+    def test_a_server_that_never_finishes_the_handshake_fails_the_send(self) -> None:
+        certs = Certs(temporary_directory(self))
+        rc = FakeReactor()
+        client = TransportLayer(rc, [], RecordingSink(), tls_client=certs.client(), tls_handshake_timeout=5)
+        client.startService()
+        d = client.send(message(), Peer("tls", "127.0.0.1", 5061))
+        proto = rc.tcpClients[-1][2].buildProtocol(IPv4Address("TCP", "127.0.0.1", 5061))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5061), hostAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)  # TCP is up; the ClientHello goes nowhere
+        rc.advance(4.9)
+        self.assertNoResult(d)
+        rc.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.failureResultOf(d, TransportError).value.reason, "TLS handshake not finished in 5 s")
