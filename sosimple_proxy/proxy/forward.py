@@ -52,7 +52,9 @@ class RequestForwarder:
 
     # -- requests in a transaction
 
-    def send(self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser) -> Any:
+    def send(
+        self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser, source: Peer | None = None
+    ) -> Any:
         lhash = request_loop_hash(request)
         copy = routing.copy_request(request)
         # 16.6 step 2: "The Request-URI in the copy's start line MUST be
@@ -64,14 +66,16 @@ class RequestForwarder:
         hop = routing.next_hop(copy)
         secure = routing.must_stay_secure(request) or routing.must_stay_secure(copy)
         dest = routing.parse_flow(target.dest) if target.dest else self._flow(target)
+        # Record-Route names the flows on either side (see routing.add_record_route).
+        flows = (source, dest if dest is not None and dest.reliable else None)
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, secure))
+                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, secure, flows))
             if isinstance(found, Response):
                 return found
             dest = found
-        return self._finish(copy, dest, inbound, lhash, user, secure)
+        return self._finish(copy, dest, inbound, lhash, user, secure, flows)
 
     def _flow(self, target: Target) -> Peer | None:
         """The UA's own connection, when it registered over one still open."""
@@ -105,7 +109,14 @@ class RequestForwarder:
         return self.hops.resolve_uri(hop)
 
     def _finish(
-        self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser, secure: bool = False
+        self,
+        copy: Request,
+        dest: Peer,
+        inbound: Any,
+        lhash: str,
+        user: IClientTransactionUser,
+        secure: bool = False,
+        flows: tuple[Peer | None, Peer | None] = (None, None),
     ) -> Any:
         refused = routing.insecure_hop(secure, dest)
         if refused is not None:
@@ -122,7 +133,9 @@ class RequestForwarder:
         else:
             sent_by = outbound
         if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
-            routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
+            routing.add_record_route(
+                copy, inbound, outbound if outbound.transport == dest.transport else None, flows[0], flows[1]
+            )
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)
 
@@ -140,7 +153,9 @@ class RequestForwarder:
         lhash = request_loop_hash(request)
         routing.decrement_max_forwards(request)
         hop = routing.next_hop(request)
-        dest = self._resolve(hop)
+        # A flow token in our Record-Route: the UA's own connection.
+        flow = routing.parse_flow(request.flow) if request.flow else None
+        dest = flow if flow is not None and flow.reliable else self._resolve(hop)
         if isinstance(dest, Deferred):
             dest.addCallback(lambda peer: self._send_stateless(request, peer, lhash))
             dest.addErrback(lambda f: log.info("stateless forward failed: {f}", f=f.getErrorMessage()))

@@ -113,7 +113,7 @@ def _our_entry(uri: URI, is_ours: Callable[[URI], bool]) -> bool:
     return uri.is_sip and (not uri.user or flow_of(uri.user) is not None) and is_ours(uri)
 
 
-def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
+def preprocess_routes(request: Request, is_ours: Callable[[URI], bool], source: Peer | None = None) -> None:
     """Strict-router fix-up and removal of our own Route entries (16.4).
 
     "If the Request-URI contains a value this proxy previously placed into
@@ -123,6 +123,11 @@ def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
     first value in the Route header field indicates this proxy [...], the
     proxy MUST remove that value from the request."  With RFC 5658 double
     Record-Route, two of our entries may lead the Route set: both go.
+
+    An entry of ours may name a flow (a connection a UA reached us over,
+    see :func:`flow_token`): the request then leaves over that flow, unless
+    it came in over it (``source``), which means it is going the other way
+    (RFC 5626 section 5.3).
     """
     headers = request.headers
     if "route" not in headers:
@@ -143,7 +148,7 @@ def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
             return
         headers.pop_first_value("route")
         flow = flow_of(top.user)
-        if flow is not None:
+        if flow is not None and not (source is not None and parse_flow(flow) == source):
             request.flow = flow
 
 
@@ -317,7 +322,13 @@ def record_route_value(local: ListenAddress, r2: bool = False, user: str | None 
     return f"<sip:{u}{format_host(local.host)}:{local.port}{t}{tail}>"
 
 
-def add_record_route(request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None) -> None:
+def add_record_route(
+    request: Request,
+    inbound: ListenAddress | None,
+    outbound: ListenAddress | None,
+    inbound_flow: Peer | None = None,
+    outbound_flow: Peer | None = None,
+) -> None:
     """16.6 step 4, with RFC 5658 double Record-Route.
 
     When the request leaves by another transport or address than it came
@@ -326,16 +337,41 @@ def add_record_route(request: Request, inbound: ListenAddress | None, outbound: 
     UAC's, reversed, with the lower (inbound) one.  ``request`` is the copy
     after its next hop was chosen (16.6 step 6), so a ``sips:`` top Route
     counts as well as a ``sips:`` Request-URI.
+
+    ``inbound_flow`` (the connection the request came over) and
+    ``outbound_flow`` (a UA's connection it leaves over), when they are TLS
+    connections (see :func:`flow_user`), put a flow token in the entry facing
+    that side, so that in-dialog requests reach the UA over
+    its connection: a phone behind NAT, or one with no TLS server
+    certificate, cannot be connected to (RFC 5626 section 5.3, as for Path).
+    Two flows on one interface need two entries, one token each.
     """
     inbound = inbound or outbound
     if inbound is None:
         return
     secure = must_stay_secure(request)
+    in_user = flow_user(inbound_flow)
+    out_user = flow_user(outbound_flow)
     if outbound is None or outbound == inbound:
-        request.headers.prepend("Record-Route", record_route_value(inbound, secure=secure))
+        if in_user and out_user:
+            request.headers.prepend("Record-Route", record_route_value(inbound, user=in_user, secure=secure))
+            request.headers.prepend("Record-Route", record_route_value(inbound, user=out_user, secure=secure))
+            return
+        user = in_user or out_user
+        request.headers.prepend("Record-Route", record_route_value(inbound, user=user, secure=secure))
         return
-    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, secure=secure))
-    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, secure=secure))
+    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, user=in_user, secure=secure))
+    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, user=out_user, secure=secure))
+
+
+def flow_user(flow: Peer | None) -> str | None:
+    """The Record-Route user part naming ``flow``, a TLS connection; None
+    otherwise.  Only TLS: a phone hardly ever has a TLS server certificate,
+    so the way to it is the connection it opened, while over TCP it listens
+    on its Contact's port as it always did (and UDP keeps no connection)."""
+    if flow is None or flow.transport != "tls":
+        return None
+    return flow_token(f"{flow.transport}:{flow.hostport()}")
 
 
 def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:

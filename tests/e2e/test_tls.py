@@ -118,12 +118,24 @@ def test_baresips_register_message_and_call_over_tls(proxy, certs):
             bob.wait_event("CALL_ESTABLISHED", WAIT, direction="incoming", peeruri=f"sip:alice@{DOMAIN}")
             invite = bob.wait_received("INVITE", timeout=WAIT)
             assert re.search(r"^Via: SIP/2.0/TLS 127\.0\.0\.1:%d;" % tls, invite.text, re.M), invite.text
-            assert f"Record-Route: <sip:127.0.0.1:{tls};transport=tls;lr>" in invite.text, invite.text
+            # our Record-Route over TLS, naming each phone's connection (flow tokens)
+            rr = re.findall(r"^Record-Route: (.*)$", invite.text, re.M)
+            assert len(rr) == 2 and all(re.fullmatch(rf"<sip:f-[\w-]+@127\.0\.0\.1:{tls};transport=tls;lr>", r) for r in rr), rr
             bob.wait_received("ACK", timeout=WAIT)
             alice.hangup()
             alice.wait_event("CALL_CLOSED", WAIT)
             bob.wait_event("CALL_CLOSED", WAIT)
             assert bob.wait_received("BYE", timeout=WAIT).transport == "TLS"
+
+            # bob calls alice, alice hangs up: her BYE reaches bob, the caller,
+            # over his own connection (the flow named in our Record-Route):
+            # baresip has no TLS server certificate, so it cannot be connected to.
+            bob.dial(f"sip:alice@{DOMAIN}")
+            bob.wait_event("CALL_ESTABLISHED", WAIT, direction="outgoing", peeruri=f"sip:alice@{DOMAIN}")
+            alice.wait_event("CALL_ESTABLISHED", WAIT, direction="incoming", peeruri=f"sip:bob@{DOMAIN}")
+            alice.hangup()
+            alice.wait_event("CALL_CLOSED", WAIT)
+            bob.wait_event("CALL_CLOSED", WAIT)
         except BaseException:
             print(proxy.log_tail(80))
             raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sosimple_proxy.proxy import routing
-from sosimple_proxy.sip.address import ListenAddress
+from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Headers, Request
 from sosimple_proxy.sip.uri import parse_uri
 
@@ -110,3 +110,36 @@ def test_must_stay_secure():
 
 def test_via_over_tls():
     assert routing.via_value(TLS, "tls", "z9hG4bKsp1").startswith("SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKsp1")
+
+
+def test_record_route_names_the_flows_on_each_side():
+    alice, bob = Peer("tls", "192.0.2.1", 40001), Peer("tls", "192.0.2.2", 40002)
+    a_user, b_user = routing.flow_token("tls:192.0.2.1:40001"), routing.flow_token("tls:192.0.2.2:40002")
+    req = request("sip:bob@example.com")
+    routing.add_record_route(req, TLS, None, alice, bob)
+    assert req.headers.get_all("record-route") == [
+        f"<sip:{b_user}@127.0.0.1:5061;transport=tls;lr>",
+        f"<sip:{a_user}@127.0.0.1:5061;transport=tls;lr>",
+    ]
+    req = request("sip:bob@example.com")
+    routing.add_record_route(req, TLS, UDP, alice, Peer("udp", "192.0.2.2", 5060))
+    assert req.headers.get_all("record-route") == [
+        "<sip:127.0.0.1:5060;lr;r2=on>",
+        f"<sip:{a_user}@127.0.0.1:5061;transport=tls;lr;r2=on>",
+    ]
+
+
+def test_a_flow_token_is_ignored_by_a_request_from_that_flow():
+    """RFC 5626 5.3: over the flow the token names, the request goes the other way."""
+    alice = Peer("tls", "192.0.2.1", 40001)
+    route = f"<sip:{routing.flow_token('tls:192.0.2.1:40001')}@127.0.0.1:5061;transport=tls;lr>"
+
+    def ours(uri):
+        return uri.host == "127.0.0.1" and uri.port == 5061
+
+    from_alice = request("sip:bob@192.0.2.2", (route,))
+    routing.preprocess_routes(from_alice, ours, alice)
+    assert from_alice.flow is None and from_alice.routes == []
+    to_alice = request("sip:alice@192.0.2.1", (route,))
+    routing.preprocess_routes(to_alice, ours, Peer("tls", "192.0.2.2", 40002))
+    assert to_alice.flow == "tls:192.0.2.1:40001"
