@@ -26,7 +26,7 @@ import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config
+from sosimple_proxy.config import Config, ConfigError, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -45,7 +45,10 @@ from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.reloads import Reloads
 from sosimple_proxy.security.limits import Limits, LimitsConfig
+from sosimple_proxy.security.tls import TLSFileError
+from sosimple_proxy.tls_contexts import TLSContexts, build_tls
 
 log = Logger()
 
@@ -266,6 +269,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
+        tls = _tls(cfg)
         proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
@@ -278,11 +282,25 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             message_timeout=cfg.sip["message_timeout"],
             limits=limits,
             emergency=emergency_numbers(cfg),
+            **tls.stack_arguments(),
         )
         # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
         LimitsService(limits).setServiceParent(stack)
         stack.setServiceParent(top)
+        # SIGHUP: new certificates for new connections; calls carry on.
+        reloads = Reloads(reactor)
+        reloads.add("TLS certificates", stack.transport.reload_tls)
+        reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def _tls(cfg: Config) -> TLSContexts:
+    """The TLS contexts, their files read now: a bad one stops startup with
+    one line naming its [tls] key, before any port is bound."""
+    try:
+        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+    except TLSFileError as e:
+        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None

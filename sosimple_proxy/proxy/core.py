@@ -59,18 +59,18 @@ class ProxyCore:
     def strayAck(self, ack: Request, source: Peer) -> None:
         """The ACK of a 2xx is its own transaction: route it on (16.11)."""
         try:
-            self._route_ack(ack)
+            self._route_ack(ack, source)
         except Exception:
             log.failure("ACK from {source} not forwarded", source=source)
 
-    def _route_ack(self, ack: Request) -> None:
+    def _route_ack(self, ack: Request, source: Peer | None = None) -> None:
         if check_request(ack, self.addressing, PROXY_SUPPORTED) is not None:
             log.info("ACK dropped: it fails the request checks")
             return
         if routing.is_looped(ack, request_loop_hash(ack), self.addressing.is_our_host):
             log.info("ACK dropped: loop")
             return
-        routing.preprocess_routes(ack, self.addressing.is_ours)
+        routing.preprocess_routes(ack, self.addressing.is_ours, source)
         kind = classify(ack, self.addressing)
         if kind is Kind.TO_PROXY:
             return  # an ACK for us: nothing to do

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sosimple_proxy.security.limits import Limits, Verdict
+from sosimple_proxy.security.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.admission import DROP, EXEMPT, LIMITED, PASS, Gate
 from sosimple_proxy.sip.interfaces import IMessageSink, ISipStack, IStackUser, IUnreachableObserver
@@ -62,11 +63,14 @@ class SipStack(MultiService):
     """Owns the transport and transaction layers; hands requests to the TU.
 
     Every setting is an argument (``config.py`` is above this layer):
-    ``listen`` the addresses to bind, ``timers`` T1/T2/T4, and the
-    transport's limits.  ``limits`` (the ``[limits]`` rules; None: none)
-    and ``emergency`` (the ``[pstn] emergency`` numbers, exempt from them)
-    guard the door; ``message_timeout`` is how long a stream peer may take
-    to send one message.
+    ``listen`` the addresses to bind, ``timers`` T1/T2/T4, the transport's
+    limits, and TLS (``tls_server``/``tls_client`` from
+    :mod:`sosimple_proxy.security.tls`, see
+    :class:`~sosimple_proxy.sip.transport.TransportLayer`).  ``limits``
+    (the ``[limits]`` rules; None: none) and ``emergency`` (the ``[pstn]
+    emergency`` numbers, exempt from them) guard the door;
+    ``message_timeout`` is how long a stream peer may take to send one
+    message.
     """
 
     # Class defaults: a subclass that skips __init__ (a test's) has no limits.
@@ -84,6 +88,9 @@ class SipStack(MultiService):
         max_message_size: int = 65536,
         udp_rcvbuf: int = 4194304,
         tcp_idle_timeout: float = 600.0,
+        tls_server: Any = None,
+        tls_client: Any = None,
+        tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         message_timeout: float | None = 30.0,
         limits: Limits | None = None,
         emergency: Iterable[str] = (),
@@ -100,6 +107,9 @@ class SipStack(MultiService):
             max_message_size=max_message_size,
             udp_rcvbuf=udp_rcvbuf,
             tcp_idle_timeout=tcp_idle_timeout,
+            tls_server=tls_server,
+            tls_client=tls_client,
+            tls_handshake_timeout=tls_handshake_timeout,
             message_timeout=message_timeout,
             limits=limits,
         )
