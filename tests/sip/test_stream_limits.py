@@ -248,3 +248,34 @@ def test_an_oversized_datagram_from_a_banned_source_is_dropped_without_a_word() 
     limits.ban("10.0.0.1", "test")
     proto.datagramReceived(message(b"x" * 2000), ("10.0.0.1", 5070))
     assert len(sink.errors) == 1 and port.written == [(b"SIP/2.0 513 Message Too Large\r\nContent-Length: 0\r\n\r\n", ("10.0.0.1", 5070))]
+
+
+def test_tls_connections_are_refused_before_their_handshake(tmp_path: Any) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from sosimple_proxy.sip.address import ListenAddress
+    from sosimple_proxy.sip.transport import TransportLayer
+    from tests.sip.test_tls_transport import Certs
+    from tests.sip.test_transport import FakeReactor, RecordingSink
+
+    r = FakeReactor()
+    limits = Limits(r, LimitsConfig(max_connections_per_source=1))
+    layer = TransportLayer(
+        r, [ListenAddress("tls", "127.0.0.1", 5061)], RecordingSink(), tls_server=Certs(tmp_path).server(),
+        limits=limits,
+    )
+    layer.startService()
+
+    def connect(port: int) -> StringTransport:
+        proto = r.tcpServers[0][1].buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port), hostAddress=IPv4Address("TCP", "127.0.0.1", 5061))
+        proto.makeConnection(t)
+        return t
+
+    first = connect(40000)
+    calls = len(r.getDelayedCalls())
+    second = connect(40001)
+    assert not first.disconnecting and second.disconnecting
+    assert second.value() == b"", "not one byte of a handshake for a refused connection"
+    assert len(r.getDelayedCalls()) == calls, "no timer for a refused connection"
