@@ -263,10 +263,14 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    admin = None
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
-        admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
+        # GET /limits and DELETE /limits/banned/{address} on the SIP side's
+        # limiter (an ILimitsView; None without SIP: nobody is banned)
+        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits)  # type: ignore[attr-defined]
+        admin.setServiceParent(top)
     if cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         tls = _tls(cfg)
@@ -291,6 +295,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         # SIGHUP: new certificates for new connections; calls carry on.
         reloads = Reloads(reactor)
         reloads.add("TLS certificates", stack.transport.reload_tls)
+        if admin is not None and getattr(admin, "tls", None) is not None:
+            reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
