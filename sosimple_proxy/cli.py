@@ -114,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
     )
     top = _Parser(
         prog="sosimple",
-        description="Talk to a sosimple-proxy node's admin API, or edit the users file (adduser, passwd, deluser).",
+        description="Talk to a sosimple-proxy node's admin API, edit the users file (adduser, passwd, deluser), "
+        "or check a site.ini (check).",
         parents=[common],
         epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 cannot connect, 4 other error.",
     )

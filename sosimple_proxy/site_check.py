@@ -60,7 +60,8 @@ def certificate_findings(cfg: Config, now: datetime.datetime) -> list[str]:
         if days <= 0:
             raise ConfigError(section, "certificate", f"certificate {path} expired on {end}")
         if days <= EXPIRY_WARNING_DAYS:
-            warnings.append(f"{where}certificate {path} expires on {end}, in {int(days)} days")
+            left = f"in {int(days)} full days" if days >= 1 else "within a day"
+            warnings.append(f"{where}certificate {path} expires on {end}, {left}")
         if window.not_before > now:
             start = window.not_before.date().isoformat()
             warnings.append(f"{where}certificate {path} is not valid before {start}")

@@ -77,7 +77,7 @@ def test_a_certificate_expiring_soon_is_a_warning_naming_key_and_date(tmp_path, 
     status, out, err = run(ini(tmp_path, f"[proxy]\nlisten = tls:127.0.0.1:5061\n[tls]\ncertificate = {cert}\nkey = {key}\n"))
     end = (NOW + datetime.timedelta(days=10)).date().isoformat()
     assert (status, err) == (0, "")
-    assert out == f"warning: site.ini: [tls] certificate: certificate {cert} expires on {end}, in 9 days\n"
+    assert out == f"warning: site.ini: [tls] certificate: certificate {cert} expires on {end}, in 9 full days\n"
 
 
 def test_a_certificate_valid_for_long_is_ok(tmp_path, ca):
