@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/site.ini
 # Debian packages of the real peers the tests drive: sipp, baresip, kamailio,
-# linphonec (the SHA-256 digest client) and stunnel (TLS in front of sipp).
-DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4
-DEB_BINS := sipp baresip kamailio linphonec stunnel4
+# linphonec (the SHA-256 digest client), stunnel (TLS in front of sipp) and
+# chromium (headless, loads the admin page).
+DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4 chromium
+DEB_BINS := sipp baresip kamailio linphonec stunnel4 chromium
 
 .PHONY: run test bench install install-test peers clean
 

@@ -5,6 +5,8 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
 
 - ``GET /health``: 200 once the node serves, 503 while it joins;
 - ``GET /ring``: this node's place in the ring and what it stores;
+- ``GET /ring/nodes``: each node it knows once, for the ring picture
+  (``ringnodes.py``; the page under ``/ui/`` is ``ui.py``'s);
 - ``GET /locate/{name}``: the nodes that hold a name;
 - ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records;
   ``GET /records/{name}?local=1`` reads only this node's own copy (an
@@ -49,6 +51,8 @@ from sosimple_proxy.security.users import UsersFile
 from .credentials import DEFAULT_REALM, AdminCredentials
 from .guard import AdminGuard
 from .listener import admin_listener
+from .ringnodes import NodeStatus, ring_nodes
+from .ui import AdminRoot
 
 log = Logger()
 
@@ -137,10 +141,16 @@ class AdminAPI(Resource):
     isLeaf = True
 
     def __init__(
-        self, ring: Ring | None, max_name: int = 256, max_value: int = 1048576, limits: ILimitsView | None = None
+        self,
+        ring: Ring | None,
+        max_name: int = 256,
+        max_value: int = 1048576,
+        limits: ILimitsView | None = None,
+        status: NodeStatus | None = None,
     ) -> None:
         super().__init__()
         self.ring = ring
+        self.status = status
         self.limits = limits
         self.max_name = max_name
         self.max_value = max_value
@@ -198,6 +208,8 @@ class AdminAPI(Resource):
         handlers = routes.get(head)
         if handlers is None:
             raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        if head == "ring" and rest == [b"nodes"] and method == "GET":
+            return await self.ring_nodes_view()
         if head in ("health", "ring"):
             if rest not in ([], [b""]):
                 raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
@@ -282,6 +294,9 @@ class AdminAPI(Resource):
             "replica": replica,
         }
         return 200, {}, _json(view), "application/json"
+
+    async def ring_nodes_view(self) -> tuple:
+        return 200, {}, _json(ring_nodes(self._node(), self.status)), "application/json"
 
     async def locate(self, name: str) -> tuple:
         node = self._node()
@@ -397,12 +412,19 @@ def admin_site(
     settings: Mapping[str, Any],
     limits: ILimitsView | None = None,
     credentials: AdminCredentials | None = None,
+    status: NodeStatus | None = None,
 ) -> AdminSite:
-    """The API as a ``Site``, with ``[admin]``'s limits; behind ``credentials``
-    when given (see ``guard.py`` for what stays open)."""
+    """The API and the pages as a ``Site``, with ``[admin]``'s limits; behind
+    ``credentials`` when given (see ``guard.py`` for what stays open).
+    ``status`` gives the pages the version and uptime (default: uptime from
+    now, on the global reactor's clock)."""
+    if status is None:
+        from twisted.internet import reactor
+
+        status = NodeStatus(reactor)  # type: ignore[arg-type]
     max_name = int(settings.get("max_name", 256))
     max_value = int(settings.get("max_value", 1048576))
-    root: Resource = AdminAPI(ring, max_name, max_value, limits)
+    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status))
     if credentials is not None:
         root = AdminGuard(root, credentials)
     site = AdminSite(root, max_body=max_value)
@@ -426,7 +448,7 @@ def admin_service(
     users_file``.  ``settings`` were checked by ``listener.check_admin_settings``
     (config.py), so the files are known to be good.  The service's ``tls``
     is the ``ServerTLS`` to reload on SIGHUP, or None."""
-    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings))
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), NodeStatus(reactor))
     endpoint, factory, tls = admin_listener(reactor, settings, site)
     svc = StreamServerEndpointService(endpoint, factory)
     svc.setName("admin")
