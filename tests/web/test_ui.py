@@ -70,7 +70,7 @@ class PageTests(HttpBase):
         text = body.decode("utf-8")
         self.assertTrue(text.lstrip().lower().startswith("<!doctype html>"))
         self.assertIn('name="viewport"', text)
-        self.assertRegex(text, r'<svg id="ring" viewBox="0 0 400 400"')
+        self.assertRegex(text, r'<svg id="ring" viewBox="[-0-9 ]+"')
         self.assertIn('fetch("../ring/nodes"', text)  # relative: works behind any prefix
         self.assertEqual(body, page("ring.html"))
 
@@ -123,6 +123,16 @@ class PageTests(HttpBase):
         cfg.read(REPO / "setup.cfg")
         self.assertIn("pages/*.html", cfg["options.package_data"]["sosimple_proxy.web"])
         self.assertTrue((REPO / "sosimple_proxy" / "web" / "pages" / "ring.html").is_file())
+
+
+class BrowserRequiredTests(unittest.TestCase):
+    def test_a_missing_chromium_fails_where_peers_are_required(self):
+        """The browser test's skip reason is one ``SOSIMPLE_REQUIRE_PEERS=1``
+        turns into a failure (``tests/conftest.py``), as for sipp and baresip."""
+        from sosimple_proxy.testing.chromium import MISSING
+        from tests.conftest import _ENVIRONMENT
+
+        self.assertTrue(any(word in MISSING for word in _ENVIRONMENT), MISSING)
 
 
 class GuardedPageTests(unittest.TestCase):
