@@ -233,6 +233,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     if cfg.proxy["listen"]:
         tls = _tls(cfg)
         proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        if admin is not None:  # GET /registrations: this proxy's own users
+            admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],

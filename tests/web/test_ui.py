@@ -25,6 +25,8 @@ from sosimple_proxy import __version__
 from sosimple_proxy.overlay import ids
 from sosimple_proxy.testing.ring import sim_ring
 from sosimple_proxy.web.admin import admin_site
+from sosimple_proxy.location.bindings import Binding, BindingTable
+from sosimple_proxy.web.registrations import LocalRegistrations
 from sosimple_proxy.web.ringnodes import NodeStatus, ring_nodes
 from sosimple_proxy.web.ui import page
 from tests.web.guarded import serve as serve_guarded
@@ -45,8 +47,8 @@ class HttpBase(unittest.TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
 
-    def serve(self, ring, status: NodeStatus | None = None) -> str:
-        port = reactor.listenTCP(0, admin_site(ring, {}, status=status), interface="127.0.0.1")
+    def serve(self, ring, status: NodeStatus | None = None, local: LocalRegistrations | None = None) -> str:
+        port = reactor.listenTCP(0, admin_site(ring, {}, status=status, local=local), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}"
 
@@ -75,8 +77,24 @@ class PageTests(HttpBase):
         self.assertEqual(body, page("ring.html"))
 
     @defer.inlineCallbacks
-    def test_the_page_has_no_external_assets(self):
-        _, headers, body = yield self.call("GET", self.url + "/ui/")
+    def test_the_registrations_page_is_html(self):
+        code, headers, body = yield self.call("GET", self.url + "/ui/registrations")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        text = body.decode("utf-8")
+        self.assertIn('name="viewport"', text)
+        self.assertIn('fetch("../registrations"', text)
+        self.assertIn('<input id="filter" type="search"', text)
+        self.assertEqual(body, page("registrations.html"))
+
+    @defer.inlineCallbacks
+    def test_the_pages_have_no_external_assets(self):
+        for path in ("/ui/", "/ui/registrations"):
+            yield self.check_no_external_assets(path)
+
+    @defer.inlineCallbacks
+    def check_no_external_assets(self, path: str):
+        _, headers, body = yield self.call("GET", self.url + path)
         text = body.decode("utf-8").lower()
         self.assertNotIn("http://", text)
         self.assertNotIn("https://", text)
@@ -118,11 +136,18 @@ class PageTests(HttpBase):
         self.assertEqual(code, 503)
         self.assertIn("overlay", json.loads(body)["error"])
 
+    @defer.inlineCallbacks
+    def test_registrations_without_a_registrar_is_503(self):
+        code, headers, body = yield self.call("GET", self.url + "/registrations")
+        self.assertEqual(code, 503)
+        self.assertIn("no SIP registrar", json.loads(body)["error"])
+
     def test_the_page_ships_as_package_data(self):
         cfg = configparser.ConfigParser()
         cfg.read(REPO / "setup.cfg")
         self.assertIn("pages/*.html", cfg["options.package_data"]["sosimple_proxy.web"])
-        self.assertTrue((REPO / "sosimple_proxy" / "web" / "pages" / "ring.html").is_file())
+        for name in ("ring.html", "registrations.html"):
+            self.assertTrue((REPO / "sosimple_proxy" / "web" / "pages" / name).is_file())
 
 
 class BrowserRequiredTests(unittest.TestCase):
@@ -249,3 +274,71 @@ class RingNodesTests(HttpBase):
         clock.advance(3600)
         self.assertEqual((status.uptime(), status.version), (3600.0, "9.9"))
 
+
+
+class LocalRegistrationsTests(HttpBase):
+    """``GET /registrations``: this proxy's binding table, as the page shows it."""
+
+    @defer.inlineCallbacks
+    def test_shape_order_and_expiry(self):
+        clock = task.Clock()
+        clock.advance(5000)
+        table = BindingTable(clock)
+        now = clock.seconds()
+        table.replace("bob@example.com", [
+            Binding("bob@example.com", "sip:bob@192.0.2.9:5062;transport=tcp", now + 300, "c1", 1,
+                    q=0.5, path=("<sip:edge.example.com;lr>",), received="tcp:192.0.2.9:40000",
+                    instance='"<urn:uuid:00000000-0000-0000-0000-000000000001>"', reg_id=1, registered_at=now - 20),
+            Binding("bob@example.com", "sip:bob@192.0.2.9:5060", now + 60, "c2", 1, registered_at=now),
+        ])
+        table.replace("alice@example.com", [
+            Binding("alice@example.com", "sip:alice@198.51.100.1:5060", now + 3600, "c3", 1,
+                    received="udp:198.51.100.1:5060", registered_at=now),
+        ])
+        table.replace("gone@example.com", [Binding("gone@example.com", "sip:gone@192.0.2.1", now + 10, "c4", 1)])
+        clock.advance(30)  # gone@ has expired, bob's second binding has 30 s left
+        url = self.serve(None, local=LocalRegistrations(clock, table))
+        for path in ("/registrations", "/registrations/"):
+            code, headers, body = yield self.call("GET", url + path)
+            self.assertEqual(code, 200, body)
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+            view = json.loads(body)
+            self.assertEqual([r["aor"] for r in view["registrations"]], ["alice@example.com", "bob@example.com"])
+            alice, bob = view["registrations"]
+            self.assertEqual(set(alice), {"aor", "bindings"})
+            self.assertEqual(alice["bindings"], [{
+                "contact": "sip:alice@198.51.100.1:5060", "expires": 3570, "path": [], "q": 1.0,
+                "transport": "udp", "received": "198.51.100.1:5060", "instance": None, "reg_id": None,
+                "registered": 30,
+            }])
+            # highest q first, as the registrar orders them
+            self.assertEqual([b["expires"] for b in bob["bindings"]], [30, 270])
+            tcp = bob["bindings"][1]
+            self.assertEqual((tcp["transport"], tcp["received"], tcp["reg_id"], tcp["q"]), ("tcp", "192.0.2.9:40000", 1, 0.5))
+            self.assertEqual(tcp["path"], ["<sip:edge.example.com;lr>"])
+            self.assertIn("urn:uuid:", tcp["instance"])
+            self.assertIsNone(bob["bindings"][0]["transport"])  # registered with no source known
+
+    @defer.inlineCallbacks
+    def test_an_empty_table_is_an_empty_list(self):
+        clock = task.Clock()
+        url = self.serve(None, local=LocalRegistrations(clock, BindingTable(clock)))
+        code, _, body = yield self.call("GET", url + "/registrations")
+        self.assertEqual((code, json.loads(body)), (200, {"registrations": []}))
+        # an AoR still asks the ring (none here)
+        code, _, body = yield self.call("GET", url + "/registrations/alice@example.com")
+        self.assertEqual(code, 503)
+
+
+def test_the_composition_root_hands_the_binding_table_to_the_admin_site():
+    from sosimple_proxy.config import parse_config
+    from sosimple_proxy.wiring import build_service
+
+    cfg = parse_config(
+        "[proxy]\nlisten = udp:127.0.0.1:0\ndomains = example.com\n[overlay]\nlisten =\n"
+        "[admin]\nlisten = tcp:0:interface=127.0.0.1\n[location]\norder = local\n"
+    )
+    top = build_service(cfg, reactor)
+    admin = top.getServiceNamed("admin")
+    assert isinstance(admin.registrations, LocalRegistrations)
+    assert isinstance(admin.registrations.table, BindingTable)
