@@ -454,6 +454,18 @@ def admin_credentials(clock: Any, settings: Mapping[str, Any]) -> AdminCredentia
     return AdminCredentials(clock, UsersFile(users_file), str(settings.get("realm") or DEFAULT_REALM))
 
 
+class AdminService(StreamServerEndpointService):
+    """The listener; its start is the node's start, for the pages' uptime."""
+
+    def __init__(self, endpoint: Any, factory: Any, status: NodeStatus) -> None:
+        super().__init__(endpoint, factory)
+        self.status = status
+
+    def startService(self) -> None:
+        self.status.start()
+        super().startService()
+
+
 def admin_service(
     reactor: Any, settings: Mapping[str, Any], ring: Ring | None, limits: ILimitsView | None = None
 ) -> IService:
@@ -464,10 +476,10 @@ def admin_service(
     is the ``ServerTLS`` to reload on SIGHUP, or None; its ``registrations``
     (a :class:`LocalRegistrations`) takes the proxy's binding table once the
     composition root has built the proxy."""
-    local = LocalRegistrations(reactor)
-    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), NodeStatus(reactor), local)
+    local, status = LocalRegistrations(reactor), NodeStatus(reactor)
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local)
     endpoint, factory, tls = admin_listener(reactor, settings, site)
-    svc = StreamServerEndpointService(endpoint, factory)
+    svc = AdminService(endpoint, factory, status)
     svc.setName("admin")
     svc.tls = tls  # type: ignore[attr-defined]
     svc.registrations = local  # type: ignore[attr-defined]

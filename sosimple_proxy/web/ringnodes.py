@@ -35,13 +35,17 @@ ROLES = ("self", "predecessor", "successor", "finger")
 
 class NodeStatus:
     """What the page shows about the process rather than the ring: the
-    version and how long the admin service has run (on the given clock,
-    so a test can move it)."""
+    version and how long the node has run (on the given clock, so a test
+    can move it): since :meth:`start`, which the admin service calls when
+    the node starts, or since it was made."""
 
     def __init__(self, clock: IReactorTime, version: str = __version__) -> None:
         self.clock = clock
         self.version = version
         self.started = clock.seconds()
+
+    def start(self) -> None:
+        self.started = self.clock.seconds()
 
     def uptime(self) -> float:
         return max(0.0, self.clock.seconds() - self.started)

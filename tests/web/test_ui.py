@@ -274,6 +274,9 @@ class RingNodesTests(HttpBase):
         self.assertEqual(status.uptime(), 0.0)
         clock.advance(3600)
         self.assertEqual((status.uptime(), status.version), (3600.0, "9.9"))
+        status.start()  # the admin service started now
+        clock.advance(5)
+        self.assertEqual(status.uptime(), 5.0)
 
 
 
@@ -343,3 +346,4 @@ def test_the_composition_root_hands_the_binding_table_to_the_admin_site():
     admin = top.getServiceNamed("admin")
     assert isinstance(admin.registrations, LocalRegistrations)
     assert isinstance(admin.registrations.table, BindingTable)
+    assert admin.status.version == __version__
