@@ -455,11 +455,13 @@ def admin_credentials(clock: Any, settings: Mapping[str, Any]) -> AdminCredentia
 
 
 class AdminService(StreamServerEndpointService):
-    """The listener; its start is the node's start, for the pages' uptime."""
+    """The listener; its start is the node's start, for the pages' uptime.
+    ``registrations`` takes the proxy's binding table once there is one."""
 
-    def __init__(self, endpoint: Any, factory: Any, status: NodeStatus) -> None:
+    def __init__(self, endpoint: Any, factory: Any, status: NodeStatus, registrations: LocalRegistrations) -> None:
         super().__init__(endpoint, factory)
         self.status = status
+        self.registrations = registrations
 
     def startService(self) -> None:
         self.status.start()
@@ -479,8 +481,7 @@ def admin_service(
     local, status = LocalRegistrations(reactor), NodeStatus(reactor)
     site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local)
     endpoint, factory, tls = admin_listener(reactor, settings, site)
-    svc = AdminService(endpoint, factory, status)
+    svc = AdminService(endpoint, factory, status, local)
     svc.setName("admin")
     svc.tls = tls  # type: ignore[attr-defined]
-    svc.registrations = local  # type: ignore[attr-defined]
     return svc
