@@ -206,7 +206,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     if cfg.section("overlay")["listen"]:
         from sosimple_proxy.overlay.service import OverlayService
 
-        top.overlay = OverlayService(reactor, dict(cfg.section("overlay")))  # type: ignore[attr-defined]
+        settings = dict(cfg.section("overlay"))
+        top.overlay = OverlayService(reactor, settings, tls=_ring_tls("overlay", settings))  # type: ignore[attr-defined]
         top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
     else:
         log.info("[overlay] listen is empty: no overlay")
@@ -219,7 +220,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             continue
         from sosimple_proxy.overlay.service import OverlayService as Ring
 
-        ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
+        settings = dict(section)
+        ring = Ring(reactor, settings, name=f"overlay:{ring_name}", tls=_ring_tls(f"overlay:{ring_name}", settings))
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     admin = None
@@ -255,6 +257,18 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
+    """A CA ring's TLS (None for an open ring), its files read now: a bad
+    one, or a node_id the certificate contradicts, stops startup with one
+    line naming the [overlay] key, before any port is bound."""
+    from sosimple_proxy.overlay.ringtls import RingSetupError, ring_tls
+
+    try:
+        return ring_tls(settings)
+    except RingSetupError as e:
+        raise SystemExit(str(ConfigError(section, e.key, e.problem))) from None
 
 
 def _tls(cfg: Config) -> TLSContexts:
