@@ -161,22 +161,25 @@ def _read(path: str, what: str) -> bytes:
 
 def load_certificate(path: str, what: str = "certificate") -> x509.Certificate:
     """The first certificate of a PEM file."""
+    data = _read(path, what)
     try:
-        return x509.load_pem_x509_certificates(_read(path, what))[0]
+        return x509.load_pem_x509_certificates(data)[0]
     except (ValueError, IndexError):
         raise NodeCertError(f"{what} {path}: not a PEM certificate") from None
 
 
 def load_private_key(path: str, what: str = "key") -> object:
+    data = _read(path, what)
     try:
-        return serialization.load_pem_private_key(_read(path, what), password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
         raise NodeCertError(f"{what} {path}: not an unencrypted PEM private key ({e})") from None
 
 
 def load_csr(path: str) -> x509.CertificateSigningRequest:
+    data = _read(path, "request")
     try:
-        csr = x509.load_pem_x509_csr(_read(path, "request"))
+        csr = x509.load_pem_x509_csr(data)
     except ValueError:
         raise NodeCertError(f"request {path}: not a PEM certificate request") from None
     if not csr.is_signature_valid:
