@@ -233,8 +233,14 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, limits)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
     if cfg.proxy["listen"]:
-        tls = _tls(cfg)
+        try:
+            tls = read_startup_files(cfg)
+        except ConfigError as e:  # one line, exit status 1, nothing bound yet
+            raise SystemExit(str(e)) from None
+        assert tls is not None
         proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        if admin is not None:  # GET /registrations: this proxy's own users
+            admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],
@@ -263,18 +269,39 @@ def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
     """A CA ring's TLS (None for an open ring), its files read now: a bad
     one, or a node_id the certificate contradicts, stops startup with one
     line naming the [overlay] key, before any port is bound."""
+    try:
+        return ring_tls_or_error(section, settings)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+
+
+def ring_tls_or_error(section: str, settings: Mapping[str, Any]) -> Any:
+    """:func:`~sosimple_proxy.overlay.ringtls.ring_tls`, its problems as a
+    :class:`ConfigError` naming ``section`` and the key."""
     from sosimple_proxy.overlay.ringtls import RingSetupError, ring_tls
 
     try:
         return ring_tls(settings)
     except RingSetupError as e:
-        raise SystemExit(str(ConfigError(section, e.key, e.problem))) from None
+        raise ConfigError(section, e.key, e.problem) from None
 
 
-def _tls(cfg: Config) -> TLSContexts:
-    """The TLS contexts, their files read now: a bad one stops startup with
-    one line naming its [tls] key, before any port is bound."""
+def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
+    """Read the files startup needs before any port is bound, so that a bad
+    one stops startup with one line; ``sosimple check`` runs this too.
+
+    ``load_config`` already read ``[admin]``'s certificate, key and users
+    file; this adds the SIP side's ``[tls]`` files (the contexts it
+    returns, None without SIP listeners), and each CA ring's ``ca``,
+    ``certificate`` and ``key``.  Raises :class:`ConfigError`.
+    """
+    rings = [("overlay", cfg.section("overlay"))] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]
+    for section, ring in rings:
+        if ring["listen"]:
+            ring_tls_or_error(section, ring)
+    if not cfg.proxy["listen"]:
+        return None
     try:
-        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log)
     except TLSFileError as e:
-        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None
+        raise ConfigError("tls", e.key, e.problem) from None

@@ -68,3 +68,18 @@ def test_certificate_without_ca_is_warned_about(pki):
     cfg = parse_config(BASE + f"[overlay]\nlisten = tcp:0\ncertificate = {pki}/state/node.pem\n", "site.ini")
     assert any("ignored without ca" in w for w in cfg.warnings)
     assert nodecerts.NODE_URN == "urn:sosimple:node:"
+
+
+def test_sosimple_check_reads_the_ring_files(pki):
+    import io
+
+    from sosimple_proxy.site_check import run_check
+
+    ini = pki / "site.ini"
+    ini.write_text(BASE + f"[overlay]\nlisten = tcp:0\nca = {pki}/ca.pem\nstate_dir = {pki}/empty\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert run_check(str(ini), out, err, prefix="sosimple: ") == 1
+    assert "[overlay] certificate: " in err.getvalue() and "no such file" in err.getvalue()
+    ini.write_text(BASE + f"[overlay]\nlisten = tcp:0\nca = {pki}/ca.pem\nstate_dir = {pki}/state\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert run_check(str(ini), out, err, prefix="sosimple: ") == 0, err.getvalue()
