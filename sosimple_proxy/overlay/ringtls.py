@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from sosimple_proxy.security import nodecerts
 from sosimple_proxy.security.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MIN_VERSION,
     TLSFileError,
     TLSVerificationError,
@@ -60,6 +61,8 @@ class Refusals:
     """Log each refusal once per (peer, reason): the first time says why,
     repeats (a refused node retries every round) say nothing."""
 
+    LIMIT = 4096
+
     def __init__(self, log: Logger = log) -> None:
         self._log = log
         self._seen: set[tuple[str, str]] = set()
@@ -68,6 +71,8 @@ class Refusals:
         """Note one; whether it was logged (the first of its kind)."""
         if (peer, reason) in self._seen:
             return False
+        if len(self._seen) >= self.LIMIT:  # many strangers: start over rather than grow
+            self._seen.clear()
         self._seen.add((peer, reason))
         self._log.warn(
             "overlay: refused a ring connection {direction} {peer}: {reason}",
@@ -132,17 +137,32 @@ def failure_reason(reason: Failure | BaseException) -> str:
 
 
 class _RingServerProtocol(TLSMemoryBIOProtocol):
-    """The listening side of one connection: notes why a handshake failed."""
+    """The listening side of one connection: notes why a handshake failed,
+    and drops a peer that has not finished it in time (one that connects
+    and says nothing would otherwise hold the connection for ever)."""
 
     verifier: _NodeVerifier | None = None
     peer_host = "?"
+    _deadline: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         peer = transport.getPeer()
         self.peer_host = str(getattr(peer, "host", peer))
+        clock = self.factory.clock
+        if clock is not None:
+            self._deadline = clock.callLater(self.factory.handshake_timeout, self._too_slow)
         super().makeConnection(transport)
 
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not getattr(self.wrappedProtocol, "handshake_done", False):
+            self.factory.refusals.refused("from", self.peer_host, f"no TLS handshake within {self.factory.handshake_timeout:g} s")
+            self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         # the AMP protocol inside hears handshakeCompleted (IHandshakeListener)
         if not getattr(self.wrappedProtocol, "handshake_done", False):
             error = self.verifier.error if self.verifier is not None else None
@@ -158,9 +178,9 @@ class _RingServerProtocol(TLSMemoryBIOProtocol):
 class _RingServerFactory(TLSMemoryBIOFactory):
     protocol = _RingServerProtocol
 
-    def __init__(self, creator: Any, wrapped: Any, refusals: Refusals) -> None:
+    def __init__(self, creator: Any, wrapped: Any, refusals: Refusals, clock: Any, handshake_timeout: float) -> None:
         super().__init__(creator, False, wrapped)
-        self.refusals = refusals
+        self.refusals, self.clock, self.handshake_timeout = refusals, clock, handshake_timeout
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -231,9 +251,12 @@ class RingTLS:
         if not _issued_by_ca(cert, certificate, ca):
             raise RingSetupError("certificate", f"{certificate} is not issued by the ring's CA ({ca})")
 
-    def server_factory(self, wrapped: Any) -> TLSMemoryBIOFactory:
-        """Wrap the AMP listener's factory: mutual TLS, refusals logged."""
-        return _RingServerFactory(_ServerCreator(self._server, self.m), wrapped, self.refusals)
+    def server_factory(
+        self, wrapped: Any, clock: Any = None, handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    ) -> TLSMemoryBIOFactory:
+        """Wrap the AMP listener's factory: mutual TLS, refusals logged; with
+        ``clock``, a handshake not done in ``handshake_timeout`` s is dropped."""
+        return _RingServerFactory(_ServerCreator(self._server, self.m), wrapped, self.refusals, clock, handshake_timeout)
 
     def client_creator(self, expected: int | None = None) -> IOpenSSLClientConnectionCreator:
         """For ``wrapClientTLS``: the server must be a node of our CA (and

@@ -115,7 +115,7 @@ class OverlayService(Service):
         self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds)
         if tls is not None:
             self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
-            listening: Any = tls.server_factory(self._factory)
+            listening: Any = tls.server_factory(self._factory, self.reactor)
         else:
             self._factory = listening = OverlayServerFactory()
         self._port = yield serverFromString(self.reactor, str(settings["listen"])).listen(listening)

@@ -228,3 +228,34 @@ def task_sleep(seconds: float) -> defer.Deferred:
 
 def test_the_amp_module_names_its_new_error():
     assert "WrongIdentity" in overlay_amp.__all__
+
+
+class SilentPeerTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_never_starts_the_handshake_is_dropped(self):
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        from sosimple_proxy.overlay.amp import OverlayServerFactory
+
+        base = tempfile.mkdtemp(prefix="ca-ring-")
+        self.addCleanup(shutil.rmtree, base, True)
+        ca = CA()
+        cert, key = node_files(ca, os.path.join(base, "a"), IDS[0])
+        events = Events()
+        tls = RingTLS(str(ca.write(base)), cert, key, log=events.log)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            tls.server_factory(OverlayServerFactory(), reactor, handshake_timeout=0.3)
+        )
+        self.addCleanup(port.stopListening)
+        lost = defer.Deferred()
+
+        class Silent(Protocol):
+            def connectionLost(self, reason):
+                lost.callback(None)
+
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(Factory.forProtocol(Silent))
+        yield lost  # the member hung up on it
+        self.assertEqual([e["reason"] for e in events.refusals()], ["no TLS handshake within 0.3 s"])
