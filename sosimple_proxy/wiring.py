@@ -15,13 +15,15 @@ The location providers come from the one table in
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config
+from sosimple_proxy.config import Config, ConfigError
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -39,7 +41,13 @@ from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
+from sosimple_proxy.proxy.dialog_stamp import DialogStamp
+from sosimple_proxy.proxy.relay import AckGate, EmergencyNumbers, PstnCallers, Relay
 from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.security.digest import DigestAuthenticator
+from sosimple_proxy.security.nonces import SecretFileError, load_or_create_secret
+from sosimple_proxy.security.users import UsersFile, UsersFileError
 
 log = Logger()
 
@@ -92,6 +100,92 @@ class Proxy:
     forwarder: RequestForwarder
     publishers: Sequence[RingPublisher]
     timers: ProxyTimers
+    # [auth]: the users file (re-read on SIGHUP) and the digest verifier, or None
+    users: UsersFile | None = None
+    digest: DigestAuthenticator | None = None
+    # What SIGHUP re-reads (each a callable; a failure is logged, the old state stays).
+    reloads: Sequence[Callable[[], Any]] = ()
+
+
+def our_domains(cfg: Config) -> frozenset[str]:
+    """The domains of our users: [proxy] domains and every ring's domains."""
+    domains = set(cfg.proxy["domains"]) | set(cfg.section("overlay")["domains"])
+    for section in cfg.named("overlay").values():
+        domains |= set(section["domains"])
+    return frozenset(d.lower().rstrip(".") for d in domains)
+
+
+@attrs.frozen
+class Security:
+    """The authentication step, the relay rule and what the forwarder needs."""
+
+    authenticate: Authenticate
+    relay: Relay
+    ack_gate: AckGate
+    stamp: DialogStamp
+    branch_policy: Callable[[Any, Any, Any], None]
+    users: UsersFile | None
+    digest: DigestAuthenticator | None
+
+
+def build_security(
+    cfg: Config,
+    reactor: Any,
+    addressing: Addressing,
+    bindings: BindingTable,
+    stack: StackLink,
+    secret: bytes,
+    on_auth_failure: Callable[[str], Any] | None = None,
+) -> Security:
+    """[auth] and [pstn] callers/emergency as the chain's two security steps."""
+    auth, pstn = cfg.section("auth"), cfg.section("pstn")
+    domains = our_domains(cfg)
+
+    def our_domain(uri: Any) -> bool:
+        host = (getattr(uri, "host", None) or "").lower().rstrip(".")
+        return host in domains or addressing.is_ours(uri)
+
+    users = UsersFile(auth["users_file"]) if auth["users_file"] else None
+    digest = (
+        DigestAuthenticator(reactor, users, secret, auth["realm"], auth["algorithms"], auth["nonce_ttl"])
+        if users is not None
+        else None
+    )
+    trusted = TrustedSources(auth["trusted"])
+    stamp = DialogStamp(secret)
+    emergency = EmergencyNumbers(pstn["emergency"])
+    authenticate = Authenticate(
+        is_ours=addressing.is_ours,
+        our_domain=our_domain,
+        primary_domain=addressing.primary or auth["realm"],
+        trusted=trusted,
+        stamp=stamp,
+        digest=digest,
+        required=auth["required"],
+        is_emergency=emergency,
+        on_auth_failure=on_auth_failure,
+    )
+
+    def contacts_of(uri: Any) -> list[str]:
+        return [b.contact for b in bindings.lookup(addressing.aor(uri))]
+
+    relay = Relay(
+        is_ours=addressing.is_ours,
+        our_domain=our_domain,
+        contacts_of=contacts_of,
+        has_connection=lambda peer: stack.transport.has_connection(peer),
+        digest=digest,
+        callers=PstnCallers(pstn["callers"]),
+        is_emergency=emergency,
+    )
+
+    def branch_policy(copy: Any, target: Any, dest: Any) -> None:
+        # RFC 3325 section 5: the asserted identity stays in the trust
+        # domain: our gateways and [auth] trusted peers.
+        if target.source != "pstn" and dest.host not in trusted:
+            copy.headers.remove("P-Asserted-Identity")
+
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
@@ -99,12 +193,17 @@ def build_proxy(
     reactor: Any,
     rings: Mapping[str, Any] | None = None,
     rfc3263: RFC3263Resolver | None = None,
+    secret: bytes | None = None,
+    on_auth_failure: Callable[[str], Any] | None = None,
 ) -> Proxy:
     """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
     stack's user; the stack attaches itself to it).
 
     ``rings`` are the overlay services by provider name; ``rfc3263``
     replaces the resolver ``[dns]`` describes (tests give a zone's).
+    ``secret`` keys nonces and dialog stamps (``build_service`` reads
+    ``[auth] nonce_secret_file``; None: a random one for this process).
+    ``on_auth_failure(source)`` hears of each wrong password ([limits]).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
@@ -136,8 +235,15 @@ def build_proxy(
     providers = build_providers(order, parts)
     location = LocationChain(list(providers.values()))
 
+    security = build_security(
+        cfg, reactor, addressing, bindings, stack, secret if secret is not None else os.urandom(32), on_auth_failure
+    )
     forwarder = RequestForwarder(
-        stack, proxy_cfg["record_route"], HopResolver(rfc3263) if rfc3263 is not None else None
+        stack,
+        proxy_cfg["record_route"],
+        HopResolver(rfc3263) if rfc3263 is not None else None,
+        stamp=security.stamp.for_request,
+        branch_policy=security.branch_policy,
     )
     send_to = (
         redirecting
@@ -153,9 +259,11 @@ def build_proxy(
             dids=DidTable(dialplan, dict(cfg.section("did"))),
             location=location,
             send_to=send_to,
+            authenticate=security.authenticate,
+            relay=security.relay,
         )
     )
-    core = ProxyCore(chain, registrar, forwarder, addressing, stack)
+    core = ProxyCore(chain, registrar, forwarder, addressing, stack, ack_gate=security.ack_gate)
 
     def self_route(binding: Any) -> str | None:
         return routing.self_route(stack.listening(), binding)
@@ -176,7 +284,19 @@ def build_proxy(
             stack,
             from_domain=addressing.primary or "localhost",
         )
-    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
+    reloads = [security.users.reload] if security.users is not None else []
+    return Proxy(
+        core,
+        registrar,
+        location,
+        providers,
+        forwarder,
+        publishers,
+        ProxyTimers(bindings, prober),
+        security.users,
+        security.digest,
+        reloads,
+    )
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:
@@ -187,6 +307,52 @@ def _holds(addressing: Addressing) -> Callable[[str], bool]:
 
 
 # --- the whole process
+
+
+def nonce_secret(cfg: Config) -> bytes:
+    """[auth] nonce_secret_file, made when missing; a ConfigError if unusable."""
+    path = cfg.section("auth")["nonce_secret_file"]
+    try:
+        return load_or_create_secret(path)
+    except SecretFileError as e:
+        raise ConfigError("auth", "nonce_secret_file", str(e)) from None
+
+
+class Reloader(Service):
+    """SIGHUP re-reads what can change without a restart: each callable of
+    ``reloads`` in turn (the users file; TLS and limits add theirs).  A
+    file that fails to read keeps the old state, with one log line."""
+
+    name = "reloader"
+
+    def __init__(self, reactor: Any, reloads: Sequence[Callable[[], Any]]) -> None:
+        self.reactor = reactor
+        self.reloads = list(reloads)
+        self._previous: Any = None
+
+    def reload(self) -> None:
+        for reload in self.reloads:
+            try:
+                reload()
+            except (UsersFileError, OSError, ValueError) as e:
+                log.warn("reload failed, the old state stays: {e}", e=e)
+            except Exception:
+                log.failure("reload failed, the old state stays")
+        log.info("SIGHUP: reloaded {n} part(s)", n=len(self.reloads))
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.reloads and hasattr(signal, "SIGHUP"):
+            self._previous = signal.signal(signal.SIGHUP, self._signalled)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -224,7 +390,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
-        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
+        Reloader(reactor, proxy.reloads).setServiceParent(top)
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],

@@ -8,7 +8,7 @@ ACK of a 2xx and responses that match no transaction (16.11, 18.2.2).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -41,10 +41,22 @@ class RequestForwarder:
     the UAs' open connections) and transaction layer; ``hops`` resolves
     next hops named by host (RFC 3263; None: those are unreachable)."""
 
-    def __init__(self, stack: StackLink, record_route: bool, hops: IHopResolver | None = None) -> None:
+    def __init__(
+        self,
+        stack: StackLink,
+        record_route: bool,
+        hops: IHopResolver | None = None,
+        stamp: Callable[[Request], str] | None = None,
+        branch_policy: Callable[[Request, Target, Peer], None] | None = None,
+    ) -> None:
         self.stack = stack
         self.record_route = record_route
         self.hops = hops
+        # The dialog's HMAC for our Record-Route (proxy/dialog_stamp.py).
+        self.stamp = stamp
+        # Last look at each branch's copy once its destination is known
+        # (P-Asserted-Identity only toward trusted peers and gateways).
+        self.branch_policy = branch_policy
 
     @property
     def listening(self) -> Sequence[ListenAddress]:
@@ -66,11 +78,11 @@ class RequestForwarder:
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user))
+                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, target))
             if isinstance(found, Response):
                 return found
             dest = found
-        return self._finish(copy, dest, inbound, lhash, user)
+        return self._finish(copy, dest, inbound, lhash, user, target)
 
     def _flow(self, target: Target) -> Peer | None:
         """The UA's own connection, when it registered over one still open."""
@@ -93,7 +105,17 @@ class RequestForwarder:
         # RFC 3263: the hop's transport and port may come from NAPTR/SRV.
         return self.hops.resolve_uri(hop)
 
-    def _finish(self, copy: Request, dest: Peer, inbound: Any, lhash: str, user: IClientTransactionUser) -> Any:
+    def _finish(
+        self,
+        copy: Request,
+        dest: Peer,
+        inbound: Any,
+        lhash: str,
+        user: IClientTransactionUser,
+        target: Target | None = None,
+    ) -> Any:
+        if self.branch_policy is not None and target is not None:
+            self.branch_policy(copy, target, dest)
         listening = self.listening
         outbound = routing.egress(listening, dest)
         if outbound is None:
@@ -105,7 +127,10 @@ class RequestForwarder:
         else:
             sent_by = outbound
         if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
-            routing.add_record_route(copy, inbound, outbound if outbound.transport == dest.transport else None)
+            stamp = self.stamp(copy) if self.stamp is not None else None
+            routing.add_record_route(
+                copy, inbound, outbound if outbound.transport == dest.transport else None, stamp=stamp
+            )
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)
 

@@ -246,14 +246,20 @@ def via_value(local: ListenAddress, transport: str, branch: str) -> str:
     return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
 
 
-def record_route_value(local: ListenAddress, r2: bool = False, user: str | None = None) -> str:
-    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses."""
+def record_route_value(
+    local: ListenAddress, r2: bool = False, user: str | None = None, stamp: str | None = None
+) -> str:
+    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses;
+    ``stamp`` is the dialog's HMAC (:mod:`sosimple_proxy.proxy.dialog_stamp`)."""
     t = "" if local.transport == "udp" else f";transport={local.transport}"
     u = f"{user}@" if user else ""
-    return f"<sip:{u}{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}>"
+    s = f";sst={stamp}" if stamp else ""
+    return f"<sip:{u}{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}{s}>"
 
 
-def add_record_route(request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None) -> None:
+def add_record_route(
+    request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None, stamp: str | None = None
+) -> None:
     """16.6 step 4, with RFC 5658 double Record-Route.
 
     When the request leaves by another transport or address than it came
@@ -265,10 +271,10 @@ def add_record_route(request: Request, inbound: ListenAddress | None, outbound: 
     if inbound is None:
         return
     if outbound is None or outbound == inbound:
-        request.headers.prepend("Record-Route", record_route_value(inbound))
+        request.headers.prepend("Record-Route", record_route_value(inbound, stamp=stamp))
         return
-    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True))
-    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True))
+    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, stamp=stamp))
+    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, stamp=stamp))
 
 
 def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:

@@ -1,0 +1,247 @@
+"""The relay rule: no open relay, no toll fraud.
+
+It runs once location has said where a request would go (so no provider,
+and no Route header the sender wrote, can bypass it):
+
+- A request from outside ``[auth] trusted``, not authenticated as one of
+  our users, may only reach our own users: targets from ``local`` or a ring
+  (providers of our domains), a connection one of our users registered
+  over, a contact one of our users registered (another proxy of the ring
+  routing through us along a Path), or an in-dialog route set we stamped
+  ourselves (:mod:`sosimple_proxy.proxy.dialog_stamp`).  That is how other
+  domains call us.
+- Every other next hop (another domain through ``routes`` or DNS, a PSTN
+  gateway, a DID that maps out, a Route the sender preloaded, a dialog we
+  did not stamp) is refused ``403 Relaying Denied``, or challenged 407 when
+  the From claims one of our domains and we have users to authenticate.
+- The PSTN gateways: ``[pstn] callers`` says who may reach them at all
+  (``authenticated``: our users and trusted sources; ``trusted``: trusted
+  sources only; or a list of users, plus trusted sources).  Emergency
+  numbers (``[pstn] emergency``) go through without a challenge when the
+  From is one of our domains or the source is trusted.
+
+The rule holds with or without a users file: without one nobody outside
+``trusted`` relays at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+from twisted.logger import Logger
+
+from sosimple_proxy.location.interfaces import Found
+from sosimple_proxy.proxy import routing
+from sosimple_proxy.proxy.authenticate import challenge_response
+from sosimple_proxy.proxy.chain import CONTINUE, Job, Kind, Step, Trust
+from sosimple_proxy.security.digest import DigestAuthenticator
+from sosimple_proxy.sip.message import Request, Response, make_response
+from sosimple_proxy.sip.uri import is_ip, parse_uri
+
+log = Logger()
+
+# Providers whose targets are our own users (our domains, our rings).
+LOCAL_PROVIDERS = ("local", "overlay")
+PSTN = "pstn"
+_VISUAL = re.compile(r"[\s().\-]")
+
+
+class EmergencyNumbers:
+    """``[pstn] emergency``: numbers as dialled (``911``, ``112``), matched
+    against the Request-URI's user part (or a tel: number) with visual
+    separators removed."""
+
+    def __init__(self, numbers: Sequence[str] = ()) -> None:
+        self.numbers = frozenset(numbers)
+
+    def __call__(self, request: Request) -> bool:
+        if not self.numbers:
+            return False
+        try:
+            uri = request.ruri
+        except Exception:
+            return False
+        if getattr(uri, "scheme", None) not in ("sip", "sips", "tel") or not uri.user:
+            return False
+        dialled = _VISUAL.sub("", uri.user.split(";", 1)[0])
+        return dialled in self.numbers
+
+
+class PstnCallers:
+    """``[pstn] callers``: ``authenticated``, ``trusted``, or user names."""
+
+    def __init__(self, words: Sequence[str] = ("authenticated",)) -> None:
+        self.kind = words[0] if words and words[0] in ("authenticated", "trusted") else "users"
+        self.users = frozenset(words) if self.kind == "users" else frozenset()
+
+    def allows(self, job: Job) -> bool:
+        if job.trust is Trust.TRUSTED:
+            return True
+        if job.trust is not Trust.USER or self.kind == "trusted":
+            return False
+        return self.kind == "authenticated" or job.user in self.users
+
+
+def is_local_provider(name: str) -> bool:
+    return name in LOCAL_PROVIDERS or name.startswith("overlay:")
+
+
+class Relay:
+    """The chain's relay rule (see the module docstring)."""
+
+    name = "relay rule"
+
+    def __init__(
+        self,
+        *,
+        is_ours: Callable[[Any], bool],
+        our_domain: Callable[[Any], bool],
+        contacts_of: Callable[[Any], Sequence[str]],
+        has_connection: Callable[[Any], bool],
+        digest: DigestAuthenticator | None,
+        callers: PstnCallers,
+        is_emergency: Callable[[Request], bool],
+    ) -> None:
+        # contacts_of(uri): the contacts our registrar holds for that AoR
+        self.is_ours = is_ours
+        self.our_domain = our_domain
+        self.contacts_of = contacts_of
+        self.has_connection = has_connection
+        self.digest = digest
+        self.callers = callers
+        self.is_emergency = is_emergency
+
+    def __call__(self, job: Job) -> Step:
+        request = job.request
+        if job.kind is Kind.TO_PROXY:
+            return CONTINUE
+        located = job.located
+        if not job.kind.routed and isinstance(located, Found) and _provider(located) == PSTN:
+            return self._pstn(job)
+        if job.trust is not Trust.STRANGER:
+            return CONTINUE
+        where = self._elsewhere(job)
+        if where is None:
+            return CONTINUE
+        return self._refuse(job, where)
+
+    # -- the gateways
+
+    def _pstn(self, job: Job) -> Step:
+        request = job.request
+        if self.is_emergency(request) and (job.trust is not Trust.STRANGER or self._from_ours(request)):
+            log.info("emergency call to {uri} from {source}", uri=request.uri, source=job.txn.source.host)
+            return CONTINUE
+        if self.callers.allows(job):
+            return CONTINUE
+        if job.trust is Trust.USER:
+            log.info("{user} may not call the PSTN ([pstn] callers)", user=job.user)
+            return make_response(request, 403, "Forbidden: you may not call the PSTN")
+        return self._refuse(job, "a PSTN gateway")
+
+    # -- everything else
+
+    def _elsewhere(self, job: Job) -> str | None:
+        """What the request would reach that is not one of our users, or None."""
+        request = job.request
+        if job.stamped:
+            return None  # a dialog route set we stamped ourselves
+        if job.kind is Kind.PRELOADED:
+            return "a preloaded Route"
+        if job.kind is Kind.IN_DIALOG:
+            return "a route set we did not record"
+        if request.flow is not None:
+            peer = routing.parse_flow(request.flow)
+            if peer is not None and self.has_connection(peer):
+                return None  # one of our users' own connection
+            return None if self._registered_contact(request) else "a flow we do not hold"
+        located = job.located
+        if isinstance(located, Found):
+            provider = _provider(located)
+            if is_local_provider(provider):
+                return None
+            return f"another domain ({provider})"
+        if located is not None and not isinstance(located, Found) and hasattr(located, "status"):
+            return None  # a Miss: answered 404/480, nowhere to go
+        uri = request.ruri
+        if self.is_ours(uri) or not getattr(uri, "is_sip", False) or not is_ip(uri.host or ""):
+            return None  # nothing serves it: Forward answers 404
+        if self._registered_contact(request):
+            return None  # a contact of one of our users (a Path through us)
+        return "an address not of our users"
+
+    def _registered_contact(self, request: Request) -> bool:
+        """The Request-URI is a contact our registrar holds for the To's AoR."""
+        try:
+            to = request.to.uri
+            if not self.our_domain(to):
+                return False
+            ruri = request.ruri
+            return any(_same_uri(ruri, contact) for contact in self.contacts_of(to))
+        except Exception:
+            return False
+
+    def _from_ours(self, request: Request) -> bool:
+        try:
+            return bool(self.our_domain(request.from_.uri))
+        except Exception:
+            return False
+
+    def _refuse(self, job: Job, where: str) -> Response:
+        request = job.request
+        log.info(
+            "relaying denied: {method} {uri} from {source} would reach {where}",
+            method=request.method,
+            uri=request.uri,
+            source=job.txn.source.host,
+            where=where,
+        )
+        if self.digest is not None and request.method != "REGISTER" and self._from_ours(request):
+            return challenge_response(request, self.digest)
+        return make_response(request, 403, "Relaying Denied")
+
+
+def _provider(found: Found) -> str:
+    if found.provider:
+        return found.provider
+    return found.targets[0].source if found.targets else ""
+
+
+def _same_uri(uri: Any, contact: str) -> bool:
+    try:
+        other = parse_uri(contact)
+    except Exception:
+        return False
+    return bool(
+        uri.scheme == other.scheme
+        and (uri.user or "") == (other.user or "")
+        and (uri.host or "").lower() == (other.host or "").lower()
+        and (uri.port or 5060) == (other.port or 5060)
+    )
+
+
+class AckGate:
+    """The relay rule for the ACK of a 2xx, which is its own transaction and
+    never goes through the chain (RFC 3261 16.11: the core forwards it).  It
+    cannot be challenged (22.1), so it may only follow a dialog we stamped,
+    come from a trusted source, or go to one of our users."""
+
+    def __init__(self, relay: Relay, trusted: Any, stamp: Any) -> None:
+        self.relay = relay
+        self.trusted = trusted
+        self.stamp = stamp
+
+    def stamped(self, ack: Request) -> bool:
+        """Asked before our own Route entries are removed."""
+        return bool(self.stamp.verify(ack, self.relay.is_ours))
+
+    def allows(self, ack: Request, source: Any, kind: Kind, stamped: bool) -> bool:
+        if stamped or source.host in self.trusted:
+            return True
+        if kind.routed:
+            return False
+        if ack.flow is not None:
+            peer = routing.parse_flow(ack.flow)
+            return (peer is not None and self.relay.has_connection(peer)) or self.relay._registered_contact(ack)
+        return bool(self.relay.is_ours(ack.ruri)) or self.relay._registered_contact(ack)
