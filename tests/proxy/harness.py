@@ -74,7 +74,12 @@ class Harness:
     """The proxy as the composition root builds it, on a Wire and a Clock."""
 
     def __init__(
-        self, ini: str = "", listening: list[ListenAddress] | None = None, rfc3263: Any = None, clock: Clock | None = None
+        self,
+        ini: str = "",
+        listening: list[ListenAddress] | None = None,
+        rfc3263: Any = None,
+        clock: Clock | None = None,
+        on_auth_failure: Any = None,
     ) -> None:
         text = "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:5060, tcp:127.0.0.1:5060\n" + ini
         text += "\n[location]\norder = local routes\n" if "[location]" not in ini else ""
@@ -85,7 +90,7 @@ class Harness:
         self.cfg = parse_config(text, "test.ini")
         self.clock = clock or Clock()
         self.wire = Wire(self.clock, listening or [PROXY_UDP, PROXY_TCP])
-        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263)
+        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263, on_auth_failure=on_auth_failure)
         self.core = self.proxy.core
         self.providers = self.proxy.providers
         self.layer = TransactionLayer(
