@@ -128,6 +128,19 @@ class Security:
     digest: DigestAuthenticator | None
 
 
+def gateway_matcher(gateways: Sequence[Any]) -> Callable[[Any], bool]:
+    """Does a URI name one of the gateways (host and port)?"""
+    addresses = {(routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in gateways}
+
+    def is_gateway(uri: Any) -> bool:
+        if not addresses or not getattr(uri, "is_sip", False):
+            return False
+        _, host, port = routing.uri_address(uri)
+        return (host.lower(), port) in addresses
+
+    return is_gateway
+
+
 def build_security(
     cfg: Config,
     reactor: Any,
@@ -136,6 +149,7 @@ def build_security(
     stack: StackLink,
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
+    gateways: Sequence[Any] = (),
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -177,6 +191,7 @@ def build_security(
         digest=digest,
         callers=PstnCallers(pstn["callers"]),
         is_emergency=emergency,
+        is_gateway=gateway_matcher(gateways),
     )
 
     def branch_policy(copy: Any, target: Any, dest: Any) -> None:
@@ -235,8 +250,16 @@ def build_proxy(
     providers = build_providers(order, parts)
     location = LocationChain(list(providers.values()))
 
+    pstn = providers.get("pstn")
     security = build_security(
-        cfg, reactor, addressing, bindings, stack, secret if secret is not None else os.urandom(32), on_auth_failure
+        cfg,
+        reactor,
+        addressing,
+        bindings,
+        stack,
+        secret if secret is not None else os.urandom(32),
+        on_auth_failure,
+        gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
     )
     forwarder = RequestForwarder(
         stack,

@@ -84,6 +84,10 @@ def challenge_response(
     return make_response(request, status, reason, extra=[(header, v) for v in digest.challenge(stale=stale)])
 
 
+def _is_self(uri: Any, is_ours: Callable[[Any], bool]) -> bool:
+    return not getattr(uri, "user", None) and bool(is_ours(uri))
+
+
 def _user_of(uri: Any) -> str:
     return H.unescape(uri.user) if getattr(uri, "user", None) else ""
 
@@ -142,6 +146,8 @@ class Authenticate:
             return CONTINUE  # sanity has let it through; nothing here to check
         if job.stamped and not register:
             return CONTINUE  # in-dialog, along a route set we stamped
+        if request.method == "OPTIONS" and _is_self(request.ruri, self.is_ours):
+            return CONTINUE  # a keep-alive to the proxy itself, answered with our capabilities
         header = "authorization" if register else "proxy-authorization"
         verdict = self.digest.verify_request(request.headers.get_all(header), request.method)
         if verdict.ok:

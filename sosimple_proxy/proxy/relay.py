@@ -102,6 +102,7 @@ class Relay:
         digest: DigestAuthenticator | None,
         callers: PstnCallers,
         is_emergency: Callable[[Request], bool],
+        is_gateway: Callable[[Any], bool] = lambda uri: False,
     ) -> None:
         # contacts_of(uri): the contacts our registrar holds for that AoR
         self.is_ours = is_ours
@@ -111,6 +112,8 @@ class Relay:
         self.digest = digest
         self.callers = callers
         self.is_emergency = is_emergency
+        # is_gateway(uri): the URI names one of our gateways (host and port)
+        self.is_gateway = is_gateway
 
     def __call__(self, job: Job) -> Step:
         request = job.request
@@ -118,6 +121,10 @@ class Relay:
             return CONTINUE
         located = job.located
         if not job.kind.routed and isinstance(located, Found) and _provider(located) == PSTN:
+            return self._pstn(job)
+        if not job.stamped and self.is_gateway(self._next_hop(job)):
+            # a gateway named by a preloaded Route or the Request-URI itself:
+            # the same rule as when location chose it ([pstn] callers)
             return self._pstn(job)
         if job.trust is not Trust.STRANGER:
             return CONTINUE
@@ -139,6 +146,15 @@ class Relay:
             log.info("{user} may not call the PSTN ([pstn] callers)", user=job.user)
             return make_response(request, 403, "Forbidden: you may not call the PSTN")
         return self._refuse(job, "a PSTN gateway")
+
+    @staticmethod
+    def _next_hop(job: Job) -> Any:
+        request = job.request
+        try:
+            routes = request.routes
+            return routes[0].uri if routes else request.ruri
+        except Exception:
+            return None
 
     # -- everything else
 

@@ -251,3 +251,9 @@ def test_requests_from_foreign_domains_are_not_challenged(tmp_path, method):
     h.receive(invite(method=method).replace("sip:alice@example.com", "sip:x@other.test"), PHONE)
     (sent, _), = h.sent_requests(h.wire.take(), method)
     assert sent.uri == BOB
+
+
+def test_options_to_the_proxy_itself_is_not_challenged(tmp_path):
+    h = auth_harness(tmp_path, trusted="")
+    h.receive(invite("sip:example.com", method="OPTIONS"), PHONE)
+    assert only_final(h).status == 200

@@ -267,3 +267,20 @@ def test_a_request_along_a_path_to_a_contact_of_our_user_passes():
               .replace(f"To: <{BOB}>", "To: <sip:carol@example.com>"), STRANGER)
     sent = h.wire.take()
     assert forwarded(h, sent) == [] and final(sent).status == 403
+
+
+def test_a_preloaded_route_to_a_gateway_obeys_pstn_callers(tmp_path):
+    h = relay_harness(tmp_path, callers="trusted")
+    sent = _authenticated_invite(h, "sip:+15551234567@127.0.0.1:5081", "alice", "secret")
+    assert forwarded(h, sent) == [] and final(sent).status == 403  # the Request-URI names the gateway
+    h2 = relay_harness(tmp_path, callers="trusted")
+    n = next(_calls)
+    uri = "sip:x@192.0.2.99"
+    route = "Route: <sip:127.0.0.1:5081;lr>\n"
+    h2.receive(invite(uri, branch=f"z9hG4bK-{n}", call_id=f"a{n}", extra=route), STRANGER)
+    challenge = final(h2.wire.take())
+    value = answer_challenge(challenge.headers.get("proxy-authenticate"), "alice", "secret", "INVITE", uri)
+    h2.receive(invite(uri, branch=f"z9hG4bK-{n}b", call_id=f"a{n}", cseq=2,
+                      extra=f"{route}Proxy-Authorization: {value}\n"), STRANGER)
+    sent = h2.wire.take()
+    assert forwarded(h2, sent) == [] and final(sent).status == 403
