@@ -189,3 +189,28 @@ def test_existing_and_unknown_users_get_identical_answers(tmp_path):
             again = udp_final_response(proxy.port, lambda p, u=user, v=value: register(u, p, 2, v, f"w-{u}"))
             wrong[user] = re.sub(r"(rport=|received=|127\.0\.0\.1:)\d+", r"\1P", _normalised(again, user))
         assert wrong["user00"] == wrong["nouser00"]
+
+
+def test_sighup_reads_the_users_file_again(tmp_path):
+    import os
+    import signal
+
+    from sosimple_proxy.security.users import add_user
+    from sosimple_proxy.testing import wait_until
+
+    path = write_users(tmp_path / "users", {"alice": "secret"})
+    with ProxyProcess({"proxy": {"domains": REALM}, "auth": {"users_file": path}}) as proxy:
+
+        def registers(user: str, password: str) -> bool:
+            first = udp_final_response(proxy.port, lambda p: register(user, p, call_id=f"h-{user}"))
+            challenge = re.search(r"^WWW-Authenticate: *(.*)$", first, re.M).group(1).strip()
+            value = answer_challenge(challenge, user, password, "REGISTER", f"sip:{REALM}")
+            again = udp_final_response(proxy.port, lambda p: register(user, p, 2, value, f"h-{user}"))
+            return again is not None and again.startswith("SIP/2.0 200 ")
+
+        assert not registers("carol", "new")
+        add_user(path, "carol", REALM, "new")
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: reloaded" in proxy.log_path.read_text(), 10, what="no reload in the log")
+        assert registers("carol", "new")
+        assert proxy.process.poll() is None
