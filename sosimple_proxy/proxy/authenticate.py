@@ -152,8 +152,13 @@ class Authenticate:
         verdict = self.digest.verify_request(request.headers.get_all(header), request.method)
         if verdict.ok:
             return self._authenticated(job, verdict.user or "", register)
+        if not register and claims_ours and self.is_emergency(request):
+            # An emergency call is never held up by a challenge, whatever its
+            # credentials say; the relay rule lets it reach the gateways.
+            log.info("emergency call {uri}: not challenged ({reason})", uri=request.uri, reason=verdict.reason)
+            return CONTINUE
         if verdict.outcome is Outcome.NO_CREDENTIALS:
-            if not (claims_ours and self.required) or (not register and self.is_emergency(request)):
+            if not (claims_ours and self.required):
                 return CONTINUE  # a stranger; the relay rule decides where it may go
             return challenge_response(request, self.digest)
         source = job.txn.source.host

@@ -59,11 +59,14 @@ class DialogStamp:
         request's dialog (Call-ID and the From or the To tag)."""
         try:
             routes = request.routes
-            if not routes:
-                return False
-            top = routes[0].uri
-            got = top.params.get(PARAM) if top.is_sip else None
-            if not got or not is_ours(top):
+            # RFC 3261 16.4: a strict router upstream puts our Record-Route
+            # URI in the Request-URI instead.
+            ours = routes[0].uri if routes else None
+            if ours is None or PARAM not in ours.params:
+                ruri = request.ruri
+                ours = ruri if getattr(ruri, "is_sip", False) and PARAM in ruri.params else ours
+            got = ours.params.get(PARAM) if ours is not None and ours.is_sip else None
+            if not got or not is_ours(ours):
                 return False
             call_id = request.call_id or ""
             tags = {_tag_of(request.from_), _tag_of(request.to)} - {""}

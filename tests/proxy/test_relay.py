@@ -284,3 +284,35 @@ def test_a_preloaded_route_to_a_gateway_obeys_pstn_callers(tmp_path):
                       extra=f"{route}Proxy-Authorization: {value}\n"), STRANGER)
     sent = h2.wire.take()
     assert forwarded(h2, sent) == [] and final(sent).status == 403
+
+
+def test_an_emergency_call_with_wrong_credentials_is_not_held_up(tmp_path):
+    h = relay_harness(tmp_path)
+    bad = ('Digest username="alice", realm="example.com", nonce="x", uri="sip:911@example.com", '
+           f'response="{"0" * 64}", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="c"')
+    h.receive(invite("sip:911@example.com", extra=f"Proxy-Authorization: {bad}\n"), STRANGER)
+    (inv, dest), = forwarded(h)
+    assert dest == GW
+
+
+def test_dialog_stamp_unit():
+    from sosimple_proxy.proxy.dialog_stamp import DialogStamp
+    from sosimple_proxy.sip.parser import parse_message
+
+    stamp = DialogStamp(b"k" * 32)
+    other = DialogStamp(b"j" * 32)
+    value = stamp.value("cid", "ftag")
+    assert len(value) == 32 and value != other.value("cid", "ftag") and value != stamp.value("cid", "x")
+
+    def bye(route: str, ruri: str = "sip:x@192.0.2.1") -> Request:
+        return parse_message(
+            (f"BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:b@x>;tag=ttag\r\n"
+             f"To: <sip:a@y>;tag=ftag\r\nCall-ID: cid\r\nCSeq: 1 BYE\r\n{route}Content-Length: 0\r\n\r\n").encode())
+
+    ours = lambda uri: uri.host == "127.0.0.1"  # noqa: E731
+    assert stamp.verify(bye(f"Route: <sip:127.0.0.1;lr;sst={value}>\r\n"), ours)  # the callee's side: To tag
+    assert not stamp.verify(bye(f"Route: <sip:192.0.2.9;lr;sst={value}>\r\n"), ours)  # not our address
+    assert not other.verify(bye(f"Route: <sip:127.0.0.1;lr;sst={value}>\r\n"), ours)  # another secret
+    assert not stamp.verify(bye(""), ours)
+    # a strict router put our Record-Route URI in the Request-URI
+    assert stamp.verify(bye("Route: <sip:x@192.0.2.1>\r\n", ruri=f"sip:127.0.0.1;lr;sst={value}"), ours)
