@@ -43,7 +43,7 @@ from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
-from sosimple_proxy.proxy.relay import AckGate, EmergencyNumbers, PstnCallers, Relay
+from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
 from sosimple_proxy.providers import ProviderParts, build_providers
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.nonces import SecretFileError, load_or_create_secret
@@ -180,13 +180,13 @@ def build_security(
         on_auth_failure=on_auth_failure,
     )
 
-    def contacts_of(uri: Any) -> list[str]:
-        return [b.contact for b in bindings.lookup(addressing.aor(uri))]
+    contacts = ContactIndex(bindings.lookup)
+    bindings.listeners.append(contacts.changed)
 
     relay = Relay(
         is_ours=addressing.is_ours,
         our_domain=our_domain,
-        contacts_of=contacts_of,
+        holds_contact=contacts,
         has_connection=lambda peer: stack.transport.has_connection(peer),
         digest=digest,
         callers=PstnCallers(pstn["callers"]),

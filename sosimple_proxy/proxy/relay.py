@@ -97,17 +97,17 @@ class Relay:
         *,
         is_ours: Callable[[Any], bool],
         our_domain: Callable[[Any], bool],
-        contacts_of: Callable[[Any], Sequence[str]],
+        holds_contact: Callable[[Any], bool],
         has_connection: Callable[[Any], bool],
         digest: DigestAuthenticator | None,
         callers: PstnCallers,
         is_emergency: Callable[[Request], bool],
         is_gateway: Callable[[Any], bool] = lambda uri: False,
     ) -> None:
-        # contacts_of(uri): the contacts our registrar holds for that AoR
+        # holds_contact(uri): a contact of a live binding of ours (ContactIndex)
         self.is_ours = is_ours
         self.our_domain = our_domain
-        self.contacts_of = contacts_of
+        self.holds_contact = holds_contact
         self.has_connection = has_connection
         self.digest = digest
         self.callers = callers
@@ -188,13 +188,10 @@ class Relay:
         return "an address not of our users"
 
     def _registered_contact(self, request: Request) -> bool:
-        """The Request-URI is a contact our registrar holds for the To's AoR."""
+        """The Request-URI is a contact our registrar holds (a request another
+        proxy of the ring routes to one of our users along their Path)."""
         try:
-            to = request.to.uri
-            if not self.our_domain(to):
-                return False
-            ruri = request.ruri
-            return any(_same_uri(ruri, contact) for contact in self.contacts_of(to))
+            return bool(self.holds_contact(request.ruri))
         except Exception:
             return False
 
@@ -224,17 +221,58 @@ def _provider(found: Found) -> str:
     return found.targets[0].source if found.targets else ""
 
 
-def _same_uri(uri: Any, contact: str) -> bool:
+def contact_key(uri: Any) -> tuple[str, str, str, int]:
+    """What makes two contact URIs the same place (parameters aside)."""
+    return (
+        getattr(uri, "scheme", "") or "",
+        getattr(uri, "user", None) or "",
+        (getattr(uri, "host", None) or "").strip("[]").lower(),
+        getattr(uri, "port", None) or 5060,
+    )
+
+
+class ContactIndex:
+    """The contacts of our live bindings, kept up to date as a listener of
+    the binding table, so that the relay rule asks in O(1) whether a
+    Request-URI is one of our users' contacts (a Path through us)."""
+
+    def __init__(self, lookup: Callable[[str], Sequence[Any]]) -> None:
+        self._lookup = lookup  # aor -> live bindings (BindingTable.lookup)
+        self._aors: dict[tuple[str, str, str, int], set[str]] = {}
+        self._keys: dict[str, set[tuple[str, str, str, int]]] = {}
+
+    def changed(self, aor: str, bindings: Sequence[Any]) -> None:
+        for key in self._keys.pop(aor, set()):
+            owners = self._aors.get(key)
+            if owners is not None:
+                owners.discard(aor)
+                if not owners:
+                    del self._aors[key]
+        keys = set()
+        for binding in bindings:
+            try:
+                keys.add(contact_key(parse_uri(binding.contact)))
+            except Exception:
+                continue
+        if keys:
+            self._keys[aor] = keys
+            for key in keys:
+                self._aors.setdefault(key, set()).add(aor)
+
+    def __call__(self, uri: Any) -> bool:
+        key = contact_key(uri)
+        for aor in list(self._aors.get(key, ())):
+            # expiry is the table's business: ask it whether the binding lives
+            if any(_same(binding.contact, key) for binding in self._lookup(aor)):
+                return True
+        return False
+
+
+def _same(contact: str, key: tuple[str, str, str, int]) -> bool:
     try:
-        other = parse_uri(contact)
+        return contact_key(parse_uri(contact)) == key
     except Exception:
         return False
-    return bool(
-        uri.scheme == other.scheme
-        and (uri.user or "") == (other.user or "")
-        and (uri.host or "").lower() == (other.host or "").lower()
-        and (uri.port or 5060) == (other.port or 5060)
-    )
 
 
 class AckGate:
