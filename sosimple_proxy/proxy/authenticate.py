@@ -124,6 +124,18 @@ class Authenticate:
 
     def __call__(self, job: Job) -> Step:
         request = job.request
+        proxy_credentials: list[str] = []
+        if self.digest is not None and request.method != "REGISTER":
+            proxy_credentials = request.headers.get_all("proxy-authorization")
+            if proxy_credentials:
+                # RFC 3261 22.3: a proxy may consume the credentials of its own
+                # realm; ours go no further, whatever we make of them (a phone
+                # repeating them on a BYE, an ACK, a stale retry).
+                self._remove_our_credentials(request)
+        return self._mark(job, proxy_credentials)
+
+    def _mark(self, job: Job, proxy_credentials: list[str]) -> Step:
+        request = job.request
         job.stamped = self.stamp.verify(request, self.is_ours)
         if job.txn.source.host in self.trusted:
             job.trust = Trust.TRUSTED
@@ -148,8 +160,8 @@ class Authenticate:
             return CONTINUE  # in-dialog, along a route set we stamped
         if request.method == "OPTIONS" and _is_self(request.ruri, self.is_ours):
             return CONTINUE  # a keep-alive to the proxy itself, answered with our capabilities
-        header = "authorization" if register else "proxy-authorization"
-        verdict = self.digest.verify_request(request.headers.get_all(header), request.method)
+        values = request.headers.get_all("authorization") if register else proxy_credentials
+        verdict = self.digest.verify_request(values, request.method)
         if verdict.ok:
             return self._authenticated(job, verdict.user or "", register)
         if not register and claims_ours and self.is_emergency(request):
@@ -189,8 +201,6 @@ class Authenticate:
             if host != ANONYMOUS_HOST and not (_user_of(sender) == user and self.our_domain(sender)):
                 log.info("{user} may not send as {sender}", user=user, sender=str(sender))
                 return make_response(request, 403, "Forbidden: the From is not your address")
-            # RFC 3261 22.3: a proxy may consume the credentials of its own realm.
-            self._remove_our_credentials(request)
             domain = host if host != ANONYMOUS_HOST and self.our_domain(sender) else self.primary_domain
             # RFC 3325: whom we vouch for; it only leaves toward trusted
             # peers and gateways (the forwarder's branch policy).

@@ -257,3 +257,25 @@ def test_options_to_the_proxy_itself_is_not_challenged(tmp_path):
     h = auth_harness(tmp_path, trusted="")
     h.receive(invite("sip:example.com", method="OPTIONS"), PHONE)
     assert only_final(h).status == 200
+
+
+def test_our_credentials_repeated_on_an_in_dialog_request_go_no_further(tmp_path):
+    h = auth_harness(tmp_path)
+    h.register("bob", BOB)
+    h.receive(invite(), PHONE)
+    challenge = only_final(h)
+    value = answer_challenge(challenge.headers.get("proxy-authenticate"), "alice", "secret", "INVITE",
+                             "sip:bob@example.com")
+    h.receive(invite(branch="z9hG4bK-2", cseq=2, extra=f"Proxy-Authorization: {value}\n"), PHONE)
+    (inv, _), = h.sent_requests(h.wire.take(), "INVITE")
+    (rr,) = inv.headers.get_all("record-route")
+    h.answer(inv, 200, to_tag="b")
+    h.wire.take()
+    h.receive(
+        f"BYE {BOB} SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-bye;rport\nMax-Forwards: 70\n"
+        "From: <sip:alice@example.com>;tag=a1\nTo: <sip:bob@example.com>;tag=b\nCall-ID: call-1@caller\n"
+        f"CSeq: 3 BYE\nRoute: {rr}\nProxy-Authorization: {value}\nContent-Length: 0\n\n",
+        PHONE,
+    )
+    (bye, _), = h.sent_requests(h.wire.take(), "BYE")
+    assert "proxy-authorization" not in bye.headers
