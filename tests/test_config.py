@@ -133,3 +133,34 @@ def test_named_ring_needs_domains_and_gets_its_own_state_dir():
     assert "[overlay:corp] domains" in str(e.value)
     cfg = parse_config("[overlay:corp]\nlisten = tcp:7100:interface=127.0.0.1\ndomains = corp.test\n", "x.ini")
     assert cfg.named("overlay")["corp"]["state_dir"] == "var/overlay-corp"
+
+
+def test_auth_defaults_follow_the_contract(tmp_path):
+    from sosimple_proxy.security.algorithms import Algorithm
+    from sosimple_proxy.security.users import UserEntry
+
+    auth = parse_config("[proxy]\ndomains = b.test c.test\n").section("auth")
+    assert auth["users_file"] == "" and auth["required"] is False
+    assert auth["realm"] == "b.test"
+    assert auth["algorithms"] == (Algorithm.SHA256, Algorithm.MD5)
+    assert auth["nonce_ttl"] == 300.0 and auth["trusted"] == ()
+    assert auth["nonce_secret_file"] == "var/nonce-secret"
+    pstn = parse_config("").section("pstn")
+    assert pstn["callers"] == ("authenticated",) and pstn["emergency"] == ()
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", "b.test", "pw").line() + "\n")
+    cfg = parse_config(f"[proxy]\ndomains = b.test\n[auth]\nusers_file = {users}\n")
+    assert cfg.section("auth")["required"] is True and cfg.warnings == []
+    assert parse_config(f"[auth]\nusers_file = {users}\nrequired = no\n").section("auth")["required"] is False
+    # users of another realm only: a warning, not an error
+    cfg = parse_config(f"[proxy]\ndomains = other.test\n[auth]\nusers_file = {users}\n")
+    assert any("no user of realm 'other.test'" in w for w in cfg.warnings)
+
+
+def test_a_bad_users_file_names_its_line(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:b.test:password\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[auth]\nusers_file = {users}\n")
+    assert str(e.value).startswith("site.ini: [auth] users_file: ") and ":1:" in str(e.value)

@@ -111,3 +111,45 @@ def test_the_harness_wire_is_a_transport_layer_and_a_context_a_transaction_user(
     txn = next(iter(h.layer._server.values()))
     assert isinstance(txn.data, ResponseContext)
     assert verifyObject(IClientTransactionUser, txn.data)
+
+
+def test_build_service_reads_the_nonce_secret_and_reloads_on_sighup(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import pytest
+
+    from sosimple_proxy.config import ConfigError
+    from sosimple_proxy.security.users import UserEntry
+    from sosimple_proxy.wiring import Reloader, build_service
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", "example.com", "pw").line() + "\n")
+    secret = tmp_path / "state" / "nonce-secret"
+    cfg = parse_config(
+        "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:0\n[overlay]\nlisten =\n[admin]\nlisten =\n"
+        f"[location]\norder = local\n[auth]\nusers_file = {users}\nnonce_secret_file = {secret}\n"
+    )
+    top = build_service(cfg, Clock())
+    assert secret.exists() and oct(secret.stat().st_mode & 0o777) == "0o600"
+    (reloader,) = [s for s in top if isinstance(s, Reloader)]
+    assert len(reloader.reloads) == 1
+    previous = signal.getsignal(signal.SIGHUP)
+    reloader.startService()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == reloader._signalled
+    finally:
+        reloader.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous
+    reloader.reload()  # a bad file keeps the old table, with a log line
+    users.write_text("broken\n")
+    reloader.reload()
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    bad = parse_config(
+        "[proxy]\nlisten = udp:127.0.0.1:0\n[overlay]\nlisten =\n[admin]\nlisten =\n"
+        f"[auth]\nnonce_secret_file = {blocked}/sub/secret\n"
+    )
+    with pytest.raises(ConfigError, match=r"\[auth\] nonce_secret_file"):
+        build_service(bad, Clock())
