@@ -32,6 +32,7 @@ from sosimple_proxy.values import integer as _int
 from sosimple_proxy.values import number as _float
 from sosimple_proxy.values import port as _port
 from sosimple_proxy.values import words as _words
+from sosimple_proxy.security.tls import TLS_SCHEMA, TLSConfig
 from sosimple_proxy.sip.address import ListenAddress
 
 log = Logger()
@@ -97,9 +98,8 @@ def parse_listen_address(item: str) -> ListenAddress:
     return ListenAddress(transport, str(addr), _port(m["p"], repr(item)))
 
 
-# Listen transports refused until the security work lands (TLS contexts,
-# certificates): one line at startup rather than a listener that fails later.
-NOT_YET_TRANSPORTS = ("tls", "sips")
+# Listen transports we do not serve: SIP over TLS listens as tls:.
+NOT_YET_TRANSPORTS = ("sips",)
 
 
 def _listen(raw: str) -> tuple[ListenAddress, ...]:
@@ -107,7 +107,7 @@ def _listen(raw: str) -> tuple[ListenAddress, ...]:
     for item in items:
         transport = item.split(":", 1)[0].lower()
         if transport in NOT_YET_TRANSPORTS:
-            raise ValueError(f"{item!r}: {transport} listeners are not supported yet")
+            raise ValueError(f"{item!r}: {transport} listeners are not supported (SIP over TLS listens as tls:)")
     addrs = tuple(parse_listen_address(i) for i in items)
     seen: set[tuple[str, str, int]] = set()
     for a in addrs:
@@ -199,12 +199,9 @@ OVERLAY: Schema = {
     "home_domain": (_text, ""),
     "node_id": (_hex_id, ""),
 }
-TLS: Schema = {
-    "certificate": (_text, ""),
-    "key": (_text, ""),
-    "ca": (_text, ""),
-    "verify": (_bool, "no"),
-}
+# [tls]: the parsers live with the TLS code (security/tls.py); verify
+# defaults to yes, min_version to 1.2.
+TLS: Schema = dict(TLS_SCHEMA)
 
 
 def _optional_bool(raw: str) -> bool | None:
@@ -350,6 +347,7 @@ def _cross_checks(cfg: Config) -> None:
     if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
     _check_auth(cfg)
+    _check_tls(cfg)
 
 
 def _check_auth(cfg: Config) -> None:
@@ -372,6 +370,23 @@ def _check_auth(cfg: Config) -> None:
                 f"site.ini: [auth] users_file: no user of realm {auth['realm']!r} in {auth['users_file']}"
                 " (sosimple adduser --realm)"
             )
+
+
+def _check_tls(cfg: Config) -> None:
+    """[tls] certificate and key go together, and a tls: listener needs them."""
+    tls = cfg.sections["tls"]
+    if bool(tls["certificate"]) != bool(tls["key"]):
+        missing = "key" if tls["certificate"] else "certificate"
+        raise ConfigError("tls", missing, "certificate and key go together: set both or neither")
+    missing = [k for k in ("certificate", "key") if not tls[k]]
+    for a in cfg.proxy["listen"]:
+        if a.transport == "tls" and missing:
+            raise ConfigError("proxy", "listen", f"{a} needs [tls] {' and '.join(missing)}, which are not set")
+
+
+def tls_config(cfg: Config) -> TLSConfig:
+    """The ``[tls]`` section as the TLS code takes it."""
+    return TLSConfig(**cfg.sections["tls"])
 
 
 def _check_did(cfg: Config) -> None:

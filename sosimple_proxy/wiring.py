@@ -16,14 +16,13 @@ The location providers come from the one table in
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config, ConfigError
+from sosimple_proxy.config import Config, ConfigError, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -45,9 +44,12 @@ from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
 from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.reloads import Reloads
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.nonces import SecretFileError, load_or_create_secret
-from sosimple_proxy.security.users import UsersFile, UsersFileError
+from sosimple_proxy.security.tls import TLSFileError
+from sosimple_proxy.security.users import UsersFile
+from sosimple_proxy.tls_contexts import TLSContexts, build_tls
 
 log = Logger()
 
@@ -103,8 +105,9 @@ class Proxy:
     # [auth]: the users file (re-read on SIGHUP) and the digest verifier, or None
     users: UsersFile | None = None
     digest: DigestAuthenticator | None = None
-    # What SIGHUP re-reads (each a callable; a failure is logged, the old state stays).
-    reloads: Sequence[Callable[[], Any]] = ()
+    # What SIGHUP re-reads: (what, action) pairs for the Reloads service
+    # (a failure is logged and the old state stays).
+    reloads: Sequence[tuple[str, Callable[[], Any]]] = ()
 
 
 def our_domains(cfg: Config) -> frozenset[str]:
@@ -307,7 +310,7 @@ def build_proxy(
             stack,
             from_domain=addressing.primary or "localhost",
         )
-    reloads = [security.users.reload] if security.users is not None else []
+    reloads = [("users file", security.users.reload)] if security.users is not None else []
     return Proxy(
         core,
         registrar,
@@ -339,43 +342,6 @@ def nonce_secret(cfg: Config) -> bytes:
         return load_or_create_secret(path)
     except SecretFileError as e:
         raise ConfigError("auth", "nonce_secret_file", str(e)) from None
-
-
-class Reloader(Service):
-    """SIGHUP re-reads what can change without a restart: each callable of
-    ``reloads`` in turn (the users file; TLS and limits add theirs).  A
-    file that fails to read keeps the old state, with one log line."""
-
-    name = "reloader"
-
-    def __init__(self, reactor: Any, reloads: Sequence[Callable[[], Any]]) -> None:
-        self.reactor = reactor
-        self.reloads = list(reloads)
-        self._previous: Any = None
-
-    def reload(self) -> None:
-        for reload in self.reloads:
-            try:
-                reload()
-            except (UsersFileError, OSError, ValueError) as e:
-                log.warn("reload failed, the old state stays: {e}", e=e)
-            except Exception:
-                log.failure("reload failed, the old state stays")
-        log.info("SIGHUP: reloaded {n} part(s)", n=len(self.reloads))
-
-    def _signalled(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
-
-    def startService(self) -> None:
-        super().startService()
-        if self.reloads and hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._signalled)
-
-    def stopService(self) -> Any:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-        return super().stopService()
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -413,8 +379,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
 
         admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
+        tls = _tls(cfg)
         proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
-        Reloader(reactor, proxy.reloads).setServiceParent(top)
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],
@@ -423,10 +389,26 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             max_message_size=cfg.proxy["max_message_size"],
             udp_rcvbuf=cfg.sip["udp_rcvbuf"],
             tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+            **tls.stack_arguments(),
         )
         # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
         stack.setServiceParent(top)
+        # SIGHUP: new certificates for new connections; calls carry on.
+        reloads = Reloads(reactor)
+        reloads.add("TLS certificates", stack.transport.reload_tls)
+        for what, action in proxy.reloads:
+            reloads.add(what, action)
+        reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def _tls(cfg: Config) -> TLSContexts:
+    """The TLS contexts, their files read now: a bad one stops startup with
+    one line naming its [tls] key, before any port is bound."""
+    try:
+        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+    except TLSFileError as e:
+        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None

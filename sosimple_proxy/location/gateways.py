@@ -87,6 +87,8 @@ def uri_dest(uri: URI) -> str | None:
     import ipaddress
 
     transport = uri.transport or ("tls" if uri.secure else "udp")
+    if uri.secure and transport == "tcp":
+        transport = "tls"  # RFC 3261 26.2.2: a SIPS URI over TCP is TLS
     host = uri.maddr or uri.host or ""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))

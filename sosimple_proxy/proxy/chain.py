@@ -312,7 +312,8 @@ class RouteInformation:
         self.addressing = addressing
 
     def __call__(self, job: Job) -> Step:
-        routing.preprocess_routes(job.request, self.addressing.is_ours)
+        source = job.txn.source if job.txn is not None else None
+        routing.preprocess_routes(job.request, self.addressing.is_ours, source)
         job.kind = classify(job.request, self.addressing)
         return CONTINUE
 

@@ -158,7 +158,7 @@ class ResponseContext:
         branch = Branch(target)
         self.branches.append(branch)
         try:
-            result = self.forwarder.send(self.request, target, self.txn.local, self)
+            result = self.forwarder.send(self.request, target, self.txn.local, self, source=self.txn.source)
         except Exception as e:
             log.failure("forwarding to {uri} failed", uri=str(target.uri))
             result = self._make(500, f"Server Internal Error: {e}")

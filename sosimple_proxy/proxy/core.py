@@ -80,7 +80,7 @@ class ProxyCore:
             return
         gate = self.ack_gate
         stamped = gate.stamped(ack) if gate is not None else False
-        routing.preprocess_routes(ack, self.addressing.is_ours)
+        routing.preprocess_routes(ack, self.addressing.is_ours, source)
         kind = classify(ack, self.addressing)
         if gate is not None and source is not None and not gate.allows(ack, source, kind, stamped):
             log.info("ACK from {source} dropped: relaying denied", source=source)

@@ -64,7 +64,9 @@ class RequestForwarder:
 
     # -- requests in a transaction
 
-    def send(self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser) -> Any:
+    def send(
+        self, request: Request, target: Target, inbound: Any, user: IClientTransactionUser, source: Peer | None = None
+    ) -> Any:
         lhash = request_loop_hash(request)
         copy = routing.copy_request(request)
         # 16.6 step 2: "The Request-URI in the copy's start line MUST be
@@ -74,15 +76,20 @@ class RequestForwarder:
         if target.route:
             routing.push_routes(copy, target.route)
         hop = routing.next_hop(copy)
+        secure = routing.must_stay_secure(request) or routing.must_stay_secure(copy)
         dest = routing.parse_flow(target.dest) if target.dest else self._flow(target)
+        # Record-Route names the flows on either side (see routing.add_record_route).
+        flows = (source, dest if dest is not None and dest.reliable else None)
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, target))
+                return found.addCallback(
+                    lambda peer: self._finish(copy, peer, inbound, lhash, user, secure, flows, target)
+                )
             if isinstance(found, Response):
                 return found
             dest = found
-        return self._finish(copy, dest, inbound, lhash, user, target)
+        return self._finish(copy, dest, inbound, lhash, user, secure, flows, target)
 
     def _flow(self, target: Target) -> Peer | None:
         """The UA's own connection, when it registered over one still open."""
@@ -94,6 +101,16 @@ class RequestForwarder:
         return peer if self.stack.transport.has_connection(peer) else None
 
     def _resolve(self, hop: Any) -> Any:
+        """The peer for a next-hop URI (see :meth:`_address`); a TLS peer
+        carries the domain its certificate must prove (RFC 5922)."""
+        found = self._address(hop)
+        if isinstance(found, Deferred):
+            return found.addCallback(routing.with_tls_domain, hop)
+        if isinstance(found, Peer):
+            return routing.with_tls_domain(found, hop)
+        return found
+
+    def _address(self, hop: Any) -> Any:
         """The peer for a next-hop URI: IP literals at once, names by DNS."""
         transport, host, port = routing.uri_address(hop)
         if transport not in ("udp", "tcp", "tls"):
@@ -112,8 +129,14 @@ class RequestForwarder:
         inbound: Any,
         lhash: str,
         user: IClientTransactionUser,
+        secure: bool = False,
+        flows: tuple[Peer | None, Peer | None] = (None, None),
         target: Target | None = None,
     ) -> Any:
+        refused = routing.insecure_hop(secure, dest)
+        if refused is not None:
+            log.info("{method} {uri}: not forwarded: {why}", method=copy.method, uri=copy.uri, why=refused)
+            return make_response_for_branch(480, refused)
         if self.branch_policy is not None and target is not None:
             self.branch_policy(copy, target, dest)
         listening = self.listening
@@ -129,7 +152,12 @@ class RequestForwarder:
         if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
             stamp = self.stamp(copy) if self.stamp is not None else None
             routing.add_record_route(
-                copy, inbound, outbound if outbound.transport == dest.transport else None, stamp=stamp
+                copy,
+                inbound,
+                outbound if outbound.transport == dest.transport else None,
+                flows[0],
+                flows[1],
+                stamp=stamp,
             )
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)
@@ -148,7 +176,9 @@ class RequestForwarder:
         lhash = request_loop_hash(request)
         routing.decrement_max_forwards(request)
         hop = routing.next_hop(request)
-        dest = self._resolve(hop)
+        # A flow token in our Record-Route: the UA's own connection.
+        flow = routing.parse_flow(request.flow) if request.flow else None
+        dest = flow if flow is not None and flow.reliable else self._resolve(hop)
         if isinstance(dest, Deferred):
             dest.addCallback(lambda peer: self._send_stateless(request, peer, lhash))
             dest.addErrback(lambda f: log.info("stateless forward failed: {f}", f=f.getErrorMessage()))

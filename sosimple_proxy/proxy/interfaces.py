@@ -15,12 +15,14 @@ from zope.interface import Interface
 class IForwarder(Interface):
     """Sends the copies of a request and what needs no transaction."""
 
-    def send(request: Any, target: Any, inbound: Any, user: Any) -> Any:
+    def send(request: Any, target: Any, inbound: Any, user: Any, source: Any = None) -> Any:
         """Build the per-target copy of ``request`` (16.6 steps 1-9) and
         start its client transaction with ``user`` as its
         ``IClientTransactionUser``.  Returns the ClientTransaction, a
         Deferred firing with it (name resolution), or a Response the branch
-        gets instead (e.g. 503 when the target cannot be reached at all)."""
+        gets instead (e.g. 503 when the target cannot be reached at all).
+        ``source`` is the Peer the request came from (its connection is
+        named in our Record-Route)."""
 
     def send_response_by_via(response: Any) -> None:
         """Send a response where its top Via says (a late 2xx, 16.7 step 9;

@@ -14,6 +14,8 @@ import secrets
 from urllib.parse import quote
 from typing import Any, Callable, Sequence
 
+import attrs
+
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.uri import URI, format_host
@@ -111,7 +113,7 @@ def _our_entry(uri: URI, is_ours: Callable[[URI], bool]) -> bool:
     return uri.is_sip and (not uri.user or flow_of(uri.user) is not None) and is_ours(uri)
 
 
-def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
+def preprocess_routes(request: Request, is_ours: Callable[[URI], bool], source: Peer | None = None) -> None:
     """Strict-router fix-up and removal of our own Route entries (16.4).
 
     "If the Request-URI contains a value this proxy previously placed into
@@ -121,6 +123,11 @@ def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
     first value in the Route header field indicates this proxy [...], the
     proxy MUST remove that value from the request."  With RFC 5658 double
     Record-Route, two of our entries may lead the Route set: both go.
+
+    An entry of ours may name a flow (a connection a UA reached us over,
+    see :func:`flow_token`): the request then leaves over that flow, unless
+    it came in over it (``source``), which means it is going the other way
+    (RFC 5626 section 5.3).
     """
     headers = request.headers
     if "route" not in headers:
@@ -141,7 +148,7 @@ def preprocess_routes(request: Request, is_ours: Callable[[URI], bool]) -> None:
             return
         headers.pop_first_value("route")
         flow = flow_of(top.user)
-        if flow is not None:
+        if flow is not None and not (source is not None and parse_flow(flow) == source):
             request.flow = flow
 
 
@@ -191,10 +198,61 @@ def decrement_max_forwards(request: Request) -> None:
 
 
 def uri_transport(uri: URI) -> str:
+    """The transport a URI asks for.  A ``sips:`` URI over TCP is TLS
+    (RFC 3261 26.2.2, RFC 5630 section 3.1.1: ``transport=tcp`` in a SIPS
+    URI means TLS over TCP)."""
     t = uri.transport
-    if t:
-        return t
-    return "tls" if uri.secure else "udp"
+    if uri.secure and t in (None, "tcp", "tls"):
+        return "tls"
+    return t or "udp"
+
+
+def tls_domain(uri: URI) -> str | None:
+    """The SIP domain a TLS next hop chosen by ``uri`` must prove with its
+    certificate (RFC 5922 section 4: the host part of the URI that was
+    resolved, not what DNS turned it into), or None when the host is an
+    address literal: the certificate must then name that address (an
+    IP-address subjectAltName).  A ``maddr`` only says where to connect."""
+    host = (uri.host or "").strip("[]")
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower().rstrip(".")
+    return None
+
+
+def with_tls_domain(dest: Peer, hop: URI) -> Peer:
+    """``dest``, resolved from the next-hop URI ``hop``, with the domain its
+    certificate must prove when it is a TLS hop (see :func:`tls_domain`)."""
+    if dest.transport != "tls" or dest.domain is not None:
+        return dest
+    domain = tls_domain(hop)
+    return attrs.evolve(dest, domain=domain) if domain else dest
+
+
+#: The reason phrase of the 480 for a SIPS request with no TLS way onward.
+NOT_OVER_TLS = "Temporarily Unavailable: a sips: request may leave only over TLS, and {dest} is {transport}"
+
+
+def insecure_hop(secure: bool, dest: Peer) -> str | None:
+    """Why a request may not go to ``dest``: a SIPS request (``secure``, see
+    :func:`must_stay_secure`) over anything but TLS.  RFC 3261 26.2.2
+    (a SIPS URI means TLS on each hop) as RFC 5630 section 3.1.3 tightens
+    it, with no exception for the last hop; the caller answers 480."""
+    if secure and dest.transport != "tls":
+        return NOT_OVER_TLS.format(dest=dest.hostport(), transport=dest.transport.upper())
+    return None
+
+
+def must_stay_secure(request: Request) -> bool:
+    """A ``sips:`` Request-URI, or a ``sips:`` next hop: every hop must be
+    TLS (RFC 5630 section 3.1.3 removes RFC 3261's last-hop exception)."""
+    if request.ruri.secure:
+        return True
+    routes = request.routes
+    return bool(routes) and routes[0].uri.secure
 
 
 def uri_address(uri: URI) -> tuple[str, str, int]:
@@ -247,34 +305,78 @@ def via_value(local: ListenAddress, transport: str, branch: str) -> str:
 
 
 def record_route_value(
-    local: ListenAddress, r2: bool = False, user: str | None = None, stamp: str | None = None
+    local: ListenAddress, r2: bool = False, user: str | None = None, secure: bool = False, stamp: str | None = None
 ) -> str:
     """``<sip:host:port;transport=X;lr>`` for one of our listen addresses;
-    ``stamp`` is the dialog's HMAC (:mod:`sosimple_proxy.proxy.dialog_stamp`)."""
-    t = "" if local.transport == "udp" else f";transport={local.transport}"
+    ``stamp`` is the dialog's HMAC (:mod:`sosimple_proxy.proxy.dialog_stamp`).
+
+    A TLS address is ``<sips:host:port;lr>`` when ``secure`` (a SIPS
+    request: RFC 3261 16.6 step 4, "the URI placed into the Record-Route
+    header field MUST be a SIPS URI"), else ``sip:`` with ``transport=tls``,
+    which keeps a ``sip:`` dialog ``sip:`` (RFC 5630 section 3.1.3: a SIPS
+    Record-Route would oblige the whole dialog to TLS) while in-dialog
+    requests still reach us by TLS.
+    """
     u = f"{user}@" if user else ""
-    s = f";sst={stamp}" if stamp else ""
-    return f"<sip:{u}{format_host(local.host)}:{local.port}{t};lr{';r2=on' if r2 else ''}{s}>"
+    tail = f";lr{';r2=on' if r2 else ''}{f';sst={stamp}' if stamp else ''}"
+    if local.transport == "tls" and secure:
+        return f"<sips:{u}{format_host(local.host)}:{local.port}{tail}>"
+    t = "" if local.transport == "udp" else f";transport={local.transport}"
+    return f"<sip:{u}{format_host(local.host)}:{local.port}{t}{tail}>"
 
 
 def add_record_route(
-    request: Request, inbound: ListenAddress | None, outbound: ListenAddress | None, stamp: str | None = None
+    request: Request,
+    inbound: ListenAddress | None,
+    outbound: ListenAddress | None,
+    inbound_flow: Peer | None = None,
+    outbound_flow: Peer | None = None,
+    stamp: str | None = None,
 ) -> None:
     """16.6 step 4, with RFC 5658 double Record-Route.
 
     When the request leaves by another transport or address than it came
     in on, we add two entries, each naming the interface that faces its
     side: the UAS's route set starts with the top (outbound) one, the
-    UAC's, reversed, with the lower (inbound) one.
+    UAC's, reversed, with the lower (inbound) one.  ``request`` is the copy
+    after its next hop was chosen (16.6 step 6), so a ``sips:`` top Route
+    counts as well as a ``sips:`` Request-URI.
+
+    ``inbound_flow`` (the connection the request came over) and
+    ``outbound_flow`` (a UA's connection it leaves over), when they are TLS
+    connections (see :func:`flow_user`), put a flow token in the entry facing
+    that side, so that in-dialog requests reach the UA over
+    its connection: a phone behind NAT, or one with no TLS server
+    certificate, cannot be connected to (RFC 5626 section 5.3, as for Path).
+    Two flows on one interface need two entries, one token each.
     """
     inbound = inbound or outbound
     if inbound is None:
         return
+    secure = must_stay_secure(request)
+    value = functools.partial(record_route_value, secure=secure, stamp=stamp)
+    in_user = flow_user(inbound_flow)
+    out_user = flow_user(outbound_flow)
     if outbound is None or outbound == inbound:
-        request.headers.prepend("Record-Route", record_route_value(inbound, stamp=stamp))
+        if in_user and out_user:
+            request.headers.prepend("Record-Route", value(inbound, user=in_user))
+            request.headers.prepend("Record-Route", value(inbound, user=out_user))
+            return
+        user = in_user or out_user
+        request.headers.prepend("Record-Route", value(inbound, user=user))
         return
-    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, stamp=stamp))
-    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, stamp=stamp))
+    request.headers.prepend("Record-Route", value(inbound, r2=True, user=in_user))
+    request.headers.prepend("Record-Route", value(outbound, r2=True, user=out_user))
+
+
+def flow_user(flow: Peer | None) -> str | None:
+    """The Record-Route user part naming ``flow``, a TLS connection; None
+    otherwise.  Only TLS: a phone hardly ever has a TLS server certificate,
+    so the way to it is the connection it opened, while over TCP it listens
+    on its Contact's port as it always did (and UDP keeps no connection)."""
+    if flow is None or flow.transport != "tls":
+        return None
+    return flow_token(f"{flow.transport}:{flow.hostport()}")
 
 
 def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:

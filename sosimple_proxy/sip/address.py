@@ -25,11 +25,18 @@ class Peer:
 
     ``host`` is an IP address literal (no brackets); names are resolved
     above the transport layer (RFC 3263).
+
+    ``domain`` is, for a TLS peer we connect to, the SIP domain its
+    certificate must prove (RFC 5922 section 4: the host of the URI that
+    was resolved to this address); None means the address itself.  It is
+    part of the peer's identity, so a connection verified for one domain is
+    never reused for a request to another that resolves to the same address.
     """
 
     transport: str
     host: str
     port: int
+    domain: str | None = None
 
     @property
     def family6(self) -> bool:

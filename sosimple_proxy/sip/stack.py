@@ -16,6 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sosimple_proxy.security.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.interfaces import IMessageSink, ISipStack, IStackUser, IUnreachableObserver
 from sosimple_proxy.sip.message import Request, Response, make_response
@@ -44,8 +45,10 @@ class SipStack(MultiService):
     """Owns the transport and transaction layers; hands requests to the TU.
 
     Every setting is an argument (``config.py`` is above this layer):
-    ``listen`` the addresses to bind, ``timers`` T1/T2/T4, and the
-    transport's limits.
+    ``listen`` the addresses to bind, ``timers`` T1/T2/T4, the transport's
+    limits, and TLS (``tls_server``/``tls_client`` from
+    :mod:`sosimple_proxy.security.tls`, see
+    :class:`~sosimple_proxy.sip.transport.TransportLayer`).
     """
 
     def __init__(
@@ -58,6 +61,9 @@ class SipStack(MultiService):
         max_message_size: int = 65536,
         udp_rcvbuf: int = 4194304,
         tcp_idle_timeout: float = 600.0,
+        tls_server: Any = None,
+        tls_client: Any = None,
+        tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.tu = tu
@@ -68,6 +74,9 @@ class SipStack(MultiService):
             max_message_size=max_message_size,
             udp_rcvbuf=udp_rcvbuf,
             tcp_idle_timeout=tcp_idle_timeout,
+            tls_server=tls_server,
+            tls_client=tls_client,
+            tls_handshake_timeout=tls_handshake_timeout,
         )
         self.transport.setServiceParent(self)
         self.transactions = TransactionLayer(reactor, self.transport, tu, timers)

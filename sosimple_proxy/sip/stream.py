@@ -4,6 +4,12 @@
 :class:`~sosimple_proxy.sip.framing.StreamFramer`, answers CRLF keep-alives,
 closes an idle or out-of-step connection, and tells the transport layer when
 it opens and closes so that its table of connections stays right.
+
+Over TLS the same protocol runs inside Twisted's ``TLSMemoryBIOProtocol``;
+such a connection is offered for sends only once its handshake is done (a
+message handed to a connection whose peer then fails verification would be
+lost without an error), and one whose handshake is not done in
+``[tls] handshake_timeout`` seconds is aborted.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from sosimple_proxy.security.tls import HandshakeDeadline
 from sosimple_proxy.sip.address import ListenAddress, Peer, normal_host
 from sosimple_proxy.sip.framing import Frame, FramingError, KeepAlive, StreamFramer
 from sosimple_proxy.sip.interfaces import IConnectionObserver
@@ -25,7 +35,7 @@ from sosimple_proxy.sip.interfaces import IConnectionObserver
 if TYPE_CHECKING:  # pragma: no cover
     from sosimple_proxy.sip.transport import TransportLayer
 
-__all__ = ["StreamConnection", "StreamFactory", "Connecting"]
+__all__ = ["StreamConnection", "StreamFactory", "Connecting", "HandshakeTimeout"]
 
 log = Logger()
 
@@ -35,11 +45,17 @@ def _is_unspecified(host: str) -> bool:
     return ipaddress.ip_address(host).is_unspecified
 
 
+class HandshakeTimeout(Exception):
+    """A TLS connection was closed because its handshake took too long."""
+
+
+@implementer(IHandshakeListener)
 class StreamConnection(Protocol):
     """One stream connection (TCP or TLS), accepted or made by us."""
 
     peer: Peer | None = None
     closing = False
+    _deadline: HandshakeDeadline | None = None
 
     def __init__(self, layer: TransportLayer, transport_name: str, local: ListenAddress | None) -> None:
         self.layer = layer
@@ -50,6 +66,11 @@ class StreamConnection(Protocol):
         self._idle_call: Any = None
         self.keys: list[Peer] = []  # the table entries that point here
         self.lost: defer.Deferred = defer.Deferred()
+        #: TLS: whether the handshake is done (a TCP connection is ready at once).
+        self.secure = transport_name == "tls"
+        self.ready = not self.secure
+        self._ready_waiters: list[defer.Deferred] = []
+        self._lost_reason: Failure | None = None
 
     # -- Protocol
 
@@ -64,8 +85,41 @@ class StreamConnection(Protocol):
             self.local = attrs.evolve(self.local, host=normal_host(self.transport.getHost().host))
         self.last_activity = self.layer.reactor.seconds()
         self._idle_call = self.layer.reactor.callLater(self.layer.tcp_idle_timeout, self._checkIdle)
-        self.layer._register(self, self.peer)
+        self.layer._track(self)
+        if self.secure:
+            self._deadline = HandshakeDeadline(
+                self.layer.reactor, self.layer.tls.handshake_timeout, self.transport.abortConnection, peer=str(self.peer)
+            )
+        else:
+            self.layer._register(self, self.peer)
         log.debug("{peer}: connected (local {local})", peer=self.peer, local=self.local)
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS peer is verified; offer the connection."""
+        if self._deadline is not None:
+            self._deadline.completed()
+            self._deadline = None
+        if self.closing:
+            return
+        self.ready = True
+        assert self.peer is not None
+        self.layer._register(self, self.peer)
+        log.debug("{peer}: TLS handshake done", peer=self.peer)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def when_ready(self) -> defer.Deferred:
+        """Fires with this connection once it can carry messages (TLS: after
+        the handshake); fails with why it closed first (for TLS, e.g. a
+        :class:`~sosimple_proxy.security.tls.TLSVerificationError`)."""
+        if self.ready and not self.closing:
+            return defer.succeed(self)
+        if self._lost_reason is not None or self.closing:
+            return defer.fail(self._lost_reason or Failure(ConnectionDone("connection closed")))
+        d: defer.Deferred = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -96,6 +150,17 @@ class StreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
+        self._lost_reason = reason or Failure(ConnectionDone("connection closed"))
+        if self._deadline is not None:
+            if self._deadline.expired:
+                # Say why we aborted it, not that it was aborted.
+                seconds = self.layer.tls.handshake_timeout
+                self._lost_reason = Failure(HandshakeTimeout(f"TLS handshake not finished in {seconds:g} s"))
+            self._deadline.cancel()
+            self._deadline = None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(self._lost_reason)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
@@ -114,7 +179,7 @@ class StreamConnection(Protocol):
     # -- used by the layer
 
     def usable(self) -> bool:
-        return not self.closing and self.connected
+        return not self.closing and self.connected and self.ready
 
     def write(self, data: bytes) -> None:
         self.last_activity = self.layer.reactor.seconds()

@@ -1,4 +1,4 @@
-"""SIP transports: UDP datagrams and TCP (later TLS) streams, IPv4 and IPv6.
+"""SIP transports: UDP datagrams and TCP and TLS streams, IPv4 and IPv6.
 
 The transport layer only moves whole messages: a datagram
 (:mod:`~sosimple_proxy.sip.udp`), or one message cut out of a stream
@@ -12,8 +12,9 @@ section 8.1.3.1: the transaction user turns it into a 503).
 Stream connections live in one table keyed by the remote :class:`Peer`
 (transport, host, port), so that a response goes back on the connection its
 request came in on (RFC 3261 section 18.2.2) and a new request to the same
-peer reuses it.  TLS only differs in how a connection is made: it is another
-transport name in the same table.
+peer reuses it.  TLS only differs in how a connection is made and when it
+is ready (:mod:`~sosimple_proxy.sip.tls_transport`): it is another transport
+name in the same table.
 """
 
 from __future__ import annotations
@@ -22,27 +23,23 @@ import errno
 import functools
 import ipaddress
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import (
-    SSL4ServerEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    serverFromString,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sosimple_proxy.security.tls import DEFAULT_HANDSHAKE_TIMEOUT, ClientTLS
 from sosimple_proxy.sip.address import STREAM_TRANSPORTS, ListenAddress, Peer, normal_host
 from sosimple_proxy.sip.interfaces import IMessageSink, ITransportLayer, IUnreachableObserver
 from sosimple_proxy.sip.stream import Connecting, StreamConnection, StreamFactory
+from sosimple_proxy.sip.tls_transport import TLSTransport, expected_domain, handshake_failure_reason
 from sosimple_proxy.sip.udp import ICMP_ERRNOS, UDP_READ_SIZE, Datagrams, UDPPort, set_rcvbuf
 
 __all__ = ["TransportError", "TransportLayer"]
@@ -78,13 +75,13 @@ def _reason(failure: Failure | BaseException) -> str:
 class TransportLayer(service.Service):
     """All SIP listening sockets and stream connections of one proxy.
 
-    ``tls_server`` (an OpenSSL context factory, e.g. ``CertificateOptions``,
-    for listening) and ``tls_client`` (:class:`Peer` ->
-    ``IOpenSSLClientConnectionCreator``, e.g. ``optionsForClientTLS``: it
-    gets the whole peer so that it can pick the name to verify) are for the
-    TLS work: with them, ``tls:`` addresses listen and ``Peer("tls", ...)``
-    connects, sharing the connection table, framing and idle handling with
-    TCP.
+    ``tls_server`` (a :class:`~sosimple_proxy.security.tls.ServerTLS`, or
+    any connection creator ``TLSMemoryBIOFactory`` takes) lets ``tls:``
+    addresses listen; ``tls_client`` (a
+    :class:`~sosimple_proxy.security.tls.ClientTLS`) lets ``Peer("tls",
+    ...)`` connect, verifying the peer's certificate for ``Peer.domain`` (or
+    its address).  TLS shares the connection table, framing and idle handling
+    with TCP; ``tls_handshake_timeout`` bounds each handshake.
     """
 
     def __init__(
@@ -98,7 +95,8 @@ class TransportLayer(service.Service):
         connect_timeout: float = 30.0,
         stop_grace: float = 5.0,
         tls_server: Any = None,
-        tls_client: Callable[[Peer], Any] | None = None,
+        tls_client: ClientTLS | None = None,
+        tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
@@ -108,8 +106,7 @@ class TransportLayer(service.Service):
         self.tcp_idle_timeout = tcp_idle_timeout
         self.connect_timeout = connect_timeout
         self.stop_grace = stop_grace
-        self.tls_server = tls_server
-        self.tls_client = tls_client
+        self.tls = TLSTransport(tls_server, tls_client, tls_handshake_timeout)
         self._ports: list[tuple[ListenAddress, IListeningPort]] = []
         self._bound = False
         self._udp: list[tuple[ListenAddress, Any]] = []  # (bound address, port)
@@ -211,20 +208,20 @@ class TransportLayer(service.Service):
         log.info("SIP listening on {addr}", addr=bound)
 
     def _serverEndpoint(self, addr: ListenAddress) -> Any:
-        if addr.transport == "tcp":
-            if addr.family6:
-                return serverFromString(self.reactor, f"tcp6:{addr.port}:interface={addr.host.replace(':', chr(92) + ':')}")
-            return serverFromString(self.reactor, f"tcp:{addr.port}:interface={addr.host}")
-        if addr.transport == "tls":
-            if self.tls_server is None:
-                raise ValueError(f"{addr}: no TLS certificate configured")
-            return SSL4ServerEndpoint(self.reactor, addr.port, self.tls_server, interface=addr.host)
-        raise ValueError(f"{addr}: unknown transport")
+        """A TCP server endpoint; TLS runs over it (see :meth:`_listenStream`)."""
+        if addr.transport not in STREAM_TRANSPORTS:
+            raise ValueError(f"{addr}: unknown transport")
+        if addr.family6:
+            return serverFromString(self.reactor, f"tcp6:{addr.port}:interface={addr.host.replace(':', chr(92) + ':')}")
+        return serverFromString(self.reactor, f"tcp:{addr.port}:interface={addr.host}")
 
     def _listenStream(self, addr: ListenAddress) -> None:
         factory = StreamFactory(self, addr.transport, addr)
+        wire: Any = factory
+        if addr.transport == "tls":
+            wire = self.tls.server_factory(factory, self.reactor, addr)
         result: list[Any] = []
-        self._serverEndpoint(addr).listen(factory).addBoth(result.append)
+        self._serverEndpoint(addr).listen(wire).addBoth(result.append)
         # Server endpoints for TCP listen synchronously; anything else is a bug here.
         if not result:
             raise RuntimeError(f"{addr}: listening did not complete at once")
@@ -235,6 +232,13 @@ class TransportLayer(service.Service):
         factory.local = bound
         self._ports.append((bound, port))
         log.info("SIP listening on {addr}", addr=bound)
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificate, key and CA files (the composition
+        root calls this on SIGHUP).  Connections made from now on use them;
+        established ones, and the calls on them, carry on with theirs.
+        Returns whether everything reloaded (a bad file keeps the old one)."""
+        return self.tls.reload()
 
     def listening(self) -> list[ListenAddress]:
         return [addr for addr, _ in self._ports]
@@ -347,25 +351,39 @@ class TransportLayer(service.Service):
             return d
         if not self.running:
             return defer.fail(TransportError(dest, "transport layer is stopped"))
-        endpoint = self._clientEndpoint(dest)
+        endpoint, wire = self._clientEndpoint(dest)
         # Queue first: the attempt may succeed or fail before connect() returns.
         pending = self._connecting[dest] = Connecting([(data, d)])
-        attempt = endpoint.connect(StreamFactory(self, dest.transport, None))
+        attempt = endpoint.connect(wire)
         if not attempt.called:
             pending.attempt = attempt
         attempt.addCallbacks(self._connected, self._connectFailed, callbackArgs=(dest,), errbackArgs=(dest,))
         return d
 
-    def _clientEndpoint(self, dest: Peer) -> Any:
+    def _clientEndpoint(self, dest: Peer) -> tuple[Any, Any]:
+        """The TCP endpoint to ``dest`` and the factory to connect it with
+        (TLS runs inside the factory's protocol)."""
         cls = TCP6ClientEndpoint if dest.family6 else TCP4ClientEndpoint
         tcp = cls(self.reactor, dest.host, dest.port, timeout=self.connect_timeout)
+        factory = StreamFactory(self, dest.transport, None)
         if dest.transport == "tcp":
-            return tcp
-        if self.tls_client is None:
-            raise TransportError(dest, "TLS is not configured")
-        return wrapClientTLS(self.tls_client(dest), tcp)
+            return tcp, factory
+        try:
+            return tcp, self.tls.client_factory(factory, self.reactor, dest)
+        except ValueError as e:
+            raise TransportError(dest, str(e)) from None
 
-    def _connected(self, proto: StreamConnection, dest: Peer) -> None:
+    def _connected(self, proto: Any, dest: Peer) -> None:
+        # TLS: the endpoint gives the TLS protocol; ours runs inside it.
+        proto = getattr(proto, "wrappedProtocol", proto)
+        if proto.ready or proto.closing:
+            self._flush(proto, dest)
+            return
+        # TLS: the TCP connection is up; the queue waits for the handshake,
+        # so that a peer refused by verification fails the sends.
+        proto.when_ready().addCallbacks(self._flush, self._connectFailed, callbackArgs=(dest,), errbackArgs=(dest,))
+
+    def _flush(self, proto: StreamConnection, dest: Peer) -> None:
         pending = self._connecting.pop(dest, None)
         if pending is None:
             return
@@ -383,14 +401,31 @@ class TransportLayer(service.Service):
 
     def _connectFailed(self, failure: Failure, dest: Peer) -> None:
         pending = self._connecting.pop(dest, None)
-        reason = "connect cancelled" if failure.check(defer.CancelledError) else _reason(failure)
-        log.info("{dest}: connect failed: {reason}", dest=dest, reason=reason)
+        if failure.check(defer.CancelledError):
+            reason = "connect cancelled"
+        elif dest.transport == "tls":
+            reason = handshake_failure_reason(failure)
+        else:
+            reason = _reason(failure)
+        if dest.transport == "tls" and not failure.check(defer.CancelledError):
+            # Said once per connection attempt, with the reason: the
+            # transactions that fail with it only say "transport error".
+            log.warn(
+                "tls: connection to {dest} (expecting {domain}) failed: {reason}",
+                dest=dest, domain=expected_domain(dest), reason=reason,
+            )
+        else:
+            log.info("{dest}: connect failed: {reason}", dest=dest, reason=reason)
         if pending is None:
             return
         for _, d in pending.queue:
             d.errback(TransportError(dest, reason))
 
     # -- called by the protocols (udp.Datagrams, stream.StreamConnection)
+
+    def _track(self, conn: StreamConnection) -> None:
+        """``conn`` is open: close it when the layer stops."""
+        self._all_streams.add(conn)
 
     def _register(self, conn: StreamConnection, key: Peer) -> None:
         """Offer ``conn`` for sends to ``key`` (replacing an older connection

@@ -15,6 +15,10 @@ drive the proxy, one concern a module:
   behave on loopback (``shared/peers.md``); ``sipp_scenarios``: SIPp
   scenarios built from steps;
 - ``ua``: :class:`AnsweringUA`, a UDP UA that answers 200 and keeps requests;
+  ``tls_ua``: :class:`TLSAnsweringUA`, the same over TLS with a certificate
+  the test chose (for outbound TLS checks);
+- ``linphone``: :class:`Linphonec`, liblinphone's command-line softphone;
+  ``stunnel``: :class:`Stunnel`, TLS in front of a TCP-only peer (sipp);
 - ``transaction``: a recording wire and transaction user around a real
   ``TransactionLayer`` on a ``task.Clock``;
 - ``ring``: a settled simulated Chord ring, and a check that real nodes settled.
@@ -56,10 +60,20 @@ from sosimple_proxy.testing.sipp import (
     start_sipp,
 )
 from sosimple_proxy.testing.transaction import RecordingTU, RecordingWire, make_layer
+from sosimple_proxy.testing.linphone import LINPHONEC, Linphonec, LinphonecError
+from sosimple_proxy.testing.stunnel import STUNNEL, Stunnel, StunnelError
+from sosimple_proxy.testing.tls_ua import TLSAnsweringUA
 from sosimple_proxy.testing.ua import AnsweringUA
 
 __all__ = [
     "AnsweringUA",
+    "LINPHONEC",
+    "Linphonec",
+    "LinphonecError",
+    "STUNNEL",
+    "Stunnel",
+    "StunnelError",
+    "TLSAnsweringUA",
     "BARESIP",
     "BARESIP_MODULE_PATH",
     "Baresip",

@@ -101,7 +101,10 @@ class Baresip:
             alice.wait_event("CALL_ESTABLISHED")
             bob.wait_event("CALL_ESTABLISHED")
 
-    ``transport`` (``udp`` or ``tcp``) goes into the outbound URI.  Audio
+    ``transport`` (``udp``, ``tcp`` or ``tls``) goes into the outbound URI;
+    over TLS ``ca`` (a PEM file) is baresip's ``sip_cafile``.  Debian 12's
+    baresip 1.0 (libre) accepts any server certificate whatever its CA, so
+    a TLS test with baresip shows encryption, not that it checked the proxy.  Audio
     comes from ``ausine`` and goes to an ``aubridge`` device nobody reads:
     signalling is real, media is a sine wave.  Every wait is bounded and
     raises :class:`BaresipError` with the log tail.
@@ -115,6 +118,7 @@ class Baresip:
         proxy_host: str = "127.0.0.1",
         domain: str = "example.com",
         transport: str = "udp",
+        ca: str | os.PathLike[str] | None = None,
         contacts: Sequence[str] = (),
         answermode: str = "auto",
         password: str = "x",
@@ -131,11 +135,12 @@ class Baresip:
         binary: str | None = None,
         bind_retries: int = 3,
     ) -> None:
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport must be udp or tcp, not {transport!r}")
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
         self.user = user
         self.domain = domain
         self.transport = transport
+        self.ca = ca
         self.host = host
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
@@ -188,9 +193,10 @@ class Baresip:
             "module_app menu.so",
             "module_app ctrl_tcp.so",
             f"ctrl_tcp_listen {hostport(host, self.ctrl_port)}",
+            *([f"sip_cafile {self.ca}"] if self.ca is not None else []),
             *extra_config,
         ]
-        outbound = f"sip:{self.proxy_address}" + (";transport=tcp" if self.transport == "tcp" else "")
+        outbound = f"sip:{self.proxy_address}" + (f";transport={self.transport}" if self.transport != "udp" else "")
         account = f'<sip:{self.user}@{self.domain}>;auth_pass={password};outbound="{outbound}";answermode={answermode}'
         account += f";regint={regint}" if self.register else ";regint=0"
         account += account_params

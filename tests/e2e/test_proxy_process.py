@@ -53,7 +53,11 @@ def _run_with(tmp_path, text: str) -> subprocess.CompletedProcess:
         ("[sip]\nt1 = soon\n", "[sip] t1"),
         ("[proxy]\nmax_message_size = tiny\n", "[proxy] max_message_size"),
         ("[auth]\nrequired = yes\n", "[auth] required: yes needs [auth] users_file (the users to authenticate)"),
-        ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "[proxy] listen: 'tls:127.0.0.1:5061': tls listeners are not supported yet"),
+        ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "[proxy] listen: tls:127.0.0.1:5061 needs [tls] certificate and key, which are not set"),
+        (
+            "[proxy]\nlisten = tls:127.0.0.1:5061\n[tls]\ncertificate = missing.pem\nkey = missing.key\n",
+            "site.ini: [tls] certificate: certificate missing.pem: no such file",
+        ),
     ],
 )
 def test_bad_config_stops_with_one_line_and_status_1(tmp_path, text, words):

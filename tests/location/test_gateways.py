@@ -213,3 +213,13 @@ def test_providers_of_users_pass_numbers_they_miss_on(async_):
     assert isinstance(ask(Miss("Not Found", "local"), "sip:alice@example.com"), Miss)
     p = PassNumbers(Users(found), PLAN)
     assert p.name == "local" and p.target_failed(None, None) == "delegated"
+
+
+def test_a_sips_gateway_is_reached_over_tls():
+    from sosimple_proxy.location.gateways import uri_dest
+    from sosimple_proxy.sip.uri import parse_uri
+
+    assert uri_dest(parse_uri("sips:192.0.2.10")) == "tls:192.0.2.10:5061"
+    assert uri_dest(parse_uri("sips:192.0.2.10:5071;transport=tcp")) == "tls:192.0.2.10:5071"
+    assert uri_dest(parse_uri("sip:192.0.2.10;transport=tls")) == "tls:192.0.2.10:5061"
+    assert uri_dest(parse_uri("sip:192.0.2.10")) == "udp:192.0.2.10:5060"

@@ -6,6 +6,7 @@ parsed, and time moves only when the test says.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -144,6 +145,14 @@ class Harness:
         via = request.top_via
         src = source or Peer(via.transport.lower(), "127.0.0.1", 9)
         self.layer.receive(parse_message(r.serialize()), src, PROXY_UDP)
+
+
+def unstamped(record_route: str) -> str:
+    """A Record-Route value of ours without its dialog stamp (``;sst=``, an
+    HMAC: proxy/dialog_stamp.py), which must be there."""
+    stamp = re.search(r";sst=[0-9a-f]{32}(?=[;>])", record_route)
+    assert stamp, record_route
+    return record_route.replace(stamp.group(0), "")
 
 
 def invite(uri: str = "sip:bob@example.com", branch: str = "z9hG4bK-caller-1", method: str = "INVITE",

@@ -135,7 +135,7 @@ def test_the_users_file_is_read_again_on_reload(tmp_path):
     path = Path(h.cfg.section("auth")["users_file"])
     path.write_text(path.read_text() + UserEntry.from_password("carol", "example.com", "new").line() + "\n")
     assert register_with_password(h, "carol", "new")[0].status == 401
-    for reload in h.proxy.reloads:
+    for _what, reload in h.proxy.reloads:
         reload()
     assert register_with_password(h, "carol", "new", cseq=5)[0].status == 200
 

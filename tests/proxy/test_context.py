@@ -6,7 +6,6 @@ plays the caller and the callees by hand.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote
 
 from zope.interface import implementer
@@ -14,14 +13,7 @@ from zope.interface import implementer
 from sosimple_proxy.location.interfaces import IRetargeting
 from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.sip.message import Request, Response
-from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite
-
-
-def unstamped(record_route: str) -> str:
-    """A Record-Route value of ours without its dialog stamp, which must be there."""
-    stamp = re.search(r";sst=[0-9a-f]{32}(?=[;>])", record_route)
-    assert stamp, record_route
-    return record_route.replace(stamp.group(0), "")
+from tests.proxy.harness import CALLER, PROXY_TCP, Harness, invite, unstamped
 
 
 def statuses(h: Harness, sent) -> list[int]:
