@@ -1,6 +1,6 @@
 """The ``sosimple`` command: the admin HTTP API from a shell.
 
-    sosimple [--admin URL] ring | put NAME [FILE|-] [--ttl S] | get NAME
+    sosimple [--admin URL] [--user NAME] [--ca FILE] ring | put NAME [FILE|-] [--ttl S] | get NAME
              | delete NAME | lookup AOR
     sosimple adduser|passwd USER [--realm R] [--file F] [--password-stdin]
     sosimple deluser USER [--realm R] [--file F]
@@ -18,6 +18,14 @@ A failure is one line on stderr and an exit status that scripts can test:
 (``[auth] users_file``) and never touch the network: ``passwd`` and
 ``deluser`` of a user the file lacks exit 1, like a 404; ``adduser`` of
 one it has, or a file that cannot be parsed or written, exits 4.
+
+A guarded admin API (``[admin] users_file``) takes ``--user`` (or
+``$SOSIMPLE_ADMIN_USER``) with the password from ``$SOSIMPLE_ADMIN_PASSWORD``
+(asked on the terminal when unset): over https the command sends Basic
+credentials at once, over plain http it answers the server's Digest
+challenge (a password never crosses the network in clear).  ``--ca FILE``
+(or ``$SOSIMPLE_CA``) is the PEM bundle an https admin URL's certificate is
+checked against, instead of the system's trusted CAs.
 
 A traceback never reaches the user: anything unexpected is still one line
 (status 4).  ``lookup`` asks ``GET /registrations/{aor}`` and prints what
@@ -81,6 +89,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=argparse.SUPPRESS,
         help=f"the node's admin API (default: $SOSIMPLE_ADMIN, then {DEFAULT_ADMIN})",
+    )
+    common.add_argument(
+        "--user",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="admin user of a guarded API (default: $SOSIMPLE_ADMIN_USER); password from $SOSIMPLE_ADMIN_PASSWORD",
+    )
+    common.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM CA bundle to check an https admin URL against (default: $SOSIMPLE_CA, then the system's)",
     )
     common.add_argument(
         "--timeout",
@@ -157,6 +177,63 @@ def admin_url(given: str | None, environ: dict[str, str] | os._Environ[str]) -> 
     return url.rstrip("/")
 
 
+def https_policy(ca_path: str) -> Any:
+    """A ``BrowserLikePolicyForHTTPS`` that trusts only the CAs in ``ca_path``
+    (host names and IP addresses are still checked); Failed (usage) if the
+    file has no certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+    from twisted.web.client import BrowserLikePolicyForHTTPS
+
+    try:
+        with open(ca_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise Failed(EXIT_USAGE, f"--ca: cannot read {ca_path}: {e.strerror or e}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise Failed(EXIT_USAGE, f"--ca: {ca_path} holds no PEM certificate") from None
+    roots = [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certs]
+    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(roots))
+
+
+def _credentials(
+    args: argparse.Namespace, environ: dict[str, str], getpass: Callable[[str], str] | None
+) -> tuple[str, str] | None:
+    """(user, password) for a guarded admin API, or None without a user."""
+    user = getattr(args, "user", None) or environ.get("SOSIMPLE_ADMIN_USER") or ""
+    if not user:
+        return None
+    password = environ.get("SOSIMPLE_ADMIN_PASSWORD")
+    if password is None:
+        try:
+            password = (getpass or _terminal_getpass)(f"Admin password for {user}: ")
+        except EOFError:
+            raise Failed(EXIT_USAGE, "no admin password given (set $SOSIMPLE_ADMIN_PASSWORD)") from None
+    return user, password
+
+
+def _digest_authorization(response: Any, credentials: tuple[str, str], method: str, url: str) -> str | None:
+    """An ``Authorization`` answering the first Digest challenge of a 401 we
+    can answer, or None when it offers none."""
+    from .security.authparams import MalformedCredentials
+    from .security.digest import answer_challenge
+
+    parts = urlsplit(url)
+    uri = parts.path + (f"?{parts.query}" if parts.query else "")
+    for raw in response.headers.getRawHeaders(b"www-authenticate", []):
+        value = raw.decode("latin-1")
+        if not value.strip().lower().startswith("digest"):
+            continue
+        try:
+            return answer_challenge(value, credentials[0], credentials[1], method, uri)
+        except MalformedCredentials:
+            continue
+    return None
+
+
 def _read_body(path: str, stdin: IO[bytes]) -> bytes:
     if path == "-":
         return stdin.read()
@@ -221,9 +298,20 @@ def _connection_error(failure_or_exc: BaseException, url: str, timeout: float) -
         inner = reasons[0].value if reasons else None
         if isinstance(inner, (defer.CancelledError, error.TimeoutError)):
             return Failed(EXIT_CONNECTION, f"no answer from {site} within {timeout:g} s")
+        from OpenSSL import SSL
+
+        if isinstance(inner, SSL.Error):
+            return Failed(EXIT_CONNECTION, f"TLS with {site} failed ({_ssl_detail(inner)}; is --ca right?)")
         why = inner.__class__.__name__ if inner is not None else "connection lost"
         return Failed(EXIT_CONNECTION, f"the connection to {site} failed ({why})")
     return None
+
+
+def _ssl_detail(error: Exception) -> str:
+    try:
+        return "; ".join(str(e[2]) for e in error.args[0]) or "handshake failed"
+    except (IndexError, TypeError):
+        return str(error) or "handshake failed"
 
 
 async def run(
@@ -243,7 +331,7 @@ async def run(
         args = parser().parse_args(list(argv))
         if args.command in USER_COMMANDS:
             return _edit_users(args, stdin if stdin is not None else sys.stdin.buffer, env, getpass)
-        return await _run(reactor, args, stdout, stdin, env)
+        return await _run(reactor, args, stdout, stdin, env, getpass)
     except Failed as f:
         stderr.write(f"sosimple: {f.message}\n")
         return f.status
@@ -259,18 +347,36 @@ async def run(
 
 
 async def _run(
-    reactor: Any, args: argparse.Namespace, stdout: IO[bytes], stdin: IO[bytes] | None, environ: dict[str, str]
+    reactor: Any,
+    args: argparse.Namespace,
+    stdout: IO[bytes],
+    stdin: IO[bytes] | None,
+    environ: dict[str, str],
+    getpass: Callable[[str], str] | None = None,
 ) -> int:
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
     base = admin_url(getattr(args, "admin", None), environ)
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    secure = urlsplit(base).scheme == "https"
+    ca = getattr(args, "ca", None) or environ.get("SOSIMPLE_CA") or ""
+    agent_options: dict[str, Any] = {"contextFactory": https_policy(ca)} if ca and secure else {}
     method, url, body = _request_for(args, base, stdin if stdin is not None else sys.stdin.buffer)
-    client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    credentials = _credentials(args, environ, getpass)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = treq.client.HTTPClient(Agent(reactor, pool=pool, **agent_options))
     try:
-        response = await client.request(method, url, data=body, timeout=timeout)
+        # Basic only inside TLS; over plain http, Digest after the 401
+        basic = credentials if secure else None
+        response = await client.request(method, url, data=body, timeout=timeout, auth=basic)
         content = await treq.content(response)
+        if response.code == 401 and credentials is not None and not secure:
+            authorization = _digest_authorization(response, credentials, method, url)
+            if authorization is not None:
+                headers = {"Authorization": [authorization]}
+                response = await client.request(method, url, data=body, timeout=timeout, headers=headers)
+                content = await treq.content(response)
     except Exception as e:
         failed = _connection_error(e, url, timeout)
         if failed is None:

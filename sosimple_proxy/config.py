@@ -238,6 +238,11 @@ ADMIN: Schema = {
     "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
     "max_name": (_int(1), "256"),
     "max_value": (_int(1), "1048576"),
+    # HTTPS and credentials; a non-loopback listen needs all three (_check_admin)
+    "certificate": (_text, ""),
+    "key": (_text, ""),
+    "users_file": (_text, ""),
+    "realm": (_text, "sosimple-admin"),
 }
 
 
@@ -389,6 +394,17 @@ def tls_config(cfg: Config) -> TLSConfig:
     return TLSConfig(**cfg.sections["tls"])
 
 
+def _check_admin(cfg: Config) -> None:
+    """[admin]: secure by default (a non-loopback listener needs HTTPS and
+    credentials) and files that can be read; the rules are web/listener.py's."""
+    from sosimple_proxy.web.listener import AdminSetupError, check_admin_settings
+
+    try:
+        check_admin_settings(cfg.sections["admin"])
+    except AdminSetupError as e:
+        raise ConfigError("admin", e.key, e.problem) from None
+
+
 def _check_did(cfg: Config) -> None:
     """[did]: each key a number the dial plan reads, each value a SIP AoR."""
 
@@ -447,6 +463,7 @@ def parse_config(text: str, path: str = "site.ini") -> Config:
         sections.setdefault(name, Section())
     cfg = Config(path=path, sections=sections, warnings=warnings)
     _cross_checks(cfg)
+    _check_admin(cfg)
     return cfg
 
 

@@ -374,10 +374,14 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    admin = None
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
-        admin_service(reactor, dict(cfg.section("admin")), top.overlay).setServiceParent(top)  # type: ignore[attr-defined]
+        # the limiter (``top.limits``, an ILimitsView) once the SIP side makes one
+        limits = getattr(top, "limits", None)
+        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, limits)  # type: ignore[attr-defined]
+        admin.setServiceParent(top)
     if cfg.proxy["listen"]:
         tls = _tls(cfg)
         proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
@@ -399,6 +403,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         reloads.add("TLS certificates", stack.transport.reload_tls)
         for what, action in proxy.reloads:
             reloads.add(what, action)
+        if admin is not None and getattr(admin, "tls", None) is not None:
+            reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")

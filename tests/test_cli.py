@@ -322,3 +322,91 @@ def test_user_commands_from_the_console_script(tmp_path):
     help_ = run(["adduser", "--help"], "")
     assert help_.returncode == 0 and "localhost" in help_.stdout and "$SOSIMPLE_USERS_FILE" in help_.stdout
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+class GuardedAdminCliTests(unittest.TestCase):
+    """``--user``, ``$SOSIMPLE_ADMIN_PASSWORD`` and ``--ca`` against an admin API behind credentials."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from sosimple_proxy.security.limits import Limits
+        from tests.web import guarded
+
+        self.guarded = guarded
+        self.files = guarded.write_files(self.mktemp_dir())
+        self.limits = Limits(task.Clock())
+        self.limits.ban("192.0.2.7", "flood")
+        self.https = yield guarded.serve(self, self.files, tls=True, limits=self.limits)
+        self.http = yield guarded.serve(self, self.files, tls=False, limits=self.limits)
+
+    @defer.inlineCallbacks
+    def sosimple(self, *argv: str, env: dict | None = None):
+        out, err = io.BytesIO(), io.StringIO()
+
+        def no_terminal(prompt: str) -> str:
+            raise EOFError
+
+        status = yield defer.Deferred.fromCoroutine(
+            cli.run(reactor, list(argv), out, err, io.BytesIO(), env or {}, getpass=no_terminal)
+        )
+        return status, out.getvalue(), err.getvalue()
+
+    def env(self, **extra: str) -> dict:
+        g = self.guarded
+        return {"SOSIMPLE_ADMIN_USER": g.USER, "SOSIMPLE_ADMIN_PASSWORD": g.PASSWORD, **extra}
+
+    @defer.inlineCallbacks
+    def test_https_with_ca_and_user_from_the_environment(self):
+        env = self.env(SOSIMPLE_ADMIN=self.https, SOSIMPLE_CA=self.files["ca"])
+        status, out, err = yield self.sosimple("ring", env=env)
+        # past the guard, this test's API has no ring: its own 503
+        self.assertEqual(status, 4, err)
+        self.assertIn("503", err)
+        self.assertIn("no overlay", err)
+
+    @defer.inlineCallbacks
+    def test_https_with_options_and_digest_over_plain_http(self):
+        for url in (self.https, self.http):
+            status, _, err = yield self.sosimple(
+                "--admin", url, "--ca", self.files["ca"], "--user", self.guarded.USER, "get", "x",
+                env={"SOSIMPLE_ADMIN_PASSWORD": self.guarded.PASSWORD},
+            )
+            # the guard let it through: the API's own 503 (no ring), not 401
+            self.assertEqual(status, 4, err)
+            self.assertIn("503", err)
+
+    @defer.inlineCallbacks
+    def test_no_or_wrong_credentials_are_401(self):
+        status, _, err = yield self.sosimple("--admin", self.https, "--ca", self.files["ca"], "ring")
+        self.assertEqual((status, err), (4, "sosimple: 401: authentication required\n"))
+        for url in (self.https, self.http):
+            env = self.env(SOSIMPLE_ADMIN_PASSWORD="wrong", SOSIMPLE_CA=self.files["ca"])
+            status, _, err = yield self.sosimple("--admin", url, "ring", env=env)
+            self.assertEqual((status, err), (4, "sosimple: 401: wrong credentials\n"), url)
+
+    @defer.inlineCallbacks
+    def test_a_user_without_a_password_or_terminal_is_usage(self):
+        status, _, err = yield self.sosimple("--admin", self.https, "--user", "root", "ring")
+        self.assertEqual(status, 2)
+        self.assertIn("SOSIMPLE_ADMIN_PASSWORD", err)
+
+    @defer.inlineCallbacks
+    def test_an_unknown_ca_is_a_tls_failure_and_a_bad_ca_file_is_usage(self):
+        from tests.certs import CA
+
+        other = CA("someone else").write(self.mktemp_dir(), "other")
+        status, _, err = yield self.sosimple("--admin", self.https, "--ca", str(other), "ring", env=self.env())
+        self.assertEqual(status, 3, err)
+        self.assertIn("TLS with", err)
+        status, _, err = yield self.sosimple("--admin", self.https, "--ca", self.files["users_file"], "ring", env=self.env())
+        self.assertEqual(status, 2, err)
+        self.assertIn("no PEM certificate", err)
+
+    def mktemp_dir(self):
+        from pathlib import Path
+
+        path = tempfile.mkdtemp(prefix="cli-admin-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return Path(path)

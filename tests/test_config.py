@@ -164,3 +164,66 @@ def test_a_bad_users_file_names_its_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         parse_config(f"[auth]\nusers_file = {users}\n")
     assert str(e.value).startswith("site.ini: [auth] users_file: ") and ":1:" in str(e.value)
+
+
+# --- [admin]: secure by default (HTTPS and credentials off loopback)
+
+
+@pytest.fixture
+def admin_files(tmp_path):
+    from tests.web.guarded import write_files
+
+    return write_files(tmp_path)
+
+
+def _admin(listen: str, **keys: str) -> str:
+    return "[admin]\n" + f"listen = {listen}\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+@pytest.mark.parametrize("listen", ["tcp:8443", "tcp:8443:interface=0.0.0.0", "tcp6:8443", "tcp:8443:interface=192.0.2.1"])
+def test_a_non_loopback_admin_listener_needs_tls_and_users(listen, admin_files):
+    needs = "site.ini: [admin] listen: a non-loopback admin listener needs [admin] certificate, key and users_file"
+    for keys in ({}, {"certificate": admin_files["certificate"], "key": admin_files["key"]}, {"users_file": admin_files["users_file"]}):
+        with pytest.raises(ConfigError) as e:
+            parse_config(_admin(listen, **keys))
+        assert str(e.value) == needs
+        assert len(str(e.value).splitlines()) == 1
+    keys = {k: admin_files[k] for k in ("certificate", "key", "users_file")}
+    cfg = parse_config(_admin(listen, **keys))
+    assert cfg.section("admin")["users_file"] == admin_files["users_file"]
+    assert cfg.section("admin")["realm"] == "sosimple-admin"
+
+
+@pytest.mark.parametrize("listen", ["tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.2", r"tcp6:8080:interface=\:\:1", ""])
+def test_a_loopback_admin_listener_may_go_without(listen):
+    cfg = parse_config(_admin(listen))
+    assert (cfg.section("admin")["certificate"], cfg.section("admin")["users_file"]) == ("", "")
+
+
+@pytest.mark.parametrize(
+    "keys, key, words",
+    [
+        ({"certificate": "/nonexistent/admin.pem", "key": "KEY"}, "certificate", "no such file"),
+        ({"certificate": "CERT", "key": "/nonexistent/admin.key"}, "key", "no such file"),
+        ({"certificate": "CERT"}, "key", "set both or neither"),
+        ({"certificate": "KEY", "key": "KEY"}, "certificate", "not a usable PEM certificate"),
+        ({"users_file": "/nonexistent/users"}, "users_file", "cannot read"),
+        ({"users_file": "USERS", "realm": "other-realm"}, "users_file", "no user of realm 'other-realm'"),
+        ({"users_file": "CERT"}, "users_file", "expected user:realm"),
+    ],
+)
+def test_bad_admin_files_stop_startup_naming_the_key(admin_files, keys, key, words):
+    names = {"CERT": admin_files["certificate"], "KEY": admin_files["key"], "USERS": admin_files["users_file"]}
+    text = _admin("tcp:8443:interface=127.0.0.1", **{k: names.get(v, v) for k, v in keys.items()})
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    message = str(e.value)
+    assert message.startswith(f"site.ini: [admin] {key}: "), message
+    assert words in message and len(message.splitlines()) == 1
+
+
+def test_an_ssl_endpoint_with_an_admin_certificate_is_refused(admin_files):
+    keys = {k: admin_files[k] for k in ("certificate", "key", "users_file")}
+    text = _admin(f"ssl:8443:privateKey={admin_files['key']}:certKey={admin_files['certificate']}", **keys)
+    with pytest.raises(ConfigError, match=r"\[admin\] listen: use a tcp: endpoint"):
+        parse_config(text)

@@ -39,6 +39,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -211,6 +212,19 @@ def canonical_address(address: str) -> str:
         return address.strip()
 
 
+class ILimitsView(Interface):
+    """What the admin API needs of the limiter (``GET /limits``,
+    ``DELETE /limits/banned/{address}``): the web layer gets this, not the
+    whole limiter, so it cannot change rates or ban anyone."""
+
+    def report() -> dict[str, object]:
+        """``{"banned": [{"address", "reason", "remaining"}]}``."""
+
+    def unban(address: str) -> bool:
+        """Lift the ban of ``address`` (any IP spelling); whether there was one."""
+
+
+@implementer(ILimitsView)
 class Limits:
     """Per-source verdicts on one clock.  ``source`` is the peer's address
     as the transport reports it (host only, no port)."""

@@ -8,7 +8,14 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
 - ``GET /locate/{name}``: the nodes that hold a name;
 - ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records;
   ``GET /records/{name}?local=1`` reads only this node's own copy (an
-  addition to the contract, for checking where copies are).
+  addition to the contract, for checking where copies are);
+- ``GET /limits``: the banned sources; ``DELETE /limits/banned/{address}``
+  lifts a ban (the limiter comes from the composition root as an
+  ``ILimitsView``; without one nobody is banned).
+
+With ``[admin] users_file`` everything but ``/health`` (and the paths other
+parties need) asks for credentials (``guard.py``); with ``certificate`` and
+``key`` the listener speaks HTTPS (``listener.py``).
 
 A name is the rest of the path after ``/records/`` or ``/locate/``,
 percent-decoded, as UTF-8 (so ``a/b`` and ``a%2Fb`` are the same name).
@@ -24,7 +31,7 @@ import json
 import math
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,6 +43,12 @@ from sosimple_proxy.location import regrecord
 from sosimple_proxy.overlay import ids
 from sosimple_proxy.overlay.messages import Peer
 from sosimple_proxy.overlay.node import ChordNode, LookupFailed, NotRunning, OverlayError, StoreFailed
+from sosimple_proxy.security.limits import ILimitsView
+from sosimple_proxy.security.users import UsersFile
+
+from .credentials import DEFAULT_REALM, AdminCredentials
+from .guard import AdminGuard
+from .listener import admin_listener
 
 log = Logger()
 
@@ -123,9 +136,12 @@ class AdminAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, ring: Ring | None, max_name: int = 256, max_value: int = 1048576) -> None:
+    def __init__(
+        self, ring: Ring | None, max_name: int = 256, max_value: int = 1048576, limits: ILimitsView | None = None
+    ) -> None:
         super().__init__()
         self.ring = ring
+        self.limits = limits
         self.max_name = max_name
         self.max_value = max_value
 
@@ -177,6 +193,8 @@ class AdminAPI(Resource):
             "records": {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
             "registrations": {"GET": self.registrations},
         }
+        if head == "limits":
+            return await self._limits_route(method, rest, request)
         handlers = routes.get(head)
         if handlers is None:
             raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
@@ -195,6 +213,24 @@ class AdminAPI(Resource):
         if head == "records":
             return await handler(name, request)
         return await handler(name)
+
+    async def _limits_route(self, method: str, rest: list[bytes], request: server.Request) -> tuple:
+        """``GET /limits`` and ``DELETE /limits/banned/{address}``."""
+        if rest in ([], [b""]):
+            allowed = "GET"
+        elif len(rest) >= 2 and rest[0] == b"banned" and any(rest[1:]):
+            allowed = "DELETE"
+        else:
+            raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        if method != allowed:
+            raise ApiError(405, f"{method} is not allowed here; use {allowed}", {b"allow": allowed.encode()})
+        if allowed == "GET":
+            return await self.limits_view()
+        try:
+            address = b"/".join(rest[1:]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the address is not UTF-8") from None
+        return await self.unban(address)
 
     def _name(self, rest: list[bytes]) -> str:
         raw = b"/".join(rest)
@@ -323,6 +359,16 @@ class AdminAPI(Resource):
         return 200, {}, _json({"aor": aor, "bindings": bindings}), "application/json"
 
 
+    async def limits_view(self) -> tuple:
+        body = self.limits.report() if self.limits is not None else {"banned": []}
+        return 200, {}, _json(body), "application/json"
+
+    async def unban(self, address: str) -> tuple:
+        if self.limits is None or not self.limits.unban(address):
+            raise ApiError(404, f"{address} is not banned")
+        return 204, {}, b"", ""
+
+
 def _flag(request: server.Request, name: bytes) -> bool:
     values = request.args.get(name)
     return bool(values) and values[-1].lower() not in (b"0", b"no", b"false", b"off")
@@ -346,17 +392,43 @@ def _ttl(raw: bytes | None) -> float:
     return ttl
 
 
-def admin_site(ring: Ring | None, settings: Mapping[str, Any]) -> AdminSite:
-    """The API as a ``Site``, with ``[admin]``'s limits."""
+def admin_site(
+    ring: Ring | None,
+    settings: Mapping[str, Any],
+    limits: ILimitsView | None = None,
+    credentials: AdminCredentials | None = None,
+) -> AdminSite:
+    """The API as a ``Site``, with ``[admin]``'s limits; behind ``credentials``
+    when given (see ``guard.py`` for what stays open)."""
     max_name = int(settings.get("max_name", 256))
     max_value = int(settings.get("max_value", 1048576))
-    site = AdminSite(AdminAPI(ring, max_name, max_value), max_body=max_value)
+    root: Resource = AdminAPI(ring, max_name, max_value, limits)
+    if credentials is not None:
+        root = AdminGuard(root, credentials)
+    site = AdminSite(root, max_body=max_value)
     site.displayTracebacks = False
     return site
 
 
-def admin_service(reactor: Any, settings: Mapping[str, Any], ring: Ring | None) -> IService:
-    """The API listening on ``[admin] listen`` (a Twisted endpoint string)."""
-    svc = strports.service(str(settings["listen"]), admin_site(ring, settings), reactor=reactor)
+def admin_credentials(clock: Any, settings: Mapping[str, Any]) -> AdminCredentials | None:
+    """``[admin] users_file`` and ``realm`` as a checker; None without a users file."""
+    users_file = str(settings.get("users_file") or "")
+    if not users_file:
+        return None
+    return AdminCredentials(clock, UsersFile(users_file), str(settings.get("realm") or DEFAULT_REALM))
+
+
+def admin_service(
+    reactor: Any, settings: Mapping[str, Any], ring: Ring | None, limits: ILimitsView | None = None
+) -> IService:
+    """The API listening on ``[admin] listen`` (a Twisted endpoint string),
+    in TLS with ``[admin] certificate`` and ``key``, behind ``[admin]
+    users_file``.  ``settings`` were checked by ``listener.check_admin_settings``
+    (config.py), so the files are known to be good.  The service's ``tls``
+    is the ``ServerTLS`` to reload on SIGHUP, or None."""
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings))
+    endpoint, factory, tls = admin_listener(reactor, settings, site)
+    svc = StreamServerEndpointService(endpoint, factory)
     svc.setName("admin")
+    svc.tls = tls  # type: ignore[attr-defined]
     return svc
