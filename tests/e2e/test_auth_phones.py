@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,8 +17,10 @@ from sosimple_proxy.security.digest import answer_challenge
 from sosimple_proxy.security.users import add_user
 from sosimple_proxy.testing import (
     BARESIP,
+    LINPHONEC,
     SIPP,
     Baresip,
+    Linphonec,
     ProxyProcess,
     free_port,
     sip_request,
@@ -33,7 +33,6 @@ from sosimple_proxy.testing.sipp_scenarios import answer_step, receive_request, 
 
 DOMAIN = "example.com"
 WAIT = 15.0
-LINPHONEC = shutil.which("linphonec")
 PASSWORDS = {"alice": "secret-a", "bob": "secret-b"}
 
 
@@ -72,40 +71,6 @@ def test_baresips_register_with_passwords_message_and_call(tmp_path):
             raise
 
 
-def linphonec_config(directory: Path, user: str, password: str, proxy_port: int) -> Path:
-    sip_port, rtp_port = free_port("udp"), free_port("udp")
-    rc = directory / "linphonerc"
-    rc.write_text(f"""[sip]
-bind_address=127.0.0.1
-sip_port={sip_port}
-sip_tcp_port=0
-sip_tls_port=0
-default_proxy=0
-[rtp]
-bind_address=127.0.0.1
-audio_rtp_port={rtp_port}
-[video]
-enabled=0
-capture=0
-display=0
-[storage]
-uri={directory / 'storage.db'}
-[proxy_0]
-reg_proxy=<sip:127.0.0.1:{proxy_port};transport=udp>
-reg_route=<sip:127.0.0.1:{proxy_port};lr>
-reg_identity=sip:{user}@{DOMAIN}
-reg_expires=600
-reg_sendregister=1
-publish=0
-[auth_info_0]
-username={user}
-passwd={password}
-realm={DOMAIN}
-domain={DOMAIN}
-""")
-    return rc
-
-
 def register_sipp_uas(proxy_port: int, user: str, password: str, contact_port: int) -> None:
     """Register a sipp UAS's address as ``user`` with digest (SHA-256, the first challenge)."""
 
@@ -134,32 +99,17 @@ def test_linphonec_registers_with_sha256_and_messages_a_sipp_uas(tmp_path):
         uas = start_sipp(scenario("bob", receive_request("MESSAGE"), answer_step("200 OK", record_route=False)),
                          "-trace_msg", "-message_file", str(log_file), calls=1, timeout=WAIT + 10,
                          workdir=tmp_path, local_port=bob_port)
-        rc = linphonec_config(tmp_path, "alice", PASSWORDS["alice"], proxy.port)
-        debug = tmp_path / "linphonec.log"
-        phone = subprocess.Popen([LINPHONEC, "-c", str(rc), "-d", "6", "-l", str(debug)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         try:
-            read = lambda: debug.read_text(errors="replace") if debug.exists() else ""  # noqa: E731
-            wait_until(lambda: "[LinphoneRegistrationOk]" in read(), WAIT,
-                       what=lambda: f"linphonec did not register\n{read()[-3000:]}\n{proxy.log_tail()}")
-            log = read()
-            assert re.search(r"^Authorization: .*algorithm=SHA-256", log, re.M), log[-3000:]
-            assert phone.stdin is not None
-            phone.stdin.write(f"chat sip:bob@{DOMAIN} {text}\n")
-            phone.stdin.flush()
-            assert_sipp_ok(uas.wait())
-            got = log_file.read_text()
-            assert text in got and "MESSAGE sip:bob@127.0.0.1" in got, got
-            # the MESSAGE was challenged 407 and sent again with SHA-256 credentials
-            wait_until(lambda: re.search(r"^Proxy-Authorization: .*algorithm=SHA-256", read(), re.M), WAIT,
-                       what=lambda: read()[-3000:])
+            # start() returns once the REGISTER was answered 200 (after a 401)
+            with Linphonec("alice", proxy.port, password=PASSWORDS["alice"], realm=DOMAIN,
+                           workdir=tmp_path / "alice") as alice:
+                assert re.search(r"^Authorization: .*algorithm=SHA-256", alice.log_text(), re.M), alice.log_text()[-3000:]
+                alice.chat(f"sip:bob@{DOMAIN}", text)
+                assert_sipp_ok(uas.wait())
+                got = log_file.read_text()
+                assert text in got and "MESSAGE sip:bob@127.0.0.1" in got, got
+                # the MESSAGE was challenged 407 and sent again with SHA-256 credentials
+                wait_until(lambda: re.search(r"^Proxy-Authorization: .*algorithm=SHA-256", alice.log_text(), re.M),
+                           WAIT, what=lambda: alice.log_text()[-3000:])
         finally:
-            if phone.poll() is None and phone.stdin is not None:
-                try:
-                    phone.stdin.write("quit\n")
-                    phone.stdin.flush()
-                    phone.wait(5)
-                except (OSError, subprocess.TimeoutExpired):
-                    phone.kill()
-                    phone.wait()
             uas.kill()
