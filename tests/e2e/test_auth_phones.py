@@ -113,3 +113,34 @@ def test_linphonec_registers_with_sha256_and_messages_a_sipp_uas(tmp_path):
                            WAIT, what=lambda: alice.log_text()[-3000:])
         finally:
             uas.kill()
+
+
+@pytest.mark.skipif(LINPHONEC is None or BARESIP is None, reason="needs linphonec (linphone-cli) and baresip")
+def test_baresip_and_linphonec_register_with_passwords_and_message_over_tls(tmp_path):
+    """Issue 10, "Over TLS": both phones authenticate over TLS (MD5, for
+    baresip's sake; linphonec answers it too) and message each other."""
+    from tests.e2e.test_tls import Certs, tls_proxy
+
+    certs = Certs(tmp_path)
+    path = str(tmp_path / "users")
+    for user in ("alice", "carol"):
+        add_user(path, user, DOMAIN, f"pw-{user}")
+    with tls_proxy(certs, {"auth": {"users_file": path, "algorithms": "MD5"}}) as proxy:
+        tls = proxy.tls_port
+        with Baresip("alice", tls, transport="tls", ca=certs.ca_pem, password="pw-alice",
+                     contacts=[f"sip:carol@{DOMAIN}"], startup_timeout=WAIT) as alice, \
+             Linphonec("carol", tls, proxy_host="localhost", transport="tls", ca=certs.ca_pem, password="pw-carol",
+                       realm=DOMAIN, workdir=tmp_path / "carol") as carol:
+            try:
+                assert (200, "OK", 1) in alice.registrations(), alice.log_tail()
+                assert re.search(r"^Authorization: .*algorithm=MD5", carol.log_text(), re.M | re.I)
+                text = f"hello-alice-{secrets.token_hex(6)}"
+                carol.chat(f"sip:alice@{DOMAIN}", text)
+                assert alice.wait_received("MESSAGE", text, timeout=WAIT).transport == "TLS"
+                carol.wait_delivered(1, WAIT)
+                text = f"hello-carol-{secrets.token_hex(6)}"
+                alice.message(text)
+                carol.wait_output(re.escape(text), WAIT)
+            except BaseException:
+                print(proxy.log_tail(80))
+                raise
