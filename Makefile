@@ -4,11 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/site.ini
 # Debian packages of the real peers the tests drive: sipp, baresip, kamailio,
-# linphonec (the SHA-256 digest client) and stunnel (TLS in front of sipp).
-DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4
-DEB_BINS := sipp baresip kamailio linphonec stunnel4
+# linphonec (the SHA-256 digest client) and stunnel (TLS in front of sipp);
+# systemd-analyze and logrotate check the shipped unit and logrotate file.
+DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4 systemd logrotate
+DEB_BINS := sipp baresip kamailio linphonec stunnel4 systemd-analyze logrotate
 
-.PHONY: run test bench install install-test peers clean
+.PHONY: run test bench install install-test peers dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,5 +47,13 @@ bench: install-test peers
 	@$(BIN)/pip install -q opendht || echo "bench: could not install the opendht wheel; overlay_ring runs without its reference"
 	$(BIN)/python -m bench
 
+# A wheel and an sdist in dist/ (the wheel is built from the sdist, which
+# proves the sdist complete).  `build` comes from the package index, as in a
+# fresh clone; the build itself runs in build's own isolated environment.
+dist: $(BIN)/python
+	$(BIN)/pip install -q build
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info var .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info var .pytest_cache .hypothesis

@@ -4,6 +4,7 @@
              | delete NAME | lookup AOR
     sosimple adduser|passwd USER [--realm R] [--file F] [--password-stdin]
     sosimple deluser USER [--realm R] [--file F]
+    sosimple check SITE.INI
 
 The contract (``shared/site-ini.md``, "The sosimple command"): ``ring`` and
 ``lookup`` print JSON, ``get`` the raw bytes, ``put`` and ``delete`` nothing.
@@ -18,6 +19,8 @@ A failure is one line on stderr and an exit status that scripts can test:
 (``[auth] users_file``) and never touch the network: ``passwd`` and
 ``deluser`` of a user the file lacks exit 1, like a 404; ``adduser`` of
 one it has, or a file that cannot be parsed or written, exits 4.
+``check SITE.INI`` stays off the network too: ``ok`` or the warnings and
+status 0, or the line that would stop startup and status 1.
 
 A guarded admin API (``[admin] users_file``) takes ``--user`` (or
 ``$SOSIMPLE_ADMIN_USER``) with the password from ``$SOSIMPLE_ADMIN_PASSWORD``
@@ -111,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
     )
     top = _Parser(
         prog="sosimple",
-        description="Talk to a sosimple-proxy node's admin API, or edit the users file (adduser, passwd, deluser).",
+        description="Talk to a sosimple-proxy node's admin API, edit the users file (adduser, passwd, deluser), "
+        "or check a site.ini (check).",
         parents=[common],
         epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 cannot connect, 4 other error.",
     )
@@ -128,6 +132,14 @@ def parser() -> argparse.ArgumentParser:
     lookup = commands.add_parser("lookup", parents=[common], help="what the ring holds for an AoR (JSON)")
     lookup.add_argument("name", metavar="AOR", help="user@domain")
     _user_commands(commands)
+    check = commands.add_parser(
+        "check",
+        help="validate a site.ini as startup would, without binding anything",
+        description="Validate SITE.INI and the files it names as startup would, without binding a port; "
+        "print ok or the warnings (certificates expiring within 30 days among them) and exit 0, "
+        "or the one line that would stop startup and exit 1.",
+    )
+    check.add_argument("site_ini", metavar="SITE.INI")
     return top
 
 
@@ -331,6 +343,8 @@ async def run(
         args = parser().parse_args(list(argv))
         if args.command in USER_COMMANDS:
             return _edit_users(args, stdin if stdin is not None else sys.stdin.buffer, env, getpass)
+        if args.command == "check":
+            return _check(args.site_ini, stdout, stderr)
         return await _run(reactor, args, stdout, stdin, env, getpass)
     except Failed as f:
         stderr.write(f"sosimple: {f.message}\n")
@@ -397,6 +411,19 @@ async def _run(
         stdout.write(content)
     stdout.flush()
     return 0
+
+
+def _check(path: str, stdout: IO[bytes], stderr: IO[str]) -> int:
+    """``check SITE.INI``: the same check as ``twistd sosimple-proxy --check``."""
+    import io
+
+    from .site_check import run_check
+
+    out = io.StringIO()
+    status = run_check(path, out, stderr, prefix="sosimple: ")
+    stdout.write(out.getvalue().encode("utf-8"))
+    stdout.flush()
+    return status
 
 
 def _edit_users(

@@ -389,6 +389,19 @@ def _check_tls(cfg: Config) -> None:
             raise ConfigError("proxy", "listen", f"{a} needs [tls] {' and '.join(missing)}, which are not set")
 
 
+def certificate_settings(cfg: Config) -> list[tuple[str, str]]:
+    """(section, path) of every ``certificate`` key that is set, in the
+    sections whose schema has one (``[tls]``, ``[admin]``, rings...): what
+    ``sosimple check`` watches for expiry, whichever section adds one next."""
+    schemas, prefixed, _ = _schemas()
+    found = []
+    for name, section in cfg.sections.items():
+        schema = schemas.get(name) or next((s for p, s in prefixed.items() if name.startswith(p)), None)
+        if schema is not None and "certificate" in schema and section.get("certificate"):
+            found.append((name, str(section["certificate"])))
+    return found
+
+
 def tls_config(cfg: Config) -> TLSConfig:
     """The ``[tls]`` section as the TLS code takes it."""
     return TLSConfig(**cfg.sections["tls"])

@@ -7,6 +7,9 @@ the one place that picks the global reactor.
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 from twisted.application.service import MultiService
 
 from sosimple_proxy.config import ConfigError, load_config
@@ -31,6 +34,15 @@ def makeService(path: str) -> MultiService:
     except ConfigError as e:
         # e.g. [auth] nonce_secret_file that cannot be made: still before any port is bound
         raise SystemExit(str(e)) from None
+
+
+def check_and_exit(path: str) -> NoReturn:
+    """``--check``: validate ``path`` as startup would, print ``ok`` or the
+    warnings, and end the process (0, or 1 with the one line) before twistd
+    has bound a port or written a pid file."""
+    from sosimple_proxy.site_check import run_check
+
+    raise SystemExit(run_check(path, sys.stdout, sys.stderr))
 
 
 def tune_garbage_collector() -> None:

@@ -383,7 +383,11 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, limits)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
     if cfg.proxy["listen"]:
-        tls = _tls(cfg)
+        try:
+            tls = read_startup_files(cfg)
+        except ConfigError as e:  # one line, exit status 1, nothing bound yet
+            raise SystemExit(str(e)) from None
+        assert tls is not None
         proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
@@ -411,10 +415,17 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     return top
 
 
-def _tls(cfg: Config) -> TLSContexts:
-    """The TLS contexts, their files read now: a bad one stops startup with
-    one line naming its [tls] key, before any port is bound."""
+def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
+    """Read the files startup needs before any port is bound, so that a bad
+    one stops startup with one line; ``sosimple check`` runs this too.
+
+    ``load_config`` already read ``[admin]``'s certificate, key and users
+    file; this adds the SIP side's ``[tls]`` files (the contexts it
+    returns, None without SIP listeners).  Raises :class:`ConfigError`.
+    """
+    if not cfg.proxy["listen"]:
+        return None
     try:
-        return build_tls(tls_config(cfg), cfg.proxy["listen"])
+        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log)
     except TLSFileError as e:
-        raise SystemExit(str(ConfigError("tls", e.key, e.problem))) from None
+        raise ConfigError("tls", e.key, e.problem) from None

@@ -203,3 +203,43 @@ def test_icmp_port_unreachable_is_a_prompt_503_naming_the_hop(proxy):
     answers = [status_line(a) for a in udp_exchange(proxy.port, lambda lport: message_request(bob, "a@example.com", "hi", via_port=lport))]
     assert answers and answers[-1].startswith("SIP/2.0 503 "), answers
     assert f"127.0.0.1:{closed}" in answers[-1]
+
+
+def test_check_binds_nothing_and_writes_no_pid_file(tmp_path):
+    # Every port the config names is held by the test: startup would stop
+    # with "in use", --check says ok because it binds nothing.
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
+    held = [udp, *tcp]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        for s in tcp:
+            s.listen()
+        sip_udp, sip_tcp, overlay, admin = (s.getsockname()[1] for s in held)
+        ini = tmp_path / "site.ini"
+        ini.write_text(
+            f"[proxy]\nlisten = udp:127.0.0.1:{sip_udp}, tcp:127.0.0.1:{sip_tcp}\ndomains = example.com\n"
+            f"[overlay]\nlisten = tcp:{overlay}:interface=127.0.0.1\n"
+            f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n[location]\norder = local overlay\n"
+        )
+        # no --pidfile: the default twistd.pid must not be written either
+        result = subprocess.run(
+            TWISTD + ["sosimple-proxy", "-c", str(ini), "--check"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        for s in held:
+            s.close()
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+    assert not (tmp_path / "twistd.pid").exists() and not (tmp_path / "var").exists()
+
+
+def test_check_prints_the_one_line_and_exits_1(tmp_path):
+    ini = tmp_path / "site.ini"
+    ini.write_text("[proxy]\nlisten = udp:127.0.0.1:notaport\n[overlay]\nlisten =\n[admin]\nlisten =\n")
+    result = subprocess.run(
+        TWISTD + ["sosimple-proxy", "-c", str(ini), "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("site.ini: [proxy] listen: ") and result.stderr.count("\n") == 1

@@ -12,6 +12,17 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "conf/site.ini", "Path to site.ini."],
     ]
+    optFlags = [
+        ["check", None, "Validate site.ini and the files it names, print ok or warnings, exit; binds nothing."],
+    ]
+
+    def postOptions(self) -> None:
+        # Here, while twistd is still parsing its command line: before it
+        # checks a pid file, starts logging or binds anything.
+        if self["check"]:
+            from sosimple_proxy.service import check_and_exit
+
+            check_and_exit(self["config"])
 
 
 @implementer(IServiceMaker, IPlugin)
