@@ -4,10 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/site.ini
 # Debian packages of the real peers the tests drive: sipp, baresip, kamailio,
-# linphonec (the SHA-256 digest client) and stunnel (TLS in front of sipp);
-# systemd-analyze and logrotate check the shipped unit and logrotate file.
-DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4 systemd logrotate
-DEB_BINS := sipp baresip kamailio linphonec stunnel4 systemd-analyze logrotate
+# linphonec (the SHA-256 digest client), stunnel (TLS in front of sipp) and
+# chromium (headless, loads the admin pages); systemd-analyze and logrotate
+# check the shipped unit and logrotate file.
+DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4 systemd logrotate chromium
+DEB_BINS := sipp baresip kamailio linphonec stunnel4 systemd-analyze logrotate chromium
 
 .PHONY: run test bench install install-test peers dist clean
 

@@ -389,6 +389,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             raise SystemExit(str(e)) from None
         assert tls is not None
         proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
+        if admin is not None:  # GET /registrations: this proxy's own users
+            admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
         stack = SipStack(
             reactor,
             cfg.proxy["listen"],

@@ -5,10 +5,14 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
 
 - ``GET /health``: 200 once the node serves, 503 while it joins;
 - ``GET /ring``: this node's place in the ring and what it stores;
+- ``GET /ring/nodes``: each node it knows once, for the ring picture
+  (``ringnodes.py``; the page under ``/ui/`` is ``ui.py``'s);
 - ``GET /locate/{name}``: the nodes that hold a name;
 - ``PUT``/``GET``/``DELETE /records/{name}``: raw ``blob`` records;
   ``GET /records/{name}?local=1`` reads only this node's own copy (an
   addition to the contract, for checking where copies are);
+- ``GET /registrations``: this proxy's own users, from its binding table
+  (``registrations.py``); ``GET /registrations/{aor}`` asks the ring;
 - ``GET /limits``: the banned sources; ``DELETE /limits/banned/{address}``
   lifts a ban (the limiter comes from the composition root as an
   ``ILimitsView``; without one nobody is banned).
@@ -49,6 +53,9 @@ from sosimple_proxy.security.users import UsersFile
 from .credentials import DEFAULT_REALM, AdminCredentials
 from .guard import AdminGuard
 from .listener import admin_listener
+from .registrations import LocalRegistrations
+from .ringnodes import NodeStatus, ring_nodes
+from .ui import AdminRoot
 
 log = Logger()
 
@@ -137,10 +144,18 @@ class AdminAPI(Resource):
     isLeaf = True
 
     def __init__(
-        self, ring: Ring | None, max_name: int = 256, max_value: int = 1048576, limits: ILimitsView | None = None
+        self,
+        ring: Ring | None,
+        max_name: int = 256,
+        max_value: int = 1048576,
+        limits: ILimitsView | None = None,
+        status: NodeStatus | None = None,
+        local: LocalRegistrations | None = None,
     ) -> None:
         super().__init__()
         self.ring = ring
+        self.status = status
+        self.local = local
         self.limits = limits
         self.max_name = max_name
         self.max_value = max_value
@@ -198,6 +213,10 @@ class AdminAPI(Resource):
         handlers = routes.get(head)
         if handlers is None:
             raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        if head == "ring" and rest == [b"nodes"] and method == "GET":
+            return await self.ring_nodes_view()
+        if head == "registrations" and rest in ([], [b""]) and method == "GET":
+            return await self.local_registrations()
         if head in ("health", "ring"):
             if rest not in ([], [b""]):
                 raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
@@ -282,6 +301,15 @@ class AdminAPI(Resource):
             "replica": replica,
         }
         return 200, {}, _json(view), "application/json"
+
+    async def ring_nodes_view(self) -> tuple:
+        return 200, {}, _json(ring_nodes(self._node(), self.status)), "application/json"
+
+    async def local_registrations(self) -> tuple:
+        body = self.local.report() if self.local is not None else None
+        if body is None:
+            raise ApiError(503, "this node runs no SIP registrar ([proxy] listen is empty)")
+        return 200, {}, _json(body), "application/json"
 
     async def locate(self, name: str) -> tuple:
         node = self._node()
@@ -397,12 +425,20 @@ def admin_site(
     settings: Mapping[str, Any],
     limits: ILimitsView | None = None,
     credentials: AdminCredentials | None = None,
+    status: NodeStatus | None = None,
+    local: LocalRegistrations | None = None,
 ) -> AdminSite:
-    """The API as a ``Site``, with ``[admin]``'s limits; behind ``credentials``
-    when given (see ``guard.py`` for what stays open)."""
+    """The API and the pages as a ``Site``, with ``[admin]``'s limits; behind
+    ``credentials`` when given (see ``guard.py`` for what stays open).
+    ``status`` gives the pages the version and uptime (default: uptime from
+    now, on the global reactor's clock); ``local`` this proxy's binding table."""
+    if status is None:
+        from twisted.internet import reactor
+
+        status = NodeStatus(reactor)  # type: ignore[arg-type]
     max_name = int(settings.get("max_name", 256))
     max_value = int(settings.get("max_value", 1048576))
-    root: Resource = AdminAPI(ring, max_name, max_value, limits)
+    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status, local))
     if credentials is not None:
         root = AdminGuard(root, credentials)
     site = AdminSite(root, max_body=max_value)
@@ -418,6 +454,20 @@ def admin_credentials(clock: Any, settings: Mapping[str, Any]) -> AdminCredentia
     return AdminCredentials(clock, UsersFile(users_file), str(settings.get("realm") or DEFAULT_REALM))
 
 
+class AdminService(StreamServerEndpointService):
+    """The listener; its start is the node's start, for the pages' uptime.
+    ``registrations`` takes the proxy's binding table once there is one."""
+
+    def __init__(self, endpoint: Any, factory: Any, status: NodeStatus, registrations: LocalRegistrations) -> None:
+        super().__init__(endpoint, factory)
+        self.status = status
+        self.registrations = registrations
+
+    def startService(self) -> None:
+        self.status.start()
+        super().startService()
+
+
 def admin_service(
     reactor: Any, settings: Mapping[str, Any], ring: Ring | None, limits: ILimitsView | None = None
 ) -> IService:
@@ -425,10 +475,13 @@ def admin_service(
     in TLS with ``[admin] certificate`` and ``key``, behind ``[admin]
     users_file``.  ``settings`` were checked by ``listener.check_admin_settings``
     (config.py), so the files are known to be good.  The service's ``tls``
-    is the ``ServerTLS`` to reload on SIGHUP, or None."""
-    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings))
+    is the ``ServerTLS`` to reload on SIGHUP, or None; its ``registrations``
+    (a :class:`LocalRegistrations`) takes the proxy's binding table once the
+    composition root has built the proxy."""
+    local, status = LocalRegistrations(reactor), NodeStatus(reactor)
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local)
     endpoint, factory, tls = admin_listener(reactor, settings, site)
-    svc = StreamServerEndpointService(endpoint, factory)
+    svc = AdminService(endpoint, factory, status, local)
     svc.setName("admin")
     svc.tls = tls  # type: ignore[attr-defined]
     return svc
