@@ -388,7 +388,16 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         except ConfigError as e:  # one line, exit status 1, nothing bound yet
             raise SystemExit(str(e)) from None
         assert tls is not None
-        proxy = build_proxy(cfg, reactor, dict(top.rings), secret=nonce_secret(cfg))  # type: ignore[attr-defined]
+        # Wrong passwords count toward a ban ([limits] auth_failures) once a
+        # limiter exists (``top.limits``, built before the proxy).
+        limits = getattr(top, "limits", None)
+        proxy = build_proxy(
+            cfg,
+            reactor,
+            dict(top.rings),  # type: ignore[attr-defined]
+            secret=nonce_secret(cfg),
+            on_auth_failure=limits.auth_failed if limits is not None else None,
+        )
         if admin is not None:  # GET /registrations: this proxy's own users
             admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
         stack = SipStack(
