@@ -4,6 +4,8 @@
              | delete NAME | lookup AOR
     sosimple adduser|passwd USER [--realm R] [--file F] [--password-stdin]
     sosimple deluser USER [--realm R] [--file F]
+    sosimple keygen --out DIR
+    sosimple sign --ca-cert F --ca-key F --csr F --node-id HEX --domains D,D --out F [--days N]
     sosimple check SITE.INI
 
 The contract (``shared/site-ini.md``, "The sosimple command"): ``ring`` and
@@ -21,6 +23,14 @@ A failure is one line on stderr and an exit status that scripts can test:
 one it has, or a file that cannot be parsed or written, exits 4.
 ``check SITE.INI`` stays off the network too: ``ok`` or the warnings and
 status 0, or the line that would stop startup and status 1.
+
+``keygen`` and ``sign`` are a CA ring's certificates, offline too:
+``keygen`` writes a node key (``node.key``, mode 0600; an existing one is
+kept) and a certificate request (``node.csr``) into DIR; ``sign``, run by
+the ring's CA, issues the node certificate carrying the node's ring id and
+the SIP domains it may write for (``security/nodecerts.py``).  A bad
+``--node-id`` or ``--domains`` is a usage error (2); a file that cannot be
+read or written, or a CA key that is not the CA certificate's, exits 4.
 
 A guarded admin API (``[admin] users_file``) takes ``--user`` (or
 ``$SOSIMPLE_ADMIN_USER``) with the password from ``$SOSIMPLE_ADMIN_PASSWORD``
@@ -51,6 +61,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_USERS_FILE = "var/users"
 DEFAULT_REALM = "localhost"
 USER_COMMANDS = ("adduser", "passwd", "deluser")
+CERT_COMMANDS = ("keygen", "sign")
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -132,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     lookup = commands.add_parser("lookup", parents=[common], help="what the ring holds for an AoR (JSON)")
     lookup.add_argument("name", metavar="AOR", help="user@domain")
     _user_commands(commands)
+    _cert_commands(commands)
     check = commands.add_parser(
         "check",
         help="validate a site.ini as startup would, without binding anything",
@@ -141,6 +153,28 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("site_ini", metavar="SITE.INI")
     return top
+
+
+def _cert_commands(commands: Any) -> None:
+    """keygen, sign: a CA ring's node certificates, no network."""
+    keygen = commands.add_parser(
+        "keygen",
+        help="make a node key and a certificate request (CA ring)",
+        description="Write DIR/node.key (mode 0600; an existing one is kept) and DIR/node.csr; never touches the network.",
+    )
+    keygen.add_argument("--out", metavar="DIR", required=True, help="where to write node.key and node.csr")
+    sign = commands.add_parser(
+        "sign",
+        help="issue a node certificate (the ring's CA)",
+        description="Issue a node certificate carrying the node id and its SIP domains; never touches the network.",
+    )
+    sign.add_argument("--ca-cert", metavar="F", required=True, help="the ring's CA certificate (PEM)")
+    sign.add_argument("--ca-key", metavar="F", required=True, help="the CA's private key (PEM)")
+    sign.add_argument("--csr", metavar="F", required=True, help="the node's request (from sosimple keygen)")
+    sign.add_argument("--node-id", metavar="HEX", required=True, help="the node's place on the ring, hex (up to 160 bits)")
+    sign.add_argument("--domains", metavar="D,D", required=True, help="SIP domains the node may write for, comma-separated (may be empty)")
+    sign.add_argument("--out", metavar="F", required=True, help="where to write the certificate (PEM)")
+    sign.add_argument("--days", metavar="N", type=_positive, default=365.0, help="validity in days (default 365)")
 
 
 def _user_commands(commands: Any) -> None:
@@ -343,6 +377,8 @@ async def run(
         args = parser().parse_args(list(argv))
         if args.command in USER_COMMANDS:
             return _edit_users(args, stdin if stdin is not None else sys.stdin.buffer, env, getpass)
+        if args.command in CERT_COMMANDS:
+            return _certificates(args)
         if args.command == "check":
             return _check(args.site_ini, stdout, stderr)
         return await _run(reactor, args, stdout, stdin, env, getpass)
@@ -462,6 +498,44 @@ def _edit_users(
         raise Failed(EXIT_ERROR, str(e)) from None
     except OSError as e:
         raise Failed(EXIT_ERROR, f"{path}: cannot write: {e.strerror or e}") from None
+    return 0
+
+
+def _certificates(args: argparse.Namespace) -> int:
+    """keygen / sign; raises Failed with the exit status."""
+    from .security import nodecerts
+
+    try:
+        if args.command == "keygen":
+            os.makedirs(args.out, exist_ok=True)
+            key_path, csr_path = os.path.join(args.out, "node.key"), os.path.join(args.out, "node.csr")
+            if os.path.exists(key_path):
+                key = nodecerts.load_private_key(key_path)  # the node keeps its key (and open-ring id)
+            else:
+                key = nodecerts.generate_key()
+                nodecerts.write_private(key_path, nodecerts.key_pem(key))
+            with open(csr_path, "wb") as f:
+                f.write(nodecerts.pem(nodecerts.make_csr(key)))  # type: ignore[arg-type]
+            return 0
+        try:
+            node_id = nodecerts.parse_id(args.node_id)
+            domains = nodecerts.parse_domains(args.domains)
+        except nodecerts.NodeCertError as e:
+            raise Failed(EXIT_USAGE, f"sign: {e}") from None
+        cert = nodecerts.sign_node(
+            nodecerts.load_csr(args.csr),
+            nodecerts.load_certificate(args.ca_cert, "CA certificate"),
+            nodecerts.load_private_key(args.ca_key, "CA key"),
+            node_id,
+            domains,
+            days=args.days,
+        )
+        with open(args.out, "wb") as f:
+            f.write(nodecerts.pem(cert))
+    except nodecerts.NodeCertError as e:
+        raise Failed(EXIT_ERROR, f"{args.command}: {e}") from None
+    except OSError as e:
+        raise Failed(EXIT_ERROR, f"{args.command}: {e.filename or args.out}: {e.strerror or e}") from None
     return 0
 
 

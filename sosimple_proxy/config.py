@@ -198,6 +198,11 @@ OVERLAY: Schema = {
     "domain_bits": (_int(1, 128), "32"),
     "home_domain": (_text, ""),
     "node_id": (_hex_id, ""),
+    # a CA ring (mutual TLS between members); empty ca = an open ring.
+    # certificate and key default to node.pem and node.key in state_dir.
+    "ca": (_text, ""),
+    "certificate": (_text, ""),
+    "key": (_text, ""),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
@@ -336,6 +341,9 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"overlay:{name}", "domains", "required: the domains whose users this ring holds")
         if ring["state_dir"] == "var/overlay":
             ring["state_dir"] = f"var/overlay-{name}"
+    for section, ring in [("overlay", cfg.sections["overlay"])] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]:
+        if not ring["ca"] and (ring["certificate"] or ring["key"]):
+            cfg.warnings.append(f"site.ini: [{section}] certificate, key: ignored without ca (an open ring)")
     for domain, value in cfg.sections.get("routes", {}).items():
         try:
             route_uri(value)

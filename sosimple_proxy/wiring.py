@@ -358,7 +358,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     if cfg.section("overlay")["listen"]:
         from sosimple_proxy.overlay.service import OverlayService
 
-        top.overlay = OverlayService(reactor, dict(cfg.section("overlay")))  # type: ignore[attr-defined]
+        settings = dict(cfg.section("overlay"))
+        top.overlay = OverlayService(reactor, settings, tls=_ring_tls("overlay", settings))  # type: ignore[attr-defined]
         top.overlay.setServiceParent(top)  # type: ignore[attr-defined]
     else:
         log.info("[overlay] listen is empty: no overlay")
@@ -371,7 +372,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             continue
         from sosimple_proxy.overlay.service import OverlayService as Ring
 
-        ring = Ring(reactor, dict(section), name=f"overlay:{ring_name}")
+        settings = dict(section)
+        ring = Ring(reactor, settings, name=f"overlay:{ring_name}", tls=_ring_tls(f"overlay:{ring_name}", settings))
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
     admin = None
@@ -426,14 +428,40 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     return top
 
 
+def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
+    """A CA ring's TLS (None for an open ring), its files read now: a bad
+    one, or a node_id the certificate contradicts, stops startup with one
+    line naming the [overlay] key, before any port is bound."""
+    try:
+        return ring_tls_or_error(section, settings)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+
+
+def ring_tls_or_error(section: str, settings: Mapping[str, Any]) -> Any:
+    """:func:`~sosimple_proxy.overlay.ringtls.ring_tls`, its problems as a
+    :class:`ConfigError` naming ``section`` and the key."""
+    from sosimple_proxy.overlay.ringtls import RingSetupError, ring_tls
+
+    try:
+        return ring_tls(settings)
+    except RingSetupError as e:
+        raise ConfigError(section, e.key, e.problem) from None
+
+
 def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
     """Read the files startup needs before any port is bound, so that a bad
     one stops startup with one line; ``sosimple check`` runs this too.
 
     ``load_config`` already read ``[admin]``'s certificate, key and users
     file; this adds the SIP side's ``[tls]`` files (the contexts it
-    returns, None without SIP listeners).  Raises :class:`ConfigError`.
+    returns, None without SIP listeners), and each CA ring's ``ca``,
+    ``certificate`` and ``key``.  Raises :class:`ConfigError`.
     """
+    rings = [("overlay", cfg.section("overlay"))] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]
+    for section, ring in rings:
+        if ring["listen"]:
+            ring_tls_or_error(section, ring)
     if not cfg.proxy["listen"]:
         return None
     try:

@@ -13,6 +13,11 @@ per address and reused; a call that does not answer in time is the node's
 business (it cancels the Deferred).  An unknown command gets AMP's
 "unhandled" error, a body that does not decode an error answer; neither
 disturbs the node.
+
+In a CA ring (``ringtls.py``) the connections are mutual TLS, and a peer
+that names itself in a message (Hello, Notify, Leave) must name the node
+its certificate is for: anything else gets :class:`WrongIdentity`.  An
+open ring makes no such check (``certified`` is None), exactly as before.
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Sequence
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from OpenSSL import SSL
+
+from sosimple_proxy.security.tls import TLSVerificationError
+
 from . import wire
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
+from .ringtls import failure_reason
 
 log = Logger()
 
@@ -70,7 +80,11 @@ class BadRequest(Exception):
     """A body that does not decode, or breaks the record format."""
 
 
-_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST"}
+class WrongIdentity(Exception):
+    """A peer names itself as another node than its certificate is for."""
+
+
+_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST", WrongIdentity: b"WRONG_IDENTITY"}
 
 
 def _command(name: str) -> type[amp.Command]:
@@ -106,15 +120,47 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@implementer(IHandshakeListener)
 class OverlayProtocol(amp.AMP):
-    """One AMP connection; on the listening side it answers for a node."""
+    """One AMP connection; on the listening side it answers for a node.
 
-    def __init__(self, node: IOverlayPeer | None = None, local: Peer | None = None) -> None:
+    ``certified`` (a CA ring) reads the node id from the peer's
+    certificate; the ids a peer claims are checked against it.
+    """
+
+    def __init__(
+        self,
+        node: IOverlayPeer | None = None,
+        local: Peer | None = None,
+        certified: Callable[[Any], int | None] | None = None,
+    ) -> None:
         super().__init__()
         self.node = node
         self.local = local
+        self.certified = certified
         self.remote: Peer | None = None
+        self.handshake_done = False
         self.lost: defer.Deferred = defer.Deferred()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (a CA ring): the peer's certificate is known now."""
+        self.handshake_done = True
+
+    def certified_id(self) -> int | None:
+        """The id in the peer's certificate; None in an open ring."""
+        if self.certified is None:
+            return None
+        return self.certified(self.transport)
+
+    def check_claim(self, peer: Peer | None) -> None:
+        """Refuse a peer naming itself as a node its certificate is not for."""
+        if self.certified is None or peer is None:
+            return
+        got = self.certified_id()
+        if got is None:
+            raise WrongIdentity("no node certificate on this connection")
+        if peer.id != got:
+            raise WrongIdentity(f"the certificate is for node {got:x}, not {peer.id:x}")
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -141,8 +187,20 @@ class OverlayProtocol(amp.AMP):
             raise BadRequest(str(e)) from None
         if major != PROTOCOL_VERSION[0]:
             raise VersionMismatch(f"we speak {PROTOCOL_VERSION[0]}.x, not {major}.{minor}")
+        self._claimed(peer)
         self.remote = peer
         return {"body": wire.encode_hello(*PROTOCOL_VERSION, self.local)}
+
+    def _claimed(self, peer: Peer | None) -> None:
+        """:meth:`check_claim`, logging a refusal once per peer and reason."""
+        try:
+            self.check_claim(peer)
+        except WrongIdentity as e:
+            refusals = getattr(self.factory, "refusals", None)
+            if refusals is not None:
+                host = getattr(self.transport.getPeer(), "host", "?")
+                refusals.refused("from", str(host), f"it claims to be node {peer.id:x}: {e}")
+            raise
 
     @State.responder
     def answer_state(self, body: bytes) -> Any:
@@ -154,7 +212,12 @@ class OverlayProtocol(amp.AMP):
 
     @Notify.responder
     def answer_notify(self, body: bytes) -> Any:
-        return self._serve(lambda b: wire.encode_state(self.node.remote_notify(wire.decode_peer(b))), body)
+        def run(b: bytes) -> bytes:
+            peer = wire.decode_peer(b)
+            self._claimed(peer)  # a node only says "I may be your predecessor" of itself
+            return wire.encode_state(self.node.remote_notify(peer))
+
+        return self._serve(run, body)
 
     @SuccessorHint.responder
     def answer_successor_hint(self, body: bytes) -> Any:
@@ -187,7 +250,9 @@ class OverlayProtocol(amp.AMP):
     @Leave.responder
     def answer_leave(self, body: bytes) -> Any:
         def run(b: bytes) -> bytes:
-            self.node.remote_leave(*wire.decode_leave(b))
+            peer, predecessor, successors = wire.decode_leave(b)
+            self._claimed(peer)  # only a node itself may say it leaves
+            self.node.remote_leave(peer, predecessor, successors)
             return b""
 
         return self._serve(run, body)
@@ -204,13 +269,20 @@ class OverlayServerFactory(Factory):
     known once the port is bound); until then calls get an error.
     """
 
-    def __init__(self, node: IOverlayPeer | None = None) -> None:
+    def __init__(
+        self,
+        node: IOverlayPeer | None = None,
+        certified: Callable[[Any], int | None] | None = None,
+        refusals: Any = None,
+    ) -> None:
         self.node = node
+        self.certified = certified
+        self.refusals = refusals
         self.connections: set[OverlayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> OverlayProtocol:
         local = getattr(self.node, "peer", None)
-        proto = OverlayProtocol(self.node, local)
+        proto = OverlayProtocol(self.node, local, self.certified)
         proto.factory = self
         self.connections.add(proto)
         proto.lost.addCallback(lambda _: self.connections.discard(proto))
@@ -221,6 +293,11 @@ class OverlayServerFactory(Factory):
         for proto in list(self.connections):
             if proto.transport is not None:
                 proto.transport.abortConnection()
+
+
+def _tls_refusal(error: BaseException) -> bool:
+    """A failed handshake (not an unreachable or slow node)."""
+    return isinstance(error, (SSL.Error, TLSVerificationError))
 
 
 def _batches(records: Sequence[Any], limit: int) -> list[list[Any]]:
@@ -241,13 +318,26 @@ class AMPRPC:
     """Calls to other nodes over pooled AMP connections.
 
     ``local`` is our own node (sent in Hello); ``connect_timeout`` bounds
-    connection setup, the node's own timeouts bound each call.
+    connection setup, the node's own timeouts bound each call.  With
+    ``tls`` (a CA ring's :class:`~.ringtls.RingTLS`) every connection is
+    mutual TLS; ``expected_id(address)`` says which node the caller means
+    to reach there, when its tables know (the certificate must be that
+    node's), and the id the server names in Hello must be its certificate's.
     """
 
-    def __init__(self, reactor: IReactorTCP, local: Peer | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        local: Peer | None = None,
+        connect_timeout: float = 5.0,
+        tls: Any = None,
+        expected_id: Callable[[Hashable], int | None] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.local = local
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.expected_id = expected_id
         self._waiting: dict[Hashable, list[defer.Deferred]] = {}
         self._open: dict[Hashable, OverlayProtocol] = {}
         self.connects = 0
@@ -280,8 +370,13 @@ class AMPRPC:
     def _connect(self, address: Hashable):
         try:
             host, port = split_address(str(address))
-            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-            proto = yield endpoint.connect(Factory.forProtocol(OverlayProtocol))
+            endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+            certified = None
+            if self.tls is not None:
+                expected = self.expected_id(address) if self.expected_id is not None else None
+                endpoint = wrapClientTLS(self.tls.client_creator(expected), endpoint)
+                certified = self.tls.certified_id
+            proto = yield endpoint.connect(Factory.forProtocol(lambda: OverlayProtocol(certified=certified)))
             self.connects += 1
             proto.lost.addCallback(lambda _: self._forget(address, proto))
             answer = yield proto.callRemote(Hello, body=wire.encode_hello(*PROTOCOL_VERSION, self.local))
@@ -289,14 +384,27 @@ class AMPRPC:
             if major != PROTOCOL_VERSION[0]:
                 proto.transport.loseConnection()
                 raise VersionMismatch(f"{address} speaks {major}.{minor}")
+            try:
+                proto.check_claim(peer)
+            except WrongIdentity as e:
+                proto.transport.loseConnection()
+                self._refused(address, f"it names itself node {peer.id:x}: {e}")
+                raise
             proto.remote = peer
-        except VersionMismatch:
+        except (VersionMismatch, WrongIdentity):
             raise
         except Exception as e:
+            if self.tls is not None and _tls_refusal(e):
+                self._refused(address, failure_reason(e))
             log.debug("overlay: cannot reach {address}: {error}", address=address, error=e)
             raise
         self._open[address] = proto
         return proto
+
+    def _refused(self, address: Hashable, reason: str) -> None:
+        refusals = getattr(self.tls, "refusals", None)
+        if refusals is not None:
+            refusals.refused("to", str(address), reason)
 
     def _forget(self, address: Hashable, proto: OverlayProtocol) -> None:
         if self._open.get(address) is proto:
@@ -362,5 +470,6 @@ __all__ = [
     "PROTOCOL_VERSION",
     "VersionMismatch",
     "BadRequest",
+    "WrongIdentity",
     "split_address",
 ]

@@ -6,6 +6,11 @@ import the config module).  Starting binds ``listen``, makes or loads the
 node's key pair and SQLite store under ``state_dir``, and joins through
 ``bootstrap`` (or starts a ring); stopping leaves gracefully (the range is
 handed to the successor, the local copy kept) and closes everything.
+
+A CA ring (``[overlay] ca``) is given its :class:`~.ringtls.RingTLS` by the
+composition root, which reads the files before any port is bound: the
+listener and every outgoing connection are then mutual TLS, and the node's
+id is the one the CA wrote into its certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from twisted.logger import Logger
 from . import ids
 from .amp import AMPRPC, OverlayServerFactory
 from .errors import NotRunning
+from .ringtls import RingTLS
 from .identity import load_or_create_key, public_key_bytes
 from .node import ChordNode
 from .store import SQLiteRecordStore
@@ -62,9 +68,17 @@ def _hostport(host: str, port: int) -> str:
 class OverlayService(Service):
     """One ring member.  ``ready`` fires with the node once it has joined."""
 
-    def __init__(self, reactor: Any, settings: Mapping[str, Any], name: str = "overlay", m: int = ids.DEFAULT_BITS) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Mapping[str, Any],
+        name: str = "overlay",
+        m: int = ids.DEFAULT_BITS,
+        tls: RingTLS | None = None,
+    ) -> None:
         self.reactor = reactor
         self.settings = settings
+        self.tls = tls
         self.setName(name)
         self.m = m
         self.keys = key_scheme(settings, m)
@@ -92,14 +106,22 @@ class OverlayService(Service):
     def _start(self):
         settings = self.settings
         state_dir = str(settings.get("state_dir", "var/overlay"))
-        key = load_or_create_key(state_dir)
-        nid = node_id(settings, public_key_bytes(key), self.m)
+        tls = self.tls
+        if tls is not None:
+            nid = tls.node_id  # the CA placed us
+            os.makedirs(state_dir, exist_ok=True)
+        else:
+            nid = node_id(settings, public_key_bytes(load_or_create_key(state_dir)), self.m)
         self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds)
-        self._factory = OverlayServerFactory()
-        self._port = yield serverFromString(self.reactor, str(settings["listen"])).listen(self._factory)
+        if tls is not None:
+            self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
+            listening: Any = tls.server_factory(self._factory, self.reactor)
+        else:
+            self._factory = listening = OverlayServerFactory()
+        self._port = yield serverFromString(self.reactor, str(settings["listen"])).listen(listening)
         host = self._port.getHost()
         address = str(settings.get("advertise", "") or "") or _hostport(host.host, host.port)
-        self._rpc = AMPRPC(self.reactor)
+        self._rpc = AMPRPC(self.reactor, tls=tls, expected_id=self._expected_id if tls is not None else None)
         self.node = ChordNode(
             nid, address, self._rpc, self.reactor, self._store, node_config(settings, self.m), writer=ids.format_id(nid, self.m)
         )
@@ -107,14 +129,26 @@ class OverlayService(Service):
         self._factory.node = self.node
         bootstrap = [_hostport(h, p) for h, p in settings.get("bootstrap", ())]
         log.info(
-            "overlay {name}: node {id} at {address}, {how}",
+            "overlay {name}: node {id} at {address}{tls}, {how}",
             name=self.name,
             id=ids.format_id(nid, self.m),
             address=address,
+            tls=f" (mutual TLS, CA {tls.ca})" if tls is not None else "",
             how=f"joining through {', '.join(bootstrap)}" if bootstrap else "starting a new ring",
         )
         yield self.node.start(bootstrap)
         return self.node
+
+    def _expected_id(self, address: Any) -> int | None:
+        """The id our tables give the node at ``address`` (None: unknown,
+        e.g. a bootstrap address), which its certificate must carry."""
+        node = self.node
+        if node is None:
+            return None
+        for peer in node.table.known_peers():
+            if peer.address == address:
+                return peer.id
+        return None
 
     @defer.inlineCallbacks
     def stopService(self):
