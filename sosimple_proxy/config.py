@@ -20,7 +20,9 @@ from twisted.logger import Logger
 from sosimple_proxy.location.dialplan import DialPlan, did_number
 from sosimple_proxy.location.routes import route_uri
 from sosimple_proxy.providers import LOCATION_PROVIDERS
-from sosimple_proxy.security.limits import LIMITS_SCHEMA
+from sosimple_proxy.security.algorithms import Algorithm, parse_algorithms
+from sosimple_proxy.security.limits import LIMITS_SCHEMA, parse_networks
+from sosimple_proxy.security.users import UsersFileError, read_users
 from sosimple_proxy.sip.errors import ParseError
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.values import Schema
@@ -207,11 +209,37 @@ OVERLAY: Schema = {
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
 TLS: Schema = dict(TLS_SCHEMA)
+
+
+def _optional_bool(raw: str) -> bool | None:
+    """yes/no, or empty: decided from other keys."""
+    return None if not raw.strip() else _bool(raw)
+
+
+def _algorithms(raw: str) -> tuple[Algorithm, ...]:
+    algorithms = parse_algorithms(raw)
+    if any(a.is_session for a in algorithms):
+        raise ValueError("-sess algorithms are accepted but cannot be offered; list MD5 or SHA-256")
+    return algorithms
+
+
+def _realm(raw: str) -> str:
+    text = raw.strip()
+    if text and ('"' in text or "\\" in text or any(ord(c) < 32 for c in text)):
+        raise ValueError(f"{text!r}: a realm may not contain quotes, backslashes or control characters")
+    return text
+
+
 AUTH: Schema = {
-    "required": (_bool, "no"),
+    # empty: yes when users_file is set, else no (resolved in _cross_checks)
+    "required": (_optional_bool, ""),
     "users_file": (_text, ""),
-    "algorithms": (_words, "SHA-256 MD5"),
-    "realm": (_text, ""),
+    "algorithms": (_algorithms, "SHA-256 MD5"),
+    # empty: the first of [proxy] domains (resolved in _cross_checks)
+    "realm": (_realm, ""),
+    "nonce_ttl": (_float(), "300"),
+    "trusted": (parse_networks, ""),
+    "nonce_secret_file": (_text, "var/nonce-secret"),
 }
 ADMIN: Schema = {
     "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
@@ -335,10 +363,30 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("registrar", "min_expires", f"{reg['min_expires']} is above max_expires ({reg['max_expires']})")
     if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
-    if cfg.sections["auth"]["required"]:
-        # Until the security work lands nothing would challenge a request.
-        raise ConfigError("auth", "required", "yes: challenging requests is not supported yet")
+    _check_auth(cfg)
     _check_tls(cfg)
+
+
+def _check_auth(cfg: Config) -> None:
+    """[auth]: the defaults that depend on other keys, and a users file that
+    can be read now (startup stops here, before any port is bound)."""
+    auth, proxy = cfg.sections["auth"], cfg.sections["proxy"]
+    if not auth["realm"]:
+        auth["realm"] = proxy["domains"][0] if proxy["domains"] else "localhost"
+    if auth["required"] is None:
+        auth["required"] = bool(auth["users_file"])
+    if auth["required"] and not auth["users_file"]:
+        raise ConfigError("auth", "required", "yes needs [auth] users_file (the users to authenticate)")
+    if auth["users_file"]:
+        try:
+            table = read_users(auth["users_file"])
+        except UsersFileError as e:
+            raise ConfigError("auth", "users_file", str(e)) from None
+        if len(table) and auth["realm"] not in table.realms():
+            cfg.warnings.append(
+                f"site.ini: [auth] users_file: no user of realm {auth['realm']!r} in {auth['users_file']}"
+                " (sosimple adduser --realm)"
+            )
 
 
 def _check_tls(cfg: Config) -> None:

@@ -10,6 +10,7 @@ entry here.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
@@ -23,7 +24,7 @@ from sosimple_proxy.location.local import LocalLocator
 from sosimple_proxy.location.pstn import PassNumbers, PstnLocator
 from sosimple_proxy.location.ring import RingLocator
 from sosimple_proxy.location.routes import StaticRoutes
-from sosimple_proxy.values import Schema, hostports, integer, number
+from sosimple_proxy.values import Schema, hostports, integer, number, words
 
 if TYPE_CHECKING:
     from sosimple_proxy.config import Config
@@ -104,6 +105,26 @@ def _pstn(name: str, p: ProviderParts) -> ILocator | None:
     return PstnLocator(p.dialplan, GatewaySet(gateways, p.clock, retry_interval=p.cfg.section("pstn")["retry_interval"]))
 
 
+def _emergency(raw: str) -> tuple[str, ...]:
+    """``911 112``: numbers as dialled (digits, an optional leading ``+``)."""
+    numbers = words(raw)
+    for n in numbers:
+        if not re.fullmatch(r"\+?[0-9]{1,15}", n):
+            raise ValueError(f"{n!r} is not a number (digits, an optional leading '+')")
+    return numbers
+
+
+def _callers(raw: str) -> tuple[str, ...]:
+    """``authenticated``, ``trusted``, or a list of user names."""
+    names = words(raw)
+    if not names:
+        raise ValueError("empty: say authenticated, trusted, or list users")
+    special = [n for n in names if n.lower() in ("authenticated", "trusted")]
+    if special and len(names) > 1:
+        raise ValueError(f"{special[0]!r} stands alone; a list names users only")
+    return (names[0].lower(),) if special else names
+
+
 def _gateway_uri(raw: str) -> str:
     """A gateway's SIP URI; empty is refused once the section is read."""
     if raw.strip():
@@ -142,6 +163,9 @@ LOCATION_PROVIDERS: dict[str, Provider] = {
                 "local_patterns": (parse_local_patterns, ""),
                 "probe_interval": (number(0.0, strict=False), "30"),
                 "retry_interval": (number(), "30"),
+                # read by the relay rule (proxy/relay.py), not by the provider
+                "emergency": (_emergency, ""),
+                "callers": (_callers, "authenticated"),
             },
             "gateway:": {
                 "uri": (_gateway_uri, ""),

@@ -29,7 +29,11 @@ def makeService(path: str) -> MultiService:
     from twisted.internet import reactor
 
     tune_garbage_collector()
-    return build_service(cfg, reactor)
+    try:
+        return build_service(cfg, reactor)
+    except ConfigError as e:
+        # e.g. [auth] nonce_secret_file that cannot be made: still before any port is bound
+        raise SystemExit(str(e)) from None
 
 
 def check_and_exit(path: str) -> NoReturn:

@@ -20,6 +20,7 @@ the admin API (``GET /limits``, lifting a ban).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -44,10 +45,16 @@ from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
+from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
+from sosimple_proxy.proxy.dialog_stamp import DialogStamp
+from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
 from sosimple_proxy.providers import ProviderParts, build_providers
 from sosimple_proxy.reloads import Reloads
+from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.limits import Limits, LimitsConfig
+from sosimple_proxy.security.nonces import SecretFileError, load_or_create_secret
 from sosimple_proxy.security.tls import TLSFileError
+from sosimple_proxy.security.users import UsersFile
 from sosimple_proxy.tls_contexts import TLSContexts, build_tls
 
 log = Logger()
@@ -134,6 +141,108 @@ class Proxy:
     forwarder: RequestForwarder
     publishers: Sequence[RingPublisher]
     timers: ProxyTimers
+    # [auth]: the users file (re-read on SIGHUP) and the digest verifier, or None
+    users: UsersFile | None = None
+    digest: DigestAuthenticator | None = None
+    # What SIGHUP re-reads: (what, action) pairs for the Reloads service
+    # (a failure is logged and the old state stays).
+    reloads: Sequence[tuple[str, Callable[[], Any]]] = ()
+
+
+def our_domains(cfg: Config) -> frozenset[str]:
+    """The domains of our users: [proxy] domains and every ring's domains."""
+    domains = set(cfg.proxy["domains"]) | set(cfg.section("overlay")["domains"])
+    for section in cfg.named("overlay").values():
+        domains |= set(section["domains"])
+    return frozenset(d.lower().rstrip(".") for d in domains)
+
+
+@attrs.frozen
+class Security:
+    """The authentication step, the relay rule and what the forwarder needs."""
+
+    authenticate: Authenticate
+    relay: Relay
+    ack_gate: AckGate
+    stamp: DialogStamp
+    branch_policy: Callable[[Any, Any, Any], None]
+    users: UsersFile | None
+    digest: DigestAuthenticator | None
+
+
+def gateway_matcher(gateways: Sequence[Any]) -> Callable[[Any], bool]:
+    """Does a URI name one of the gateways (host and port)?"""
+    addresses = {(routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in gateways}
+
+    def is_gateway(uri: Any) -> bool:
+        if not addresses or not getattr(uri, "is_sip", False):
+            return False
+        _, host, port = routing.uri_address(uri)
+        return (host.lower(), port) in addresses
+
+    return is_gateway
+
+
+def build_security(
+    cfg: Config,
+    reactor: Any,
+    addressing: Addressing,
+    bindings: BindingTable,
+    stack: StackLink,
+    secret: bytes,
+    on_auth_failure: Callable[[str], Any] | None = None,
+    gateways: Sequence[Any] = (),
+) -> Security:
+    """[auth] and [pstn] callers/emergency as the chain's two security steps."""
+    auth, pstn = cfg.section("auth"), cfg.section("pstn")
+    domains = our_domains(cfg)
+
+    def our_domain(uri: Any) -> bool:
+        host = (getattr(uri, "host", None) or "").lower().rstrip(".")
+        return host in domains or addressing.is_ours(uri)
+
+    users = UsersFile(auth["users_file"]) if auth["users_file"] else None
+    digest = (
+        DigestAuthenticator(reactor, users, secret, auth["realm"], auth["algorithms"], auth["nonce_ttl"])
+        if users is not None
+        else None
+    )
+    trusted = TrustedSources(auth["trusted"])
+    stamp = DialogStamp(secret)
+    emergency = EmergencyNumbers(pstn["emergency"])
+    authenticate = Authenticate(
+        is_ours=addressing.is_ours,
+        our_domain=our_domain,
+        primary_domain=addressing.primary or auth["realm"],
+        trusted=trusted,
+        stamp=stamp,
+        digest=digest,
+        required=auth["required"],
+        is_emergency=emergency,
+        on_auth_failure=on_auth_failure,
+    )
+
+    contacts = ContactIndex(bindings.lookup)
+    bindings.listeners.append(contacts.changed)
+
+    relay = Relay(
+        is_ours=addressing.is_ours,
+        our_domain=our_domain,
+        holds_contact=contacts,
+        has_connection=lambda peer: stack.transport.has_connection(peer),
+        digest=digest,
+        callers=PstnCallers(pstn["callers"]),
+        is_emergency=emergency,
+        is_gateway=gateway_matcher(gateways),
+    )
+
+    def branch_policy(copy: Any, target: Any, dest: Any) -> None:
+        # RFC 3325 section 5: the asserted identity stays in the trust
+        # domain: our gateways and [auth] trusted peers.
+        if target.source != "pstn" and dest.host not in trusted:
+            copy.headers.remove("P-Asserted-Identity")
+
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
@@ -141,12 +250,17 @@ def build_proxy(
     reactor: Any,
     rings: Mapping[str, Any] | None = None,
     rfc3263: RFC3263Resolver | None = None,
+    secret: bytes | None = None,
+    on_auth_failure: Callable[[str], Any] | None = None,
 ) -> Proxy:
     """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
     stack's user; the stack attaches itself to it).
 
     ``rings`` are the overlay services by provider name; ``rfc3263``
     replaces the resolver ``[dns]`` describes (tests give a zone's).
+    ``secret`` keys nonces and dialog stamps (``build_service`` reads
+    ``[auth] nonce_secret_file``; None: a random one for this process).
+    ``on_auth_failure(source)`` hears of each wrong password ([limits]).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
@@ -178,8 +292,23 @@ def build_proxy(
     providers = build_providers(order, parts)
     location = LocationChain(list(providers.values()))
 
+    pstn = providers.get("pstn")
+    security = build_security(
+        cfg,
+        reactor,
+        addressing,
+        bindings,
+        stack,
+        secret if secret is not None else os.urandom(32),
+        on_auth_failure,
+        gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
+    )
     forwarder = RequestForwarder(
-        stack, proxy_cfg["record_route"], HopResolver(rfc3263) if rfc3263 is not None else None
+        stack,
+        proxy_cfg["record_route"],
+        HopResolver(rfc3263) if rfc3263 is not None else None,
+        stamp=security.stamp.for_request,
+        branch_policy=security.branch_policy,
     )
     send_to = (
         redirecting
@@ -195,9 +324,11 @@ def build_proxy(
             dids=DidTable(dialplan, dict(cfg.section("did"))),
             location=location,
             send_to=send_to,
+            authenticate=security.authenticate,
+            relay=security.relay,
         )
     )
-    core = ProxyCore(chain, registrar, forwarder, addressing, stack)
+    core = ProxyCore(chain, registrar, forwarder, addressing, stack, ack_gate=security.ack_gate)
 
     def self_route(binding: Any) -> str | None:
         return routing.self_route(stack.listening(), binding)
@@ -218,7 +349,19 @@ def build_proxy(
             stack,
             from_domain=addressing.primary or "localhost",
         )
-    return Proxy(core, registrar, location, providers, forwarder, publishers, ProxyTimers(bindings, prober))
+    reloads = [("users file", security.users.reload)] if security.users is not None else []
+    return Proxy(
+        core,
+        registrar,
+        location,
+        providers,
+        forwarder,
+        publishers,
+        ProxyTimers(bindings, prober),
+        security.users,
+        security.digest,
+        reloads,
+    )
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:
@@ -229,6 +372,15 @@ def _holds(addressing: Addressing) -> Callable[[str], bool]:
 
 
 # --- the whole process
+
+
+def nonce_secret(cfg: Config) -> bytes:
+    """[auth] nonce_secret_file, made when missing; a ConfigError if unusable."""
+    path = cfg.section("auth")["nonce_secret_file"]
+    try:
+        return load_or_create_secret(path)
+    except SecretFileError as e:
+        raise ConfigError("auth", "nonce_secret_file", str(e)) from None
 
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
@@ -280,7 +432,16 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         except ConfigError as e:  # one line, exit status 1, nothing bound yet
             raise SystemExit(str(e)) from None
         assert tls is not None
-        proxy = build_proxy(cfg, reactor, dict(top.rings))  # type: ignore[attr-defined]
+        # Wrong passwords count toward a ban ([limits] auth_failures) once a
+        # limiter exists (``top.limits``, built before the proxy).
+        limits = getattr(top, "limits", None)
+        proxy = build_proxy(
+            cfg,
+            reactor,
+            dict(top.rings),  # type: ignore[attr-defined]
+            secret=nonce_secret(cfg),
+            on_auth_failure=limits.auth_failed if limits is not None else None,
+        )
         if admin is not None:  # GET /registrations: this proxy's own users
             admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
         stack = SipStack(
@@ -303,6 +464,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         # SIGHUP: new certificates for new connections; calls carry on.
         reloads = Reloads(reactor)
         reloads.add("TLS certificates", stack.transport.reload_tls)
+        for what, action in proxy.reloads:
+            reloads.add(what, action)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)

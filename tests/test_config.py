@@ -45,7 +45,14 @@ def test_ipv6_listen_and_domain_lists():
         ("[proxy]\nlisten = udp:127.0.0.1:5060, udp:127.0.0.1:5060\n", "proxy", "listen", "listed twice"),
         ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "proxy", "listen", "needs [tls] certificate and key, which are not set"),
         ("[proxy]\nlisten = udp:127.0.0.1:5060, sips:127.0.0.1:5061\n", "proxy", "listen", "sips listeners are not supported (SIP over TLS listens as tls:)"),
-        ("[auth]\nrequired = yes\n", "auth", "required", "not supported yet"),
+        ("[auth]\nrequired = yes\n", "auth", "required", "needs [auth] users_file"),
+        ("[auth]\nusers_file = /nonexistent/users\n", "auth", "users_file", "cannot read"),
+        ("[auth]\nalgorithms = SHA-512\n", "auth", "algorithms", "unknown digest algorithm"),
+        ("[auth]\nalgorithms = MD5-sess\n", "auth", "algorithms", "cannot be offered"),
+        ("[auth]\nnonce_ttl = 0\n", "auth", "nonce_ttl", "greater than 0"),
+        ("[auth]\ntrusted = 10.0.0.0/33\n", "auth", "trusted", "not an IP address or network"),
+        ("[pstn]\nemergency = 911 help\n", "pstn", "emergency", "not a number"),
+        ("[pstn]\ncallers = trusted alice\n", "pstn", "callers", "stands alone"),
         ("[proxy]\ndomains = bad_domain!\n", "proxy", "domains", "not a domain name"),
         ("[proxy]\nmode = relay\n", "proxy", "mode", "not one of proxy, redirect"),
         ("[proxy]\nrecord_route = maybe\n", "proxy", "record_route", "not yes or no"),
@@ -155,6 +162,37 @@ def test_shipped_site_ini_turns_limits_on():
     limits = LimitsConfig(**cfg.section("limits"))
     assert limits.requests_per_second > 0 and limits.ban_seconds > 0 and limits.allow == ()
     assert cfg.sip["message_timeout"] == 30.0
+
+
+def test_auth_defaults_follow_the_contract(tmp_path):
+    from sosimple_proxy.security.algorithms import Algorithm
+    from sosimple_proxy.security.users import UserEntry
+
+    auth = parse_config("[proxy]\ndomains = b.test c.test\n").section("auth")
+    assert auth["users_file"] == "" and auth["required"] is False
+    assert auth["realm"] == "b.test"
+    assert auth["algorithms"] == (Algorithm.SHA256, Algorithm.MD5)
+    assert auth["nonce_ttl"] == 300.0 and auth["trusted"] == ()
+    assert auth["nonce_secret_file"] == "var/nonce-secret"
+    pstn = parse_config("").section("pstn")
+    assert pstn["callers"] == ("authenticated",) and pstn["emergency"] == ()
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", "b.test", "pw").line() + "\n")
+    cfg = parse_config(f"[proxy]\ndomains = b.test\n[auth]\nusers_file = {users}\n")
+    assert cfg.section("auth")["required"] is True and cfg.warnings == []
+    assert parse_config(f"[auth]\nusers_file = {users}\nrequired = no\n").section("auth")["required"] is False
+    # users of another realm only: a warning, not an error
+    cfg = parse_config(f"[proxy]\ndomains = other.test\n[auth]\nusers_file = {users}\n")
+    assert any("no user of realm 'other.test'" in w for w in cfg.warnings)
+
+
+def test_a_bad_users_file_names_its_line(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:b.test:password\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[auth]\nusers_file = {users}\n")
+    assert str(e.value).startswith("site.ini: [auth] users_file: ") and ":1:" in str(e.value)
 
 
 # --- [admin]: secure by default (HTTPS and credentials off loopback)

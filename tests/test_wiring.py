@@ -158,3 +158,35 @@ def test_no_limiter_without_sip():
 
     top = build_service(parse_config("[proxy]\nlisten =\n[overlay]\nlisten =\n[admin]\nlisten =\n"), MemoryReactorClock())
     assert top.limits is None
+
+
+def test_build_service_reads_the_nonce_secret_and_reloads_the_users_file(tmp_path):
+    import pytest
+
+    from sosimple_proxy.config import ConfigError
+    from sosimple_proxy.reloads import Reloads
+    from sosimple_proxy.security.users import UserEntry
+    from sosimple_proxy.wiring import build_service
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", "example.com", "pw").line() + "\n")
+    secret = tmp_path / "state" / "nonce-secret"
+    cfg = parse_config(
+        "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:0\n[overlay]\nlisten =\n[admin]\nlisten =\n"
+        f"[location]\norder = local\n[auth]\nusers_file = {users}\nnonce_secret_file = {secret}\n"
+    )
+    top = build_service(cfg, Clock())
+    assert secret.exists() and oct(secret.stat().st_mode & 0o777) == "0o600"
+    (reloads,) = [s for s in top if isinstance(s, Reloads)]
+    assert "users file" in [what for what, _ in reloads._actions]
+    users.write_text("broken\n")
+    reloads.reload()  # a bad file keeps the old table, with a log line
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    bad = parse_config(
+        "[proxy]\nlisten = udp:127.0.0.1:0\n[overlay]\nlisten =\n[admin]\nlisten =\n"
+        f"[auth]\nnonce_secret_file = {blocked}/sub/secret\n"
+    )
+    with pytest.raises(ConfigError, match=r"\[auth\] nonce_secret_file"):
+        build_service(bad, Clock())

@@ -69,6 +69,15 @@ CONTINUE = Outcome.CONTINUE
 TAKEN = Outcome.TAKEN
 
 
+class Trust(enum.Enum):
+    """Who sent a request, as authentication found (DESIGN.md, "Where
+    security lives")."""
+
+    TRUSTED = "trusted"  # a source in [auth] trusted: a gateway, a proxy of ours
+    USER = "user"  # one of our users, authenticated (Job.user says who)
+    STRANGER = "stranger"  # anybody else: may only reach our own users
+
+
 @attrs.define(eq=False)
 class Job:
     """One request going through the chain, and what the chain learnt of it."""
@@ -79,6 +88,11 @@ class Job:
     kind: Kind | None = None
     # The location chain's answer (Found, Miss or NOT_MINE), once asked.
     located: Any = None
+    # Set by authentication (before anything acts on the request).
+    trust: Trust = Trust.STRANGER
+    user: str | None = None
+    # The top Route was our own Record-Route, stamped for this very dialog.
+    stamped: bool = False
 
 
 @attrs.define(eq=False)
@@ -204,21 +218,29 @@ def proxy_chain(
     dids: DidTable,
     location: LocationChain,
     send_to: SendTo,
+    authenticate: Processor | None = None,
+    relay: Processor | None = None,
 ) -> list[Processor]:
-    """The processors, in the order they see a request."""
-    return [
+    """The processors, in the order they see a request.
+
+    ``authenticate`` (proxy/authenticate.py) marks the request's sender
+    after sanity and before anything acts on it; ``relay``
+    (proxy/relay.py) runs once location has said where the request would
+    go, so no provider and no Route header can bypass it."""
+    processors: list[Processor | None] = [
         Sanity(addressing),
         LoopDetection(addressing),
-        # (authentication goes here: after sanity, before anything acts)
+        authenticate,  # before anything acts: trusted, one of our users, or a stranger
         Cancel(stack),
         RouteInformation(addressing),  # 16.4; the request is classified here
         Register(addressing, routes, registrar),
         ToProxy(),
         Did(dids, addressing),
         Locate(location),
-        # (the relay rule goes here: location has said where it would go)
+        relay,  # location has said where it would go: our user, or elsewhere
         Forward(addressing, send_to),
     ]
+    return [p for p in processors if p is not None]
 
 
 class Sanity:

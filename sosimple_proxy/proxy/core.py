@@ -34,8 +34,16 @@ class ProxyCore:
     """Hands each request to the chain; forwards stray ACKs and responses."""
 
     def __init__(
-        self, chain: Chain, registrar: Registrar, forwarder: IForwarder, addressing: Addressing, stack: StackLink
+        self,
+        chain: Chain,
+        registrar: Registrar,
+        forwarder: IForwarder,
+        addressing: Addressing,
+        stack: StackLink,
+        ack_gate: Any = None,
     ) -> None:
+        # ack_gate: the relay rule for 2xx ACKs (proxy/relay.py AckGate), or None
+        self.ack_gate = ack_gate
         self.chain = chain
         self.registrar = registrar
         self.forwarder = forwarder
@@ -70,8 +78,13 @@ class ProxyCore:
         if routing.is_looped(ack, request_loop_hash(ack), self.addressing.is_our_host):
             log.info("ACK dropped: loop")
             return
+        gate = self.ack_gate
+        stamped = gate.stamped(ack) if gate is not None else False
         routing.preprocess_routes(ack, self.addressing.is_ours, source)
         kind = classify(ack, self.addressing)
+        if gate is not None and source is not None and not gate.allows(ack, source, kind, stamped):
+            log.info("ACK from {source} dropped: relaying denied", source=source)
+            return
         if kind is Kind.TO_PROXY:
             return  # an ACK for us: nothing to do
         if kind is Kind.LOCATE and self.addressing.is_ours(ack.ruri):

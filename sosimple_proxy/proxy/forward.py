@@ -8,7 +8,7 @@ ACK of a 2xx and responses that match no transaction (16.11, 18.2.2).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -41,10 +41,22 @@ class RequestForwarder:
     the UAs' open connections) and transaction layer; ``hops`` resolves
     next hops named by host (RFC 3263; None: those are unreachable)."""
 
-    def __init__(self, stack: StackLink, record_route: bool, hops: IHopResolver | None = None) -> None:
+    def __init__(
+        self,
+        stack: StackLink,
+        record_route: bool,
+        hops: IHopResolver | None = None,
+        stamp: Callable[[Request], str] | None = None,
+        branch_policy: Callable[[Request, Target, Peer], None] | None = None,
+    ) -> None:
         self.stack = stack
         self.record_route = record_route
         self.hops = hops
+        # The dialog's HMAC for our Record-Route (proxy/dialog_stamp.py).
+        self.stamp = stamp
+        # Last look at each branch's copy once its destination is known
+        # (P-Asserted-Identity only toward trusted peers and gateways).
+        self.branch_policy = branch_policy
 
     @property
     def listening(self) -> Sequence[ListenAddress]:
@@ -71,11 +83,13 @@ class RequestForwarder:
         if dest is None:
             found = self._resolve(hop)
             if isinstance(found, Deferred):
-                return found.addCallback(lambda peer: self._finish(copy, peer, inbound, lhash, user, secure, flows))
+                return found.addCallback(
+                    lambda peer: self._finish(copy, peer, inbound, lhash, user, secure, flows, target)
+                )
             if isinstance(found, Response):
                 return found
             dest = found
-        return self._finish(copy, dest, inbound, lhash, user, secure, flows)
+        return self._finish(copy, dest, inbound, lhash, user, secure, flows, target)
 
     def _flow(self, target: Target) -> Peer | None:
         """The UA's own connection, when it registered over one still open."""
@@ -117,11 +131,14 @@ class RequestForwarder:
         user: IClientTransactionUser,
         secure: bool = False,
         flows: tuple[Peer | None, Peer | None] = (None, None),
+        target: Target | None = None,
     ) -> Any:
         refused = routing.insecure_hop(secure, dest)
         if refused is not None:
             log.info("{method} {uri}: not forwarded: {why}", method=copy.method, uri=copy.uri, why=refused)
             return make_response_for_branch(480, refused)
+        if self.branch_policy is not None and target is not None:
+            self.branch_policy(copy, target, dest)
         listening = self.listening
         outbound = routing.egress(listening, dest)
         if outbound is None:
@@ -133,8 +150,14 @@ class RequestForwarder:
         else:
             sent_by = outbound
         if self.record_route and copy.method in DIALOG_CREATING and not routing.has_to_tag(copy):
+            stamp = self.stamp(copy) if self.stamp is not None else None
             routing.add_record_route(
-                copy, inbound, outbound if outbound.transport == dest.transport else None, flows[0], flows[1]
+                copy,
+                inbound,
+                outbound if outbound.transport == dest.transport else None,
+                flows[0],
+                flows[1],
+                stamp=stamp,
             )
         copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
         return self.stack.transactions.send_request(copy, dest, user)

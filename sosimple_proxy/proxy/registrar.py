@@ -1,7 +1,8 @@
 """REGISTER processing, RFC 3261 section 10.3 (plus RFC 3327 Path, RFC 5626).
 
 Pure logic over a :class:`BindingTable` and an injected clock: a request in,
-a response out.  Authentication arrives with the security work.
+a response out.  Who may register what is decided before it, by the
+chain's authentication step (:mod:`sosimple_proxy.proxy.authenticate`).
 """
 
 from __future__ import annotations

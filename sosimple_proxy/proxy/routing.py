@@ -304,8 +304,11 @@ def via_value(local: ListenAddress, transport: str, branch: str) -> str:
     return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
 
 
-def record_route_value(local: ListenAddress, r2: bool = False, user: str | None = None, secure: bool = False) -> str:
-    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses.
+def record_route_value(
+    local: ListenAddress, r2: bool = False, user: str | None = None, secure: bool = False, stamp: str | None = None
+) -> str:
+    """``<sip:host:port;transport=X;lr>`` for one of our listen addresses;
+    ``stamp`` is the dialog's HMAC (:mod:`sosimple_proxy.proxy.dialog_stamp`).
 
     A TLS address is ``<sips:host:port;lr>`` when ``secure`` (a SIPS
     request: RFC 3261 16.6 step 4, "the URI placed into the Record-Route
@@ -315,7 +318,7 @@ def record_route_value(local: ListenAddress, r2: bool = False, user: str | None 
     requests still reach us by TLS.
     """
     u = f"{user}@" if user else ""
-    tail = f";lr{';r2=on' if r2 else ''}"
+    tail = f";lr{';r2=on' if r2 else ''}{f';sst={stamp}' if stamp else ''}"
     if local.transport == "tls" and secure:
         return f"<sips:{u}{format_host(local.host)}:{local.port}{tail}>"
     t = "" if local.transport == "udp" else f";transport={local.transport}"
@@ -328,6 +331,7 @@ def add_record_route(
     outbound: ListenAddress | None,
     inbound_flow: Peer | None = None,
     outbound_flow: Peer | None = None,
+    stamp: str | None = None,
 ) -> None:
     """16.6 step 4, with RFC 5658 double Record-Route.
 
@@ -350,18 +354,19 @@ def add_record_route(
     if inbound is None:
         return
     secure = must_stay_secure(request)
+    value = functools.partial(record_route_value, secure=secure, stamp=stamp)
     in_user = flow_user(inbound_flow)
     out_user = flow_user(outbound_flow)
     if outbound is None or outbound == inbound:
         if in_user and out_user:
-            request.headers.prepend("Record-Route", record_route_value(inbound, user=in_user, secure=secure))
-            request.headers.prepend("Record-Route", record_route_value(inbound, user=out_user, secure=secure))
+            request.headers.prepend("Record-Route", value(inbound, user=in_user))
+            request.headers.prepend("Record-Route", value(inbound, user=out_user))
             return
         user = in_user or out_user
-        request.headers.prepend("Record-Route", record_route_value(inbound, user=user, secure=secure))
+        request.headers.prepend("Record-Route", value(inbound, user=user))
         return
-    request.headers.prepend("Record-Route", record_route_value(inbound, r2=True, user=in_user, secure=secure))
-    request.headers.prepend("Record-Route", record_route_value(outbound, r2=True, user=out_user, secure=secure))
+    request.headers.prepend("Record-Route", value(inbound, r2=True, user=in_user))
+    request.headers.prepend("Record-Route", value(outbound, r2=True, user=out_user))
 
 
 def flow_user(flow: Peer | None) -> str | None:

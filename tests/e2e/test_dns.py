@@ -206,6 +206,8 @@ def other_test():
             {
                 "proxy": {"domains": "example.com"},
                 "location": {"order": "local routes dns"},
+                # the test's peers on 127.0.0.1 are trusted: they may relay (the relay rule, issue 10)
+                "auth": {"trusted": "127.0.0.1"},
                 "dns": {"servers": f"127.0.0.1:{dns_port}"},
             },
             workdir=workdir / "proxy",

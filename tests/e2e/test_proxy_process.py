@@ -52,7 +52,7 @@ def _run_with(tmp_path, text: str) -> subprocess.CompletedProcess:
         ("[proxy]\nlisten = udp:127.0.0.1:notaport\n", "[proxy] listen"),
         ("[sip]\nt1 = soon\n", "[sip] t1"),
         ("[proxy]\nmax_message_size = tiny\n", "[proxy] max_message_size"),
-        ("[auth]\nrequired = yes\n", "[auth] required: yes: challenging requests is not supported yet"),
+        ("[auth]\nrequired = yes\n", "[auth] required: yes needs [auth] users_file (the users to authenticate)"),
         ("[proxy]\nlisten = tls:127.0.0.1:5061\n", "[proxy] listen: tls:127.0.0.1:5061 needs [tls] certificate and key, which are not set"),
         (
             "[proxy]\nlisten = tls:127.0.0.1:5061\n[tls]\ncertificate = missing.pem\nkey = missing.key\n",

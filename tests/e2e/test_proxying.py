@@ -74,6 +74,8 @@ def proxy(transport: str, route_port: int):
     config = {
         "proxy": {"domains": "example.com"},
         "location": {"order": "local routes"},
+        # the test's peers on 127.0.0.1 are trusted: they may relay (the relay rule, issue 10)
+        "auth": {"trusted": "127.0.0.1"},
         "routes": {
             "other.test": f"sip:127.0.0.1:{route_port}{URI_TRANSPORT[transport]}",
             "loop.test": f"sip:127.0.0.1:{port}",
@@ -149,12 +151,13 @@ def via_regexp(transport: str, port: int) -> str:
 
 
 def rr_entry(transport: str, port: int, r2: bool = False) -> str:
-    """One of our Record-Route values (two with r2=on across transports, RFC 5658)."""
-    return f"<sip:127.0.0.1:{port}{URI_TRANSPORT[transport]};lr{';r2=on' if r2 else ''}>"
+    """One of our Record-Route values (two with r2=on across transports, RFC 5658)
+    up to its dialog stamp (``;sst=`` and an HMAC, proxy/dialog_stamp.py)."""
+    return f"<sip:127.0.0.1:{port}{URI_TRANSPORT[transport]};lr{';r2=on' if r2 else ''};sst="
 
 
 def rr_regexp(transport: str, port: int, r2: bool = False) -> str:
-    return ere(rr_entry(transport, port, r2)).replace("<", "")
+    return ere(rr_entry(transport, port, r2)).replace("<", "") + "[0-9a-f]{32}>"
 
 
 # --- scenario pieces

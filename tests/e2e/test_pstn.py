@@ -25,6 +25,8 @@ def gateway_config(a1: int, a2: int, b: int) -> dict:
     return {
         "proxy": {"domains": "example.com"},
         "location": {"order": "local routes pstn"},
+        # the test's peers on 127.0.0.1 are trusted: they may relay (the relay rule, issue 10)
+        "auth": {"trusted": "127.0.0.1"},
         "pstn": {
             "country_code": "1",
             "local_patterns": r"^([2-9][0-9]{6})$ => +1412\1",

@@ -31,6 +31,8 @@ def test_a_user_of_ring_a_reaches_a_user_of_ring_b_through_the_bridge(tmp_path):
             "proxy": {"domains": "a.test"},
             "location": {"order": "local overlay routes"},
             "routes": {"b.test": f"sip:127.0.0.1:{x_sip}"},
+            # the test's peers on 127.0.0.1 are trusted: they may relay (the relay rule, issue 10)
+            "auth": {"trusted": "127.0.0.1"},
             "overlay": {"listen": f"tcp:{a_pa}:interface=127.0.0.1", "bootstrap": f"127.0.0.1:{a_x}", "state_dir": "ra", **ring},
         },
         port=pa_sip,
@@ -41,6 +43,8 @@ def test_a_user_of_ring_a_reaches_a_user_of_ring_b_through_the_bridge(tmp_path):
             "proxy": {"domains": "b.test"},
             "location": {"order": "local overlay routes"},
             "routes": {"a.test": f"sip:127.0.0.1:{x_sip}"},
+            # the test's peers on 127.0.0.1 are trusted: they may relay (the relay rule, issue 10)
+            "auth": {"trusted": "127.0.0.1"},
             "overlay": {"listen": f"tcp:{b_pb}:interface=127.0.0.1", "bootstrap": f"127.0.0.1:{b_x}", "state_dir": "rb", **ring},
         },
         port=pb_sip,

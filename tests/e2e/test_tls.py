@@ -118,9 +118,12 @@ def test_baresips_register_message_and_call_over_tls(proxy, certs):
             bob.wait_event("CALL_ESTABLISHED", WAIT, direction="incoming", peeruri=f"sip:alice@{DOMAIN}")
             invite = bob.wait_received("INVITE", timeout=WAIT)
             assert re.search(r"^Via: SIP/2.0/TLS 127\.0\.0\.1:%d;" % tls, invite.text, re.M), invite.text
-            # our Record-Route over TLS, naming each phone's connection (flow tokens)
+            # our Record-Route over TLS, naming each phone's connection (flow
+            # tokens), with the dialog's stamp (proxy/dialog_stamp.py)
             rr = re.findall(r"^Record-Route: (.*)$", invite.text, re.M)
-            assert len(rr) == 2 and all(re.fullmatch(rf"<sip:f-[\w-]+@127\.0\.0\.1:{tls};transport=tls;lr>", r) for r in rr), rr
+            assert len(rr) == 2 and all(
+                re.fullmatch(rf"<sip:f-[\w-]+@127\.0\.0\.1:{tls};transport=tls;lr;sst=[0-9a-f]{{32}}>", r) for r in rr
+            ), rr
             bob.wait_received("ACK", timeout=WAIT)
             alice.hangup()
             alice.wait_event("CALL_CLOSED", WAIT)
@@ -300,7 +303,9 @@ def test_a_tls_route_is_verified_against_its_domain(certs):
     with TLSAnsweringUA(*good_cert) as good, TLSAnsweringUA(*evil_cert) as evil:
         routes = {"routes": {"other.test": f"sips:other.test:{good.port};maddr=127.0.0.1",
                              "evil.test": f"sips:other.test:{evil.port};maddr=127.0.0.1"},
-                  "location": {"order": "local routes"}}
+                  "location": {"order": "local routes"},
+                  # the test's sender on 127.0.0.1 is trusted: it may relay (the relay rule, issue 10)
+                  "auth": {"trusted": "127.0.0.1"}}
         with tls_proxy(certs, routes) as proxy:
             text = f"routed-{secrets.token_hex(4)}"
             assert send_message(proxy, "dan@other.test", text) == "SIP/2.0 200 OK", proxy.log_tail(60)

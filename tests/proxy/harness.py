@@ -6,6 +6,7 @@ parsed, and time moves only when the test says.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -74,14 +75,23 @@ class Harness:
     """The proxy as the composition root builds it, on a Wire and a Clock."""
 
     def __init__(
-        self, ini: str = "", listening: list[ListenAddress] | None = None, rfc3263: Any = None, clock: Clock | None = None
+        self,
+        ini: str = "",
+        listening: list[ListenAddress] | None = None,
+        rfc3263: Any = None,
+        clock: Clock | None = None,
+        on_auth_failure: Any = None,
     ) -> None:
         text = "[proxy]\ndomains = example.com\nlisten = udp:127.0.0.1:5060, tcp:127.0.0.1:5060\n" + ini
         text += "\n[location]\norder = local routes\n" if "[location]" not in ini else ""
+        # The routing tests' peers (127.0.0.1) are a trusted lab, as in the
+        # conf/site.ini of `make run`: the relay rule lets them go anywhere.
+        # Security tests send from other addresses, or give their own [auth].
+        text += "\n[auth]\ntrusted = 127.0.0.1\n" if "[auth]" not in ini else ""
         self.cfg = parse_config(text, "test.ini")
         self.clock = clock or Clock()
         self.wire = Wire(self.clock, listening or [PROXY_UDP, PROXY_TCP])
-        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263)
+        self.proxy = build_proxy(self.cfg, self.clock, rfc3263=rfc3263, on_auth_failure=on_auth_failure)
         self.core = self.proxy.core
         self.providers = self.proxy.providers
         self.layer = TransactionLayer(
@@ -135,6 +145,14 @@ class Harness:
         via = request.top_via
         src = source or Peer(via.transport.lower(), "127.0.0.1", 9)
         self.layer.receive(parse_message(r.serialize()), src, PROXY_UDP)
+
+
+def unstamped(record_route: str) -> str:
+    """A Record-Route value of ours without its dialog stamp (``;sst=``, an
+    HMAC: proxy/dialog_stamp.py), which must be there."""
+    stamp = re.search(r";sst=[0-9a-f]{32}(?=[;>])", record_route)
+    assert stamp, record_route
+    return record_route.replace(stamp.group(0), "")
 
 
 def invite(uri: str = "sip:bob@example.com", branch: str = "z9hG4bK-caller-1", method: str = "INVITE",
