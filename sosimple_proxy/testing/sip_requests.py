@@ -135,6 +135,7 @@ def udp_exchange(
     host: str = "127.0.0.1",
     timeout: float = 3.0,
     retransmit: bool = True,
+    source: str | None = None,
 ) -> list[str]:
     """Send one request from a fresh UDP socket; every response up to the
     first final one, in order (empty if nothing came within ``timeout``).
@@ -142,10 +143,12 @@ def udp_exchange(
     ``request`` may be a function of the local port, to name it in the Via.
     Until a response arrives the request is retransmitted as RFC 3261's
     Timer A says (T1 = 0.5 s, doubling), since a datagram may be lost.
+    ``source`` is the address to send from (another loopback address plays
+    another host), ``host`` by default.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
+        s.bind((source or host, 0))
         data = request(s.getsockname()[1]) if callable(request) else request
         raw = data.encode() if isinstance(data, str) else data
         answers: list[str] = []

@@ -213,3 +213,54 @@ def test_sighup_reads_the_users_file_again(tmp_path):
         os.kill(proxy.process.pid, signal.SIGHUP)
         wait_until(lambda: registers("carol", "new"), 10, what="carol cannot register after SIGHUP")
         assert proxy.process.poll() is None
+
+
+# --- guessing passwords gets a source banned ([limits] auth_failures)
+
+
+def test_wrong_passwords_ban_the_source_and_the_admin_api_says_why(tmp_path):
+    """Only wrong credentials count (not the first request that carries
+    none); after ``auth_failures`` of them the source is banned: the right
+    password then gets no answer at all, and GET /limits names the reason."""
+    import json
+    import urllib.request
+
+    from sosimple_proxy.testing import free_port
+
+    guesser = "127.0.0.5"
+    path = write_users(tmp_path / "users", PASSWORDS)
+    admin = free_port("tcp")
+    settings = {
+        "proxy": {"domains": REALM},
+        "auth": {"users_file": path},
+        "limits": {"auth_failures": "3", "ban_seconds": "60"},
+        "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
+    }
+    with ProxyProcess(settings) as proxy:
+        def attempt(cseq: int, password: str | None) -> str | None:
+            call_id = f"guess-{uuid.uuid4().hex[:8]}"
+            first = udp_final_response(proxy.port, lambda p: register("alice", p, call_id=call_id), source=guesser)
+            if first is None or password is None:
+                return first
+            challenge = re.search(r"^WWW-Authenticate: *(.*)$", first, re.M).group(1).strip()
+            value = answer_challenge(challenge, "alice", password, "REGISTER", f"sip:{REALM}")
+            return udp_final_response(proxy.port, lambda p: register("alice", p, cseq, value, call_id), source=guesser)
+
+        # requests without credentials are challenged as often as they come
+        for _ in range(5):
+            assert attempt(1, None).startswith("SIP/2.0 401 ")
+        for n in range(2):
+            assert attempt(2, "wrong").startswith("SIP/2.0 401 "), n
+        third = attempt(2, "wrong")  # the third wrong password: banned from now on
+        assert third is None or third.startswith("SIP/2.0 401 ")
+        assert attempt(2, PASSWORDS["alice"]) is None  # silence, even for the right password
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/limits", timeout=5) as answer:
+            banned = json.load(answer)["banned"]
+        assert [b["address"] for b in banned] == [guesser]
+        assert banned[0]["reason"] == "3 wrong credentials in 60 s", banned
+        # another source still registers
+        value_first = udp_final_response(proxy.port, lambda p: register("bob", p, call_id="bob-ok"))
+        challenge = re.search(r"^WWW-Authenticate: *(.*)$", value_first, re.M).group(1).strip()
+        value = answer_challenge(challenge, "bob", PASSWORDS["bob"], "REGISTER", f"sip:{REALM}")
+        ok = udp_final_response(proxy.port, lambda p: register("bob", p, 2, value, "bob-ok"))
+        assert ok is not None and ok.startswith("SIP/2.0 200 "), ok
