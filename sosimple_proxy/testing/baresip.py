@@ -17,6 +17,7 @@ from typing import Sequence
 
 import attrs
 
+from sosimple_proxy.testing.managed import ManagedProcess
 from sosimple_proxy.testing.ports import bound_by, free_port, is_address_in_use, port_is_free, reserve
 from sosimple_proxy.testing.sip_requests import hostport
 
@@ -83,7 +84,7 @@ class SipTraceEntry:
         return ""
 
 
-class Baresip:
+class Baresip(ManagedProcess):
     """A headless baresip (``shared/peers.md``) registered with a proxy,
     driven over its ``ctrl_tcp`` module.
 
@@ -296,24 +297,6 @@ class Baresip:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def cleanup(self) -> None:
-        """Stop, and remove the directory if this helper made it."""
-        try:
-            self.stop()
-        finally:
-            if self._own_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Baresip:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     # -- the log
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sosimple_proxy.testing.managed import ManagedProcess
 from sosimple_proxy.testing.ports import free_port
 from sosimple_proxy.testing.sip_requests import hostport
 
@@ -34,7 +35,7 @@ class LinphonecError(Exception):
     ends with its output and log tails."""
 
 
-class Linphonec:
+class Linphonec(ManagedProcess):
     """A headless linphonec registered as ``user@domain`` through the proxy
     at ``proxy_host:proxy_port`` over ``transport`` (``udp``, ``tcp`` or ``tls``).
 
@@ -191,22 +192,6 @@ class Linphonec:
             self.process.kill()
             self.process.wait()
 
-    def cleanup(self) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._own_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Linphonec:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     # -- commands
 

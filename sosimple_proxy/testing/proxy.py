@@ -10,7 +10,6 @@ it in the meantime), :meth:`ProxyProcess.start` tries again on fresh ports.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from sosimple_proxy.testing.managed import ManagedProcess
 from sosimple_proxy.testing.ports import free_port, is_address_in_use
 from sosimple_proxy.testing.sip_requests import hostport, sip_options_ping
 
@@ -46,7 +46,7 @@ def _ini_text(sections: Mapping[str, Mapping[str, object]]) -> str:
     return "\n".join(out)
 
 
-class ProxyProcess:
+class ProxyProcess(ManagedProcess):
     """The proxy under ``twistd -n`` as a subprocess, on free loopback ports.
 
     ``config`` is either a whole ``site.ini`` text, or sections that are
@@ -266,22 +266,6 @@ class ProxyProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def cleanup(self) -> None:
-        """Stop, and remove the temporary directory if this helper made it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> ProxyProcess:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def _log_since_start(self) -> str:
         """The process's output and what the twistd log gained since this start."""
