@@ -116,9 +116,9 @@ def test_linphonec_registers_with_sha256_and_messages_a_sipp_uas(tmp_path):
 
 
 @pytest.mark.skipif(LINPHONEC is None or BARESIP is None, reason="needs linphonec (linphone-cli) and baresip")
-def test_baresip_and_linphonec_register_with_passwords_and_message_over_tls(tmp_path):
+def test_baresip_and_linphonec_register_with_passwords_message_and_call_over_tls(tmp_path):
     """Issue 10, "Over TLS": both phones authenticate over TLS (MD5, for
-    baresip's sake; linphonec answers it too) and message each other."""
+    baresip's sake; linphonec answers it too), message and call each other."""
     from tests.e2e.test_tls import Certs, tls_proxy
 
     certs = Certs(tmp_path)
@@ -141,6 +141,13 @@ def test_baresip_and_linphonec_register_with_passwords_and_message_over_tls(tmp_
                 text = f"hello-carol-{secrets.token_hex(6)}"
                 alice.message(text)
                 carol.wait_output(re.escape(text), WAIT)
+                # and a call: the INVITE is challenged (407) and answered with credentials
+                carol.call(f"sip:alice@{DOMAIN}")
+                carol.wait_output(rf"Call \d+ with sip:alice@{DOMAIN} connected", WAIT)
+                alice.wait_event("CALL_ESTABLISHED", WAIT, direction="incoming", peeruri=f"sip:carol@{DOMAIN}")
+                assert re.search(r"^Proxy-Authorization: .*", carol.log_text(), re.M | re.I), "the INVITE was not challenged"
+                carol.terminate()
+                alice.wait_event("CALL_CLOSED", WAIT)
             except BaseException:
                 print(proxy.log_tail(80))
                 raise
