@@ -1,7 +1,7 @@
 """SIP load on loopback: our proxy against Kamailio and a minimal Twisted
 UDP responder, driven by sipp in the same run (issue 4, "Benchmark").
 
-Three workloads, each a sipp UAC scenario over UDP with 4 MiB buffers:
+Four workloads, each a sipp UAC scenario over UDP with 4 MiB buffers:
 
 - ``REGISTER``: 10,000 distinct users (``user00000``...), first all of them
   in order at 1,000/s, then picked at random (refreshes) while the rate is
@@ -10,7 +10,15 @@ Three workloads, each a sipp UAC scenario over UDP with 4 MiB buffers:
   (a REGISTER whose Contact is its 127.0.0.1 port); the proxy forwards it and
   relays the UAS's 200;
 - ``INVITE``: INVITE, 180, 200, ACK, BYE, 200 through the proxy to the same
-  registered UAS, with the Record-Route route set honoured.
+  registered UAS, with the Record-Route route set honoured;
+- ``REGISTER-AUTH``: the REGISTER workload with digest authentication
+  (issue 10): REGISTER, 401, REGISTER with sipp's MD5 ``[authentication]``
+  answer, 200, counted as one call.  Every user's password is ``secret``:
+  ours gets an ``[auth] users_file`` of the 10,000 users (``algorithms =
+  MD5``, nobody trusted, ``[limits] auth_failures = 0``), Kamailio runs
+  ``bench/kamailio.cfg`` with ``-A WITH_AUTH`` (the ``auth`` module,
+  ``pv_www_authenticate`` against the fixed password, no database).  The
+  responder challenges nobody and is not measured.
 
 For each server and workload:
 
@@ -43,6 +51,7 @@ seconds, default 1,080).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
@@ -78,7 +87,9 @@ BISECTIONS = 3
 CPU_RATE = 1000
 CPU_SECONDS = 6.0
 RECV_TIMEOUT_MS = 3000
-WORKLOADS = ("REGISTER", "MESSAGE", "INVITE")
+WORKLOADS = ("REGISTER", "MESSAGE", "INVITE", "REGISTER-AUTH")
+PASSWORD = "secret"  # every user's, for REGISTER-AUTH
+PROBE_USER = "probereg"
 SERVERS = ("ours", "kamailio", "responder")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -255,7 +266,51 @@ Content-Length: 0
 </scenario>
 """
 
-UAC = {"REGISTER": UAC_REGISTER, "MESSAGE": UAC_MESSAGE, "INVITE": UAC_INVITE}
+# REGISTER with digest authentication: the REGISTER, its 401, the REGISTER
+# with credentials (sipp answers an MD5 challenge only, so ours offers MD5
+# alone here), its 200: one call, timed from the first REGISTER.  sipp 3.6
+# does not expand [field0] inside [authentication ...]: the injection file
+# carries the whole keyword as field 1 (Bench writes users-auth.csv).
+UAC_REGISTER_AUTH = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="REGISTER with digest authentication load">
+  {_STAMP}
+  <send retrans="500"><![CDATA[
+REGISTER sip:{DOMAIN} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+Max-Forwards: 70
+From: <sip:[field0]@{DOMAIN}>;tag=[pid]A[call_number]
+To: <sip:[field0]@{DOMAIN}>
+Call-ID: [call_id]
+CSeq: 1 REGISTER
+Contact: <sip:[field0]@[local_ip]:[local_port]>
+Expires: 3600
+User-Agent: sipp bench
+Content-Length: 0
+
+]]></send>
+  <recv response="401" auth="true"/>
+  <send retrans="500"><![CDATA[
+REGISTER sip:{DOMAIN} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+Max-Forwards: 70
+From: <sip:[field0]@{DOMAIN}>;tag=[pid]A[call_number]
+To: <sip:[field0]@{DOMAIN}>
+Call-ID: [call_id]
+CSeq: 2 REGISTER
+Contact: <sip:[field0]@[local_ip]:[local_port]>
+[field1]
+Expires: 3600
+User-Agent: sipp bench
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+  {_LOG}
+</scenario>
+"""
+
+UAC = {"REGISTER": UAC_REGISTER, "MESSAGE": UAC_MESSAGE, "INVITE": UAC_INVITE, "REGISTER-AUTH": UAC_REGISTER_AUTH}
+AUTH_WORKLOADS = {"REGISTER-AUTH"}  # the servers run with digest authentication on
 UAS = {"MESSAGE": UAS_MESSAGE, "INVITE": UAS_INVITE}
 
 
@@ -306,12 +361,26 @@ def tree_cpu_seconds(root: int) -> float:
 BENCH_LIMITS = {"requests_per_second": "1000000", "burst": "1000000", "max_transactions": "0"}
 
 
+def write_users_file(path: Path) -> str:
+    """Our users file for REGISTER-AUTH: user00000... and the probe's user, all
+    with the password PASSWORD in the realm DOMAIN."""
+    from sosimple_proxy.security.users import UserEntry
+
+    names = [f"user{i:05d}" for i in range(USERS)] + [PROBE_USER]
+    path.write_text("".join(UserEntry.from_password(n, DOMAIN, PASSWORD).line() + "\n" for n in names))
+    return str(path)
+
+
 class Server:
     name = ""
     label = ""
     has_uas = True  # forwards MESSAGE and INVITE to a registered UAS
+    has_auth = True  # can challenge REGISTER (REGISTER-AUTH)
     port = 0
     pid = 0
+
+    def __init__(self, auth: bool = False) -> None:
+        self.auth = auth  # digest authentication on, every user's password PASSWORD
 
     def start(self, workdir: Path) -> None:
         raise NotImplementedError
@@ -329,9 +398,18 @@ class Ours(Server):
     def start(self, workdir: Path) -> None:
         self.port = free_port("udp")
         listen = f"udp:127.0.0.1:{self.port}"
-        self.proxy = ProxyProcess(
-            {"proxy": {"listen": listen, "domains": DOMAIN}, "limits": BENCH_LIMITS}, port=self.port, workdir=workdir
-        )
+        config: dict[str, dict[str, object]] = {"proxy": {"listen": listen, "domains": DOMAIN}, "limits": BENCH_LIMITS}
+        if self.auth:
+            config["auth"] = {
+                "users_file": write_users_file(workdir / "users"),
+                "required": "yes",
+                "realm": DOMAIN,
+                "algorithms": "MD5",  # sipp answers only an MD5 first challenge
+                "trusted": "",
+                "nonce_secret_file": workdir / "nonce-secret",
+            }
+            config["limits"] = {**BENCH_LIMITS, "auth_failures": "0"}
+        self.proxy = ProxyProcess(config, port=self.port, workdir=workdir)
         self.proxy.start()
         assert self.proxy.process is not None
         self.pid = self.proxy.process.pid
@@ -383,6 +461,7 @@ class Kamailio(_Subprocess):
             raise FileNotFoundError("kamailio is not installed (Debian package kamailio)")
         self._start(
             [exe, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-m", "256", "-n", "1", "-x", "tlsf",
+             *(["-A", "WITH_AUTH"] if self.auth else []),
              "-l", f"udp:127.0.0.1:{self.port}", "-w", str(workdir)],
             workdir,
         )
@@ -391,6 +470,7 @@ class Kamailio(_Subprocess):
 class Responder(_Subprocess):
     name, label = "responder", "Twisted UDP responder"
     has_uas = False
+    has_auth = False  # a fixed 200: nothing to challenge
 
     def start(self, workdir: Path) -> None:
         self.port = free_port("udp")
@@ -474,7 +554,8 @@ class Probe(threading.Thread):
             while not self.done.is_set() and self.n < 100_000:
                 self.n += 1
                 t0 = time.perf_counter()
-                ok = {"REGISTER": self._register, "MESSAGE": self._message, "INVITE": self._invite}[self.workload]()
+                ok = {"REGISTER": self._register, "MESSAGE": self._message, "INVITE": self._invite,
+                      "REGISTER-AUTH": self._register_auth}[self.workload]()
                 if not ok:
                     self.failed += 1
                 self.done.wait(max(0.0, 1 / PROBE_RATE - (time.perf_counter() - t0)))
@@ -539,6 +620,44 @@ Content-Length: 0
 """)
         got = self._await(b"REGISTER", self.call_id)
         return self._timed(got, t0)
+
+    def _register_auth(self) -> bool:
+        """REGISTER, its 401, the REGISTER with an MD5 qop=auth digest, its 200:
+        timed from the first REGISTER to the 200."""
+        call_id = f"{self.call_id}-{self.n}"
+        user = PROBE_USER
+
+        def register(cseq: int, extra: str = "") -> None:
+            self._send(f"""REGISTER sip:{DOMAIN} SIP/2.0
+{self._via()}
+Max-Forwards: 70
+From: <sip:{user}@{DOMAIN}>;tag=probe
+To: <sip:{user}@{DOMAIN}>
+Call-ID: {call_id}
+CSeq: {cseq} REGISTER
+Contact: <sip:{user}@127.0.0.1:{self.uac_port}>
+{extra}Expires: 3600
+Content-Length: 0
+
+""")
+
+        t0 = time.perf_counter()
+        register(1)
+        got = self._await(b"REGISTER", call_id)
+        if got is None or not got[0].startswith(b"SIP/2.0 401"):
+            return False
+        challenge = _named(got[1], b"www-authenticate")
+        if not challenge:
+            return False
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge[0].decode(errors="replace")))
+        realm, nonce = params.get("realm", DOMAIN), params.get("nonce", "")
+        uri, nc, cnonce = f"sip:{DOMAIN}", "00000001", f"{random.getrandbits(64):x}"
+        md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
+        resp = md5(f"{md5(f'{user}:{realm}:{PASSWORD}')}:{nonce}:{nc}:{cnonce}:auth:{md5('REGISTER:' + uri)}")
+        opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
+        register(2, f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+                    f'response="{resp}", algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"{opaque}\n')
+        return self._timed(self._await(b"REGISTER", call_id), t0)
 
     def _timed(self, got: tuple[bytes, list[bytes]] | None, t0: float) -> bool:
         if got is None or not got[0].startswith(b"SIP/2.0 2"):
@@ -678,6 +797,11 @@ class Step:
                 f"-> {'pass' if self.passed else 'FAIL'}")
 
 
+def _auth_users(users: Path) -> Path:
+    """users.csv -> users-auth.csv: the injection file for REGISTER-AUTH."""
+    return users.with_name(users.stem + "-auth" + users.suffix)
+
+
 class Bench:
     def __init__(self, workdir: Path, deadline: float, say: Callable[[str], None] = print) -> None:
         self.dir = workdir
@@ -688,6 +812,10 @@ class Bench:
         names = [f"user{i:05d};" for i in range(USERS)]
         self.users.write_text("SEQUENTIAL\n" + "\n".join(names) + "\n")
         self.users_random.write_text("RANDOM\n" + "\n".join(names) + "\n")
+        # REGISTER-AUTH: the same users, with sipp's credentials as field 1.
+        auth = [f"user{i:05d};[authentication username=user{i:05d} password={PASSWORD}];" for i in range(USERS)]
+        for plain in (self.users, self.users_random):
+            _auth_users(plain).write_text(plain.read_text().split("\n", 1)[0] + "\n" + "\n".join(auth) + "\n")
         for name, text in [*((f"uac-{k}", v) for k, v in UAC.items()), *((f"uas-{k}", v) for k, v in UAS.items())]:
             (workdir / f"{name}.xml").write_text(text)
         self.counter = 0
@@ -722,8 +850,9 @@ class Bench:
                 "-trace_logs", "-log_file", str(run / "rtt.log"),
                 "-trace_stat", "-stf", str(run / "stat.csv"),
                 "-trace_err", "-error_file", str(run / "errors.log")]
-        if workload == "REGISTER":
-            args += ["-inf", str(users or self.users_random)]
+        if workload.startswith("REGISTER"):
+            inf = users or self.users_random
+            args += ["-inf", str(_auth_users(inf) if workload in AUTH_WORKLOADS else inf)]
         args.append(f"127.0.0.1:{server.port}")
         probe = Probe(server, workload, self.probe_uas)
         cpu0 = server.cpu()
@@ -922,7 +1051,7 @@ def measure_one(bench: Bench, server: Server, w: str, sdir: Path, res: Result, b
         if w in UAS and server.has_uas:
             register_uas(server, uas_port)
             register_uas(server, probe_uas.getsockname()[1], "probe")
-        if w == "REGISTER":  # all 10,000 users once, in order, at the CPU rate
+        if w.startswith("REGISTER"):  # all 10,000 users once, in order, at the CPU rate
             res.cpu = bench.cpu_step(server, w, uas_port, bench.users, calls=USERS)
         else:
             res.cpu = bench.cpu_step(server, w, uas_port)
@@ -954,11 +1083,13 @@ def measure(say: Callable[[str], None] = print, servers: tuple[str, ...] = SERVE
     bench = Bench(work, deadline, say)
     kinds = {"ours": Ours, "kamailio": Kamailio, "responder": Responder}
     results: dict[tuple[str, str], Result] = {}
-    todo = [(s, w) for s in servers for w in workloads]
+    todo = [(s, w) for s in servers for w in workloads if w not in AUTH_WORKLOADS or kinds[s].has_auth]
     try:
         for sname in servers:
             say(f"{kinds[sname].label}:")
             for w in workloads:
+                if (sname, w) not in todo:
+                    continue  # REGISTER-AUTH on the responder: it challenges nobody
                 res = results[(sname, w)] = Result()
                 todo.remove((sname, w))
                 left = deadline - time.monotonic()
@@ -966,7 +1097,8 @@ def measure(say: Callable[[str], None] = print, servers: tuple[str, ...] = SERVE
                     res.note = "skipped: out of time"
                     continue
                 share = left / (len(todo) + 1)
-                res.note = measure_one(bench, kinds[sname](), w, work / f"{sname}-{w}", res, share)
+                server = kinds[sname](auth=w in AUTH_WORKLOADS)
+                res.note = measure_one(bench, server, w, work / f"{sname}-{w}", res, share)
     finally:
         if os.environ.get("SIP_BENCH_KEEP"):
             say(f"(work files kept in {work})")
@@ -1008,7 +1140,11 @@ def report(results: dict[tuple[str, str], Result], elapsed: float | None = None)
         "on 127.0.0.1 with 4 MiB buffers; ours under `twistd -n`, Kamailio 1 worker (`-n 1 -m 256 -x tlsf`: "
         "with the default q_malloc allocator half its CPU went to qm_malloc, "
         "`bench/kamailio.cfg`), the responder `bench/udp_responder.py` (a fixed 200, no UAS behind it). "
-        f"REGISTER: {USERS:,} distinct users. A step sends rate x {STEP_SECONDS:g} s calls (at least {MIN_STEP_CALLS:,}); "
+        f"REGISTER: {USERS:,} distinct users. REGISTER-AUTH: the same users with digest authentication, REGISTER, 401, "
+        "REGISTER with sipp's MD5 `[authentication]` answer (qop=auth), 200, counted as one call; every password `secret`; "
+        "ours with an `[auth] users_file` of the users and `algorithms = MD5` (sipp answers only an MD5 first challenge), "
+        "Kamailio with `-A WITH_AUTH` (the `auth` module, `pv_www_authenticate` against the fixed password, no database); "
+        "the responder challenges nobody, so it has no figure there. A step sends rate x {STEP_SECONDS:g} s calls (at least {MIN_STEP_CALLS:,}); "
         "it passes when failed calls + retransmissions are at most 0.1% and sipp sent at >= 95% of the rate. "
         "Rates double from 500/s (or halve, down to 125/s) then bisect, so the highest rate is within about 1/8 of the true one; "
         "\"sipp-bound\": the sipp UAC used > 90% of a core at the first failing rate, so the server's limit may be higher. "
@@ -1018,7 +1154,7 @@ def report(results: dict[tuple[str, str], Result], elapsed: float | None = None)
         "timing (`-trace_rtt`, or `<gettimeofday>` in the scenario) adds about 1.2 ms of its event loop even against "
         "the responder, whose real answer time is about 90 us. "
         f"CPU: user + system of the server process(es) from /proc/PID/stat (10 ms ticks) over {CPU_SECONDS:g} s at "
-        f"{CPU_RATE:,} calls/s (REGISTER: the {USERS:,} first registrations), divided by the calls that succeeded (the probe's included).",
+        f"{CPU_RATE:,} calls/s (REGISTER and REGISTER-AUTH: the {USERS:,} first registrations), divided by the calls that succeeded (the probe's included).",
         "",
         "### (a) Highest rate with at most 0.1% failures (calls/s), median response time there (us)",
         "",
