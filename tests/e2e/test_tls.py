@@ -232,15 +232,18 @@ REGISTER_AND_MESSAGE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 def test_sipp_registers_and_messages_through_stunnel(proxy, certs, tmp_path):
     """sipp (TCP) -> stunnel (TLS, verifying the proxy's chain and address)
     -> proxy: the REGISTER binds the TLS connection, and the MESSAGE to the
-    registered user comes back over it."""
+    registered user comes back over it; 200 of them at 20/s (40 requests/s,
+    under the default [limits] rate), a small TLS load (Debian's sipp has
+    no TLS of its own)."""
     with Stunnel(proxy.tls_port, ca=certs.ca_pem, check_ip="127.0.0.1") as tunnel:
         result = run_sipp(
             REGISTER_AND_MESSAGE,
             f"127.0.0.1:{tunnel.accept_port}",
             "-t", "t1",
+            "-r", "20",
             "-default_behaviors", "all,-bye",
-            calls=1,
-            timeout=20,
+            calls=200,
+            timeout=40,
             local_port=0,
         )
         assert result.ok, f"{result}\n{tunnel.log_tail()}\n{proxy.log_tail(60)}"
