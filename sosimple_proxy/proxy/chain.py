@@ -206,7 +206,8 @@ def classify(request: Request, addressing: Addressing) -> Kind:
 # --- the processors, in chain order
 
 # How a target set is acted on: a response context, or a 302 in redirect mode.
-SendTo = Callable[[Request, ServerTransaction, Sequence[Target]], Step]
+# (request, its transaction, the targets, whether a 3xx may add targets)
+SendTo = Callable[[Request, ServerTransaction, Sequence[Target], bool], Step]
 
 
 def proxy_chain(
@@ -436,7 +437,9 @@ class Forward:
         targets_or_answer = self._targets(job)
         if isinstance(targets_or_answer, Response):
             return targets_or_answer
-        return self.send_to(request, job.txn, targets_or_answer)
+        # A 3xx's Contacts are targets location never chose: the relay rule
+        # has not seen them, so a stranger's request never recurses on them.
+        return self.send_to(request, job.txn, targets_or_answer, job.trust is not Trust.STRANGER)
 
     def _targets(self, job: Job) -> list[Target] | Response:
         request = job.request
@@ -481,7 +484,8 @@ class StatefulForwarding:
         self.timer_c = timer_c
         self.recurse_on_3xx = recurse_on_3xx
 
-    def __call__(self, request: Request, txn: ServerTransaction, targets: Sequence[Target]) -> Step:
+    def __call__(self, request: Request, txn: ServerTransaction, targets: Sequence[Target],
+                 may_recurse: bool = True) -> Step:
         context = ResponseContext(
             self.clock,
             self.forwarder,
@@ -489,13 +493,13 @@ class StatefulForwarding:
             txn,
             targets,
             timer_c=self.timer_c,
-            recurse_on_3xx=self.recurse_on_3xx,
+            recurse_on_3xx=self.recurse_on_3xx and may_recurse,
             retarget=self.retarget,
         )
         context.start()
         return TAKEN
 
 
-def redirecting(request: Request, txn: ServerTransaction, targets: Sequence[Target]) -> Step:
+def redirecting(request: Request, txn: ServerTransaction, targets: Sequence[Target], may_recurse: bool = True) -> Step:
     """Redirect mode (the paper's adaptor): 302 with the target set."""
     return redirect_response(request, targets)

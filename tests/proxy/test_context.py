@@ -221,6 +221,21 @@ def test_3xx_recursion_when_enabled():
     assert statuses(h, h.wire.take()) == [200]
 
 
+def test_a_strangers_request_never_recurses_on_a_3xx():
+    """With recurse_on_3xx = yes, a 3xx's Contacts would be targets the relay
+    rule never saw: a request from a stranger (another domain, untrusted
+    source) gets the 3xx relayed instead, so it cannot be bounced anywhere."""
+    h = Harness("recurse_on_3xx = yes\n[auth]\ntrusted =\n")
+    h.register("bob", "sip:bob@127.0.0.1:6001")
+    h.receive(invite().replace("<sip:alice@example.com>", "<sip:mallory@other.test>"))
+    (req, _), = h.sent_requests(h.wire.take(), "INVITE")
+    h.answer(req, 302, extra="Contact: <sip:+15555550100@127.0.0.1:7000>")
+    sent = h.wire.take()
+    assert h.sent_requests(sent, "INVITE") == []
+    (final, _), = h.sent_responses(sent)
+    assert final.status == 302 and "7000" in final.headers.get("contact")
+
+
 def test_3xx_relayed_when_recursion_is_off():
     h = Harness()
     h.register("bob", "sip:bob@127.0.0.1:6001")
