@@ -1,4 +1,5 @@
-"""Rings for tests: a settled simulated ring, and a check that real nodes settled.
+"""Rings for tests: a settled simulated ring, a check that real nodes
+settled, and a ring of real members under twistd.
 
 Tests of the overlay, of the location providers on it and of the admin API
 each need a ring whose nodes already know their neighbours; building one
@@ -7,14 +8,18 @@ the same way everywhere keeps the seeds and settling rules in one place.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
 
 from twisted.internet.defer import Deferred
 
 from sosimple_proxy.overlay.tuning import NodeConfig
 from sosimple_proxy.overlay.simnet import SimCluster
+from sosimple_proxy.testing.proxy import PeerProcess
 
-__all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings"]
+__all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings", "peer_ring"]
 
 
 def sim_ring(
@@ -89,3 +94,32 @@ def overlay_settings(state_dir: str, bootstrap: Iterable[tuple[str, int]] = (), 
     }
     settings.update(extra)
     return settings
+
+
+@contextmanager
+def peer_ring(overlay: Mapping[str, object], workdir: Path, count: int) -> Iterator[list[PeerProcess]]:
+    """``count`` storage-only ring members under twistd, the first starting
+    the ring and the others joining it in parallel (member ``i`` in
+    ``workdir/n{i}``); on a failure their log tails are printed, and every
+    one is stopped and cleaned up at the end."""
+    started: list[PeerProcess] = []
+    try:
+        first = PeerProcess(overlay=dict(overlay), workdir=workdir / "n0")
+        started.append(first)
+        first.start()
+        rest = [
+            PeerProcess(bootstrap=[first.overlay_address], overlay=dict(overlay), workdir=workdir / f"n{i}")
+            for i in range(1, count)
+        ]
+        started += rest
+        if rest:
+            with ThreadPoolExecutor(len(rest)) as pool:
+                list(pool.map(lambda p: p.start(), rest))
+        yield started
+    except BaseException:
+        for p in started:
+            print(p.log_tail(15))
+        raise
+    finally:
+        for p in started:
+            p.cleanup()

@@ -22,12 +22,12 @@ import json
 import shutil
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sosimple_proxy.testing import PeerProcess, ProxyProcess, free_port, register_contact, wait_until
+from sosimple_proxy.testing.ring import peer_ring
 from sosimple_proxy.testing.chromium import CHROMIUM, MISSING, Chromium, dump_dom
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
@@ -51,23 +51,8 @@ def ring_view(peer: PeerProcess) -> dict:
 
 @pytest.fixture
 def ring(tmp_path):
-    started: list[PeerProcess] = []
-    try:
-        first = PeerProcess(overlay=SETTINGS, workdir=tmp_path / "n0")
-        started.append(first)
-        first.start()
-        rest = [PeerProcess(bootstrap=[first.overlay_address], overlay=SETTINGS, workdir=tmp_path / f"n{i}") for i in (1, 2)]
-        started += rest
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda p: p.start(), rest))
+    with peer_ring(SETTINGS, tmp_path, 3) as started:
         yield started
-    except BaseException:
-        for p in started:
-            print(p.log_tail(15))
-        raise
-    finally:
-        for p in started:
-            p.cleanup()
 
 
 def keep(path: Path) -> None:

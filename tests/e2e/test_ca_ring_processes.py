@@ -19,13 +19,13 @@ import socket
 import struct
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sosimple_proxy.overlay import wire
 from sosimple_proxy.testing import PeerProcess
+from sosimple_proxy.testing.ring import peer_ring
 from tests.certs import CA, key_pem
 from tests.e2e import test_overlay_processes as story
 from tests.e2e.test_overlay_processes import Api, sosimple_command, wait_for
@@ -89,26 +89,10 @@ def issue_with_the_cli(pki: dict[str, Path], workdir: Path, node_id: int) -> Non
 @pytest.fixture
 def members(pki):
     d = pki["dir"]
-    started: list[PeerProcess] = []
-    try:
-        for i in range(MEMBERS):
-            issue_with_the_cli(pki, d / f"n{i}", evenly(i, MEMBERS))
-        overlay = dict(SETTINGS, ca=str(pki["ca"]))
-        first = PeerProcess(overlay=overlay, workdir=d / "n0")
-        started.append(first)
-        first.start()
-        rest = [PeerProcess(bootstrap=[first.overlay_address], overlay=overlay, workdir=d / f"n{i}") for i in range(1, MEMBERS)]
-        started += rest
-        with ThreadPoolExecutor(len(rest)) as pool:
-            list(pool.map(lambda p: p.start(), rest))
+    for i in range(MEMBERS):
+        issue_with_the_cli(pki, d / f"n{i}", evenly(i, MEMBERS))
+    with peer_ring(dict(SETTINGS, ca=str(pki["ca"])), d, MEMBERS) as started:
         yield started
-    except BaseException:
-        for p in started:
-            print(p.log_tail(15))
-        raise
-    finally:
-        for p in started:
-            p.cleanup()
 
 
 def ring_addresses(view: dict) -> set[str]:
@@ -215,7 +199,6 @@ def ca_peers(tmp_path):
     """The six peers of the overlay's big story, as a CA ring."""
     ca = CA("Ring CA")
     ca_path = str(ca.write(tmp_path))
-    started: list[PeerProcess] = []
     # Every ring message costs more CPU over TLS; on a loaded 2-core machine
     # calls that time out after 0.15 s (half of the open story's 0.3 s
     # interval) make nodes suspect live neighbours mid-burst.  0.5 s keeps
@@ -223,25 +206,8 @@ def ca_peers(tmp_path):
     settings = {"stabilize_interval": 0.5, "replicas": story.REPLICAS, "successors": story.SUCCESSORS, "ca": ca_path}
     for i in range(story.NODES):
         node_files(ca, str(tmp_path / f"n{i}" / "overlay"), evenly(i, story.NODES))
-    first = PeerProcess(overlay=settings, workdir=tmp_path / "n0")
-    started.append(first)
-    try:
-        first.start()
-        rest = [
-            PeerProcess(bootstrap=[first.overlay_address], overlay=settings, workdir=tmp_path / f"n{i}")
-            for i in range(1, story.NODES)
-        ]
-        started += rest
-        with ThreadPoolExecutor(len(rest)) as pool:
-            list(pool.map(lambda p: p.start(), rest))
+    with peer_ring(settings, tmp_path, story.NODES) as started:
         yield started
-    except BaseException:
-        for p in started:
-            print(p.log_tail(15))
-        raise
-    finally:
-        for p in started:
-            p.cleanup()
 
 
 def test_six_peer_ca_ring_survives_crashes_and_restarts(ca_peers, capsys):

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import pytest
 
 from sosimple_proxy.testing import PeerProcess, free_port, wait_until
+from sosimple_proxy.testing.ring import peer_ring
 
 NODES = 6
 RECORDS = 1000
@@ -129,27 +130,9 @@ def wait_for(what: str, check, timeout: float, every: float = 0.2, detail=lambda
 
 @pytest.fixture
 def peers(tmp_path):
-    started: list[PeerProcess] = []
     settings = {"stabilize_interval": INTERVAL, "replicas": REPLICAS, "successors": SUCCESSORS}
-    first = PeerProcess(overlay=settings, workdir=tmp_path / "n0")
-    started.append(first)
-    try:
-        first.start()
-        rest = [
-            PeerProcess(bootstrap=[first.overlay_address], overlay=settings, workdir=tmp_path / f"n{i}")
-            for i in range(1, NODES)
-        ]
-        started += rest
-        with ThreadPoolExecutor(len(rest)) as pool:
-            list(pool.map(lambda p: p.start(), rest))
+    with peer_ring(settings, tmp_path, NODES) as started:
         yield started
-    except BaseException:
-        for p in started:
-            print(p.log_tail(15))
-        raise
-    finally:
-        for p in started:
-            p.cleanup()
 
 
 def test_six_storage_peers_survive_crashes_and_restarts(peers, capsys):
