@@ -150,6 +150,28 @@ def _hostport(raw: str) -> str:
     return text
 
 
+def _bootstrap(raw: str) -> tuple:
+    """``host:port`` list of members, or the one HTTPS URL of a ring's
+    configuration document (overlay/configdoc.py), kept as a 1-tuple of str."""
+    text = raw.strip()
+    if "://" not in text:
+        return _hostports(raw)
+    from urllib.parse import urlsplit
+
+    if len(text.split()) != 1:
+        raise ValueError(f"{text!r}: a configuration document URL stands alone")
+    url = urlsplit(text)
+    if url.scheme.lower() != "https":
+        raise ValueError(f"{text!r}: the configuration document is fetched over https only")
+    try:
+        url.port
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    if not url.hostname:
+        raise ValueError(f"{text!r} names no host")
+    return (text,)
+
+
 def _hex_id(raw: str) -> str:
     """A hex node id (tests only), or empty: derived from the node's key."""
     text = raw.strip()
@@ -191,7 +213,7 @@ OVERLAY: Schema = {
     "listen": (_endpoint, "tcp:7000:interface=127.0.0.1"),
     "domains": (_domains, ""),
     "advertise": (_hostport, ""),
-    "bootstrap": (_hostports, ""),
+    "bootstrap": (_bootstrap, ""),
     "replicas": (_int(0, 16), "2"),
     "successors": (_int(1, 64), "8"),
     "stabilize_interval": (_float(), "5"),
@@ -205,6 +227,9 @@ OVERLAY: Schema = {
     "ca": (_text, ""),
     "certificate": (_text, ""),
     "key": (_text, ""),
+    # the ring CA's private key, on a node that signs the ring's
+    # configuration document as the CA; empty: signed by the node's own key
+    "ca_key": (_text, ""),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
@@ -252,6 +277,17 @@ ADMIN: Schema = {
     "realm": (_text, "sosimple-admin"),
 }
 
+# [metrics]: GET /metrics on the admin listener (Prometheus text format)
+METRICS: Schema = {
+    "enabled": (_bool, "yes"),
+}
+# [log]: twistd's log as text or JSON lines; sip_trace logs every message
+# (credentials redacted)
+LOG: Schema = {
+    "format": (_choice("text", "json"), "text"),
+    "sip_trace": (_bool, "no"),
+}
+
 
 SCHEMAS: dict[str, Schema] = {
     "proxy": PROXY,
@@ -264,6 +300,8 @@ SCHEMAS: dict[str, Schema] = {
     "admin": ADMIN,
     # Its parsers and defaults live with the limiter (security/limits.py).
     "limits": LIMITS_SCHEMA,
+    "metrics": METRICS,
+    "log": LOG,
 }
 PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
 

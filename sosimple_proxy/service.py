@@ -8,7 +8,7 @@ the one place that picks the global reactor.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService
 
@@ -30,10 +30,46 @@ def makeService(path: str) -> MultiService:
 
     tune_garbage_collector()
     try:
-        return build_service(cfg, reactor)
+        top = build_service(cfg, reactor)
     except ConfigError as e:
         # e.g. [auth] nonce_secret_file that cannot be made: still before any port is bound
         raise SystemExit(str(e)) from None
+    if cfg.section("log")["format"] == "json":
+        from sosimple_proxy.logs import json_observer
+
+        return LoggedService(top, json_observer(sys.stdout))
+    return top
+
+
+class LoggedService(MultiService):
+    """The proxy's services, bringing their own log observer to twistd.
+
+    twistd starts logging after ``makeService``, with the application's
+    ``ILogObserver`` component when it has one (``AppLogger.start``); the
+    application is the parent this service is given, so that is where the
+    observer goes.  Lines logged before then are kept by twistd and reach
+    this observer too.
+    """
+
+    def __init__(self, inner: MultiService, observer: Any) -> None:
+        super().__init__()
+        self.observer = observer
+        self.inner = inner
+        inner.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> Any:
+        from twisted.logger import ILogObserver
+
+        if hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+    def __getattr__(self, name: str) -> Any:
+        # tests and tools read the parts off the top service (top.overlay, top.limits)
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
 
 def check_and_exit(path: str) -> NoReturn:

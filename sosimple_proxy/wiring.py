@@ -38,6 +38,7 @@ from sosimple_proxy.location.pstn import PstnLocator
 from sosimple_proxy.location.rfc3263 import Lookups, RFC3263Resolver, make_resolver
 from sosimple_proxy.location.ring import RingPublisher
 from sosimple_proxy.location.routes import StaticRoutes
+from sosimple_proxy.observe import auth_failure_counter, metrics_sources, observe_admin, observe_sip
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
 from sosimple_proxy.proxy.chain import Chain, StatefulForwarding, proxy_chain, redirecting
@@ -425,6 +426,9 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         # limiter (an ILimitsView; None without SIP: nobody is banned)
         admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
+    # /metrics, /calls, /gateways, the ring's configuration document (observe.py)
+    sources = metrics_sources(cfg, top.rings, top.limits)  # type: ignore[attr-defined]
+    observe_admin(admin, sources, top.rings)  # type: ignore[attr-defined]
     if cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         try:
@@ -440,7 +444,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             reactor,
             dict(top.rings),  # type: ignore[attr-defined]
             secret=nonce_secret(cfg),
-            on_auth_failure=limits.auth_failed if limits is not None else None,
+            on_auth_failure=auth_failure_counter(limits, sources),
         )
         if admin is not None:  # GET /registrations: this proxy's own users
             admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
@@ -457,6 +461,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             emergency=emergency_numbers(cfg),
             **tls.stack_arguments(),
         )
+        observe_sip(cfg, reactor, stack, proxy, admin, sources)
         # started after the stack's listeners, stopped before them
         proxy.timers.setServiceParent(stack)
         LimitsService(limits).setServiceParent(stack)

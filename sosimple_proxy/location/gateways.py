@@ -158,6 +158,8 @@ class GatewayState:
         self.state = ACTIVE
         self.until: float | None = None  # inactive until then (None: until a probe answers)
         self.why = ""
+        #: when the last OPTIONS probe was answered or failed (clock seconds)
+        self.last_probe: float | None = None
 
     def __repr__(self) -> str:
         return f"<GatewayState {self.state} {self.why}>"
@@ -171,12 +173,14 @@ class GatewayState:
 
     def probe_answered(self, status: int) -> None:
         """A probe got a final response: alive unless it says otherwise."""
+        self.last_probe = self.clock.seconds()
         if status in UNAVAILABLE or status >= 500:
             self.probe_failed(f"OPTIONS answered {status}")
         else:
             self._to(ACTIVE, f"OPTIONS answered {status}")
 
     def probe_failed(self, why: str = "no answer to OPTIONS") -> None:
+        self.last_probe = self.clock.seconds()
         self._to(INACTIVE, why, None)
 
     def call_failed(self, status: int, retry_after: float | None = None) -> None:

@@ -98,6 +98,7 @@ class Lookups:
         self.cache: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self._pending: dict[tuple[str, int], list[Deferred]] = {}
         self.queries = 0  # sent to the resolver (not answered from the cache)
+        self.failures = 0  # of those: timeouts, SERVFAIL (not "no such name")
 
     def get(self, name: str, qtype: int) -> Deferred:
         """The payloads of type ``qtype`` at ``name`` (following CNAMEs)."""
@@ -148,6 +149,7 @@ class Lookups:
         if failure.check(*_NO_DATA) or type(failure.value) is error.DomainError:
             self._put(key, [], self.negative_ttl)
             return []
+        self.failures += 1
         return failure
 
     def _negative(self, authority: Iterable[Any]) -> float:

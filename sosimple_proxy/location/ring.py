@@ -160,6 +160,8 @@ class RingLocator:
         self.cache_size = cache_size
         # The paper's contact cache (IV.B): aor -> (valid until, targets).
         self.cache: dict[str, tuple[float, tuple[Target, ...]]] = {}
+        # read by the metrics collector
+        self.cache_hits = self.cache_misses = 0
         # Targets handed out from the cache, by the AoR they were for: one of
         # them failing earns the AoR one fresh lookup.
         self._served: dict[Target, str] = {}
@@ -172,10 +174,12 @@ class RingLocator:
             hit = self.cache.get(aor)
             if hit is not None:
                 if hit[0] > self.clock.seconds():
+                    self.cache_hits += 1
                     for t in hit[1]:
                         self._served[t] = aor
                     return Found(hit[1], self.name)
                 del self.cache[aor]
+        self.cache_misses += 1
         return self._lookup(aor)
 
     def _lookup(self, aor: str) -> LocateResult:

@@ -33,6 +33,8 @@ class TimedCalls:
         self.clock = clock
         self.timeout = timeout
         self._rtts: collections.deque[float] = collections.deque(maxlen=32)
+        #: calls that failed or timed out (read by the metrics collector)
+        self.errors = 0
 
     def call(self, address: Hashable, method: str, *args: object) -> defer.Deferred:
         return self._timed(getattr(self.rpc, method)(address, *args), self.timeout)
@@ -70,7 +72,10 @@ class TimedCalls:
             timer.cancel()
             if not isinstance(result, Failure):
                 self._rtts.append(self.clock.seconds() - started)
+            else:
+                self.errors += 1
             return result
+        self.errors += 1
         if isinstance(result, Failure) and result.check(defer.CancelledError):
             raise defer.TimeoutError(f"no answer within {timeout:g} s")
         return result

@@ -13,12 +13,14 @@ wrong answer.
 from __future__ import annotations
 
 import heapq
-from typing import Hashable
+from typing import Any, Hashable
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
+
+from sosimple_proxy.tally import LookupStats
 
 from . import ids
 from .errors import LookupFailed
@@ -54,9 +56,26 @@ class IterativeLookup:
         self.calls = calls
         self.clock = clock
         self.config = config
+        #: hops, seconds and failures, read by the metrics collector at scrape time
+        self.stats = LookupStats()
+
+    def lookup(self, key: int, verify: bool = True, via: Hashable | None = None) -> defer.Deferred:
+        """:meth:`walk`, counted in :attr:`stats`."""
+        d = self.walk(key, verify, via)
+        d.addCallbacks(self._counted, self._failed, (self.clock.seconds(),))
+        return d
+
+    def _counted(self, result: LookupResult, started: float) -> LookupResult:
+        self.stats.hops.observe(result.hops)
+        self.stats.seconds.observe(self.clock.seconds() - started)
+        return result
+
+    def _failed(self, failure: Any) -> Any:
+        self.stats.failures += 1
+        return failure
 
     @defer.inlineCallbacks
-    def lookup(self, key: int, verify: bool = True, via: Hashable | None = None):
+    def walk(self, key: int, verify: bool = True, via: Hashable | None = None):
         """Deferred[LookupResult]: the successor of ``key`` and those after it.
 
         ``verify``: end by asking the successor itself (costs a hop; off for

@@ -60,6 +60,8 @@ class Replicator:
         self._sync_again = False
         self._handed: set[tuple[EntryId, int]] = set()
         self._last_seq = 0
+        #: records a replica sync pulled in or pushed out (the metrics' repairs)
+        self.repairs = 0
 
     # --------------------------------------------------------------- coverage
 
@@ -316,9 +318,11 @@ class Replicator:
             return None
         if result.records:
             self.store.put_many(result.records)
+            self.repairs += len(result.records)
         if result.wanted:
             give = [r for r in (self.store.entry(e) for e in result.wanted) if r is not None]
             if give:
+                self.repairs += len(give)
                 try:
                     yield self.calls.call(peer.address, "store", tuple(give))
                 except Exception:

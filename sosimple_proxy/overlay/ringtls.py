@@ -66,9 +66,12 @@ class Refusals:
     def __init__(self, log: Logger = log) -> None:
         self._log = log
         self._seen: set[tuple[str, str]] = set()
+        #: every refusal, logged or not (the metrics' TLS handshake failures)
+        self.count = 0
 
     def refused(self, direction: str, peer: str, reason: str) -> bool:
         """Note one; whether it was logged (the first of its kind)."""
+        self.count += 1
         if (peer, reason) in self._seen:
             return False
         if len(self._seen) >= self.LIMIT:  # many strangers: start over rather than grow

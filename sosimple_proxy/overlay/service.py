@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from . import ids
+from . import configdoc, ids
 from .amp import AMPRPC, OverlayServerFactory
 from .errors import NotRunning
 from .ringtls import RingTLS
@@ -95,7 +95,15 @@ class OverlayService(Service):
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(NotRunning) and not self.running:
+        if failure.check(configdoc.DocumentError):
+            # one line: the administrator fixes the URL or the CA, not the code
+            log.error(
+                "overlay {name}: refused the configuration document {url}: {why}",
+                name=self.name,
+                url=self.settings.get("bootstrap", ("?",))[0],
+                why=failure.getErrorMessage(),
+            )
+        elif failure.check(NotRunning) and not self.running:
             # stopped while still joining: an ordinary shutdown, not an error
             log.info("overlay {name}: stopped before it joined the ring", name=self.name)
         else:
@@ -103,7 +111,35 @@ class OverlayService(Service):
         self.ready.errback(failure)
 
     @defer.inlineCallbacks
+    def _configure(self):
+        """``[overlay] bootstrap`` as a configuration document's URL: fetch
+        it, check its signature against our ``ca``, take its parameters."""
+        boot = tuple(self.settings.get("bootstrap", ()) or ())
+        if len(boot) != 1 or not isinstance(boot[0], str):
+            return None
+        url = boot[0]
+        tls = self.tls
+        config = yield configdoc.fetch(self.reactor, url, tls.ca if tls is not None else None)
+        self.settings = configdoc.apply(config, self.settings)
+        self.keys = key_scheme(self.settings, self.m)
+        log.info(
+            "overlay {name}: configuration of ring {ring!r} from {url}{signed}: replicas {r}, successors {s}",
+            name=self.name,
+            ring=config.get("ring"),
+            url=url,
+            signed=" (signature checked against our CA)" if tls is not None else "",
+            r=self.settings.get("replicas"),
+            s=self.settings.get("successors"),
+        )
+        return None
+
+    def config_document(self) -> bytes:
+        """``GET /.well-known/sosimple-config``: this ring's document."""
+        return configdoc.serve(self.name, self.settings, self.node, self.tls)
+
+    @defer.inlineCallbacks
     def _start(self):
+        yield self._configure()
         settings = self.settings
         state_dir = str(settings.get("state_dir", "var/overlay"))
         tls = self.tls

@@ -256,6 +256,8 @@ class Limits:
         self._connections: dict[str, int] = {}
         self._sweeper: LoopingCall | None = None
         self.connections = 0
+        #: bans ever made (read by metrics)
+        self.bans_total = 0
 
     # -- requests
 
@@ -406,6 +408,7 @@ class Limits:
             self._lift(source, "expired")
         until = self._clock.seconds() + seconds
         self._banned[source] = Ban(source, reason, until)
+        self.bans_total += 1
         self._buckets.pop(source, None)
         heapq.heappush(self._expiries, (until, source))
         self._schedule_expiry()

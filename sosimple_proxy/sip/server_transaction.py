@@ -171,6 +171,9 @@ class ServerTransaction(Transaction):
         self.last_response = response
         if response.status >= 200 and self._final is None:
             self._final = response
+            observer = self.layer.observer
+            if observer is not None:
+                observer.final(self, response.status)
         self._wire = data = response.serialize()
         self._send(data)
 

@@ -178,6 +178,7 @@ class StreamConnection(Protocol):
         self.closing = True
         self._lost_reason = reason or Failure(ConnectionDone("connection closed"))
         if self._deadline is not None:
+            self.layer.tls.handshake_failures += 1
             if self._deadline.expired:
                 # Say why we aborted it, not that it was aborted.
                 seconds = self.layer.tls.handshake_timeout

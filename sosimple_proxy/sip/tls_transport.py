@@ -69,6 +69,8 @@ class TLSTransport:
     server: Any = None
     client: ClientTLS | None = None
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: connections closed before their handshake finished (read by metrics)
+    handshake_failures: int = 0
 
     def server_factory(self, factory: Any, clock: IReactorTime, where: object) -> TLSMemoryBIOFactory:
         """``factory``'s connections, served over TLS with our certificate."""

@@ -133,6 +133,9 @@ class TransactionLayer:
         # (branch, method) -- 17.1.3.
         self._client: dict[tuple, ClientTransaction] = {}
         self._unanswered: dict[Peer, dict[ClientTransaction, None]] = {}
+        #: counts for metrics (``tally.SipTally``): told of each new server
+        #: transaction and of its first final response; None: nobody counts
+        self.observer: Any = None
 
     # -- counts, for metrics and tests
 
@@ -200,6 +203,8 @@ class TransactionLayer:
         dest = response_peer(via, source)
         txn = ServerTransaction(self, request, source, dest, local, key)
         self._server[key] = txn
+        if self.observer is not None:
+            self.observer.request(txn)
         stamp_via(request, source)
         if txn.is_invite:
             delay = self.trying_delay

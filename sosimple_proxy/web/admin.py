@@ -56,6 +56,7 @@ from .listener import admin_listener
 from .registrations import LocalRegistrations
 from .ringnodes import NodeStatus, ring_nodes
 from .ui import AdminRoot
+from .views import Views, calls_report, gateways_report
 
 log = Logger()
 
@@ -151,8 +152,12 @@ class AdminAPI(Resource):
         limits: ILimitsView | None = None,
         status: NodeStatus | None = None,
         local: LocalRegistrations | None = None,
+        views: Views | None = None,
+        clock: Any = None,
     ) -> None:
         super().__init__()
+        self.views = views if views is not None else Views()
+        self.clock = clock
         self.ring = ring
         self.status = status
         self.local = local
@@ -210,6 +215,8 @@ class AdminAPI(Resource):
         }
         if head == "limits":
             return await self._limits_route(method, rest, request)
+        if head in ("metrics", "calls", "gateways", ".well-known"):
+            return await self._view_route(head, method, rest, request)
         handlers = routes.get(head)
         if handlers is None:
             raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
@@ -250,6 +257,39 @@ class AdminAPI(Resource):
         except UnicodeDecodeError:
             raise ApiError(400, "the address is not UTF-8") from None
         return await self.unban(address)
+
+    async def _view_route(self, head: str, method: str, rest: list[bytes], request: server.Request) -> tuple:
+        """``GET /metrics``, ``/calls``, ``/gateways`` and the ring's
+        configuration document (views.py)."""
+        if head == ".well-known":
+            if rest != [b"sosimple-config"]:
+                raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        elif rest not in ([], [b""]):
+            raise ApiError(404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        if method != "GET":
+            raise ApiError(405, f"{method} is not allowed here; use GET", {b"allow": b"GET"})
+        views = self.views
+        if head == "metrics":
+            if views.metrics is None:
+                raise ApiError(404, "metrics are off ([metrics] enabled = no)")
+            return 200, {}, views.metrics.render(), views.metrics.content_type
+        if head == ".well-known":
+            return self._config_document()
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        if head == "calls":
+            body = calls_report(views, now)
+            if body is None:
+                raise ApiError(503, "this node runs no SIP service ([proxy] listen is empty)")
+            return 200, {}, _json(body), "application/json"
+        if views.gateways is None:
+            return 200, {}, _json({"gateways": []}), "application/json"
+        return 200, {}, _json(gateways_report(views.gateways, views.prober, now)), "application/json"
+
+    def _config_document(self) -> tuple:
+        make = self.views.config_document
+        if make is None:
+            raise ApiError(404, "this node is in no ring ([overlay] listen is empty)")
+        return 200, {}, make(), "application/json"
 
     def _name(self, rest: list[bytes]) -> str:
         raw = b"/".join(rest)
@@ -427,6 +467,7 @@ def admin_site(
     credentials: AdminCredentials | None = None,
     status: NodeStatus | None = None,
     local: LocalRegistrations | None = None,
+    views: Views | None = None,
 ) -> AdminSite:
     """The API and the pages as a ``Site``, with ``[admin]``'s limits; behind
     ``credentials`` when given (see ``guard.py`` for what stays open).
@@ -438,7 +479,7 @@ def admin_site(
         status = NodeStatus(reactor)  # type: ignore[arg-type]
     max_name = int(settings.get("max_name", 256))
     max_value = int(settings.get("max_value", 1048576))
-    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status, local))
+    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status, local, views, status.clock))
     if credentials is not None:
         root = AdminGuard(root, credentials)
     site = AdminSite(root, max_body=max_value)
@@ -458,10 +499,13 @@ class AdminService(StreamServerEndpointService):
     """The listener; its start is the node's start, for the pages' uptime.
     ``registrations`` takes the proxy's binding table once there is one."""
 
-    def __init__(self, endpoint: Any, factory: Any, status: NodeStatus, registrations: LocalRegistrations) -> None:
+    def __init__(
+        self, endpoint: Any, factory: Any, status: NodeStatus, registrations: LocalRegistrations, views: Views
+    ) -> None:
         super().__init__(endpoint, factory)
         self.status = status
         self.registrations = registrations
+        self.views = views
 
     def startService(self) -> None:
         self.status.start()
@@ -478,10 +522,10 @@ def admin_service(
     is the ``ServerTLS`` to reload on SIGHUP, or None; its ``registrations``
     (a :class:`LocalRegistrations`) takes the proxy's binding table once the
     composition root has built the proxy."""
-    local, status = LocalRegistrations(reactor), NodeStatus(reactor)
-    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local)
+    local, status, views = LocalRegistrations(reactor), NodeStatus(reactor), Views(limits=limits)
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local, views)
     endpoint, factory, tls = admin_listener(reactor, settings, site)
-    svc = AdminService(endpoint, factory, status, local)
+    svc = AdminService(endpoint, factory, status, local, views)
     svc.setName("admin")
     svc.tls = tls  # type: ignore[attr-defined]
     return svc
