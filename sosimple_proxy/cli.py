@@ -95,6 +95,10 @@ def _positive(text: str) -> float:
     return value
 
 
+#: commands that print one JSON view of the admin API, GET /<command>
+JSON_VIEWS = ("ring", "registrations", "gateways", "calls")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; ``--admin`` and ``--timeout`` go before or after the command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -142,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("name", metavar="NAME")
     lookup = commands.add_parser("lookup", parents=[common], help="what the ring holds for an AoR (JSON)")
     lookup.add_argument("name", metavar="AOR", help="user@domain")
+    # this proxy's own users, its PSTN gateways, its last minute (JSON, as the admin pages read them)
+    commands.add_parser("registrations", parents=[common], help="the users registered with this proxy (JSON)")
+    commands.add_parser("gateways", parents=[common], help="the PSTN gateways: up, down or probing (JSON)")
+    commands.add_parser("calls", parents=[common], help="the last minute's transactions, top sources, bans (JSON)")
     _user_commands(commands)
     _cert_commands(commands)
     check = commands.add_parser(
@@ -292,8 +300,8 @@ def _read_body(path: str, stdin: IO[bytes]) -> bytes:
 
 def _request_for(args: argparse.Namespace, base: str, stdin: IO[bytes]) -> tuple[str, str, bytes | None]:
     """(method, URL, body) of the one call a command makes."""
-    if args.command == "ring":
-        return "GET", base + "/ring", None
+    if args.command in JSON_VIEWS:
+        return "GET", base + "/" + args.command, None
     name = args.name
     if not name:
         raise Failed(EXIT_USAGE, f"{args.command}: the name is empty")
@@ -437,7 +445,7 @@ async def _run(
         raise Failed(EXIT_NOT_FOUND, _server_message(content, code, response.phrase))
     if not 200 <= code < 300:
         raise Failed(EXIT_ERROR, f"{code}: {_server_message(content, code, response.phrase)}")
-    if args.command in ("ring", "lookup"):
+    if args.command in JSON_VIEWS or args.command == "lookup":
         try:
             value = json.loads(content)
         except ValueError:
