@@ -484,7 +484,9 @@ def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
     one, or a node_id the certificate contradicts, stops startup with one
     line naming the [overlay] key, before any port is bound."""
     try:
-        return ring_tls_or_error(section, settings)
+        tls = ring_tls_or_error(section, settings)
+        _ca_key_or_error(section, settings)
+        return tls
     except ConfigError as e:
         raise SystemExit(str(e)) from None
 
@@ -500,6 +502,23 @@ def ring_tls_or_error(section: str, settings: Mapping[str, Any]) -> Any:
         raise ConfigError(section, e.key, e.problem) from None
 
 
+def _ca_key_or_error(section: str, ring: Mapping[str, Any]) -> None:
+    """``ca_key`` (signs the ring's configuration document) is readable and
+    belongs to ``ca``."""
+    if not ring.get("ca_key"):
+        return
+    from sosimple_proxy.security import nodecerts, signed_json
+
+    if not ring["ca"]:
+        raise ConfigError(section, "ca_key", "needs ca (the certificate of the CA whose key this is)")
+    try:
+        key = nodecerts.load_private_key(ring["ca_key"], "ca_key")
+        envelope = signed_json.sign({"probe": 1}, key)
+        signed_json.verify(envelope, signed_json.load_cas(ring["ca"]))
+    except (nodecerts.NodeCertError, OSError, ValueError) as e:
+        raise ConfigError(section, "ca_key", f"{ring['ca_key']}: {e}".replace("bad signature: the document was changed or not signed by the ring's CA", "not the key of the CA in ca")) from None
+
+
 def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
     """Read the files startup needs before any port is bound, so that a bad
     one stops startup with one line; ``sosimple check`` runs this too.
@@ -513,6 +532,7 @@ def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
     for section, ring in rings:
         if ring["listen"]:
             ring_tls_or_error(section, ring)
+            _ca_key_or_error(section, ring)
     if not cfg.proxy["listen"]:
         return None
     try:
