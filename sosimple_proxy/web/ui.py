@@ -22,7 +22,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 #: page name under /ui/ -> the package data file that holds it
-PAGES = {"": "ring.html", "registrations": "registrations.html"}
+PAGES = {"": "ring.html", "registrations": "registrations.html", "calls": "calls.html"}
 
 
 @lru_cache(maxsize=None)

@@ -88,8 +88,19 @@ class PageTests(HttpBase):
         self.assertEqual(body, page("registrations.html"))
 
     @defer.inlineCallbacks
+    def test_the_calls_page_is_html(self):
+        code, headers, body = yield self.call("GET", self.url + "/ui/calls")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        text = body.decode("utf-8")
+        self.assertIn('name="viewport"', text)
+        self.assertIn('fetch("../calls"', text)
+        self.assertIn('"../limits/banned/"', text)
+        self.assertEqual(body, page("calls.html"))
+
+    @defer.inlineCallbacks
     def test_the_pages_have_no_external_assets(self):
-        for path in ("/ui/", "/ui/registrations"):
+        for path in ("/ui/", "/ui/registrations", "/ui/calls"):
             yield self.check_no_external_assets(path)
 
     @defer.inlineCallbacks
@@ -147,7 +158,7 @@ class PageTests(HttpBase):
         cfg.read(REPO / "setup.cfg")
         # setup.cfg ships every .html under the package (tests/test_packaging.py checks the wheel)
         self.assertIn("**/*.html", cfg["options.package_data"]["sosimple_proxy"].split())
-        for name in ("ring.html", "registrations.html"):
+        for name in ("ring.html", "registrations.html", "calls.html"):
             self.assertTrue((REPO / "sosimple_proxy" / "web" / "pages" / name).is_file())
 
 
