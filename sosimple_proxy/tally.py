@@ -87,17 +87,20 @@ class SipTally:
         self.setup = Buckets(SECONDS)
         #: live server transactions without a final response -> when they began
         self.started: dict[object, float] = {}
-        # the last minute: slot = second % WINDOW, each (second, finals, sources)
+        # the last minute: slot = second % WINDOW, each (second, finals, sources);
+        # the current second's dicts are also kept at hand
         self._slots: list[tuple[int, dict[tuple[str, int], int], dict[str, int]]] = [
             (-1, {}, {}) for _ in range(WINDOW)
         ]
+        self._second = -1
+        self._finals: dict[tuple[str, int], int] = {}
+        self._sources: dict[str, int] = {}
 
-    def _slot(self, now: float) -> tuple[int, dict[tuple[str, int], int], dict[str, int]]:
-        second = int(now)
-        slot = self._slots[second % WINDOW]
-        if slot[0] != second:
-            slot = self._slots[second % WINDOW] = (second, {}, {})
-        return slot
+    def _turn(self, second: int) -> None:
+        """A new second: its slot starts empty."""
+        self._second = second
+        self._finals, self._sources = {}, {}
+        self._slots[second % WINDOW] = (second, self._finals, self._sources)
 
     def request(self, txn: object) -> None:
         """A new request began a server transaction."""
@@ -111,10 +114,14 @@ class SipTally:
         if len(started) > 100_000:  # abandoned ones, never answered: start over
             started.clear()
         started[txn] = now
-        sources = self._slot(now)[2]
+        if int(now) != self._second:
+            self._turn(int(now))
+        sources = self._sources
         host = txn.source.host  # type: ignore[attr-defined]
-        if host in sources or len(sources) < 4096:  # a crowd of strangers is not kept
-            sources[host] = sources.get(host, 0) + 1
+        if host in sources:
+            sources[host] += 1
+        elif len(sources) < 4096:  # a crowd of strangers is not kept
+            sources[host] = 1
 
     def final(self, txn: object, status: int) -> None:
         """A server transaction sent its first final response."""
@@ -125,7 +132,9 @@ class SipTally:
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
         now = self.seconds()
-        finals = self._slot(now)[1]
+        if int(now) != self._second:
+            self._turn(int(now))
+        finals = self._finals
         finals[key] = finals.get(key, 0) + 1
         began = self.started.pop(txn, None)
         if began is None:
