@@ -242,7 +242,7 @@ def build_security(
         if target.source != "pstn" and dest.host not in trusted:
             copy.headers.remove("P-Asserted-Identity")
 
-    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
