@@ -590,6 +590,8 @@ def _store_password(aor: str, environ: dict[str, str], getpass: Callable[[str], 
             password = (getpass or _terminal_getpass)(f"Password for {aor}: ")
         except EOFError:
             raise Failed(EXIT_USAGE, "no password given (set $SOSIMPLE_PASSWORD)") from None
+        except Failed:
+            raise Failed(EXIT_USAGE, "no terminal to ask for the password on (set $SOSIMPLE_PASSWORD)") from None
     return password
 
 
