@@ -27,7 +27,7 @@ import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config, ConfigError, tls_config
+from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -48,7 +48,7 @@ from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
-from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.providers import ProviderParts, build_providers, gateways_of
 from sosimple_proxy.reloads import Reloads
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.limits import Limits, LimitsConfig
@@ -170,15 +170,24 @@ class Security:
     digest: DigestAuthenticator | None
 
 
-def gateway_matcher(gateways: Sequence[Any]) -> Callable[[Any], bool]:
-    """Does a URI name one of the gateways (host and port)?"""
-    addresses = {(routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in gateways}
+def gateway_matcher(gateways: Callable[[], Sequence[Any]]) -> Callable[[Any], bool]:
+    """Does a URI name one of the gateways (host and port)?  ``gateways()``
+    is asked each time (SIGHUP may replace the list); the addresses are
+    worked out again only when the list is a new one."""
+    seen: list[Any] = [None, frozenset()]
+
+    def addresses() -> frozenset:
+        current = gateways()
+        if current is not seen[0]:
+            seen[:] = [current, frozenset((routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in current)]
+        return seen[1]
 
     def is_gateway(uri: Any) -> bool:
-        if not addresses or not getattr(uri, "is_sip", False):
+        known = addresses()
+        if not known or not getattr(uri, "is_sip", False):
             return False
         _, host, port = routing.uri_address(uri)
-        return (host.lower(), port) in addresses
+        return (host.lower(), port) in known
 
     return is_gateway
 
@@ -191,7 +200,7 @@ def build_security(
     stack: StackLink,
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
-    gateways: Sequence[Any] = (),
+    gateways: Callable[[], Sequence[Any]] = tuple,
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -242,7 +251,7 @@ def build_security(
         if target.source != "pstn" and dest.host not in trusted:
             copy.headers.remove("P-Asserted-Identity")
 
-    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
@@ -301,7 +310,7 @@ def build_proxy(
         stack,
         secret if secret is not None else os.urandom(32),
         on_auth_failure,
-        gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
+        gateways=(lambda: pstn.gateways.gateways) if isinstance(pstn, PstnLocator) else tuple,
     )
     forwarder = RequestForwarder(
         stack,
@@ -350,6 +359,7 @@ def build_proxy(
             from_domain=addressing.primary or "localhost",
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
+    reloads.append(("routes and gateways", lambda: reload_routes_and_gateways(cfg.path, routes, pstn)))
     return Proxy(
         core,
         registrar,
@@ -361,6 +371,28 @@ def build_proxy(
         security.users,
         security.digest,
         reloads,
+    )
+
+
+def reload_routes_and_gateways(path: str, routes: StaticRoutes, pstn: Any) -> None:
+    """SIGHUP: ``[routes]`` and the ``[gateway:NAME]`` sections again from
+    site.ini.  A bad file changes nothing (the one line says why); calls in
+    progress keep the hops they have."""
+    try:
+        new = load_config(path)
+        gateways = gateways_of(new)
+        routes.replace(dict(new.section("routes")))
+    except (ConfigError, ValueError) as e:
+        log.error("SIGHUP: routes and gateways kept as they were: {problem}", problem=str(e))
+        return
+    if isinstance(pstn, PstnLocator):
+        pstn.gateways.replace(gateways)
+    elif gateways:
+        log.warn("SIGHUP: [gateway:...] sections added; restart to start the pstn provider")
+    log.info(
+        "SIGHUP: {routes} routes, {gateways} gateways",
+        routes=len(routes.routes),
+        gateways=len(gateways) if isinstance(pstn, PstnLocator) else 0,
     )
 
 
