@@ -27,6 +27,10 @@ at most ``max_names`` names (409 for one more), a name is at most 256
 bytes of UTF-8 (400).  Every error is ``{"error": "..."}``; the ring not
 answering is 503, as in the admin API.  The ring is reached only through
 ``overlay.userdata.IUserData``.
+
+Known limits: ``max_names`` is counted before a write, so two clients
+adding new names at once may pass it by one; a read fetches all of the
+AoR's values (at most ``max_names * max_value`` bytes) from the ring.
 """
 
 from __future__ import annotations
@@ -185,7 +189,9 @@ class StoreAPI(Resource):
             raise ApiError(413, f"the value is {len(body)} bytes or more, over the limit of {self.max_value} bytes")
         name = None if listing else self._name(rest)
         path = "/" + "/".join(s.decode("utf-8", "replace") for s in segments)
-        who = await self._authorize(request, method, aor, path, body)
+        # credentials cover the method as sent (HEAD is answered as GET)
+        sent = request.method.decode("ascii", "replace")
+        who = await self._authorize(request, sent, aor, path, body)
         log.debug("store: {method} {path} by {who}", method=method, path=path, who=who)
         if name is None:
             names = await self.data.names(aor)
