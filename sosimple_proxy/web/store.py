@@ -179,6 +179,7 @@ class StoreAPI(Resource):
         listing = rest in ([], [b""])
         allowed = ("GET",) if listing else ("DELETE", "GET", "PUT")
         if method not in allowed:
+            # RFC 9110 15.5.6: a 405 MUST carry an Allow header field
             allow = ", ".join(allowed)
             raise ApiError(405, f"{method} is not allowed here; use {allow}", {b"allow": allow.encode()})
         if getattr(request, "too_large", False):
@@ -232,6 +233,7 @@ class StoreAPI(Resource):
     # ---------------------------------------------------------------- auth
 
     def _challenges(self, request: server.Request, stale: bool = False) -> dict[bytes, Any]:
+        # RFC 9110 11.6.1: a 401 MUST carry at least one challenge in WWW-Authenticate
         values = self.credentials.challenges(request.isSecure(), stale=stale) if self.credentials else []
         values.append(usersig.SCHEME)
         return {b"www-authenticate": [v.encode("utf-8") for v in values]}
