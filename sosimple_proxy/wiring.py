@@ -449,13 +449,23 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         ring = Ring(reactor, settings, name=f"overlay:{ring_name}", tls=_ring_tls(f"overlay:{ring_name}", settings))
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    # The users' store (/store): on its own [store] listen, else the admin listener's.
+    store, store_svc = None, None
+    if cfg.section("store")["listen"] or cfg.section("admin")["listen"]:
+        store = build_store(cfg, reactor, top.overlay)  # type: ignore[attr-defined]
+    if cfg.section("store")["listen"]:
+        from sosimple_proxy.web.store import store_service
+
+        store_svc = store_service(reactor, dict(cfg.section("store")), store)
+        store_svc.setServiceParent(top)
     admin = None
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
         # GET /limits and DELETE /limits/banned/{address} on the SIP side's
         # limiter (an ILimitsView; None without SIP: nobody is banned)
-        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits)  # type: ignore[attr-defined]
+        on_admin = store if store_svc is None else None
+        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits, on_admin)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
     if cfg.proxy["listen"] and cfg.proxy["workers"] > 1:
         build_worker_parent(cfg, reactor, top, admin)
@@ -484,6 +494,8 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         reloads = stack_reloads(reactor, stack, proxy)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+        if store_svc is not None and getattr(store_svc, "tls", None) is not None:
+            reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
@@ -594,6 +606,20 @@ def _ring_names(cfg: Config) -> list[str]:
     """The rings the parent is a member of, by provider name."""
     names = ["overlay"] if cfg.section("overlay")["listen"] else []
     return names + [f"overlay:{n}" for n, s in cfg.named("overlay").items() if s["listen"]]
+
+
+def build_store(cfg: Config, reactor: Any, ring: Any) -> Any:
+    """The users' store resource (web/store.py) on ``ring``: the users of
+    ``[auth] users_file`` (with the realm's shared nonce secret) may use
+    their own AoRs of our domains; ``[store]``'s limits."""
+    from sosimple_proxy.web.store import store_api, store_credentials
+
+    auth = cfg.section("auth")
+    secret = nonce_secret(cfg) if auth["users_file"] else None
+    credentials = store_credentials(
+        reactor, auth["users_file"], auth["realm"], auth["algorithms"], auth["nonce_ttl"], secret
+    )
+    return store_api(reactor, dict(cfg.section("store")), ring, credentials, our_domains(cfg))
 
 
 def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
