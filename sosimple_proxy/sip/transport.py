@@ -46,6 +46,7 @@ from sosimple_proxy.security.limits import Limits, Verdict
 from sosimple_proxy.security.tls import DEFAULT_HANDSHAKE_TIMEOUT, ClientTLS
 from sosimple_proxy.sip.address import STREAM_TRANSPORTS, ListenAddress, Peer, normal_host
 from sosimple_proxy.sip.interfaces import IMessageSink, ITransportLayer, IUnreachableObserver
+from sosimple_proxy.sip.reuseport import ReusePortTCP, ReusePortUDP
 from sosimple_proxy.sip.stream import Connecting, StreamConnection, StreamFactory
 from sosimple_proxy.sip.tls_transport import TLSTransport, expected_domain, handshake_failure_reason
 from sosimple_proxy.sip.udp import ICMP_ERRNOS, UDP_READ_SIZE, Datagrams, UDPPort, set_rcvbuf
@@ -110,9 +111,12 @@ class TransportLayer(service.Service):
         tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         message_timeout: float | None = 30.0,
         limits: Limits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
+        # [proxy] workers: every worker binds every address (SO_REUSEPORT)
+        self.reuse_port = reuse_port
         self.sink = sink
         self.max_message_size = max_message_size
         self.udp_rcvbuf = udp_rcvbuf
@@ -208,7 +212,8 @@ class TransportLayer(service.Service):
         proto = Datagrams(self, addr)
         if isinstance(self.reactor, PosixReactorBase) and sys.platform.startswith("linux"):
             # as reactor.listenUDP does, with a port that reads ICMP errors
-            port = UDPPort(addr.port, proto, addr.host, UDP_READ_SIZE, self.reactor)
+            kind = ReusePortUDP if self.reuse_port else UDPPort
+            port = kind(addr.port, proto, addr.host, UDP_READ_SIZE, self.reactor)
             port.startListening()
             port.enable_recverr()
         else:
@@ -241,7 +246,12 @@ class TransportLayer(service.Service):
         if addr.transport == "tls":
             wire = self.tls.server_factory(factory, self.reactor, addr)
         result: list[Any] = []
-        self._serverEndpoint(addr).listen(wire).addBoth(result.append)
+        if self.reuse_port:
+            shared = ReusePortTCP(addr.port, wire, 50, addr.host, self.reactor)
+            shared.startListening()
+            result.append(shared)
+        else:
+            self._serverEndpoint(addr).listen(wire).addBoth(result.append)
         # Server endpoints for TCP listen synchronously; anything else is a bug here.
         if not result:
             raise RuntimeError(f"{addr}: listening did not complete at once")

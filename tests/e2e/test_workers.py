@@ -1,0 +1,174 @@
+"""``[proxy] workers = 2`` (issue 12): two processes share the SIP ports.
+
+The kernel spreads phones over the workers by their addresses, so a
+request from a fresh socket lands on either; the UA below answers every
+request from one socket, so its responses all reach one worker, and every
+transaction the other worker sent must be handed over (the branch names
+its worker).  Bindings accepted by one worker are seen by the other, and
+by the parent, which publishes them to the ring and shows them on the
+admin API; the parent restarts a worker that dies, under sipp load,
+without losing a registration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sosimple_proxy.testing import (
+    SIPP,
+    AnsweringUA,
+    PeerProcess,
+    free_port,
+    register_request,
+    run_sipp,
+    sip_options_ping,
+    sip_request,
+    start_sipp,
+    udp_final_response,
+    wait_until,
+)
+from sosimple_proxy.testing.sipp_scenarios import expect_response, scenario
+
+DOMAIN = "example.com"
+
+
+def worker_proxy(workdir: Path, workers: int = 2, bootstrap: tuple[str, ...] = ()) -> PeerProcess:
+    port = free_port("both")
+    proxy = PeerProcess(
+        {
+            "proxy": {"listen": f"udp:127.0.0.1:{port}, tcp:127.0.0.1:{port}", "domains": DOMAIN,
+                      "workers": str(workers)},
+            "location": {"order": "local overlay"},
+            "auth": {"trusted": "127.0.0.1"},
+        },
+        bootstrap=bootstrap,
+        overlay={"stabilize_interval": "0.5"},
+        workdir=workdir,
+    )
+    proxy.port = port
+    return proxy
+
+
+def serving(proxy: PeerProcess) -> None:
+    wait_until(lambda: sip_options_ping("127.0.0.1", proxy.port) is not None, 30, what="workers not serving SIP")
+
+
+def worker_pids(parent_pid: int) -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent_pid:
+                pids.add(int(entry))
+    return pids
+
+
+def register(proxy_port: int, user: str, contact: str) -> str | None:
+    return udp_final_response(proxy_port, lambda lport: register_request(f"{user}@{DOMAIN}", contact, via_port=lport))
+
+
+def message(proxy_port: int, user: str) -> str | None:
+    ruri = f"sip:{user}@{DOMAIN}"
+    return udp_final_response(proxy_port, lambda lport: sip_request(
+        "MESSAGE", ruri, to=ruri, from_="sip:caller@example.com", via_port=lport,
+        headers=("Content-Type: text/plain",), body=f"to {user}"))
+
+
+def registrations(proxy: PeerProcess) -> set[str]:
+    with urllib.request.urlopen(proxy.admin_url + "/registrations", timeout=5) as r:
+        return {entry["aor"] for entry in json.loads(r.read())["registrations"]}
+
+
+def test_two_workers_share_bindings_and_hand_each_other_their_responses(tmp_path):
+    with AnsweringUA() as ua, worker_proxy(tmp_path / "proxy") as proxy:
+        serving(proxy)
+        assert len(worker_pids(proxy.process.pid)) == 2
+        users = [f"u{i}" for i in range(24)]
+        for user in users:  # each from a fresh socket: spread over both workers
+            answer = register(proxy.port, user, f"sip:{user}@127.0.0.1:{ua.port}")
+            assert answer is not None and answer.startswith("SIP/2.0 200"), answer
+        for user in users:  # again from fresh sockets: mostly another worker than the REGISTER's
+            answer = message(proxy.port, user)
+            assert answer is not None and answer.startswith("SIP/2.0 200"), (user, answer)
+        branches = [m.group(0) for r in ua.requests for m in [re.search(r"branch=[^;\s]+\.w(\d+)", r)] if m]
+        assert {b[-1] for b in branches} == {"0", "1"}, branches  # both workers forwarded
+        # Each worker's transaction got its answer (one of them by handoff,
+        # as the UA answers from one socket): none retransmitted its MESSAGE
+        # (Timer E: after 0.5 s, then 1 s...).  A stray answer would still
+        # reach the caller, forwarded statelessly, but never its transaction.
+        time.sleep(1.6)
+        branches = [m.group(0) for r in ua.requests for m in [re.search(r"branch=[^;\s]+\.w(\d+)", r)] if m]
+        assert len(branches) == len(users) and len(set(branches)) == len(users), sorted(branches)
+        wait_until(lambda: registrations(proxy) >= {f"{u}@{DOMAIN}" for u in users}, 10,
+                   what="the parent's table lacks bindings")
+        log = proxy.log_path.read_text()
+        assert "Traceback" not in log
+
+
+def test_a_worker_finds_users_of_another_proxy_through_the_parents_ring_node(tmp_path):
+    with AnsweringUA() as ua, worker_proxy(tmp_path / "a") as a:
+        b = worker_proxy(tmp_path / "b", workers=1, bootstrap=(a.overlay_address,))
+        with b:
+            serving(a)
+            serving(b)
+            answer = register(b.port, "carol", f"sip:carol@127.0.0.1:{ua.port}")
+            assert answer is not None and answer.startswith("SIP/2.0 200"), answer
+            for _ in range(8):  # fresh sockets: both of a's workers look carol up in the ring
+                wait_until(lambda: (message(a.port, "carol") or "").startswith("SIP/2.0 200"), 10,
+                           what="a's workers do not find carol through the ring")
+            assert sum("MESSAGE sip:carol@" in r for r in ua.requests) >= 8
+
+
+REGISTER_XML = scenario("register", """  <send retrans="500">
+    <![CDATA[
+REGISTER sip:example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:k[call_number]@example.com>;tag=[pid]SIPpTag00[call_number]
+To: <sip:k[call_number]@example.com>
+Call-ID: [call_id]
+CSeq: 1 REGISTER
+Contact: <sip:k[call_number]@127.0.0.1:[local_port]>
+Expires: 600
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+""", expect_response(200))
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
+def test_a_killed_worker_is_restarted_and_no_registration_is_lost(tmp_path):
+    calls = 600
+    with worker_proxy(tmp_path / "proxy") as proxy:
+        serving(proxy)
+        before = worker_pids(proxy.process.pid)
+        assert len(before) == 2
+        # one socket per call (-t un): the calls spread over both workers
+        sipp = start_sipp(REGISTER_XML, f"127.0.0.1:{proxy.port}", "-t", "un", "-r", "60", "-max_socket", "1000",
+                          calls=calls, timeout=60, workdir=tmp_path)
+        wait_until(lambda: len(registrations(proxy)) >= 150, 20, what="sipp registered nobody")
+        victim = sorted(before)[1]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(proxy.process.pid) - before) == 1, 20, what="the worker was not restarted")
+        result = sipp.wait()
+        assert result.ok, str(result)  # the dead worker's calls were retransmitted to the living one
+        expected = {f"k{i}@{DOMAIN}" for i in range(1, calls + 1)}
+        assert registrations(proxy) >= expected
+        # both workers, the new one included, know every binding
+        serving(proxy)
+        for i in range(1, calls + 1, 25):
+            answer = udp_final_response(proxy.port, lambda lport: register_request(f"k{i}@{DOMAIN}", None, via_port=lport))
+            assert answer is not None and f"<sip:k{i}@127.0.0.1:" in answer, answer
