@@ -92,9 +92,19 @@ class SipTally:
         self._slots: list[tuple[int, dict[tuple[str, int], int], dict[str, int]]] = [
             (-1, {}, {}) for _ in range(WINDOW)
         ]
+        #: when ``started`` is this long, drop the transactions that ended unanswered
+        self._sweep_at = 10_000
         self._second = -1
         self._finals: dict[tuple[str, int], int] = {}
         self._sources: dict[str, int] = {}
+
+    def _sweep(self) -> None:
+        """Forget transactions that ended without a final response (a TU
+        that never answered), so they are not kept alive by this table."""
+        started = self.started
+        for txn in [t for t in started if getattr(t, "terminated", False)]:
+            del started[txn]
+        self._sweep_at = max(10_000, 2 * len(started))
 
     def _turn(self, second: int) -> None:
         """A new second: its slot starts empty."""
@@ -111,8 +121,8 @@ class SipTally:
         requests[method] = requests.get(method, 0) + 1
         now = self.seconds()
         started = self.started
-        if len(started) > 100_000:  # abandoned ones, never answered: start over
-            started.clear()
+        if len(started) >= self._sweep_at:
+            self._sweep()
         started[txn] = now
         if int(now) != self._second:
             self._turn(int(now))
@@ -153,8 +163,7 @@ class SipTally:
         """Live server transactions still without a final response, by method
         (those that ended without one are dropped here)."""
         out: dict[str, int] = {}
-        for txn in [t for t in self.started if getattr(t, "terminated", False)]:
-            del self.started[txn]
+        self._sweep()
         for txn in self.started:
             method = txn.request.method  # type: ignore[attr-defined]
             out[method] = out.get(method, 0) + 1
