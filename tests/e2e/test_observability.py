@@ -138,3 +138,39 @@ def test_metrics_parse_and_move_with_sipp_traffic_and_logs_are_json(proxy, tmp_p
     assert all(r["branch"].startswith("z9hG4bK") for r in refusals)
     # a busy proxy's log stays short: nothing per accepted REGISTER at info level
     assert len(records) < CALLS * 2 + 40
+
+
+def test_sip_trace_logs_whole_messages_without_credentials(tmp_path):
+    """``sip_trace = yes`` on a proxy with users: a REGISTER carrying a
+    (wrong) digest answer is logged whole, received and answered, but its
+    response hash and nonce are not."""
+    from sosimple_proxy.security.users import UserEntry
+    from sosimple_proxy.testing.sip_requests import sip_request, udp_final_response
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", "localhost", "secret").line() + "\n")
+    secret_hash = "5f4dcc3b5aa765d61d8327deb882cf99"
+    config = {
+        "log": {"sip_trace": "yes"},
+        "auth": {"users_file": str(users), "algorithms": "MD5", "nonce_secret_file": str(tmp_path / "nonce")},
+    }
+    with ProxyProcess(config, workdir=tmp_path / "proxy") as proxy:
+        authorization = (
+            'Authorization: Digest username="alice", realm="localhost", nonce="NONCEVALUE", '
+            f'uri="sip:localhost", response="{secret_hash}", algorithm=MD5'
+        )
+
+        def register(port: int) -> str:
+            return sip_request(
+                "REGISTER", "sip:localhost", to="alice@localhost", from_="alice@localhost", via_port=port,
+                call_id="traced-register", headers=[authorization, "Contact: <sip:alice@127.0.0.1:5099>"],
+            )
+
+        answer = udp_final_response(proxy.port, register)
+        assert answer is not None and answer.startswith("SIP/2.0 401"), answer
+        time.sleep(0.5)
+        log = proxy._log_since_start()
+    assert "sip received from udp:127.0.0.1:" in log and "REGISTER sip:localhost SIP/2.0" in log
+    assert 'Authorization: Digest username="alice", realm="localhost", <redacted>' in log
+    assert "sip sent to udp:127.0.0.1:" in log and "SIP/2.0 401" in log and "WWW-Authenticate: Digest" in log
+    assert secret_hash not in log and "NONCEVALUE" not in log
