@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 import attrs
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -201,6 +201,8 @@ class Metrics:
         self.sources = sources if sources is not None else Sources()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(self.sources))  # type: ignore[arg-type]
+        # the process's CPU, memory and open files (Linux /proc), in this registry too
+        ProcessCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

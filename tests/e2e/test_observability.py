@@ -50,6 +50,8 @@ FAMILIES = {
     "sosimple_banned_sources": "gauge",
     "sosimple_sip_tls_handshake_failures": "counter",
     "sosimple_auth_failures": "counter",
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
 }
 
 REGISTER = scenario("REGISTER", REGISTER_STEP, expect_response(200))
