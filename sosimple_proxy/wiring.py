@@ -596,7 +596,10 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
                         publish=False)
     top.table = proxy.registrar.table
     stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
-    stack.handoff = Handoff(reactor, index, count, directory, stack)
+    transport = stack.transport
+    stack.handoff = transport.workers = Handoff(
+        reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
+    )
     stack.setServiceParent(top)
     stack_reloads(reactor, stack, proxy).setServiceParent(top)
     return top
