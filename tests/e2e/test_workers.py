@@ -57,7 +57,10 @@ def worker_proxy(workdir: Path, workers: int = 2, bootstrap: tuple[str, ...] = (
     return proxy
 
 
-def serving(proxy: PeerProcess) -> None:
+def serving(proxy: PeerProcess, workers: int = 2) -> None:
+    """Every worker serves SIP (each says so once it has the parent's bindings)."""
+    wait_until(lambda: proxy.log_path.read_text().count("bindings from the parent; serving SIP") >= workers, 30,
+               what=lambda: proxy.log_tail(20))
     wait_until(lambda: sip_options_ping("127.0.0.1", proxy.port) is not None, 30, what="workers not serving SIP")
 
 
@@ -122,7 +125,7 @@ def test_a_worker_finds_users_of_another_proxy_through_the_parents_ring_node(tmp
         b = worker_proxy(tmp_path / "b", workers=1, bootstrap=(a.overlay_address,))
         with b:
             serving(a)
-            serving(b)
+            wait_until(lambda: sip_options_ping("127.0.0.1", b.port) is not None, 30, what="b not serving SIP")
             answer = register(b.port, "carol", f"sip:carol@127.0.0.1:{ua.port}")
             assert answer is not None and answer.startswith("SIP/2.0 200"), answer
             for _ in range(8):  # fresh sockets: both of a's workers look carol up in the ring
@@ -163,6 +166,8 @@ def test_a_killed_worker_is_restarted_and_no_registration_is_lost(tmp_path):
         victim = sorted(before)[1]
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(worker_pids(proxy.process.pid) - before) == 1, 20, what="the worker was not restarted")
+        wait_until(lambda: proxy.log_path.read_text().count("bindings from the parent; serving SIP") >= 3, 30,
+                   what=lambda: proxy.log_tail(20))
         result = sipp.wait()
         assert result.ok, str(result)  # the dead worker's calls were retransmitted to the living one
         expected = {f"k{i}@{DOMAIN}" for i in range(1, calls + 1)}
@@ -329,3 +334,31 @@ def test_a_cancel_from_another_socket_finds_its_invite_in_the_other_worker(tmp_p
                 a.close()
     finally:
         ua.close()
+
+
+def test_sighup_to_the_parent_reloads_every_worker(tmp_path):
+    with AnsweringUA() as old, AnsweringUA() as new:
+        port = free_port("both")
+        proxy = PeerProcess(
+            {
+                "proxy": {"listen": f"udp:127.0.0.1:{port}", "domains": DOMAIN, "workers": "2"},
+                "location": {"order": "local routes"},
+                "auth": {"trusted": "127.0.0.1"},
+                "routes": {"other.test": f"sip:127.0.0.1:{old.port}"},
+            },
+            workdir=tmp_path / "proxy",
+        )
+        proxy.port = port
+        with proxy:
+            serving(proxy)
+            proxy.ini_path.write_text(proxy.ini_path.read_text().replace(f"127.0.0.1:{old.port}", f"127.0.0.1:{new.port}"))
+            os.kill(proxy.process.pid, signal.SIGHUP)
+            wait_until(lambda: proxy.log_path.read_text().count("SIGHUP: 1 routes") >= 2, 15,
+                       what=lambda: proxy.log_tail(30))
+            for i in range(12):  # fresh sockets: both workers
+                ruri = f"sip:x{i}@other.test"
+                answer = udp_final_response(port, lambda lport, r=ruri: sip_request(
+                    "MESSAGE", r, to=r, from_=f"a@{DOMAIN}", via_port=lport, headers=("Content-Type: text/plain",),
+                    body="hi"))
+                assert answer is not None and answer.startswith("SIP/2.0 200"), answer
+            assert len(new.requests) == 12 and not old.requests
