@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from sosimple_proxy import cli
-from sosimple_proxy.location.bindings import BindingTable
+from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.location.gateways import Gateway, GatewaySet, parse_gateway_uri
 from sosimple_proxy.metrics import Metrics, Sources
 from sosimple_proxy.security.limits import Limits, LimitsConfig
@@ -26,6 +26,7 @@ from sosimple_proxy.sip.tls_transport import TLSTransport
 from sosimple_proxy.sip.transaction import TransactionLayer, TransactionUser
 from sosimple_proxy.tally import SipTally
 from sosimple_proxy.web.admin import admin_site
+from sosimple_proxy.web.registrations import LocalRegistrations
 from sosimple_proxy.web.ringnodes import NodeStatus
 from sosimple_proxy.web.views import Views
 
@@ -188,3 +189,23 @@ class ViewsTests(unittest.TestCase):
         status, out, err = yield self.sosimple("registrations")
         self.assertEqual(status, 4)
         self.assertIn("no SIP registrar", err)
+
+    @defer.inlineCallbacks
+    def test_cli_registrations_prints_this_proxys_users(self):
+        now = self.clock.seconds()
+        self.bindings.replace("alice@example.com", [Binding("alice@example.com", "sip:alice@192.0.2.5:5060", now + 600, "c1", 1)])
+        site = admin_site(None, {}, None, status=NodeStatus(self.clock), local=LocalRegistrations(self.clock, self.bindings))
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        out, err = io.BytesIO(), io.StringIO()
+        argv = ["--admin", f"http://127.0.0.1:{port.getHost().port}", "registrations"]
+        status = yield defer.Deferred.fromCoroutine(cli.run(reactor, argv, out, err, io.BytesIO(), {}))
+        self.assertEqual(status, 0, err.getvalue())
+        view = json.loads(out.getvalue())
+        self.assertEqual([r["aor"] for r in view["registrations"]], ["alice@example.com"])
+        self.assertEqual(view["registrations"][0]["bindings"][0]["contact"], "sip:alice@192.0.2.5:5060")
+        self.assertEqual(view["registrations"][0]["bindings"][0]["expires"], 600)
+        # and the metrics count the same table
+        families = {f.name: f for f in text_string_to_metric_families(self.views.metrics.render().decode())}
+        self.assertEqual(families["sosimple_registrations"].samples[0].value, 1)
+        self.assertEqual(families["sosimple_registered_contacts"].samples[0].value, 1)
