@@ -468,7 +468,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits, on_admin)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
     if cfg.proxy["listen"] and cfg.proxy["workers"] > 1:
-        build_worker_parent(cfg, reactor, top, admin)
+        build_worker_parent(cfg, reactor, top, admin, store_svc)
     elif cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         try:
@@ -540,7 +540,7 @@ def stack_reloads(reactor: Any, stack: Any, proxy: Proxy) -> Reloads:
 # --- [proxy] workers: the parent and each worker
 
 
-def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any) -> None:
+def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None) -> None:
     """The parent of ``[proxy] workers`` processes: it keeps the ring nodes
     and the admin API (built already, under ``top``), a copy of every
     worker's bindings (which it publishes to the rings and shows on the
@@ -580,6 +580,14 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     pool = WorkerPool(reactor, cfg.proxy["workers"], worker_argv(cfg.path, cfg.proxy["workers"], directory))
     pool.setServiceParent(top)
     top.workers = pool  # type: ignore[attr-defined]
+    # SIGHUP: the parent's admin certificate, and each worker's own reloads
+    reloads = Reloads(reactor)
+    reloads.add("workers", lambda: pool.signal_all("HUP"))
+    if admin is not None and getattr(admin, "tls", None) is not None:
+        reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+    if store_svc is not None and getattr(store_svc, "tls", None) is not None:
+        reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
+    reloads.setServiceParent(top)
     log.info("[proxy] workers = {n}: SIP is served by {n} worker processes", n=cfg.proxy["workers"])
 
 
@@ -609,7 +617,10 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
         proxy.digest.share_nonce_state(nonces, nonces.random)
     top.table = proxy.registrar.table
     stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
-    stack.handoff = Handoff(reactor, index, count, directory, stack)
+    transport = stack.transport
+    stack.handoff = transport.workers = Handoff(
+        reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
+    )
     stack.setServiceParent(top)
     stack_reloads(reactor, stack, proxy).setServiceParent(top)
     return top

@@ -9,6 +9,7 @@ the worker's number.  SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--dir", required=True)
     args = parser.parse_args(argv)
+    # The parent passes SIGHUP on; until our reloads take it over (once we
+    # serve), it must not end us (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     from sosimple_proxy.config import ConfigError, load_config
     from sosimple_proxy.service import tune_garbage_collector

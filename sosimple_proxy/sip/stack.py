@@ -166,6 +166,14 @@ class SipStack(MultiService):
             self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
                          self.limits.retry_after(source.host))
             return
+        if (
+            handoff is not None
+            and isinstance(msg, Request)
+            and msg.method == "CANCEL"
+            and self.transactions.find_cancelled(msg) is None
+            and handoff.pass_cancel(data, source, local)
+        ):
+            return  # its INVITE may be another worker's
         capped = admission is not None and admission is not EXEMPT and isinstance(msg, Request)
         if capped and self._over_capacity(msg, source):  # type: ignore[arg-type]
             self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)

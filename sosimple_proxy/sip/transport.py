@@ -115,8 +115,11 @@ class TransportLayer(service.Service):
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
-        # [proxy] workers: every worker binds every address (SO_REUSEPORT)
+        # [proxy] workers: every worker binds every address (SO_REUSEPORT),
+        # and ``workers`` (a :class:`~.handoff.Handoff`) knows which other
+        # worker holds a connection we lack, and hears of ours.
         self.reuse_port = reuse_port
+        self.workers: Any = None
         self.sink = sink
         self.max_message_size = max_message_size
         self.udp_rcvbuf = udp_rcvbuf
@@ -283,7 +286,17 @@ class TransportLayer(service.Service):
             peer = attrs.evolve(peer, host=normal_host(peer.host))
         except ValueError:
             return False
-        return peer in self._streams
+        return peer in self._streams or (self.workers is not None and self.workers.holder(peer) is not None)
+
+    def own_streams(self) -> list[Peer]:
+        """Peers of the connections this process holds (other workers send through them)."""
+        return [p for p in self._streams if p.domain is None]
+
+    def send_own_stream(self, data: bytes, peer: Peer) -> None:
+        """Send over our connection to ``peer``, for another worker."""
+        conn = self._streams.get(peer)
+        if conn is not None and conn.usable():
+            conn.write(data)
 
     # -- sending
 
@@ -379,6 +392,11 @@ class TransportLayer(service.Service):
         if pending is not None:
             pending.queue.append((data, d))
             return d
+        workers = self.workers
+        if workers is not None:
+            holder = workers.holder(dest)
+            if holder is not None and workers.send_via(holder, data, dest):
+                return defer.succeed(None)  # over the connection another worker holds
         if not self.running:
             return defer.fail(TransportError(dest, "transport layer is stopped"))
         endpoint, wire = self._clientEndpoint(dest)
@@ -463,6 +481,8 @@ class TransportLayer(service.Service):
         self._all_streams.add(conn)
         conn.keys.append(key)
         self._streams[key] = conn
+        if self.workers is not None and key.domain is None:
+            self.workers.stream_opened(key)
 
     def _closed(self, conn: StreamConnection) -> None:
         """``conn`` is closed: forget it."""
@@ -514,6 +534,8 @@ class TransportLayer(service.Service):
         for key in conn.keys:
             if self._streams.get(key) is conn:
                 del self._streams[key]
+                if self.workers is not None and key.domain is None:
+                    self.workers.stream_closed(key)
 
     def _localFor(self, transport_name: str, host: Any) -> ListenAddress:
         """The listen address to advertise for an outgoing connection: a

@@ -71,6 +71,14 @@ class WorkerPool(Service):
         for index in range(self.count):
             self._spawn(index)
 
+    def signal_all(self, signal: str) -> None:
+        """Pass a signal on (SIGHUP: every worker re-reads its files)."""
+        for transport in list(self.transports.values()):
+            try:
+                transport.signalProcess(signal)
+            except Exception:
+                pass
+
     def pids(self) -> dict[int, int]:
         return {i: t.pid for i, t in self.transports.items() if t.pid is not None}
 

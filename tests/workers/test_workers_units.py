@@ -63,17 +63,68 @@ class Port:
         self.sent.append((data, path))
 
 
-def test_only_another_workers_udp_responses_are_passed_on(tmp_path):
+def test_only_another_workers_responses_are_passed_on(tmp_path):
     h = handoff.Handoff(Clock(), 0, 2, str(tmp_path), sink=None)  # type: ignore[arg-type]
     h.port = Port()
     src, local = Peer("udp", "127.0.0.1", 5070), ListenAddress("udp", "127.0.0.1", 5060)
     assert not h.elsewhere(response("z9hG4bKsp1.a.w0"), src, local)  # ours
     assert not h.elsewhere(response("z9hG4bKsp1.a.w7"), src, local)  # no such worker
-    assert not h.elsewhere(response("z9hG4bKsp1.a.w1"), Peer("tcp", "127.0.0.1", 5070), local)  # its connection's
     assert not h.elsewhere(b"MESSAGE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK.w1\r\n\r\n", src, local)
     assert h.elsewhere(response("z9hG4bKsp1.a.w1"), src, local)
     (packet, path), = h.port.sent
     assert path == os.path.join(str(tmp_path), "w1.sock") and handoff.decode(packet)[1] == src
+    # over a stream too: a response on our connection to another worker's request
+    assert h.elsewhere(response("z9hG4bKsp1.a.w1"), Peer("tcp", "127.0.0.1", 5070), local)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def messageReceived(self, data, source, local):  # noqa: ANN001
+        self.got.append((data, source, local))
+
+
+def test_workers_learn_each_others_connections_and_send_through_them(tmp_path):
+    """C/X/H/O between two Handoffs wired back to back (no sockets)."""
+    peer = Peer("tcp", "192.0.2.9", 40000)
+    sent_on_own: list = []
+    own = [peer]
+    a = handoff.Handoff(Clock(), 0, 2, str(tmp_path), Sink(), send_stream=lambda d, p: sent_on_own.append((d, p)),
+                        streams=lambda: list(own))
+    b = handoff.Handoff(Clock(), 1, 2, str(tmp_path), Sink())
+    a.port, b.port = Port(), Port()
+
+    def deliver(src: handoff.Handoff, dst: handoff.Handoff) -> None:
+        for packet, _ in src.port.sent:
+            dst.received(*handoff.decode_any(packet))
+        src.port.sent.clear()
+
+    a.stream_opened(peer)
+    deliver(a, b)
+    assert b.holder(peer) == 0
+    assert b.send_via(0, b"MESSAGE ...", peer)
+    deliver(b, a)
+    assert sent_on_own == [(b"MESSAGE ...", peer)]
+    a.stream_closed(peer)
+    deliver(a, b)
+    assert b.holder(peer) is None
+    # a restarted worker says hello and hears of the connections the others hold
+    b._broadcast(handoff.encode(b"", Peer("udp", "0.0.0.0", 0), handoff._NO_LOCAL, "H", 1))
+    deliver(b, a)
+    deliver(a, b)
+    assert b.holder(peer) == 0
+
+
+def test_a_cancel_goes_round_the_workers_once(tmp_path):
+    src, local = Peer("udp", "127.0.0.1", 5070), ListenAddress("udp", "127.0.0.1", 5060)
+    h = handoff.Handoff(Clock(), 1, 3, str(tmp_path), Sink())
+    h.port = Port()
+    assert h.pass_cancel(b"CANCEL ...", src, local)
+    (packet, path), = h.port.sent
+    assert path.endswith("w2.sock") and handoff.decode_any(packet)[4] == 1
+    h.hops = 2  # the two others have seen it: answer here
+    assert not h.pass_cancel(b"CANCEL ...", src, local)
 
 
 def binding(aor: str, contact: str) -> Binding:
