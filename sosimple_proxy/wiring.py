@@ -15,7 +15,9 @@ The location providers come from the one table in
 The ``[limits]`` limiter (:func:`build_limits`) is one object on the
 reactor, shared by whoever judges a source: the SIP stack (rates, bans,
 connection and transaction caps), authentication (wrong credentials) and
-the admin API (``GET /limits``, lifting a ban).
+the admin API (``GET /limits``, lifting a ban).  With ``[proxy] workers``
+each worker has its own, which reports to the parent's (the admin API's):
+see :mod:`sosimple_proxy.workers.shared_limits`.
 """
 
 from __future__ import annotations

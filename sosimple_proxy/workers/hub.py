@@ -5,7 +5,9 @@ The parent listens on a Unix socket in its private directory
 and the parent pushes every binding it holds before answering, so a worker
 that was restarted knows every registration before it serves a request.
 After that each binding change goes worker -> parent -> the other workers,
-and the workers' ring lookups go to the parent's ring node.
+and the workers' ring lookups go to the parent's ring node.  The same
+line carries ``[limits]`` tallies and bans (:mod:`.shared_limits`) and
+nonce-count checks for another worker's nonce (:mod:`.shared_nonces`).
 """
 
 from __future__ import annotations
