@@ -10,6 +10,7 @@ one unauthenticated REGISTER.  With one socket on each worker:
   which alone is over the burst, get the source banned in both workers; the
   parent's admin API lists the ban and lifts it in both, and the parent's
   log tells each once;
+- wrong passwords through both workers add up to one ban;
 - a nonce-count accepted through one worker is a replay at the other (401),
   while the next count of that nonce passes there.
 
@@ -39,7 +40,7 @@ ABUSER = "127.0.0.5"
 PHONE_HOST = "127.0.0.6"
 
 
-def workers_proxy(workdir: Path) -> PeerProcess:
+def workers_proxy(workdir: Path, **limits: str) -> PeerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     users = workdir / "users"
     users.write_text(UserEntry.from_password("alice", REALM, "secret").line() + "\n")
@@ -51,7 +52,7 @@ def workers_proxy(workdir: Path) -> PeerProcess:
             "location": {"order": "local"},
             "auth": {"users_file": str(users), "algorithms": "MD5", "nonce_secret_file": str(workdir / "nonce")},
             "limits": {"requests_per_second": str(RATE), "burst": str(BURST), "ban_seconds": "120",
-                       "allow": "127.0.0.1"},
+                       "allow": "127.0.0.1", **limits},
         },
         workdir=workdir,
     )
@@ -159,10 +160,14 @@ def admin(method: str, url: str) -> tuple[int, object]:
         return e.code, None
 
 
-def banned(proxy: PeerProcess) -> list[str]:
+def bans(proxy: PeerProcess) -> list[dict]:
     status, body = admin("GET", proxy.admin_url + "/limits")
     assert status == 200
-    return [b["address"] for b in body["banned"]]  # type: ignore[index]
+    return body["banned"]  # type: ignore[index]
+
+
+def banned(proxy: PeerProcess) -> list[str]:
+    return [b["address"] for b in bans(proxy)]
 
 
 def test_a_source_spread_over_both_workers_is_banned_in_both_and_lifted_in_both(tmp_path):
@@ -217,3 +222,18 @@ def test_a_nonce_count_accepted_at_one_worker_is_refused_at_the_other(tmp_path):
         assert len(re.findall(r"nonce-count 00000001 was already used", log)) == 1
         assert len(re.findall(r"nonce-count 00000002 was already used", log)) == 1
         assert "Traceback" not in log
+
+
+def test_wrong_passwords_through_both_workers_add_up_to_one_ban(tmp_path):
+    with workers_proxy(tmp_path / "proxy", auth_failures="4", burst="100") as proxy:
+        serving(proxy)
+        phones, _ = one_phone_per_worker(ABUSER, proxy.port)
+        for phone in phones.values():  # 2 + 2 wrong passwords: neither worker alone sees 4
+            challenge = challenge_of(phone.register())
+            for nc in (1, 2):
+                guess = answer_challenge(challenge, "alice", f"guess{nc}", "REGISTER", f"sip:{REALM}", nc=nc)
+                assert (phone.register(guess) or "").startswith("SIP/2.0 401")
+        wait_until(lambda: banned(proxy) == [ABUSER], 10, what="four wrong passwords did not ban")
+        assert "wrong credentials" in bans(proxy)[0]["reason"]
+        for worker, phone in phones.items():
+            assert phone.options(1.0) is None, f"worker {worker} still answers {ABUSER}"

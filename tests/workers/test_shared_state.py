@@ -142,6 +142,7 @@ def test_a_ban_ends_in_every_worker_when_it_expires():
     proxy.flush()
     assert not a.is_banned(SOURCE) and not b.is_banned(SOURCE) and not proxy.limits.is_banned(SOURCE)
     assert not a.live_bans() and not b.live_bans()
+    assert proxy.logged("unbanned") == 1
 
 
 def test_wrong_passwords_spread_over_the_workers_add_up():
