@@ -342,7 +342,7 @@ class DigestAuthenticator:
         if counted is CountVerdict.REPLAY:
             return Verdict(Outcome.REPLAY, reason=f"nonce-count {creds.nc_text} was already used")
         if counted is CountVerdict.FORGOTTEN:
-            return Verdict(Outcome.STALE, reason="the nonce's count was forgotten under load")
+            return Verdict(Outcome.STALE, reason="the nonce's count is not known here (forgotten under load, or from before a restart)")
         return Verdict(Outcome.OK, user=creds.username, reason=f"authenticated with {creds.algorithm.value}")
 
 
