@@ -19,9 +19,10 @@ the realm (shared ``nonce_secret_file``) has an owner here too.
   captured request played from elsewhere) is verified here in full
   (nonce HMAC and age, the password) and only the count is asked of the
   owner, through the parent (:class:`~sosimple_proxy.workers.protocol.AcceptCount`:
-  two AMP hops over Unix sockets, a fraction of a millisecond on an idle
-  machine; the chain waits on a Deferred and the transaction absorbs
-  retransmissions meanwhile).  Nothing is asked for a wrong password.
+  two AMP round trips over Unix sockets, about 1 ms measured on a 2-core
+  machine at load 14, against 2-3 us for a count kept here; the chain waits
+  on a Deferred and the transaction absorbs retransmissions meanwhile).
+  Nothing is asked for a wrong password.
 - An owner that does not answer within :data:`ASK_TIMEOUT` (restarting, or
   gone) counts as FORGOTTEN: the phone gets ``stale=true`` and a nonce of
   the worker it talks to; a replay can never pass for lack of an answer.
