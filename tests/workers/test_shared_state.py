@@ -5,6 +5,8 @@ Clock."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import Any
 
 import pytest
@@ -21,7 +23,9 @@ from sosimple_proxy.security.users import UserEntry, UserTable
 from sosimple_proxy.workers.hub import Hub, WorkerLink
 from sosimple_proxy.workers.protocol import Hello
 from sosimple_proxy.workers.shared_limits import FLUSH_INTERVAL, SharedLimitsHub, WorkerLimits
+from sosimple_proxy.sip.address import Peer
 from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts, owner
+from tests.proxy.test_auth import auth_harness, only_final, register_request, responses
 
 SOURCE = "192.0.2.9"
 CONFIG = LimitsConfig(requests_per_second=10, burst=20, ban_seconds=60, auth_failures=4)
@@ -164,7 +168,7 @@ def test_a_worker_that_connects_gets_the_bans_in_force_before_it_serves():
 
 
 def test_allowed_sources_are_never_banned_however_spread():
-    config = LimitsConfig(requests_per_second=10, burst=20, ban_seconds=60, allow=(__import__("ipaddress").ip_network("192.0.2.0/24"),))
+    config = LimitsConfig(requests_per_second=10, burst=20, ban_seconds=60, allow=(ipaddress.ip_network("192.0.2.0/24"),))
     proxy = Proxy(config=config)
     for _ in range(30):
         for worker in proxy.workers:
@@ -309,3 +313,40 @@ def test_owned_random_bytes_name_their_worker_for_any_count(count):
         counts = WorkerNonceCounts(clock, 300, index, count, lambda: None, source=lambda n: b"\xff" * n)
         issuer = NonceIssuer(clock, SECRET, REALM, random=counts.random)
         assert owner(issuer.make(), count) == index
+
+
+# --- the proxy core waits for a count kept elsewhere
+
+
+class CountsElsewhere:
+    """Stands in for the nonce's owner worker (the AMP path is tested above
+    and end to end): each count's verdict comes when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred] = []
+
+    def accept(self, nonce: str, issued: float, nc: int) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+@pytest.mark.parametrize("verdict, status", [(CountVerdict.ACCEPTED, 200), (CountVerdict.REPLAY, 401),
+                                             (CountVerdict.FORGOTTEN, 401)])
+def test_the_proxy_answers_a_register_once_the_owner_has_judged_its_count(tmp_path, verdict, status):
+    h = auth_harness(tmp_path)
+    elsewhere = CountsElsewhere()
+    h.proxy.digest.share_nonce_state(elsewhere, os.urandom)  # type: ignore[union-attr]
+    phone = Peer("udp", "192.0.2.10", 5070)
+    h.receive(register_request(), phone)
+    challenge = only_final(h).headers.get("www-authenticate")
+    value = answer_challenge(challenge, "alice", "secret", "REGISTER", "sip:example.com")
+    request = register_request(cseq=2, auth=f"Authorization: {value}\n")
+    h.receive(request, phone)
+    h.receive(request, phone)  # a retransmission while the owner thinks: absorbed
+    assert [r.status for r in responses(h) if r.status >= 200] == [] and len(elsewhere.pending) == 1
+    elsewhere.pending[0].callback(verdict)
+    final = only_final(h)
+    assert final.status == status
+    stale = "stale=true" in (final.headers.get("www-authenticate") or "")
+    assert stale == (verdict is CountVerdict.FORGOTTEN)
