@@ -18,6 +18,11 @@ object on an injected clock (``IReactorTime``; tests use ``task.Clock``):
   The proxy skips the checks for them (and for a banned source's emergency
   call too).
 
+With ``[proxy] workers`` each worker has a limiter and the parent has one
+that sums theirs: :meth:`Limits.charge` takes requests counted elsewhere,
+and ``on_ban``/``on_lift`` hear of bans to pass on
+(:mod:`sosimple_proxy.workers.shared_limits`).
+
 Cheap enough to run before a datagram is parsed: a banned source costs one
 dict lookup and a clock read; a known source a few more operations.
 Memory is bounded: a bucket idle long enough to have refilled is the same as
