@@ -134,6 +134,7 @@ class Setup(Server):
                     "stabilize_interval": str(STABILIZE),
                     "state_dir": "overlay",
                     "node_id": format_id(nid),
+                    "allow_chosen_ids": "yes",  # a bench ring at fixed, evenly spread ids
                 },
                 "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
                 # sipp and the other proxies all come from 127.0.0.1 (a site

@@ -17,7 +17,8 @@ disturbs the node.
 In a CA ring (``ringtls.py``) the connections are mutual TLS, and a peer
 that names itself in a message (Hello, Notify, Leave) must name the node
 its certificate is for: anything else gets :class:`WrongIdentity`.  An
-open ring makes no such check (``certified`` is None), exactly as before.
+open ring makes no such check (``certified`` is None); there a node proves
+its key to a node that challenges it (:class:`Prove`, see :mod:`.admission`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from OpenSSL import SSL
 from sosimple_proxy.security.tls import TLSVerificationError
 
 from . import wire
+from .errors import NotAdmitted
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
 from .ringtls import failure_reason
@@ -84,7 +86,12 @@ class WrongIdentity(Exception):
     """A peer names itself as another node than its certificate is for."""
 
 
-_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST", WrongIdentity: b"WRONG_IDENTITY"}
+_ERRORS = {
+    VersionMismatch: b"VERSION_MISMATCH",
+    BadRequest: b"BAD_REQUEST",
+    WrongIdentity: b"WRONG_IDENTITY",
+    NotAdmitted: b"NOT_ADMITTED",
+}
 
 
 def _command(name: str) -> type[amp.Command]:
@@ -110,6 +117,7 @@ Fetch = _command("Fetch")
 Sync = _command("Sync")
 Leave = _command("Leave")
 Fingers = _command("Fingers")
+Prove = _command("Prove")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -215,7 +223,10 @@ class OverlayProtocol(amp.AMP):
         def run(b: bytes) -> bytes:
             peer = wire.decode_peer(b)
             self._claimed(peer)  # a node only says "I may be your predecessor" of itself
-            return wire.encode_state(self.node.remote_notify(peer))
+            state = self.node.remote_notify(peer)
+            if isinstance(state, defer.Deferred):  # an open ring: once it proved its key
+                return state.addCallback(wire.encode_state)
+            return wire.encode_state(state)
 
         return self._serve(run, body)
 
@@ -260,6 +271,10 @@ class OverlayProtocol(amp.AMP):
     @Fingers.responder
     def answer_fingers(self, body: bytes) -> Any:
         return self._serve(lambda b: wire.encode_peers(self.node.remote_fingers()), body)
+
+    @Prove.responder
+    def answer_prove(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_proof(self.node.remote_prove(b)), body)
 
 
 class OverlayServerFactory(Factory):
@@ -460,6 +475,9 @@ class AMPRPC:
 
     def fingers(self, address: Hashable) -> defer.Deferred:
         return self._call(address, Fingers, b"", wire.decode_peers)
+
+    def prove(self, address: Hashable, nonce: bytes) -> defer.Deferred:
+        return self._call(address, Prove, nonce, wire.decode_proof)
 
 
 __all__ = [
