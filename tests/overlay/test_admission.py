@@ -175,3 +175,78 @@ def test_a_relay_of_the_victims_proof_is_refused():
         assert not in_tables(n, rogue.id)
     reasons = {e["reason"] for e in events if e.get("address") == rogue.address}
     assert reasons == {"its signature over our challenge (its id and address) does not verify"}
+
+
+# -- over AMP, as a process runs it (OverlayService, trust = tofu by default)
+
+import functools  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from twisted.internet import defer, reactor, task  # noqa: E402
+from twisted.trial import unittest  # noqa: E402
+
+from sosimple_proxy.overlay.service import OverlayService, TrustSetupError, check_trust  # noqa: E402
+from sosimple_proxy.testing.polling import until, until_quiet  # noqa: E402
+from sosimple_proxy.testing.ring import overlay_settings, ring_settled  # noqa: E402
+
+fast = functools.partial(overlay_settings, stabilize_interval=0.1)
+
+
+def test_a_service_with_a_chosen_id_in_an_open_ring_needs_allow_chosen_ids():
+    with pytest.raises(TrustSetupError) as info:
+        check_trust(fast("x", node_id="ff"))
+    assert info.value.key == "node_id"
+    assert check_trust(fast("x", node_id="ff", allow_chosen_ids=True)) == "tofu"
+    with pytest.raises(TrustSetupError):
+        check_trust(fast("x", trust="ca"))
+
+
+class OpenRingOverAMPTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.base = tempfile.mkdtemp(prefix="overlay-admission-")
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.services: list[OverlayService] = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for s in reversed(self.services):
+            if s.running:
+                yield s.stopService()
+        yield until_quiet(1.0)
+
+    @defer.inlineCallbacks
+    def start(self, name: str, bootstrap=(), **extra):
+        svc = OverlayService(reactor, fast(os.path.join(self.base, name), bootstrap, **extra))
+        self.services.append(svc)
+        svc.startService()
+        node = yield svc.ready
+        return node
+
+    @defer.inlineCallbacks
+    def test_members_prove_their_keys_and_a_chosen_id_is_kept_out(self):
+        a = yield self.start("a")
+        host, port = a.address.rsplit(":", 1)
+        boot = [(host, int(port))]
+        b = yield self.start("b", boot)
+        c = yield self.start("c", boot)
+        yield until(lambda: ring_settled([a, b, c]), 20, what="an open ring of three to settle")
+        for n in (a, b, c):
+            self.assertEqual(n.id, n.trust.signer.node_id())  # its place is its key's
+            for p in n.successors:
+                self.assertIsNotNone(n.gate.public_key(p))  # proved over AMP
+        # a node that chose its place (right after b, to take b's range):
+        # it has a key and answers challenges, but its id is not its key's
+        events: list[dict] = []
+        for n in (a, b, c):
+            n.gate._log = Logger(observer=events.append)
+        chosen = ids.format_id((b.id + 1) % (1 << 160))
+        rogue = yield self.start("rogue", boot, node_id=chosen, allow_chosen_ids=True)
+        yield until(lambda: any(e.get("address") == rogue.address for e in events), 10, what="a refusal")
+        yield task.deferLater(reactor, 1.0, lambda: None)  # ten rounds: it keeps trying
+        for n in (a, b, c):
+            self.assertFalse(in_tables(n, rogue.id))
+        self.assertIn("not the one its public key gives", next(e["reason"] for e in events if e.get("address") == rogue.address))
