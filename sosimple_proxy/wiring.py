@@ -192,6 +192,7 @@ def build_security(
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
     gateways: Sequence[Any] = (),
+    members: Callable[[Any], Any] | None = None,
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -220,6 +221,7 @@ def build_security(
         required=auth["required"],
         is_emergency=emergency,
         on_auth_failure=on_auth_failure,
+        members=members,
     )
 
     contacts = ContactIndex(bindings.lookup)
@@ -293,6 +295,11 @@ def build_proxy(
     location = LocationChain(list(providers.values()))
 
     pstn = providers.get("pstn")
+    # a CA ring's members vouch for their domains' users over SIP TLS
+    ring_members = ring_members_of(cfg)
+    members = None
+    if ring_members is not None:
+        members = lambda source: ring_members.domains(stack.transport.peer_certificate(source))  # noqa: E731
     security = build_security(
         cfg,
         reactor,
@@ -302,6 +309,7 @@ def build_proxy(
         secret if secret is not None else os.urandom(32),
         on_auth_failure,
         gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
+        members=members,
     )
     forwarder = RequestForwarder(
         stack,
@@ -350,6 +358,8 @@ def build_proxy(
             from_domain=addressing.primary or "localhost",
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
+    if ring_members is not None:
+        reloads.append(("ring CA (SIP members)", ring_members.reload))
     return Proxy(
         core,
         registrar,
@@ -362,6 +372,17 @@ def build_proxy(
         security.digest,
         reloads,
     )
+
+
+def ring_members_of(cfg: Config) -> Any:
+    """The ring members' check at the SIP edge: only for a CA ring
+    (``[overlay] trust = ca``); an open ring's members are nobody special."""
+    ring = cfg.section("overlay")
+    if not (ring["listen"] and ring["ca"] and ring.get("trust", "ca") == "ca"):
+        return None
+    from sosimple_proxy.security.ringmembers import RingMembers
+
+    return RingMembers(ring["ca"])
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:
@@ -505,12 +526,15 @@ def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
     ``certificate`` and ``key``.  Raises :class:`ConfigError`.
     """
     rings = [("overlay", cfg.section("overlay"))] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]
+    ours = None  # the main ring's node certificate: our identity on SIP TLS too
     for section, ring in rings:
         if ring["listen"]:
-            ring_tls_or_error(section, ring)
+            tls = ring_tls_or_error(section, ring)
+            if section == "overlay":
+                ours = tls
     if not cfg.proxy["listen"]:
         return None
     try:
-        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log)
+        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log, ring=ours)
     except TLSFileError as e:
         raise ConfigError("tls", e.key, e.problem) from None
