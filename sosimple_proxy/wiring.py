@@ -489,6 +489,9 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             reloads.add(what, action)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+        for name, ring in top.rings.items():  # type: ignore[attr-defined]
+            if getattr(ring, "tls", None) is not None:
+                reloads.add(f"[{name}] ring certificate", ring.tls.reload)
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
