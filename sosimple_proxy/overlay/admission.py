@@ -171,6 +171,8 @@ class PeerGate:
         known = self._known(peer)
         if known is not None:
             return defer.succeed(known)
+        if (peer.id, peer.address) not in self._pending and len(self._pending) >= self.trust.max_pending:
+            return defer.succeed(False)  # too many at once: it asks again next round
         mine: defer.Deferred = defer.Deferred()
         self._challenge(peer).append(mine)
         return mine
