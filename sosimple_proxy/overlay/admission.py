@@ -133,8 +133,10 @@ class PeerGate:
         m: int = ids.DEFAULT_BITS,
         hold: float = 10.0,
         log: Logger = log,
+        on_proved: Callable[[Peer], object] | None = None,
     ) -> None:
         self.me, self.calls, self.clock, self.trust, self.m, self.hold = me, calls, clock, trust, m, hold
+        self.on_proved = on_proved
         self._log = log
         self._proved: dict[tuple[int, Hashable], bytes] = {}
         self._refused: dict[tuple[int, Hashable], float] = {}
@@ -196,6 +198,8 @@ class PeerGate:
             if len(self._proved) >= self.LIMIT:
                 self._proved.clear()
             self._proved[(peer.id, peer.address)] = proof.public_key
+            if self.on_proved is not None:
+                self.on_proved(peer)
             return True
         self._refuse(peer, reason)
         return False

@@ -107,7 +107,9 @@ class ChordNode:
         self.table = RoutingTable(self.peer, config.m, config.successors, config.replicas, suspects, self, admit)
         self.calls = TimedCalls(rpc, clock, config.rpc_timeout)
         if trust is not None:
-            self.gate = PeerGate(self.peer, self.calls, clock, trust, config.m, config.suspect_time)
+            self.gate = PeerGate(
+                self.peer, self.calls, clock, trust, config.m, config.suspect_time, on_proved=self._proved
+            )
         self.lookups = IterativeLookup(self.table, self.calls, clock, config)
         self.replication = Replicator(
             self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
@@ -314,6 +316,10 @@ class ChordNode:
 
     def remote_fingers(self) -> tuple[Peer, ...]:
         return tuple(self.table.finger_peers())
+
+    def _proved(self, peer: Peer) -> None:
+        if self.running:
+            self.table.offer_again()
 
     def _admit(self, peer: Peer) -> bool | None:
         gate = self.gate

@@ -68,6 +68,7 @@ class RoutingTable:
     ) -> None:
         self.me = me
         self.admit = admit
+        self._offered: list[Peer] | None = None
         self.m = m
         self.size = size
         self.replicas = replicas
@@ -90,22 +91,31 @@ class RoutingTable:
         admit = self.admit
         out: list[Peer] = []
         seen = set()
+        pending = 0
         for p in peers:
             if p.address == me.address or p.id == me.id or p.address in seen or p.address in self.suspects:
                 continue
             if admit is not None:
-                ok = admit(p)
+                ok = admit(p)  # a peer not known yet is challenged now
                 if ok is False:
                     continue
-                if ok is None:
-                    # not proved yet: stop here, and keep the proved ones we
-                    # had beyond the last one adopted (it comes in next round)
-                    out += self._kept_after(out, seen)
-                    break
+                if ok is None or pending:
+                    # not proved yet: the list stops before it (the rest are
+                    # only asked to prove themselves, all at once)
+                    pending += 1
+                    if pending >= self.size:
+                        break
+                    continue
             seen.add(p.address)
             out.append(p)
             if len(out) >= self.size:
                 break
+        # the offer is made again once a peer in it has proved itself
+        # (:meth:`offer_again`); meanwhile keep the proved ones we had
+        # beyond the last one adopted
+        self._offered = list(peers) if pending else None
+        if pending:
+            out += self._kept_after(out, seen)
         self.successors = out
         self._dirty = True
         replica_set = tuple(p.address for p in out[: self.replicas])
@@ -113,6 +123,13 @@ class RoutingTable:
             self._replica_set = replica_set
             if self.listener is not None:
                 self.listener.replica_set_changed()
+
+    def offer_again(self) -> None:
+        """A peer proved itself: take the successor list last offered again
+        (at once, rather than at the next stabilize round)."""
+        offered = self._offered
+        if offered is not None:
+            self.set_successors(offered)
 
     def _kept_after(self, out: list[Peer], seen: set) -> list[Peer]:
         me, m = self.me.id, self.m
