@@ -164,6 +164,10 @@ class PeerGate:
             del self._refused[key]
         return None
 
+    def refused(self, peer: Peer) -> bool:
+        """Whether ``peer`` failed its proof lately (not merely unanswered)."""
+        return self._known(peer) is False
+
     def public_key(self, peer: Peer) -> bytes | None:
         """The key ``peer`` proved (None: not proved)."""
         return self._proved.get((peer.id, peer.address))

@@ -293,9 +293,13 @@ class ChordNode:
         return gate.verify(peer).addCallback(self._notified_if_proved, peer)
 
     def _notified_if_proved(self, proved: bool, peer: Peer) -> NodeState:
-        if not proved:
+        if proved:
+            return self.maintenance.notified(peer)
+        if self.gate is not None and self.gate.refused(peer):
             raise NotAdmitted(f"node {ids.format_id(peer.id, self.config.m)} at {peer.address} did not prove its key")
-        return self.maintenance.notified(peer)
+        # not answered in time (a busy node): our state, without taking it
+        # in; it asks again next round, and we are not dead to it
+        return self.table.state()
 
     def remote_prove(self, nonce: bytes) -> Proof:
         if self.trust is None:

@@ -253,3 +253,25 @@ class OpenRingOverAMPTests(unittest.TestCase):
         for n in (a, b, c):
             self.assertFalse(in_tables(n, rogue.id))
         self.assertIn("not the one its public key gives", next(e["reason"] for e in events if e.get("address") == rogue.address))
+
+
+def test_a_challenge_not_answered_in_time_is_no_refusal():
+    """A busy node that does not answer its challenge in time is not taken
+    in, but not refused either: its notify gets our state (it is not made
+    to think us dead), and it is asked again next time."""
+    from twisted.internet import defer as _defer
+
+    from sosimple_proxy.overlay.messages import NodeState
+
+    c = proof_cluster()
+    c.grow(4, per_round=2)
+    c.settle(max_rounds=60)
+    member = c.joined()[0]
+    slow = c.add_node(bootstrap=[])  # alone, not in the ring yet
+    slow.remote_prove = lambda nonce: _defer.Deferred()  # type: ignore[method-assign]
+    got = c.wait(_defer.maybeDeferred(member.remote_notify, slow.peer), rounds=5)
+    assert isinstance(got, NodeState) and not in_tables(member, slow.id)
+    assert not member.gate.refused(slow.peer)
+    del slow.remote_prove  # it answers now
+    got = c.wait(_defer.maybeDeferred(member.remote_notify, slow.peer), rounds=5)
+    assert member.gate.public_key(slow.peer) is not None
