@@ -330,5 +330,7 @@ class ChordNode:
         return True if gate is None else gate.status(peer)
 
     def remote_leave(self, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]) -> None:
+        if self.gate is not None and self.gate.public_key(peer) is None:
+            return None  # an open ring: a node we never admitted has nothing to leave
         self.table.neighbour_left(peer, predecessor, successors)
         return None

@@ -275,3 +275,16 @@ def test_a_challenge_not_answered_in_time_is_no_refusal():
     del slow.remote_prove  # it answers now
     got = c.wait(_defer.maybeDeferred(member.remote_notify, slow.peer), rounds=5)
     assert member.gate.public_key(slow.peer) is not None
+
+
+def test_a_leave_naming_a_node_never_admitted_changes_nothing():
+    c = proof_cluster()
+    c.grow(5, per_round=2)
+    c.settle(max_rounds=60)
+    member = c.joined()[0]
+    succ = member.successors[0]
+    # "the node at my successor's address, under another id, leaves"
+    member.remote_leave(Peer(succ.id ^ 1, succ.address), None, ())
+    assert member.successors[0] == succ
+    member.remote_leave(succ, None, ())  # the real one (proved) is heard
+    assert member.successors[0] != succ
