@@ -17,12 +17,17 @@ disturbs the node.
 In a CA ring (``ringtls.py``) the connections are mutual TLS, and a peer
 that names itself in a message (Hello, Notify, Leave) must name the node
 its certificate is for: anything else gets :class:`WrongIdentity`.  An
-open ring makes no such check (``certified`` is None); there a node proves
-its key to a node that challenges it (:class:`Prove`, see :mod:`.admission`).
+open ring (``claims`` given) binds a connection to a node the same way
+without certificates: after Hello the client asks for a :class:`Challenge`
+and answers it with a :class:`Claim`, a proof signed with its node key for
+the node it named in Hello; Notify and Leave are then checked against that
+node, as a certificate's id would be.  Besides, a node proves its key at its
+advertised address to whoever asks (:class:`Prove`, see :mod:`.admission`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Hashable, Sequence
 
 from twisted.internet import defer
@@ -118,6 +123,8 @@ Sync = _command("Sync")
 Leave = _command("Leave")
 Fingers = _command("Fingers")
 Prove = _command("Prove")
+Challenge = _command("Challenge")
+Claim = _command("Claim")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -133,7 +140,9 @@ class OverlayProtocol(amp.AMP):
     """One AMP connection; on the listening side it answers for a node.
 
     ``certified`` (a CA ring) reads the node id from the peer's
-    certificate; the ids a peer claims are checked against it.
+    certificate; the ids a peer claims are checked against it.  ``claims``
+    (an open ring) checks a signed claim, ``(proof, peer, nonce)`` to why
+    not (None: good); the claimed node is then the connection's.
     """
 
     def __init__(
@@ -141,11 +150,15 @@ class OverlayProtocol(amp.AMP):
         node: IOverlayPeer | None = None,
         local: Peer | None = None,
         certified: Callable[[Any], int | None] | None = None,
+        claims: Callable[[Any, Peer, bytes], str | None] | None = None,
     ) -> None:
         super().__init__()
         self.node = node
         self.local = local
         self.certified = certified
+        self.claims = claims
+        self.proven: int | None = None
+        self._nonce: bytes | None = None
         self.remote: Peer | None = None
         self.handshake_done = False
         self.lost: defer.Deferred = defer.Deferred()
@@ -155,20 +168,26 @@ class OverlayProtocol(amp.AMP):
         self.handshake_done = True
 
     def certified_id(self) -> int | None:
-        """The id in the peer's certificate; None in an open ring."""
+        """The id in the peer's certificate (an open ring: the id its signed
+        claim proved); None without either."""
+        if self.claims is not None:
+            return self.proven
         if self.certified is None:
             return None
         return self.certified(self.transport)
 
     def check_claim(self, peer: Peer | None) -> None:
-        """Refuse a peer naming itself as a node its certificate is not for."""
-        if self.certified is None or peer is None:
+        """Refuse a peer naming itself as a node its certificate (or its
+        signed claim) is not for."""
+        if (self.certified is None and self.claims is None) or peer is None:
             return
         got = self.certified_id()
         if got is None:
-            raise WrongIdentity("no node certificate on this connection")
+            what = "signed claim" if self.claims is not None else "node certificate"
+            raise WrongIdentity(f"no {what} on this connection")
         if peer.id != got:
-            raise WrongIdentity(f"the certificate is for node {got:x}, not {peer.id:x}")
+            what = "its signed claim" if self.claims is not None else "the certificate"
+            raise WrongIdentity(f"{what} is for node {got:x}, not {peer.id:x}")
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -195,9 +214,36 @@ class OverlayProtocol(amp.AMP):
             raise BadRequest(str(e)) from None
         if major != PROTOCOL_VERSION[0]:
             raise VersionMismatch(f"we speak {PROTOCOL_VERSION[0]}.x, not {major}.{minor}")
-        self._claimed(peer)
+        if self.claims is None:  # an open ring: the claim comes next
+            self._claimed(peer)
         self.remote = peer
         return {"body": wire.encode_hello(*PROTOCOL_VERSION, self.local)}
+
+    @Challenge.responder
+    def answer_challenge(self, body: bytes) -> dict:
+        if self.claims is None:
+            raise BadRequest("this ring takes no signed claims")
+        self._nonce = os.urandom(32)
+        return {"body": self._nonce}
+
+    @Claim.responder
+    def answer_claim(self, body: bytes) -> dict:
+        nonce, self._nonce = self._nonce, None
+        if self.claims is None or nonce is None or self.remote is None:
+            raise BadRequest("a claim needs a Hello naming the node, then a Challenge")
+        try:
+            proof = wire.decode_proof(body)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        reason = self.claims(proof, self.remote, nonce)
+        if reason is not None:
+            refusals = getattr(self.factory, "refusals", None)
+            if refusals is not None:
+                host = getattr(self.transport.getPeer(), "host", "?")
+                refusals.refused("from", str(host), f"it claims to be node {self.remote.id:x}: {reason}")
+            raise WrongIdentity(reason)
+        self.proven = self.remote.id
+        return {"body": b""}
 
     def _claimed(self, peer: Peer | None) -> None:
         """:meth:`check_claim`, logging a refusal once per peer and reason."""
@@ -289,15 +335,17 @@ class OverlayServerFactory(Factory):
         node: IOverlayPeer | None = None,
         certified: Callable[[Any], int | None] | None = None,
         refusals: Any = None,
+        claims: Callable[[Any, Peer, bytes], str | None] | None = None,
     ) -> None:
         self.node = node
         self.certified = certified
         self.refusals = refusals
+        self.claims = claims
         self.connections: set[OverlayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> OverlayProtocol:
         local = getattr(self.node, "peer", None)
-        proto = OverlayProtocol(self.node, local, self.certified)
+        proto = OverlayProtocol(self.node, local, self.certified, self.claims)
         proto.factory = self
         self.connections.add(proto)
         proto.lost.addCallback(lambda _: self.connections.discard(proto))
@@ -347,8 +395,11 @@ class AMPRPC:
         connect_timeout: float = 5.0,
         tls: Any = None,
         expected_id: Callable[[Hashable], int | None] | None = None,
+        signer: Any = None,
     ) -> None:
         self.reactor = reactor
+        #: an open ring's node key: each connection starts with a signed claim
+        self.signer = signer
         self.local = local
         self.connect_timeout = connect_timeout
         self.tls = tls
@@ -406,6 +457,13 @@ class AMPRPC:
                 self._refused(address, f"it names itself node {peer.id:x}: {e}")
                 raise
             proto.remote = peer
+            if self.signer is not None and self.local is not None:
+                try:
+                    nonce = (yield proto.callRemote(Challenge, body=b""))["body"]
+                    yield proto.callRemote(Claim, body=wire.encode_proof(self.signer.prove(nonce, self.local)))
+                except Exception:
+                    proto.transport.loseConnection()
+                    raise
         except (VersionMismatch, WrongIdentity):
             raise
         except Exception as e:

@@ -18,6 +18,7 @@ in (any id, with ``allow_chosen_ids``, for test rings).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -27,10 +28,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from . import ids
-from .admission import NodeSigner, OpenRingTrust
+from .admission import NodeSigner, OpenRingTrust, check_proof
 from .amp import AMPRPC, OverlayServerFactory
 from .errors import NotRunning
-from .ringtls import RingTLS
+from .ringtls import Refusals, RingTLS
 from .identity import load_or_create_key, public_key_bytes
 from .node import ChordNode
 from .store import SQLiteRecordStore
@@ -167,11 +168,21 @@ class OverlayService(Service):
             self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
             listening: Any = tls.server_factory(self._factory, self.reactor)
         else:
-            self._factory = listening = OverlayServerFactory()
+            # an open ring: each connection is bound to the node its signed
+            # claim proves (Notify and Leave are checked against it)
+            claims = functools.partial(
+                check_proof, m=self.m, domain_bits=trust.domain_bits, allow_chosen_ids=trust.allow_chosen_ids
+            )
+            self._factory = listening = OverlayServerFactory(refusals=Refusals(log), claims=claims)
         self._port = yield serverFromString(self.reactor, str(settings["listen"])).listen(listening)
         host = self._port.getHost()
         address = str(settings.get("advertise", "") or "") or _hostport(host.host, host.port)
-        self._rpc = AMPRPC(self.reactor, tls=tls, expected_id=self._expected_id if tls is not None else None)
+        self._rpc = AMPRPC(
+            self.reactor,
+            tls=tls,
+            expected_id=self._expected_id if tls is not None else None,
+            signer=trust.signer if trust is not None else None,
+        )
         self.node = ChordNode(
             nid,
             address,

@@ -3,9 +3,10 @@
 Without a CA a node's id is derived from its public key, and members put a
 node in their tables only after it signed a fresh challenge with that key.
 A node that chose its place (``node_id``, with ``allow_chosen_ids`` on its
-own side only) answers the challenge with a good signature, but its key
-does not give that id: it is in no member's ``/ring``, each member that
-refused it says why once, and the ring's records stay where they were.
+own side only) signs with its key, but its key does not give that id: its
+connections are refused at their signed claim, so it cannot join, store or
+look up; it is in no member's ``/ring``, each member that refused it says
+why once, and the ring's records stay where they were.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ SETTINGS = {"stabilize_interval": INTERVAL, "replicas": 2, "successors": 4}
 
 
 def refusals(p) -> list[str]:
-    return [line for line in p.log_path.read_text(errors="replace").splitlines() if "overlay: refused node" in line]
+    lines = p.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if "overlay: refused node" in line or "refused a ring connection" in line]
 
 
 def test_an_open_ring_admits_proved_keys_and_keeps_a_chosen_id_out(tmp_path):
@@ -69,5 +71,9 @@ def test_an_open_ring_admits_proved_keys_and_keeps_a_chosen_id_out(tmp_path):
                 assert all("not the one its public key gives" in line for line in lines), lines
             for api in apis[1:]:  # the ring's records are still served where they were
                 assert api.call("GET", "/records/open-3") == (200, b"v3")
+            mine = Api(rogue.admin_url)  # and the rogue cannot use the ring at all
+            assert mine.call("GET", "/health")[0] == 503
+            assert mine.call("PUT", "/records/mine", b"x")[0] == 503
+            assert mine.call("GET", "/records/open-3")[0] == 503
         finally:
             rogue.cleanup()

@@ -242,49 +242,48 @@ class OpenRingOverAMPTests(unittest.TestCase):
             for p in n.successors:
                 self.assertIsNotNone(n.gate.public_key(p))  # proved over AMP
         # a node that chose its place (right after b, to take b's range):
-        # it has a key and answers challenges, but its id is not its key's
+        # it has a key and signs with it, but its id is not its key's; its
+        # connections are refused at the claim, so it never even joins
         events: list[dict] = []
-        for n in (a, b, c):
-            n.gate._log = Logger(observer=events.append)
+        for svc in self.services:
+            svc._factory.refusals._log = Logger(observer=events.append)
         chosen = ids.format_id((b.id + 1) % (1 << 160))
-        rogue = yield self.start("rogue", boot, node_id=chosen, allow_chosen_ids=True)
-        yield until(lambda: any(e.get("address") == rogue.address for e in events), 10, what="a refusal")
+        rogue = OverlayService(
+            reactor, fast(os.path.join(self.base, "rogue"), boot, node_id=chosen, allow_chosen_ids=True)
+        )
+        self.services.append(rogue)
+        rogue.ready.addErrback(lambda f: None)  # stopped before it joined
+        rogue.startService()
+        yield until(lambda: events, 10, what="a refusal")
         yield task.deferLater(reactor, 1.0, lambda: None)  # ten rounds: it keeps trying
+        self.assertFalse(rogue.ready.called)
         for n in (a, b, c):
-            self.assertFalse(in_tables(n, rogue.id))
-        self.assertIn("not the one its public key gives", next(e["reason"] for e in events if e.get("address") == rogue.address))
+            self.assertFalse(in_tables(n, int(chosen, 16)))
+        self.assertIn("not the one its public key gives", events[0]["reason"])
+        self.assertEqual(len({(e["peer"], e["reason"]) for e in events}), len(events))  # once each
+
+    @defer.inlineCallbacks
+    def test_a_leave_or_notify_naming_another_node_is_refused_on_the_connection(self):
+        from sosimple_proxy.overlay.amp import AMPRPC, WrongIdentity
+
+        a = yield self.start("a")
+        host, port = a.address.rsplit(":", 1)
+        b = yield self.start("b", [(host, int(port))])
+        yield until(lambda: ring_settled([a, b]), 20, what="an open ring of two to settle")
+        # a process without b's key says "b leaves" (and "b may be your
+        # predecessor"): the connection proved no node, or another one
+        for signer in (None, signer_of(99)):
+            rpc = AMPRPC(reactor, local=Peer(signer.node_id() if signer else 1, "127.0.0.1:9"), signer=signer)
+            try:
+                with self.assertRaises(WrongIdentity):
+                    yield rpc.leave(a.address, b.peer, None, ())
+                with self.assertRaises(WrongIdentity):
+                    yield rpc.notify(a.address, b.peer)
+            finally:
+                rpc.close()
+        self.assertEqual(a.successors[0], b.peer)
+        self.assertEqual(a.predecessor, b.peer)
 
 
-def test_a_challenge_not_answered_in_time_is_no_refusal():
-    """A busy node that does not answer its challenge in time is not taken
-    in, but not refused either: its notify gets our state (it is not made
-    to think us dead), and it is asked again next time."""
-    from twisted.internet import defer as _defer
-
-    from sosimple_proxy.overlay.messages import NodeState
-
-    c = proof_cluster()
-    c.grow(4, per_round=2)
-    c.settle(max_rounds=60)
-    member = c.joined()[0]
-    slow = c.add_node(bootstrap=[])  # alone, not in the ring yet
-    slow.remote_prove = lambda nonce: _defer.Deferred()  # type: ignore[method-assign]
-    got = c.wait(_defer.maybeDeferred(member.remote_notify, slow.peer), rounds=5)
-    assert isinstance(got, NodeState) and not in_tables(member, slow.id)
-    assert not member.gate.refused(slow.peer)
-    del slow.remote_prove  # it answers now
-    got = c.wait(_defer.maybeDeferred(member.remote_notify, slow.peer), rounds=5)
-    assert member.gate.public_key(slow.peer) is not None
-
-
-def test_a_leave_naming_a_node_never_admitted_changes_nothing():
-    c = proof_cluster()
-    c.grow(5, per_round=2)
-    c.settle(max_rounds=60)
-    member = c.joined()[0]
-    succ = member.successors[0]
-    # "the node at my successor's address, under another id, leaves"
-    member.remote_leave(Peer(succ.id ^ 1, succ.address), None, ())
-    assert member.successors[0] == succ
-    member.remote_leave(succ, None, ())  # the real one (proved) is heard
-    assert member.successors[0] != succ
+def signer_of(seed: int) -> NodeSigner:
+    return signer(seed)
