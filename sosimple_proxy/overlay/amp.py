@@ -51,8 +51,10 @@ from .ringtls import failure_reason
 
 log = Logger()
 
-#: (major, minor): a peer with another major version is refused.
-PROTOCOL_VERSION = (1, 0)
+#: (major, minor): a peer with another major version is refused.  1.1 adds
+#: Prove, Challenge and Claim (an open ring's admission); an open ring's
+#: member refuses a 1.0 node, which proves no key.
+PROTOCOL_VERSION = (1, 1)
 CHUNK = amp.MAX_VALUE_LENGTH
 #: the largest encoded record batch one Store call carries
 STORE_BATCH = 48 * 1024
