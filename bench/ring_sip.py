@@ -133,7 +133,7 @@ class Setup(Server):
                     "bootstrap": f"127.0.0.1:{overlay_ports[0]}" if i else "",
                     "stabilize_interval": str(STABILIZE),
                     "state_dir": "overlay",
-                    "node_id": format_id(nid),
+                    **self.overlay_keys(workdir / f"{self.name}-proxy{i + 1}", nid),
                 },
                 "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
                 # sipp and the other proxies all come from 127.0.0.1 (a site
@@ -149,6 +149,11 @@ class Setup(Server):
         assert self.proxies[-1].process is not None
         self.pid = self.proxies[-1].process.pid
         self.wait_ring()
+
+    def overlay_keys(self, workdir: Path, nid: int) -> dict[str, str]:
+        """How the node gets its place: fixed ids in an open ring (a CA
+        ring's setup, ``bench/ring_tls.py``, writes certificates instead)."""
+        return {"node_id": format_id(nid), "allow_chosen_ids": "yes"}  # a bench ring at fixed, evenly spread ids
 
     def wait_ring(self, timeout: float = 30.0) -> None:
         """Until every node is joined (``/health``) and, in a ring, each has

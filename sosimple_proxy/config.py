@@ -171,6 +171,12 @@ def _bootstrap(raw: str) -> tuple:
     if not url.hostname:
         raise ValueError(f"{text!r} names no host")
     return (text,)
+def _trust(raw: str) -> str:
+    """ca, tofu, or empty (decided by whether ca is set)."""
+    word = raw.strip().lower()
+    if word not in ("", "ca", "tofu"):
+        raise ValueError(f"{raw.strip()!r} is not one of ca, tofu")
+    return word
 
 
 def _hex_id(raw: str) -> str:
@@ -240,6 +246,12 @@ OVERLAY: Schema = {
     # the ring CA's private key, on a node that signs the ring's
     # configuration document as the CA; empty: signed by the node's own key
     "ca_key": (_text, ""),
+    # how members vouch for each other: ca (the certificates) or tofu (an
+    # open ring: ids derived from node keys, proved by a signed challenge);
+    # empty: ca with a ca, else tofu (resolved in _cross_checks)
+    "trust": (_trust, ""),
+    # test rings only: members at ids they chose (warned at startup)
+    "allow_chosen_ids": (_bool, "no"),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
@@ -406,6 +418,7 @@ def _cross_checks(cfg: Config) -> None:
     for section, ring in [("overlay", cfg.sections["overlay"])] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]:
         if not ring["ca"] and (ring["certificate"] or ring["key"]):
             cfg.warnings.append(f"site.ini: [{section}] certificate, key: ignored without ca (an open ring)")
+        _check_trust(cfg, section, ring)
     for domain, value in cfg.sections.get("routes", {}).items():
         try:
             route_uri(value)
@@ -427,6 +440,30 @@ def _cross_checks(cfg: Config) -> None:
         for a in proxy["listen"]:
             if a.port == 0:
                 raise ConfigError("proxy", "listen", f"{a}: with workers > 1 every address needs its port (not 0)")
+
+
+def _check_trust(cfg: Config, section: str, ring: Section) -> None:
+    """[overlay] trust and allow_chosen_ids (issue 11): trust defaults to
+    ca with a ca, else tofu; the two must not contradict ca, and a chosen
+    node_id in an open ring needs allow_chosen_ids (members refuse it)."""
+    if not ring["trust"]:
+        ring["trust"] = "ca" if ring["ca"] else "tofu"
+    if ring["trust"] == "ca" and not ring["ca"]:
+        raise ConfigError(section, "trust", "ca needs ca (the ring's CA certificate)")
+    if ring["trust"] == "tofu" and ring["ca"]:
+        raise ConfigError(section, "trust", "tofu with a ca: in a CA ring the certificates place the nodes; remove ca or trust")
+    if ring["trust"] == "tofu" and ring["node_id"] and not ring["allow_chosen_ids"]:
+        raise ConfigError(
+            section,
+            "node_id",
+            "an open ring derives node ids from node keys and its members refuse a chosen one; "
+            "remove node_id, or set allow_chosen_ids = yes (test rings only)",
+        )
+    if ring["allow_chosen_ids"] and ring["listen"]:
+        what = "ignored in a CA ring (the certificates place the nodes)" if ring["ca"] else (
+            "WARNING: members may take any place in this ring, and the records there (test rings only)"
+        )
+        cfg.warnings.append(f"site.ini: [{section}] allow_chosen_ids = yes: {what}")
 
 
 def _check_auth(cfg: Config) -> None:

@@ -40,7 +40,7 @@ class TLSContexts:
         return {"tls_server": self.server, "tls_client": self.client, "tls_handshake_timeout": self.handshake_timeout}
 
 
-def build_tls(config: TLSConfig, listen: Sequence[ListenAddress], log: Logger = log) -> TLSContexts:
+def build_tls(config: TLSConfig, listen: Sequence[ListenAddress], log: Logger = log, ring: Any = None) -> TLSContexts:
     """Contexts for ``config``; raises :class:`TLSFileError` (its ``key``
     names the ``[tls]`` key) for a file that cannot be used.
 
@@ -48,14 +48,22 @@ def build_tls(config: TLSConfig, listen: Sequence[ListenAddress], log: Logger = 
     ``transport=tls`` route needs it even when we listen for no TLS.
     Without ``[tls] ca`` it trusts the system's store (other domains with
     public certificates).
+
+    ``ring`` (a CA ring's ``RingTLS``): our listeners ask clients for a
+    certificate (a member's node certificate says which domains it vouches
+    for), and we present our node certificate when we connect out, so the
+    ring's other proxies recognise us.
     """
     server = None
     if any(a.transport == "tls" for a in listen):
         missing = missing_for_listeners(config)
         if missing:
             raise TLSFileError(missing[0], "a tls: listen address needs [tls] " + " and ".join(missing))
-        server = ServerTLS.from_config(config, log=log)
-    client = ClientTLS.from_config(config, log=log)
+        server = ServerTLS(config.certificate, config.key, config.min_version, None, log, ask_certificate=ring is not None)
+    if ring is not None:
+        client = ClientTLS(config.ca or None, config.min_version, config.verify, ring.certificate, ring.key, log)
+    else:
+        client = ClientTLS.from_config(config, log=log)
     if not config.verify:
         log.warn("{warning}", warning=insecure_warning())
     return TLSContexts(server, client, config.handshake_timeout)

@@ -204,6 +204,7 @@ def build_security(
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
     gateways: Callable[[], Sequence[Any]] = tuple,
+    members: Callable[[Any], Any] | None = None,
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -232,6 +233,7 @@ def build_security(
         required=auth["required"],
         is_emergency=emergency,
         on_auth_failure=on_auth_failure,
+        members=members,
     )
 
     contacts = ContactIndex(bindings.lookup)
@@ -308,6 +310,11 @@ def build_proxy(
     location = LocationChain(list(providers.values()))
 
     pstn = providers.get("pstn")
+    # a CA ring's members vouch for their domains' users over SIP TLS
+    ring_members = ring_members_of(cfg)
+    members = None
+    if ring_members is not None:
+        members = lambda source: ring_members.domains(stack.transport.peer_certificate(source))  # noqa: E731
     security = build_security(
         cfg,
         reactor,
@@ -317,6 +324,7 @@ def build_proxy(
         secret if secret is not None else os.urandom(32),
         on_auth_failure,
         gateways=(lambda: pstn.gateways.gateways) if isinstance(pstn, PstnLocator) else tuple,
+        members=members,
     )
     forwarder = RequestForwarder(
         stack,
@@ -366,6 +374,8 @@ def build_proxy(
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
     reloads.append(("routes and gateways", lambda: reload_routes_and_gateways(cfg.path, routes, pstn)))
+    if ring_members is not None:
+        reloads.append(("ring CA (SIP members)", ring_members.reload))
     return Proxy(
         core,
         registrar,
@@ -378,6 +388,17 @@ def build_proxy(
         security.digest,
         reloads,
     )
+
+
+def ring_members_of(cfg: Config) -> Any:
+    """The ring members' check at the SIP edge: only for a CA ring
+    (``[overlay] trust = ca``); an open ring's members are nobody special."""
+    ring = cfg.section("overlay")
+    if not (ring["listen"] and ring["ca"] and ring.get("trust", "ca") == "ca"):
+        return None
+    from sosimple_proxy.security.ringmembers import RingMembers
+
+    return RingMembers(ring["ca"])
 
 
 def reload_routes_and_gateways(path: str, routes: StaticRoutes, pstn: Any) -> None:
@@ -501,6 +522,9 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         reloads = stack_reloads(reactor, stack, proxy)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+        for name, ring in top.rings.items():  # type: ignore[attr-defined]
+            if getattr(ring, "tls", None) is not None:
+                reloads.add(f"[{name}] ring certificate", ring.tls.reload)
         if store_svc is not None and getattr(store_svc, "tls", None) is not None:
             reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
@@ -704,13 +728,16 @@ def read_startup_files(cfg: Config, log: Logger = log) -> TLSContexts | None:
     ``certificate`` and ``key``.  Raises :class:`ConfigError`.
     """
     rings = [("overlay", cfg.section("overlay"))] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]
+    ours = None  # the main ring's node certificate: our identity on SIP TLS too
     for section, ring in rings:
         if ring["listen"]:
-            ring_tls_or_error(section, ring)
+            tls = ring_tls_or_error(section, ring)
             _ca_key_or_error(section, ring)
+            if section == "overlay":
+                ours = tls
     if not cfg.proxy["listen"]:
         return None
     try:
-        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log)
+        return build_tls(tls_config(cfg), cfg.proxy["listen"], log=log, ring=ours)
     except TLSFileError as e:
         raise ConfigError("tls", e.key, e.problem) from None

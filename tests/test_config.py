@@ -123,7 +123,7 @@ def test_named_sections():
 
 
 def test_overlay_and_admin_listeners_are_endpoint_strings_or_empty():
-    cfg = parse_config("[overlay]\nlisten = tcp:0:interface=127.0.0.1\nadvertise = [::1]:7000\nnode_id = 0xff\n[admin]\nlisten =\n")
+    cfg = parse_config("[overlay]\nlisten = tcp:0:interface=127.0.0.1\nadvertise = [::1]:7000\nnode_id = 0xff\nallow_chosen_ids = yes\n[admin]\nlisten =\n")
     assert cfg.section("overlay")["listen"] == "tcp:0:interface=127.0.0.1"
     assert cfg.section("overlay")["advertise"] == "[::1]:7000"
     assert cfg.section("admin")["listen"] == ""
@@ -256,3 +256,31 @@ def test_an_ssl_endpoint_with_an_admin_certificate_is_refused(admin_files):
     text = _admin(f"ssl:8443:privateKey={admin_files['key']}:certKey={admin_files['certificate']}", **keys)
     with pytest.raises(ConfigError, match=r"\[admin\] listen: use a tcp: endpoint"):
         parse_config(text)
+
+
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("[overlay]\ntrust = maybe\n", "trust", "not one of ca, tofu"),
+        ("[overlay]\ntrust = ca\n", "trust", "ca needs ca"),
+        ("[overlay]\nca = ring-ca.pem\ntrust = tofu\n", "trust", "tofu with a ca"),
+        ("[overlay]\nnode_id = ff\n", "node_id", "allow_chosen_ids = yes"),
+        ("[overlay]\nallow_chosen_ids = perhaps\n", "allow_chosen_ids", ""),
+    ],
+)
+def test_ring_trust_that_contradicts_itself_stops_startup(text, key, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert (info.value.section, info.value.key) == ("overlay", key)
+    assert words in str(info.value)
+
+
+def test_ring_trust_defaults_from_ca_and_chosen_ids_are_warned():
+    assert parse_config("").section("overlay")["trust"] == "tofu"
+    assert parse_config("[overlay]\nca = ring-ca.pem\n").section("overlay")["trust"] == "ca"
+    cfg = parse_config("[overlay]\nnode_id = ff\nallow_chosen_ids = yes\n")
+    assert cfg.section("overlay")["allow_chosen_ids"] is True
+    assert any("allow_chosen_ids = yes: WARNING" in w for w in cfg.warnings)
+    with pytest.raises(ConfigError) as info:  # a named ring too
+        parse_config("[overlay:corp]\nlisten = tcp:7001\ndomains = corp.test\ntrust = ca\n")
+    assert (info.value.section, info.value.key) == ("overlay:corp", "trust")

@@ -17,11 +17,17 @@ disturbs the node.
 In a CA ring (``ringtls.py``) the connections are mutual TLS, and a peer
 that names itself in a message (Hello, Notify, Leave) must name the node
 its certificate is for: anything else gets :class:`WrongIdentity`.  An
-open ring makes no such check (``certified`` is None), exactly as before.
+open ring (``claims`` given) binds a connection to a node the same way
+without certificates: after Hello the client asks for a :class:`Challenge`
+and answers it with a :class:`Claim`, a proof signed with its node key for
+the node it named in Hello; Notify and Leave are then checked against that
+node, as a certificate's id would be.  Besides, a node proves its key at its
+advertised address to whoever asks (:class:`Prove`, see :mod:`.admission`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Hashable, Sequence
 
 from twisted.internet import defer
@@ -38,14 +44,17 @@ from OpenSSL import SSL
 from sosimple_proxy.security.tls import TLSVerificationError
 
 from . import wire
+from .errors import NotAdmitted
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
 from .ringtls import failure_reason
 
 log = Logger()
 
-#: (major, minor): a peer with another major version is refused.
-PROTOCOL_VERSION = (1, 0)
+#: (major, minor): a peer with another major version is refused.  1.1 adds
+#: Prove, Challenge and Claim (an open ring's admission); an open ring's
+#: member refuses a 1.0 node, which proves no key.
+PROTOCOL_VERSION = (1, 1)
 CHUNK = amp.MAX_VALUE_LENGTH
 #: the largest encoded record batch one Store call carries
 STORE_BATCH = 48 * 1024
@@ -84,7 +93,12 @@ class WrongIdentity(Exception):
     """A peer names itself as another node than its certificate is for."""
 
 
-_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST", WrongIdentity: b"WRONG_IDENTITY"}
+_ERRORS = {
+    VersionMismatch: b"VERSION_MISMATCH",
+    BadRequest: b"BAD_REQUEST",
+    WrongIdentity: b"WRONG_IDENTITY",
+    NotAdmitted: b"NOT_ADMITTED",
+}
 
 
 def _command(name: str) -> type[amp.Command]:
@@ -110,6 +124,9 @@ Fetch = _command("Fetch")
 Sync = _command("Sync")
 Leave = _command("Leave")
 Fingers = _command("Fingers")
+Prove = _command("Prove")
+Challenge = _command("Challenge")
+Claim = _command("Claim")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -125,7 +142,9 @@ class OverlayProtocol(amp.AMP):
     """One AMP connection; on the listening side it answers for a node.
 
     ``certified`` (a CA ring) reads the node id from the peer's
-    certificate; the ids a peer claims are checked against it.
+    certificate; the ids a peer claims are checked against it.  ``claims``
+    (an open ring) checks a signed claim, ``(proof, peer, nonce)`` to why
+    not (None: good); the claimed node is then the connection's.
     """
 
     def __init__(
@@ -133,11 +152,15 @@ class OverlayProtocol(amp.AMP):
         node: IOverlayPeer | None = None,
         local: Peer | None = None,
         certified: Callable[[Any], int | None] | None = None,
+        claims: Callable[[Any, Peer, bytes], str | None] | None = None,
     ) -> None:
         super().__init__()
         self.node = node
         self.local = local
         self.certified = certified
+        self.claims = claims
+        self.proven: int | None = None
+        self._nonce: bytes | None = None
         self.remote: Peer | None = None
         self.handshake_done = False
         self.lost: defer.Deferred = defer.Deferred()
@@ -147,20 +170,26 @@ class OverlayProtocol(amp.AMP):
         self.handshake_done = True
 
     def certified_id(self) -> int | None:
-        """The id in the peer's certificate; None in an open ring."""
+        """The id in the peer's certificate (an open ring: the id its signed
+        claim proved); None without either."""
+        if self.claims is not None:
+            return self.proven
         if self.certified is None:
             return None
         return self.certified(self.transport)
 
     def check_claim(self, peer: Peer | None) -> None:
-        """Refuse a peer naming itself as a node its certificate is not for."""
-        if self.certified is None or peer is None:
+        """Refuse a peer naming itself as a node its certificate (or its
+        signed claim) is not for."""
+        if (self.certified is None and self.claims is None) or peer is None:
             return
         got = self.certified_id()
         if got is None:
-            raise WrongIdentity("no node certificate on this connection")
+            what = "signed claim" if self.claims is not None else "node certificate"
+            raise WrongIdentity(f"no {what} on this connection")
         if peer.id != got:
-            raise WrongIdentity(f"the certificate is for node {got:x}, not {peer.id:x}")
+            what = "its signed claim" if self.claims is not None else "the certificate"
+            raise WrongIdentity(f"{what} is for node {got:x}, not {peer.id:x}")
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -187,9 +216,36 @@ class OverlayProtocol(amp.AMP):
             raise BadRequest(str(e)) from None
         if major != PROTOCOL_VERSION[0]:
             raise VersionMismatch(f"we speak {PROTOCOL_VERSION[0]}.x, not {major}.{minor}")
-        self._claimed(peer)
+        if self.claims is None:  # an open ring: the claim comes next
+            self._claimed(peer)
         self.remote = peer
         return {"body": wire.encode_hello(*PROTOCOL_VERSION, self.local)}
+
+    @Challenge.responder
+    def answer_challenge(self, body: bytes) -> dict:
+        if self.claims is None:
+            raise BadRequest("this ring takes no signed claims")
+        self._nonce = os.urandom(32)
+        return {"body": self._nonce}
+
+    @Claim.responder
+    def answer_claim(self, body: bytes) -> dict:
+        nonce, self._nonce = self._nonce, None
+        if self.claims is None or nonce is None or self.remote is None:
+            raise BadRequest("a claim needs a Hello naming the node, then a Challenge")
+        try:
+            proof = wire.decode_proof(body)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        reason = self.claims(proof, self.remote, nonce)
+        if reason is not None:
+            refusals = getattr(self.factory, "refusals", None)
+            if refusals is not None:
+                host = getattr(self.transport.getPeer(), "host", "?")
+                refusals.refused("from", str(host), f"it claims to be node {self.remote.id:x}: {reason}")
+            raise WrongIdentity(reason)
+        self.proven = self.remote.id
+        return {"body": b""}
 
     def _claimed(self, peer: Peer | None) -> None:
         """:meth:`check_claim`, logging a refusal once per peer and reason."""
@@ -215,7 +271,10 @@ class OverlayProtocol(amp.AMP):
         def run(b: bytes) -> bytes:
             peer = wire.decode_peer(b)
             self._claimed(peer)  # a node only says "I may be your predecessor" of itself
-            return wire.encode_state(self.node.remote_notify(peer))
+            state = self.node.remote_notify(peer)
+            if isinstance(state, defer.Deferred):  # an open ring: once it proved its key
+                return state.addCallback(wire.encode_state)
+            return wire.encode_state(state)
 
         return self._serve(run, body)
 
@@ -261,6 +320,10 @@ class OverlayProtocol(amp.AMP):
     def answer_fingers(self, body: bytes) -> Any:
         return self._serve(lambda b: wire.encode_peers(self.node.remote_fingers()), body)
 
+    @Prove.responder
+    def answer_prove(self, body: bytes) -> Any:
+        return self._serve(lambda b: wire.encode_proof(self.node.remote_prove(b)), body)
+
 
 class OverlayServerFactory(Factory):
     """Listening side: every connection answers for ``node``.
@@ -274,15 +337,17 @@ class OverlayServerFactory(Factory):
         node: IOverlayPeer | None = None,
         certified: Callable[[Any], int | None] | None = None,
         refusals: Any = None,
+        claims: Callable[[Any, Peer, bytes], str | None] | None = None,
     ) -> None:
         self.node = node
         self.certified = certified
         self.refusals = refusals
+        self.claims = claims
         self.connections: set[OverlayProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> OverlayProtocol:
         local = getattr(self.node, "peer", None)
-        proto = OverlayProtocol(self.node, local, self.certified)
+        proto = OverlayProtocol(self.node, local, self.certified, self.claims)
         proto.factory = self
         self.connections.add(proto)
         proto.lost.addCallback(lambda _: self.connections.discard(proto))
@@ -332,8 +397,11 @@ class AMPRPC:
         connect_timeout: float = 5.0,
         tls: Any = None,
         expected_id: Callable[[Hashable], int | None] | None = None,
+        signer: Any = None,
     ) -> None:
         self.reactor = reactor
+        #: an open ring's node key: each connection starts with a signed claim
+        self.signer = signer
         self.local = local
         self.connect_timeout = connect_timeout
         self.tls = tls
@@ -391,6 +459,13 @@ class AMPRPC:
                 self._refused(address, f"it names itself node {peer.id:x}: {e}")
                 raise
             proto.remote = peer
+            if self.signer is not None and self.local is not None:
+                try:
+                    nonce = (yield proto.callRemote(Challenge, body=b""))["body"]
+                    yield proto.callRemote(Claim, body=wire.encode_proof(self.signer.prove(nonce, self.local)))
+                except Exception:
+                    proto.transport.loseConnection()
+                    raise
         except (VersionMismatch, WrongIdentity):
             raise
         except Exception as e:
@@ -460,6 +535,9 @@ class AMPRPC:
 
     def fingers(self, address: Hashable) -> defer.Deferred:
         return self._call(address, Fingers, b"", wire.decode_peers)
+
+    def prove(self, address: Hashable, nonce: bytes) -> defer.Deferred:
+        return self._call(address, Prove, nonce, wire.decode_proof)
 
 
 __all__ = [

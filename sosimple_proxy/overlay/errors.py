@@ -17,3 +17,8 @@ class StoreFailed(OverlayError):
 
 class NotRunning(OverlayError):
     """The node has left or was never started."""
+
+
+class NotAdmitted(OverlayError):
+    """An open ring's node did not prove the key its id is derived from
+    (see :mod:`.admission`), or this node has no key to prove."""

@@ -60,6 +60,10 @@ class IOverlayRPC(Interface):
         A newcomer seeds its own fingers from its successor's, which point
         at nearly the same places, instead of a lookup per finger."""
 
+    def prove(address: Hashable, nonce: bytes):
+        """Deferred[Proof]: the callee signs our fresh ``nonce`` with its
+        node key (an open ring's admission, :mod:`.admission`)."""
+
 
 class IOverlayPeer(Interface):
     """What a node answers; a value or a Deferred of one."""
@@ -90,6 +94,9 @@ class IOverlayPeer(Interface):
 
     def remote_fingers():
         """tuple[Peer, ...]."""
+
+    def remote_prove(nonce: bytes):
+        """Proof; fails with ``NotAdmitted`` without a node key."""
 
 
 class IPeerCalls(Interface):

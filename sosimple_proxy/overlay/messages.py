@@ -73,6 +73,17 @@ class SyncResult:
     wanted: tuple[EntryId, ...]
 
 
+@attrs.frozen
+class Proof:
+    """A node's answer to a challenge (an open ring, :mod:`.admission`): its
+    public key (DER), the home domain its id's top bits come from (empty:
+    none), and its signature over the challenge, its id and its address."""
+
+    public_key: bytes
+    home: str
+    signature: bytes
+
+
 def versions_of(records: list[Record] | tuple[Record, ...]) -> dict[EntryId, Version]:
     """The versions a node offers in a sync."""
     return {r.entry_id: (r.seq, r.deleted, r.expires) for r in records}

@@ -14,7 +14,9 @@ It has no Chord logic of its own; each concern is a part, as
 - :mod:`.calls`: calls to peers with the node's timeouts;
 - :mod:`.lookup`: the iterative lookup of a key's successor;
 - :mod:`.replication`: records at a key's successor and replicas, syncs, repair;
-- :mod:`.maintenance`: stabilize, notify, fix-fingers, check-predecessor rounds.
+- :mod:`.maintenance`: stabilize, notify, fix-fingers, check-predecessor rounds;
+- :mod:`.admission` (an open ring given ``trust``): peers prove their key
+  before they enter the tables.
 
 The node keeps the life cycle (join, stop, leave) and what goes between
 parts: a change of replica set or predecessor in the table (it is the
@@ -33,13 +35,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import ids
+from .admission import OpenRingTrust, PeerGate
 from .calls import TimedCalls, ignore
-from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
+from .errors import LookupFailed, NotAdmitted, NotRunning, OverlayError, StoreFailed
 from .interfaces import IOverlayPeer, IOverlayRPC, IRoutingListener
 from .jobs import Jobs, sleep
 from .lookup import IterativeLookup, LookupResult
 from .maintenance import Maintenance
-from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, SyncResult, Version
+from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, Proof, SyncResult, Version
 from .records import Record
 from .replication import Replicator
 from .routing import RoutingTable, Suspects
@@ -79,6 +82,7 @@ class ChordNode:
         config: NodeConfig | None = None,
         rng: random.Random | None = None,
         writer: str | None = None,
+        trust: OpenRingTrust | None = None,
     ) -> None:
         self.config = config = config or NodeConfig()
         if not 0 <= node_id < 1 << config.m:
@@ -96,8 +100,16 @@ class ChordNode:
 
         self.jobs = Jobs(self.writer)
         suspects = Suspects(clock.seconds, config.suspect_time)
-        self.table = RoutingTable(self.peer, config.m, config.successors, config.replicas, suspects, self)
+        #: an open ring's admission (None: every peer is taken as it says)
+        self.trust = trust
+        self.gate: PeerGate | None = None
+        admit = self._admit if trust is not None else None
+        self.table = RoutingTable(self.peer, config.m, config.successors, config.replicas, suspects, self, admit)
         self.calls = TimedCalls(rpc, clock, config.rpc_timeout)
+        if trust is not None:
+            self.gate = PeerGate(
+                self.peer, self.calls, clock, trust, config.m, config.suspect_time, on_proved=self._proved
+            )
         self.lookups = IterativeLookup(self.table, self.calls, clock, config)
         self.replication = Replicator(
             self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
@@ -166,6 +178,9 @@ class ChordNode:
                 if not peers:
                     continue
                 first = peers[0]
+                if self.gate is not None and not (yield self.gate.verify(first)):
+                    table.failed(first.address)  # it could not prove its place
+                    continue
                 try:
                     state = yield self.calls.call(first.address, "state")
                 except Exception:
@@ -270,8 +285,26 @@ class ChordNode:
     def remote_find(self, key: int) -> FindResult:
         return self.table.find(key, self.config.candidates)
 
-    def remote_notify(self, peer: Peer) -> NodeState:
-        return self.maintenance.notified(peer)
+    def remote_notify(self, peer: Peer) -> NodeState | defer.Deferred:
+        gate = self.gate
+        if gate is None or gate.public_key(peer) is not None:
+            return self.maintenance.notified(peer)
+        # an open ring: the node proves its key before we take it in
+        return gate.verify(peer).addCallback(self._notified_if_proved, peer)
+
+    def _notified_if_proved(self, proved: bool, peer: Peer) -> NodeState:
+        if proved:
+            return self.maintenance.notified(peer)
+        if self.gate is not None and self.gate.refused(peer):
+            raise NotAdmitted(f"node {ids.format_id(peer.id, self.config.m)} at {peer.address} did not prove its key")
+        # not answered in time (a busy node): our state, without taking it
+        # in; it asks again next round, and we are not dead to it
+        return self.table.state()
+
+    def remote_prove(self, nonce: bytes) -> Proof:
+        if self.trust is None:
+            raise NotAdmitted("this node has no node key to prove")
+        return self.trust.signer.prove(nonce, self.peer)
 
     def remote_successor_hint(self, peer: Peer) -> None:
         return self.maintenance.successor_hint(peer)
@@ -288,6 +321,16 @@ class ChordNode:
     def remote_fingers(self) -> tuple[Peer, ...]:
         return tuple(self.table.finger_peers())
 
+    def _proved(self, peer: Peer) -> None:
+        if self.running:
+            self.table.offer_again()
+
+    def _admit(self, peer: Peer) -> bool | None:
+        gate = self.gate
+        return True if gate is None else gate.status(peer)
+
     def remote_leave(self, peer: Peer, predecessor: Peer | None, successors: Sequence[Peer]) -> None:
+        if self.gate is not None and self.gate.public_key(peer) is None:
+            return None  # an open ring: a node we never admitted has nothing to leave
         self.table.neighbour_left(peer, predecessor, successors)
         return None

@@ -188,11 +188,11 @@ class _RingServerFactory(TLSMemoryBIOFactory):
 
 @implementer(IOpenSSLServerConnectionCreator)
 class _ServerCreator:
-    def __init__(self, context: SSL.Context, bits: int) -> None:
-        self.context, self.bits = context, bits
+    def __init__(self, tls: RingTLS, bits: int) -> None:
+        self.tls, self.bits = tls, bits
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self.context, None)
+        conn = SSL.Connection(self.tls._server, None)  # the current one (reload)
         verifier = _NodeVerifier(None, self.bits)
         if isinstance(tlsProtocol, _RingServerProtocol):
             tlsProtocol.verifier = verifier
@@ -236,7 +236,12 @@ class RingTLS:
         now: datetime.datetime | None = None,
     ) -> None:
         self.ca, self.certificate, self.key, self.m = ca, certificate, key, m
+        self.min_version, self._log = min_version, log
         self.refusals = Refusals(log)
+        self._load(now)
+
+    def _load(self, now: datetime.datetime | None = None) -> None:
+        ca, certificate, key, m, min_version, log = self.ca, self.certificate, self.key, self.m, self.min_version, self._log
         try:
             self._server = server_context(certificate, key, min_version, client_ca=ca, log=log)
             self._client = client_context(ca, min_version, True, certificate, key)
@@ -259,7 +264,23 @@ class RingTLS:
     ) -> TLSMemoryBIOFactory:
         """Wrap the AMP listener's factory: mutual TLS, refusals logged; with
         ``clock``, a handshake not done in ``handshake_timeout`` s is dropped."""
-        return _RingServerFactory(_ServerCreator(self._server, self.m), wrapped, self.refusals, clock, handshake_timeout)
+        return _RingServerFactory(_ServerCreator(self, self.m), wrapped, self.refusals, clock, handshake_timeout)
+
+    def reload(self) -> bool:
+        """Re-read the CA, certificate and key (SIGHUP): new connections use
+        them, open ones keep theirs.  A bad file, or a certificate for
+        another node id (a node cannot move while running), keeps the old."""
+        old = (self._server, self._client, self.node_id, self.domains)
+        try:
+            self._load()
+            if self.node_id != old[2]:
+                raise RingSetupError("certificate", f"{self.certificate} is for another node id; restart to move the node")
+        except RingSetupError as e:
+            self._server, self._client, self.node_id, self.domains = old
+            self._log.error("overlay: ring certificate reload failed, keeping the current one: {why}", why=str(e))
+            return False
+        self._log.info("overlay: reloaded ring certificate {path}", path=self.certificate)
+        return True
 
     def client_creator(self, expected: int | None = None) -> IOpenSSLClientConnectionCreator:
         """For ``wrapClientTLS``: the server must be a node of our CA (and

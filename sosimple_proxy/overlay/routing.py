@@ -6,6 +6,11 @@ tested on their own.  Peers that failed a call lately are *suspects*: kept
 out of the tables and out of answers until their time is up.  Changes that
 others must act on (the replica set, the predecessor) go to an
 :class:`.interfaces.IRoutingListener`.
+
+In an open ring a table is given ``admit`` (:meth:`.admission.PeerGate.status`):
+a peer enters it only once it has proved its key.  A refused peer is
+skipped; a successor list stops at the first peer not known yet (it is
+being challenged), so the list stays a true prefix of the ring.
 """
 
 from __future__ import annotations
@@ -59,8 +64,11 @@ class RoutingTable:
         replicas: int,
         suspects: Suspects,
         listener: IRoutingListener | None = None,
+        admit: Callable[[Peer], bool | None] | None = None,
     ) -> None:
         self.me = me
+        self.admit = admit
+        self._offered: list[Peer] | None = None
         self.m = m
         self.size = size
         self.replicas = replicas
@@ -80,15 +88,34 @@ class RoutingTable:
     def set_successors(self, peers: Iterable[Peer]) -> None:
         """Adopt ``peers`` (best first), skipping ourselves, repeats and suspects."""
         me = self.me
+        admit = self.admit
         out: list[Peer] = []
         seen = set()
+        pending = 0
         for p in peers:
             if p.address == me.address or p.id == me.id or p.address in seen or p.address in self.suspects:
                 continue
+            if admit is not None:
+                ok = admit(p)  # a peer not known yet is challenged now
+                if ok is False:
+                    continue
+                if ok is None or pending:
+                    # not proved yet: the list stops before it (the rest are
+                    # only asked to prove themselves, all at once)
+                    pending += 1
+                    if pending >= self.size:
+                        break
+                    continue
             seen.add(p.address)
             out.append(p)
             if len(out) >= self.size:
                 break
+        # the offer is made again once a peer in it has proved itself
+        # (:meth:`offer_again`); meanwhile keep the proved ones we had
+        # beyond the last one adopted
+        self._offered = list(peers) if pending else None
+        if pending:
+            out += self._kept_after(out, seen)
         self.successors = out
         self._dirty = True
         replica_set = tuple(p.address for p in out[: self.replicas])
@@ -97,13 +124,35 @@ class RoutingTable:
             if self.listener is not None:
                 self.listener.replica_set_changed()
 
+    def offer_again(self) -> None:
+        """A peer proved itself: take the successor list last offered again
+        (at once, rather than at the next stabilize round)."""
+        offered = self._offered
+        if offered is not None:
+            self.set_successors(offered)
+
+    def _kept_after(self, out: list[Peer], seen: set) -> list[Peer]:
+        me, m = self.me.id, self.m
+        floor = ids.distance(me, out[-1].id, m) if out else 0
+        kept = [
+            p
+            for p in self.successors
+            if p.address not in seen and p.address not in self.suspects and ids.distance(me, p.id, m) > floor
+        ]
+        kept.sort(key=lambda p: ids.distance(me, p.id, m))
+        return kept[: self.size - len(out)]
+
     def set_predecessor(self, peer: Peer | None) -> None:
+        if peer is not None and self.admit is not None and self.admit(peer) is not True:
+            return
         self.predecessor = peer
         self._dirty = True
         if self.listener is not None:
             self.listener.predecessor_changed(peer)
 
     def set_finger(self, i: int, peer: Peer) -> None:
+        if self.admit is not None and self.admit(peer) is not True:
+            return
         self.fingers[i] = peer
         self._dirty = True
 

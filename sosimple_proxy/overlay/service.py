@@ -10,11 +10,15 @@ handed to the successor, the local copy kept) and closes everything.
 A CA ring (``[overlay] ca``) is given its :class:`~.ringtls.RingTLS` by the
 composition root, which reads the files before any port is bound: the
 listener and every outgoing connection are then mutual TLS, and the node's
-id is the one the CA wrote into its certificate.
+id is the one the CA wrote into its certificate.  An open ring
+(``trust = tofu``) gives the node an :class:`~.admission.OpenRingTrust`:
+its id follows from its key, and peers prove theirs before it takes them
+in (any id, with ``allow_chosen_ids``, for test rings).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -24,9 +28,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from . import configdoc, ids
+from .admission import NodeSigner, OpenRingTrust, check_proof
 from .amp import AMPRPC, OverlayServerFactory
 from .errors import NotRunning
-from .ringtls import RingTLS
+from .ringtls import Refusals, RingTLS
 from .identity import load_or_create_key, public_key_bytes
 from .node import ChordNode
 from .store import SQLiteRecordStore
@@ -59,6 +64,44 @@ def node_id(settings: Mapping[str, Any], public_key: bytes, m: int = ids.DEFAULT
     if home and settings.get("key_scheme", "flat") == "domain":
         return ids.node_id_from_public_key(public_key, m, home, int(settings.get("domain_bits", 32)))
     return ids.node_id_from_public_key(public_key, m)
+
+
+class TrustSetupError(ValueError):
+    """An open ring's settings that contradict each other; ``key`` names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+def trust_mode(settings: Mapping[str, Any]) -> str:
+    """``trust``, or its default: ``ca`` with a ``ca``, else ``tofu``."""
+    mode = str(settings.get("trust", "") or "")
+    return mode or ("ca" if settings.get("ca") else "tofu")
+
+
+def check_trust(settings: Mapping[str, Any]) -> str:
+    """The ring's trust, or :class:`TrustSetupError` when the keys say two things."""
+    mode, ca = trust_mode(settings), str(settings.get("ca", "") or "")
+    if mode not in ("ca", "tofu"):
+        raise TrustSetupError("trust", f"{mode!r} is neither ca nor tofu")
+    if mode == "ca" and not ca:
+        raise TrustSetupError("trust", "ca needs [overlay] ca (the ring's CA certificate)")
+    if mode == "tofu" and ca:
+        raise TrustSetupError("trust", "tofu with a ca: in a CA ring the certificates place the nodes; remove ca or trust")
+    if mode == "tofu" and settings.get("node_id") and not settings.get("allow_chosen_ids"):
+        raise TrustSetupError(
+            "node_id",
+            "an open ring derives node ids from node keys and its members refuse a chosen one; "
+            "remove node_id, or set allow_chosen_ids = yes (test rings only)",
+        )
+    return mode
+
+
+CHOSEN_IDS_WARNING = (
+    "overlay {name}: allow_chosen_ids = yes: this node takes members at ids they chose, so any node "
+    "can take any place in the ring and the records there; for test rings only"
+)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -146,20 +189,45 @@ class OverlayService(Service):
         if tls is not None:
             nid = tls.node_id  # the CA placed us
             os.makedirs(state_dir, exist_ok=True)
+            trust = None
         else:
-            nid = node_id(settings, public_key_bytes(load_or_create_key(state_dir)), self.m)
+            check_trust(settings)
+            key = load_or_create_key(state_dir)
+            nid = node_id(settings, public_key_bytes(key), self.m)
+            home = str(settings.get("home_domain", "") or "") if settings.get("key_scheme", "flat") == "domain" else ""
+            chosen = bool(settings.get("allow_chosen_ids"))
+            if chosen:
+                log.warn(CHOSEN_IDS_WARNING, name=self.name)
+            trust = OpenRingTrust(NodeSigner(key, home), chosen, int(settings.get("domain_bits", 32)))
         self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds)
         if tls is not None:
             self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
             listening: Any = tls.server_factory(self._factory, self.reactor)
         else:
-            self._factory = listening = OverlayServerFactory()
+            # an open ring: each connection is bound to the node its signed
+            # claim proves (Notify and Leave are checked against it)
+            claims = functools.partial(
+                check_proof, m=self.m, domain_bits=trust.domain_bits, allow_chosen_ids=trust.allow_chosen_ids
+            )
+            self._factory = listening = OverlayServerFactory(refusals=Refusals(log), claims=claims)
         self._port = yield serverFromString(self.reactor, str(settings["listen"])).listen(listening)
         host = self._port.getHost()
         address = str(settings.get("advertise", "") or "") or _hostport(host.host, host.port)
-        self._rpc = AMPRPC(self.reactor, tls=tls, expected_id=self._expected_id if tls is not None else None)
+        self._rpc = AMPRPC(
+            self.reactor,
+            tls=tls,
+            expected_id=self._expected_id if tls is not None else None,
+            signer=trust.signer if trust is not None else None,
+        )
         self.node = ChordNode(
-            nid, address, self._rpc, self.reactor, self._store, node_config(settings, self.m), writer=ids.format_id(nid, self.m)
+            nid,
+            address,
+            self._rpc,
+            self.reactor,
+            self._store,
+            node_config(settings, self.m),
+            writer=ids.format_id(nid, self.m),
+            trust=trust,
         )
         self._rpc.local = self.node.peer
         self._factory.node = self.node
@@ -169,7 +237,7 @@ class OverlayService(Service):
             name=self.name,
             id=ids.format_id(nid, self.m),
             address=address,
-            tls=f" (mutual TLS, CA {tls.ca})" if tls is not None else "",
+            tls=f" (mutual TLS, CA {tls.ca})" if tls is not None else " (open ring: peers prove their keys)",
             how=f"joining through {', '.join(bootstrap)}" if bootstrap else "starting a new ring",
         )
         yield self.node.start(bootstrap)

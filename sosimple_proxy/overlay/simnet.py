@@ -11,7 +11,10 @@ would on a real network.
 
 :class:`SimCluster` builds rings out of :class:`.node.ChordNode` on such a
 network and knows the truth (who is alive, who holds what) that tests
-compare the nodes' answers with.
+compare the nodes' answers with.  With ``proofs`` its nodes form an open
+ring as ``[overlay] trust = tofu`` makes one: each has an Ed25519 key, its
+id derived from it, and challenges peers before they enter its tables
+(:mod:`.admission`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import math
 import random
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .admission import NodeSigner, OpenRingTrust
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .node import ChordNode
 from .records import Record
@@ -152,6 +157,7 @@ class SimRPC:
     sync = _forward("sync")
     leave = _forward("leave")
     fingers = _forward("fingers")
+    prove = _forward("prove")
 
 
 class SimCluster:
@@ -163,8 +169,12 @@ class SimCluster:
         config: NodeConfig | None = None,
         latency: tuple[float, float] = (0.005, 0.05),
         loss: float = 0.0,
+        proofs: bool = False,
+        allow_chosen_ids: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        self.proofs = proofs
+        self.allow_chosen_ids = allow_chosen_ids
         self.clock = SimClock()
         self.net = SimNetwork(self.clock, seed, latency, loss)
         self.config = config or NodeConfig(stabilize_interval=1.0)
@@ -192,12 +202,22 @@ class SimCluster:
             self._members = [n for n in self.live() if n.joined]
         return self._members
 
-    def add_node(self, bootstrap: Sequence[Hashable] | None = None, node_id: int | None = None) -> ChordNode:
-        """Start a node; it joins through ``bootstrap`` (default: a random joined node)."""
+    def add_node(
+        self,
+        bootstrap: Sequence[Hashable] | None = None,
+        node_id: int | None = None,
+        trust: OpenRingTrust | None = None,
+    ) -> ChordNode:
+        """Start a node; it joins through ``bootstrap`` (default: a random joined node).
+
+        With ``proofs`` it gets a key (or ``trust``, for a node of the
+        test's making) and, without ``node_id``, the id its key gives."""
         address = self._next_address
         self._next_address += 1
+        if self.proofs and trust is None:
+            trust = self.open_ring_trust()
         if node_id is None:
-            node_id = self.rng.getrandbits(self.config.m)
+            node_id = trust.signer.node_id(self.config.m) if trust is not None else self.rng.getrandbits(self.config.m)
         node = ChordNode(
             node_id,
             address,
@@ -206,6 +226,7 @@ class SimCluster:
             MemoryRecordStore(self.clock.seconds),
             self.config,
             random.Random(self.rng.getrandbits(64)),
+            trust=trust,
         )
         self.net.add(address, node)
         self.nodes[address] = node
@@ -216,6 +237,12 @@ class SimCluster:
             bootstrap = [self.rng.choice(members).address] if members else []
         node.start(bootstrap).addBoth(self._on_join)
         return node
+
+    def open_ring_trust(self, allow_chosen_ids: bool | None = None) -> OpenRingTrust:
+        """A fresh node key (from the seed), as an open ring's node has one."""
+        key = Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        chosen = self.allow_chosen_ids if allow_chosen_ids is None else allow_chosen_ids
+        return OpenRingTrust(NodeSigner(key), chosen, random_bytes=random.Random(self.rng.getrandbits(64)).randbytes)
 
     def forget_truth(self) -> None:
         """Recompute membership next time (after changing ``nodes`` by hand)."""

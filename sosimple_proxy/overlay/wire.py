@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Sequence
 
-from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, SyncResult, Version
+from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, Proof, SyncResult, Version
 from .records import Record
 
 _LEN = struct.Struct("!I")
@@ -273,3 +273,12 @@ def encode_leave(peer: Peer, predecessor: Peer | None, successors: Iterable[Peer
 def decode_leave(data: bytes) -> tuple[Peer, Peer | None, tuple[Peer, ...]]:
     r = _Reader(data)
     return _done(r, (r.some_peer(), r.peer(), r.peers()))
+
+
+def encode_proof(proof: Proof) -> bytes:
+    return _Writer().raw(proof.public_key).str(proof.home).raw(proof.signature).bytes()
+
+
+def decode_proof(data: bytes) -> Proof:
+    r = _Reader(data)
+    return _done(r, Proof(r.raw(), r.str(), r.raw()))

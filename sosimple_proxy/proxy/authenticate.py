@@ -7,6 +7,12 @@ request, and marks the request's :class:`~sosimple_proxy.proxy.chain.Job`:
   other proxies of our organisation).  Never challenged.
 - ``Trust.USER``: one of our users, authenticated by digest (RFC 3261
   section 22, RFC 7616, RFC 8760), with ``job.user`` their name.
+- ``Trust.USER`` as well: a request from a member of our CA ring (its
+  node certificate on the TLS connection, see
+  :mod:`sosimple_proxy.security.ringmembers`) whose From is a user of one
+  of our domains that the certificate names: that proxy authenticated it.
+  A member for another domain is nobody special; in an open ring
+  membership grants nothing here (list the proxies in ``[auth] trusted``).
 - ``Trust.STRANGER``: anybody else.  Strangers may still call our users
   (that is how other domains reach us); the relay rule
   (:mod:`sosimple_proxy.proxy.relay`) keeps them from anything else.
@@ -110,6 +116,7 @@ class Authenticate:
         required: bool,
         is_emergency: Callable[[Request], bool] = lambda request: False,
         on_auth_failure: Callable[[str], Any] | None = None,
+        members: Callable[[Any], Sequence[str] | None] | None = None,
     ) -> None:
         # is_ours: a Request-URI for us (our domains and our own addresses);
         # our_domain: a From/To of our users ([proxy] domains and every ring's).
@@ -122,6 +129,9 @@ class Authenticate:
         self.required = required and digest is not None
         self.is_emergency = is_emergency
         self.on_auth_failure = on_auth_failure
+        # members(source): the domains a CA ring member's certificate names
+        # (None: the source is no member)
+        self.members = members
 
     def __call__(self, job: Job) -> Step:
         request = job.request
@@ -145,6 +155,8 @@ class Authenticate:
         # trust domain means nothing; we assert our users' ourselves.
         request.headers.remove(ASSERTED)
         request.headers.remove(PREFERRED)
+        if self.members is not None and request.method != "REGISTER" and self._vouched(job):
+            return CONTINUE
         # RFC 3261 22.1: "the CANCEL and ACK requests [...] cannot be
         # challenged (they cannot be resubmitted): CANCEL and ACK requests
         # MUST be accepted by a UAS [proxy] if the request they apply to was."
@@ -217,6 +229,28 @@ class Authenticate:
         job.trust = Trust.USER
         job.user = user
         return CONTINUE
+
+    def _vouched(self, job: Job) -> bool:
+        """A ring member vouches for a user of ours in a domain its
+        certificate names: authenticated (by that member) as that user."""
+        assert self.members is not None
+        domains = self.members(job.txn.source)
+        if not domains:
+            return False
+        request = job.request
+        try:
+            sender = request.from_.uri
+        except Exception:
+            return False
+        host = (getattr(sender, "host", None) or "").lower().rstrip(".")
+        user = _user_of(sender)
+        if not user or host not in {d.lower() for d in domains} or not self.our_domain(sender):
+            return False
+        request.headers.add(ASSERTED, f"<sip:{quote(user, safe=_USER_SAFE)}@{host}>")
+        job.trust = Trust.USER
+        job.user = user
+        log.debug("{user}@{host}: vouched for by a ring member at {source}", user=user, host=host, source=job.txn.source)
+        return True
 
     def _remove_our_credentials(self, request: Request) -> None:
         assert self.digest is not None

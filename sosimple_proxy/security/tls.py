@@ -377,12 +377,19 @@ def server_context(
     min_version: str = DEFAULT_MIN_VERSION,
     client_ca: str | None = None,
     log: Logger = log,
+    ask_certificate: bool = False,
 ) -> SSL.Context:
     """A server context for ``tls:`` listeners.  With ``client_ca`` every
     client must present a certificate from that CA (mutual TLS); a refused
-    one is logged with the reason."""
+    one is logged with the reason.  With ``ask_certificate`` a client may
+    present any certificate, or none: the handshake proves it holds the key,
+    and whoever reads it checks what it is (a CA ring's members,
+    :mod:`.ringmembers`)."""
     ctx = _base_context(min_version)
     _load_identity(ctx, certificate, key)
+    if ask_certificate and not client_ca:
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, lambda conn, cert, errno, depth, ok: True)
+        ctx.set_session_id(b"sosimple-proxy")
     if client_ca:
         _load_ca(ctx, client_ca)
         try:
@@ -428,10 +435,12 @@ class ServerTLS:
         min_version: str = DEFAULT_MIN_VERSION,
         client_ca: str | None = None,
         log: Logger = log,
+        ask_certificate: bool = False,
     ) -> None:
         self.certificate, self.key, self.min_version, self.client_ca = certificate, key, min_version, client_ca
+        self.ask_certificate = ask_certificate
         self._log = log
-        self._context = server_context(certificate, key, min_version, client_ca, log)
+        self._context = server_context(certificate, key, min_version, client_ca, log, ask_certificate)
 
     @classmethod
     def from_config(cls, config: TLSConfig, client_ca: str | None = None, log: Logger = log) -> ServerTLS:
@@ -441,7 +450,9 @@ class ServerTLS:
     def reload(self) -> bool:
         """Re-read the files (SIGHUP); whether the new ones are in use."""
         try:
-            context = server_context(self.certificate, self.key, self.min_version, self.client_ca, self._log)
+            context = server_context(
+                self.certificate, self.key, self.min_version, self.client_ca, self._log, self.ask_certificate
+            )
         except TLSFileError as e:
             self._log.error("tls: reload failed, keeping the current certificate: {why}", why=str(e))
             return False

@@ -298,6 +298,17 @@ class TransportLayer(service.Service):
         if conn is not None and conn.usable():
             conn.write(data)
 
+    def peer_certificate(self, peer: Peer) -> Any:
+        """The certificate the TLS client or server at ``peer`` presented on
+        its connection (a ``cryptography`` certificate; None without one,
+        or for a peer not on TLS): who it is, for whoever knows its CA."""
+        conn = self._streams.get(peer)
+        if conn is None or not conn.secure or not conn.ready or conn.transport is None:
+            return None
+        get = getattr(conn.transport, "getPeerCertificate", None)
+        cert = get() if get is not None else None
+        return cert.to_cryptography() if cert is not None else None
+
     # -- sending
 
     def send(self, data: bytes, dest: Peer, local: ListenAddress | None = None) -> defer.Deferred:

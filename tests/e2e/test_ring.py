@@ -75,6 +75,7 @@ def start_ring(
             }
             if nid:
                 overlay["node_id"] = nid
+            overlay["allow_chosen_ids"] = "yes"  # a test ring: its members sit at the ids it chose
             sections = {"proxy": {"domains": "example.com"}, "location": {"order": "local overlay"}, "overlay": overlay}
             if i in redirect:
                 sections["proxy"]["mode"] = "redirect"

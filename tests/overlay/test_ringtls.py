@@ -259,3 +259,23 @@ class SilentPeerTests(unittest.TestCase):
         yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(Factory.forProtocol(Silent))
         yield lost  # the member hung up on it
         self.assertEqual([e["reason"] for e in events.refusals()], ["no TLS handshake within 0.3 s"])
+
+
+def test_sighup_reloads_the_ring_certificate_but_never_moves_the_node(tmp_path):
+    ca = CA("Ring CA")
+    ca_path = str(ca.write(tmp_path))
+    d = str(tmp_path / "n")
+    cert, key = node_files(ca, d, 0x42, ["example.com"])
+    events = Events()
+    tls = RingTLS(ca_path, cert, key, log=events.log)
+    before = tls._server
+    node_files(ca, d, 0x42, ["example.com", "example.org"])  # renewed, one more domain
+    assert tls.reload() is True
+    assert tls._server is not before and tls.domains == ("example.com", "example.org")
+    node_files(ca, d, 0x43)  # another place: not while running
+    assert tls.reload() is False
+    assert (tls.node_id, tls.domains) == (0x42, ("example.com", "example.org"))
+    with open(cert, "w") as f:
+        f.write("not a certificate")
+    assert tls.reload() is False and tls.node_id == 0x42
+    assert sum("reload failed" in e["log_format"] for e in events.events) == 2

@@ -38,6 +38,8 @@ class Wire:
         self.sent: list[tuple[Message, Peer, Any]] = []
         self.fail: set[Peer] = set()
         self.open_flows: set[Peer] = set()
+        #: what TLS peers presented (the real layer reads its connections)
+        self.certificates: dict[Peer, Any] = {}
 
     def send(self, data: bytes, dest: Peer, local: Any = None) -> defer.Deferred:
         try:
@@ -55,6 +57,9 @@ class Wire:
 
     def has_connection(self, peer: Peer) -> bool:
         return peer in self.open_flows
+
+    def peer_certificate(self, peer: Peer) -> Any:
+        return self.certificates.get(peer)
 
     def take(self) -> list[tuple[Message, Peer]]:
         out = [(m, d) for m, d, _ in self.sent]
