@@ -29,6 +29,7 @@ from .errors import NotRunning
 from .ringtls import RingTLS
 from .identity import load_or_create_key, public_key_bytes
 from .node import ChordNode
+from .recordguard import RecordGuard, guard_for
 from .store import SQLiteRecordStore
 from .tuning import NodeConfig
 
@@ -83,6 +84,8 @@ class OverlayService(Service):
         self.m = m
         self.keys = key_scheme(settings, m)
         self.node: ChordNode | None = None
+        #: signs this node's records and checks others' (made at start)
+        self.guard: RecordGuard | None = None
         self.ready: defer.Deferred = defer.Deferred()
         self._port: Any = None
         self._factory: OverlayServerFactory | None = None
@@ -112,7 +115,8 @@ class OverlayService(Service):
             os.makedirs(state_dir, exist_ok=True)
         else:
             nid = node_id(settings, public_key_bytes(load_or_create_key(state_dir)), self.m)
-        self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds)
+        self.guard = guard_for(settings, tls, state_dir, self.keys, self.reactor)
+        self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds, self.guard.check_stored)
         if tls is not None:
             self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
             listening: Any = tls.server_factory(self._factory, self.reactor)
@@ -123,7 +127,8 @@ class OverlayService(Service):
         address = str(settings.get("advertise", "") or "") or _hostport(host.host, host.port)
         self._rpc = AMPRPC(self.reactor, tls=tls, expected_id=self._expected_id if tls is not None else None)
         self.node = ChordNode(
-            nid, address, self._rpc, self.reactor, self._store, node_config(settings, self.m), writer=ids.format_id(nid, self.m)
+            nid, address, self._rpc, self.reactor, self._store, node_config(settings, self.m), writer=ids.format_id(nid, self.m),
+            guard=self.guard,
         )
         self._rpc.local = self.node.peer
         self._factory.node = self.node

@@ -163,8 +163,11 @@ class SimCluster:
         config: NodeConfig | None = None,
         latency: tuple[float, float] = (0.005, 0.05),
         loss: float = 0.0,
+        guards: Callable[[Hashable], Any] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        #: makes each new node's record guard (signing and checking), if given
+        self.guards = guards
         self.clock = SimClock()
         self.net = SimNetwork(self.clock, seed, latency, loss)
         self.config = config or NodeConfig(stabilize_interval=1.0)
@@ -206,6 +209,7 @@ class SimCluster:
             MemoryRecordStore(self.clock.seconds),
             self.config,
             random.Random(self.rng.getrandbits(64)),
+            guard=self.guards(address) if self.guards is not None else None,
         )
         self.net.add(address, node)
         self.nodes[address] = node
