@@ -281,7 +281,7 @@ class ChordNode:
     def remote_successor_hint(self, peer: Peer) -> None:
         return self.maintenance.successor_hint(peer)
 
-    def remote_store(self, records: Sequence[Record]) -> int | defer.Deferred:
+    def remote_store(self, records: Sequence[Record]) -> int:
         return self.replication.take(records)
 
     def remote_fetch(self, key: int, kind: str | None) -> FetchResult:

@@ -277,11 +277,15 @@ class RecordGuard:
     # ---------------------------------------------------------------- context
 
     def _local(self, key: int, kind: str) -> Any:
-        store = self.node.store if self.node is not None else None
-        if store is None:
+        """Our live copy; None when we vouch for the key and hold none (a
+        real miss, no need to ask); ``_UNKNOWN`` when only the ring can tell."""
+        node = self.node
+        if node is None:
             return _UNKNOWN
-        held = store.get(key, kind)
-        return held[0] if held else _UNKNOWN
+        held = node.store.get(key, kind)
+        if held:
+            return held[0]
+        return None if node.authoritative(key) else _UNKNOWN
 
     def _cached(self, what: tuple[str, str]) -> Any:
         hit = self._known.get(what)
@@ -292,6 +296,8 @@ class RecordGuard:
     def known_domain(self, domain: str) -> Any:
         """The domain's record as far as we know it without asking (``_UNKNOWN``: ask)."""
         local = self._local(self.authority.keys.key(dr.domain_name(domain)), dr.KIND)
+        if local is None:
+            return None
         if local is not _UNKNOWN:
             try:
                 return dr.decode(local.value)
@@ -301,6 +307,8 @@ class RecordGuard:
 
     def known_user(self, aor: str) -> Any:
         local = self._local(self.authority.keys.key(aor), dr.PUBLICKEY)
+        if local is None:
+            return None
         if local is not _UNKNOWN:
             try:
                 return dr.user_key_fingerprint(local.value)

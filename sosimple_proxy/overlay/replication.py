@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from . import ids
 from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
@@ -236,12 +237,21 @@ class Replicator:
 
     # ------------------------------------------------- answering other nodes
 
-    def take(self, records: Sequence[Record], origin: str = "store") -> int | defer.Deferred:
-        """Merge records another node (or our own write) hands us: how many
-        were new (a Deferred of it when the guard checks them first)."""
+    def take(self, records: Sequence[Record], origin: str = "store") -> int:
+        """Merge records another node (or our own write) hands us: how many were new."""
         if self.guard is None:
             return self.store.put_many(records)
-        return self.guard.accept(records, origin).addCallback(self.store.put_many)
+        decided: list = []
+        d = self.guard.accept(records, origin).addCallback(self.store.put_many)
+        d.addBoth(decided.append)
+        if decided:
+            if isinstance(decided[0], Failure):
+                decided[0].raiseException()
+            return decided[0]
+        # The check reads the ring (a domain's record, a user's key): answer
+        # now, not after the caller's call timed out; what passes is kept later.
+        d.addErrback(self.jobs.log_failure, "checking records")
+        return 0
 
     def answer_fetch(self, key: int, kind: str | None) -> FetchResult:
         lo = ids.add(key, -1, self.config.m)
