@@ -152,8 +152,10 @@ class RecordGuard:
                 if current.expires - now < dr.DOMAIN_TTL / 2:
                     yield self.publish_domain(domain, listed.keys, current)
         except Exception as e:
-            self.log.warn("overlay: could not check the domain record of {domain}: {why}", domain=domain, why=str(e))
-            return None
+            # the write would be refused for want of a domain record: fail it,
+            # so that the writer tries again (the ring may still be settling)
+            self.log.info("overlay: could not check the domain record of {domain}: {why}", domain=domain, why=str(e))
+            raise
         self._claimed[domain] = now + self.context_ttl
         return None
 

@@ -29,7 +29,7 @@ from sosimple_proxy.overlay.signing import fingerprint, load_public_key
 from sosimple_proxy.testing import AnsweringUA, ProxyProcess, free_port, register_contact, send_message, wait_until
 from sosimple_proxy.testing.ring import peer_ring
 from sosimple_proxy.testing.sip_requests import sip_request, status_line, udp_final_response
-from tests.certs import CA
+from tests.certs import CA, key_pem
 from tests.e2e.test_overlay_processes import Api
 from tests.overlay.test_ringtls import node_files
 
@@ -130,6 +130,7 @@ def invite(p: ProxyProcess, to: str, tag: str) -> str | None:
 def ca_ring(tmp_path):
     ca = CA("Ring CA")
     ca_path = str(ca.write(tmp_path))
+    (tmp_path / "ca.key").write_bytes(key_pem(ca.key))
     names = ["p1", "p2", "p3", "rogue"]
     for i, name in enumerate(names):
         domains = ("other.test",) if name == "rogue" else ("example.com",)
@@ -178,6 +179,15 @@ def test_a_rogue_member_of_a_ca_ring_cannot_take_alices_records(ca_ring):
         text = f"hi-{uuid.uuid4().hex[:6]}"
         assert send_message(ca_ring["p3"].port, ALICE, "bob@example.com", text) == "SIP/2.0 200 OK"
         assert alice.received(text) and not attacker.received(text)
+    # the CA itself may bind her a key, through any member (the rogue's too)
+    ca_dir = Path(str(p1.dir)).parent
+    user_key = "cd" * 32
+    bound = sosimple(
+        "--admin", rogue.admin.url, "rebind", ALICE, "--key", user_key,  # type: ignore[attr-defined]
+        "--ca-cert", str(ca_dir / "ca.pem"), "--ca-key", str(ca_dir / "ca.key"),
+    )
+    assert bound.returncode == 0, bound.stderr
+    assert json.loads(bound.stdout)["name"] == ALICE
 
 
 # --- an open ring: the domain record, authorize, rebind ----------------------------
