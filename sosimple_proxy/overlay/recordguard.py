@@ -76,6 +76,8 @@ class RecordGuard:
     """Signing and checking for one node; :meth:`attach` gives it the node."""
 
     LOGGED_LIMIT = 4096
+    #: domains and users whose records are remembered at most
+    KNOWN_LIMIT = 100_000
 
     def __init__(
         self,
@@ -343,6 +345,8 @@ class RecordGuard:
                     value = dr.decode(found[0].value) if what == "domain" else dr.user_key_fingerprint(found[0].value)
                 except ValueError:
                     value = None
+            if len(self._known) >= self.KNOWN_LIMIT:
+                self._known.clear()
             self._known[(what, subject)] = (now + (self.context_ttl if found else self.miss_ttl), value)
         return None
 
