@@ -171,8 +171,15 @@ class SignatureCheck:
 
 
 def load_public_key(data: bytes) -> Any:
-    """A public key from a PEM (public key, private key or certificate) or
-    from the hex of a raw Ed25519 key."""
+    """A public key from a PEM (public key, private key or certificate), a
+    DER SubjectPublicKeyInfo, a raw Ed25519 key or the hex of one."""
+    if len(data) == RAW_KEY_BYTES:
+        return ed25519.Ed25519PublicKey.from_public_bytes(data)
+    if data[:1] == b"\x30":
+        try:
+            return serialization.load_der_public_key(data)
+        except ValueError:
+            pass
     text = data.strip()
     if text.startswith(b"-----BEGIN"):
         if b"CERTIFICATE-----" in text:
