@@ -316,3 +316,21 @@ def test_a_record_edited_on_disk_is_dropped_at_load(tmp_path):
     db = sqlite3.connect(str(tmp_path / SQLiteRecordStore.FILENAME))
     assert db.execute("SELECT count(*) FROM records").fetchone() == (1,)
     db.close()
+
+
+def test_a_forged_record_on_one_replica_does_not_spread_by_sync():
+    c, events = open_ring(seed=11)
+    a = c.joined()[0]
+    c.wait(a.put(registration(a, ALICE, "sip:alice@10.0.0.1")))
+    key = KEYS.key(ALICE)
+    nodes = c.by_id()
+    first, *others = c.true_replica_set(key)
+    # an entry nobody signed appears in one holder's store (a bad disk, a bad peer)
+    (rec,) = nodes[first].store.get(key, "registration")
+    forged = attrs.evolve(rec, entry=f"{a.writer}/sip:evil@10.6.6.6", value=b'{"contact":"sip:evil@10.6.6.6"}')
+    nodes[first].store.put(forged)
+    c.run(6)  # several sync rounds, both ways
+    for nid in others:
+        assert [r.entry for r in nodes[nid].store.get(key, "registration")] == [rec.entry]
+    # handed over by the holder's sync (a "store" of what the others lack), refused there
+    assert any(e.get("why") == "a bad signature" for e in events.refusals())
