@@ -32,6 +32,9 @@ KIND = "domain"
 PUBLICKEY = "publickey"
 #: kinds bound to their user's key once she has one (besides named blobs)
 USER_KINDS = frozenset({"presence", "blob"})
+#: what the users' store keeps for her (``userdata.py``): written by a node
+#: of her domain that authenticated her, or signed by her own key
+STORE_KIND = "userdata"
 #: a domain record lives this long unless renewed (seconds)
 DOMAIN_TTL = 7 * 24 * 3600.0
 #: a user's public key record lives this long (seconds)

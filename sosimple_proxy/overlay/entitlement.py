@@ -21,6 +21,8 @@ API) apply the very same rules:
 - a user's public key (``publickey`` under her AoR) needs a node entitled
   to her domain, or her current key; once she has one, her presence and
   her named blobs (``alice@example.com/...``) need her key;
+- what the users' store keeps for her (``userdata``) needs a node entitled
+  to her domain (it authenticated her) or her own key;
 - anything else (an unnamed blob) needs any node.
 """
 
@@ -86,7 +88,7 @@ def needs(record: Record, authority: Authority, replica: bool = True) -> Needs:
     named = dr.parse_name(record.name)
     if named.aor is None or named.domain is None:
         return Needs()
-    user_bound = record.kind in dr.USER_KINDS or (record.kind == dr.PUBLICKEY and replica)
+    user_bound = record.kind in dr.USER_KINDS or record.kind == dr.STORE_KIND or (record.kind == dr.PUBLICKEY and replica)
     aors = frozenset({named.aor}) if user_bound else frozenset()
     # a CA ring's certificates say who writes a domain: no domain record to read
     domains = frozenset() if authority.any_domain or authority.ca_ring else frozenset({named.domain})
@@ -165,6 +167,12 @@ def entitled(record: Record, cred: Credential, authority: Authority, context: IC
             # the key they held
             return None
         return why
+    if kind == dr.STORE_KIND:
+        if named.aor is None or named.domain is None:
+            return "the users' store's records must be named by their AoR"
+        if context.user_key(named.aor) == w.fp:
+            return None
+        return _domain_writer(named.domain, w, authority, context)
     if kind in dr.USER_KINDS and named.aor is not None and named.domain is not None:
         theirs = context.user_key(named.aor)
         if theirs is not None:

@@ -117,7 +117,7 @@ class RecordGuard:
         if self.signer is None or all(r.signature for r in batch):
             return tuple(batch)
         if not self.authority.ca_ring and not self.authority.any_domain:
-            bound = {"registration", dr.PUBLICKEY, *dr.USER_KINDS}
+            bound = {"registration", dr.PUBLICKEY, dr.STORE_KIND, *dr.USER_KINDS}
             domains = {dr.parse_name(r.name).domain for r in batch if not r.signature and r.kind in bound}
             for domain in sorted(domains - {None}):
                 yield self._claim(domain)

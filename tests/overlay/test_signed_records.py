@@ -334,3 +334,14 @@ def test_a_forged_record_on_one_replica_does_not_spread_by_sync():
         assert [r.entry for r in nodes[nid].store.get(key, "registration")] == [rec.entry]
     # handed over by the holder's sync (a "store" of what the others lack), refused there
     assert any(e.get("why") == "a bad signature" for e in events.refusals())
+
+
+def test_the_users_store_records_need_her_domain_or_her_key():
+    auth = Authority(KEYS)
+    a, b, user = (Signer(Ed25519PrivateKey.generate()) for _ in range(3))
+    ctx = Ctx({"example.com": dr.DomainKeys("example.com", (a.fingerprint,))}, {ALICE: user.fingerprint})
+    data = lambda s, name=ALICE: s.sign(Record(KEYS.key(name), "userdata", "friends", "w", b"x", 1e9, 1, name=name))  # noqa: E731
+    assert _check(data(a), auth, ctx) is None and _check(data(user), auth, ctx) is None
+    assert "not listed" in _check(data(b), auth, ctx)
+    unnamed = b.sign(Record(KEYS.key(ALICE), "userdata", "friends", "w", b"x", 1e9, 1))
+    assert _check(unnamed, auth, ctx) == "the users' store's records must be named by their AoR"
