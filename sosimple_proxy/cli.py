@@ -7,6 +7,8 @@
     sosimple keygen --out DIR
     sosimple sign --ca-cert F --ca-key F --csr F --node-id HEX --domains D,D --out F [--days N]
     sosimple check SITE.INI
+    sosimple [--admin URL] authorize DOMAIN --key F
+    sosimple [--admin URL] rebind DOMAIN|AOR --key F [--key F...] [--ca-cert F --ca-key F]
     sosimple store put AOR NAME [FILE|-] | get AOR NAME | delete AOR NAME | list AOR
              [--store URL] [--login USER] [--key F]
 
@@ -33,6 +35,16 @@ the ring's CA, issues the node certificate carrying the node's ring id and
 the SIP domains it may write for (``security/nodecerts.py``).  A bad
 ``--node-id`` or ``--domains`` is a usage error (2); a file that cannot be
 read or written, or a CA key that is not the CA certificate's, exits 4.
+
+``authorize`` and ``rebind`` change who may write a domain's (or a user's)
+records in the ring (``overlay/recordguard.py``; README, "Identity in the
+ring"): the node behind ``--admin`` signs the change with its own key, so
+it must be listed for the domain itself.  ``--key`` is a key fingerprint
+(64 hex digits, or ``sha256:...``) or a PEM file holding the key (a
+``node.key``, a public key, a certificate).  ``rebind --ca-cert --ca-key``
+signs the new domain record (or user key) here with the CA's key instead
+and hands it to the node as it is: the way back into a CA ring's domain
+whose every listed key is lost.
 
 A guarded admin API (``[admin] users_file``) takes ``--user`` (or
 ``$SOSIMPLE_ADMIN_USER``) with the password from ``$SOSIMPLE_ADMIN_PASSWORD``
@@ -162,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("calls", parents=[common], help="the last minute's transactions, top sources, bans (JSON)")
     _user_commands(commands)
     _cert_commands(commands)
+    _key_commands(commands, common)
     _store_commands(commands, common)
     check = commands.add_parser(
         "check",
@@ -236,6 +249,39 @@ def _cert_commands(commands: Any) -> None:
     sign.add_argument("--domains", metavar="D,D", required=True, help="SIP domains the node may write for, comma-separated (may be empty)")
     sign.add_argument("--out", metavar="F", required=True, help="where to write the certificate (PEM)")
     sign.add_argument("--days", metavar="N", type=_positive, default=365.0, help="validity in days (default 365)")
+
+
+def _key_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """authorize, rebind: who may write a domain's or a user's records (through the admin API)."""
+    authorize = commands.add_parser(
+        "authorize", parents=[common], help="let another node key write DOMAIN's registrations (signed by this node)"
+    )
+    authorize.add_argument("name", metavar="DOMAIN")
+    authorize.add_argument("--key", metavar="F", action="append", required=True, help="fingerprint or PEM file of the key")
+    rebind = commands.add_parser(
+        "rebind", parents=[common], help="move DOMAIN (or a user's records) to new keys (signed by this node or the CA)"
+    )
+    rebind.add_argument("name", metavar="DOMAIN|AOR")
+    rebind.add_argument("--key", metavar="F", action="append", required=True, help="fingerprint or PEM file of a key")
+    rebind.add_argument("--ca-cert", metavar="F", default=None, help="sign with the ring's CA instead (a CA ring)")
+    rebind.add_argument("--ca-key", metavar="F", default=None, help="the CA's private key (with --ca-cert)")
+
+
+def fingerprint_of(given: str) -> str:
+    """``--key``: a fingerprint as it is, or the fingerprint of the key in a PEM file."""
+    from sosimple_proxy.overlay.signing import CredentialError, fingerprint, load_public_key
+
+    if os.path.exists(given):
+        try:
+            with open(given, "rb") as f:
+                return fingerprint(load_public_key(f.read()))
+        except (OSError, CredentialError, ValueError, TypeError) as e:
+            raise Failed(EXIT_USAGE, f"--key {given}: not a key or certificate ({e})") from None
+    word = given.strip().lower()
+    digits = word.removeprefix("sha256:")
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise Failed(EXIT_USAGE, f"--key {given}: neither a file nor a key fingerprint (64 hex digits)")
+    return word
 
 
 def _user_commands(commands: Any) -> None:
@@ -371,6 +417,9 @@ def _request_for(args: argparse.Namespace, base: str, stdin: IO[bytes]) -> tuple
         return "DELETE", base + "/records/" + quoted, None
     if args.command == "lookup":
         return "GET", base + "/registrations/" + quoted, None
+    if args.command in ("authorize", "rebind"):
+        body = "\n".join(fingerprint_of(k) for k in args.key).encode() + b"\n"
+        return "POST", base + f"/{args.command}/" + quoted, body
     raise Failed(EXIT_USAGE, f"unknown command {args.command!r}")
 
 
@@ -479,28 +528,35 @@ async def _run(
     credentials = _credentials(args, environ, getpass)
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = treq.client.HTTPClient(Agent(reactor, pool=pool, **agent_options))
-    try:
-        # Basic only inside TLS; over plain http, Digest after the 401
-        basic = credentials if secure else None
-        response = await client.request(method, url, data=body, timeout=timeout, auth=basic)
-        content = await treq.content(response)
-        if response.code == 401 and credentials is not None and not secure:
-            authorization = _digest_authorization(response, credentials, method, url)
-            if authorization is not None:
-                headers = {"Authorization": [authorization]}
-                response = await client.request(method, url, data=body, timeout=timeout, headers=headers)
-                content = await treq.content(response)
-    except Exception as e:
-        failed = _connection_error(e, url, timeout)
-        if failed is None:
-            raise
-        raise failed from None
-    code = response.code
-    if code == 404:
-        raise Failed(EXIT_NOT_FOUND, _server_message(content, code, response.phrase))
-    if not 200 <= code < 300:
-        raise Failed(EXIT_ERROR, f"{code}: {_server_message(content, code, response.phrase)}")
-    if args.command in JSON_VIEWS or args.command == "lookup":
+
+    async def ask(method: str, url: str, body: bytes | None) -> bytes:
+        try:
+            # Basic only inside TLS; over plain http, Digest after the 401
+            basic = credentials if secure else None
+            response = await client.request(method, url, data=body, timeout=timeout, auth=basic)
+            content = await treq.content(response)
+            if response.code == 401 and credentials is not None and not secure:
+                authorization = _digest_authorization(response, credentials, method, url)
+                if authorization is not None:
+                    headers = {"Authorization": [authorization]}
+                    response = await client.request(method, url, data=body, timeout=timeout, headers=headers)
+                    content = await treq.content(response)
+        except Exception as e:
+            failed = _connection_error(e, url, timeout)
+            if failed is None:
+                raise
+            raise failed from None
+        code = response.code
+        if code == 404:
+            raise Failed(EXIT_NOT_FOUND, _server_message(content, code, response.phrase))
+        if not 200 <= code < 300:
+            raise Failed(EXIT_ERROR, f"{code}: {_server_message(content, code, response.phrase)}")
+        return content
+
+    if args.command == "rebind" and (args.ca_cert or args.ca_key):
+        method, url, body = await _signed_by_ca(args, base, ask)
+    content = await ask(method, url, body)
+    if args.command in JSON_VIEWS or args.command in ("lookup", "authorize", "rebind"):
         try:
             value = json.loads(content)
         except ValueError:
@@ -510,6 +566,38 @@ async def _run(
         stdout.write(content)
     stdout.flush()
     return 0
+
+
+async def _signed_by_ca(args: argparse.Namespace, base: str, ask: Callable[..., Any]) -> tuple[str, str, bytes]:
+    """``rebind --ca-cert --ca-key``: the new domain record (or user key)
+    made and signed here with the CA's key; the node stores it as it is."""
+    import time
+
+    from sosimple_proxy.overlay import domainrecords as dr
+    from sosimple_proxy.overlay import wire
+    from sosimple_proxy.overlay.records import Record
+    from sosimple_proxy.overlay.signing import Signer
+    from sosimple_proxy.security import nodecerts
+
+    if not (args.ca_cert and args.ca_key):
+        raise Failed(EXIT_USAGE, "rebind: --ca-cert and --ca-key go together")
+    try:
+        signer = Signer(nodecerts.load_private_key(args.ca_key, "CA key"), nodecerts.load_certificate(args.ca_cert, "CA certificate"))
+    except nodecerts.NodeCertError as e:
+        raise Failed(EXIT_ERROR, str(e)) from None
+    keys = [fingerprint_of(k) for k in args.key]
+    target = args.name.strip()
+    if "@" in target:
+        if len(keys) != 1:
+            raise Failed(EXIT_USAGE, "rebind: a user has one public key")
+        name, kind, value, ttl = target, dr.PUBLICKEY, keys[0].encode(), dr.USER_KEY_TTL
+    else:
+        domain = target.lower().rstrip(".")
+        name, kind, value, ttl = dr.domain_name(domain), dr.KIND, dr.encode(domain, keys), dr.DOMAIN_TTL
+    where = json.loads(await ask("GET", base + "/locate/" + quote(name, safe="@"), None))
+    now = time.time()
+    record = signer.sign(Record(int(where["key"], 16), kind, "", "ca", value, now + ttl, int(now * 1_000_000), name=name))
+    return "PUT", base + "/rebind/" + quote(name, safe="@"), wire.encode_records([record])
 
 
 async def _store(

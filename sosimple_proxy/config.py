@@ -252,6 +252,10 @@ OVERLAY: Schema = {
     "trust": (_trust, ""),
     # test rings only: members at ids they chose (warned at startup)
     "allow_chosen_ids": (_bool, "no"),
+    # who may write a domain's registrations in an open ring: listed (the
+    # keys of its domain record, trust on first use) or any member (test
+    # rings); a CA ring always asks the certificate
+    "domain_writers": (_choice("listed", "any"), "listed"),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.

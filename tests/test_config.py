@@ -65,6 +65,7 @@ def test_ipv6_listen_and_domain_lists():
         ("[registrar]\nmin_expires = 7200\n", "registrar", "min_expires", "above max_expires"),
         ("[overlay]\nbootstrap = 127.0.0.1\n", "overlay", "bootstrap", "not host:port"),
         ("[overlay]\nkey_scheme = tree\n", "overlay", "key_scheme", "not one of flat, domain"),
+        ("[overlay]\ndomain_writers = anyone\n", "overlay", "domain_writers", "not one of listed, any"),
         ("[overlay]\nlisten = tcp:notaport\n", "overlay", "listen", "not a Twisted server endpoint string"),
         ("[overlay]\nlisten = 7000\n", "overlay", "listen", "not a Twisted server endpoint string"),
         ("[overlay]\nlisten = tcp:99999\n", "overlay", "listen", "out of range"),

@@ -109,7 +109,7 @@ class RingPublisher:
             entry = entry_name(node.writer, b)
             route = self.self_route(b)
             hops = [route] if route else []
-            rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node.next_seq())
+            rec = Record(key, KIND, entry, node.writer, encode_binding(b, hops), b.expires_at, node.next_seq(), name=aor)
             new[entry] = rec
             records.append(rec)
         for entry, rec in old.items():

@@ -27,7 +27,7 @@ the predecessor.
 from __future__ import annotations
 
 import random
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -83,6 +83,7 @@ class ChordNode:
         rng: random.Random | None = None,
         writer: str | None = None,
         trust: OpenRingTrust | None = None,
+        guard: Any = None,
     ) -> None:
         self.config = config = config or NodeConfig()
         if not 0 <= node_id < 1 << config.m:
@@ -112,8 +113,12 @@ class ChordNode:
             )
         self.lookups = IterativeLookup(self.table, self.calls, clock, config)
         self.replication = Replicator(
-            self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
+            self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config, guard
         )
+        #: signs and checks records (:class:`.recordguard.RecordGuard`); None in plain simulations
+        self.guard = guard
+        if guard is not None:
+            guard.attach(self)
         self.maintenance = Maintenance(
             self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self.replication.each_round
         )
@@ -263,10 +268,10 @@ class ChordNode:
         return self.replication.get(key, kind)
 
     def put_value(
-        self, key: int, kind: str, value: bytes, ttl: float, entry: str = "", owner_key_id: bytes = b""
+        self, key: int, kind: str, value: bytes, ttl: float, entry: str = "", owner_key_id: bytes = b"", name: str = ""
     ) -> defer.Deferred:
         """Deferred[Record]: write one entry so that it replaces what the ring holds."""
-        return self.replication.put_value(key, kind, value, ttl, entry, owner_key_id)
+        return self.replication.put_value(key, kind, value, ttl, entry, owner_key_id, name)
 
     def remove(self, key: int, kind: str, entry: str | None = None) -> defer.Deferred:
         """Deferred[bool]: tombstone an entry (or every entry of ``kind``); whether there was one."""

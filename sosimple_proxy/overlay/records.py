@@ -13,8 +13,12 @@ record is gone.  A removal is a *tombstone*: a record with ``deleted`` set
 and a higher sequence number, kept until the removed record would have
 expired, so a replica that missed the removal cannot bring it back.
 
-``owner_key_id`` and ``signature`` travel with every record untouched; the
-security work will sign :meth:`Record.signed_bytes` and verify it on store.
+Every record is signed by its writer (:mod:`.signing`): ``owner_key_id``
+carries the writer's credential (its raw Ed25519 public key in an open
+ring, its node certificate in a CA ring), ``signature`` the signature over
+:meth:`Record.signed_bytes`, and ``name`` the clear name the key was made
+from (``alice@example.com``), so that a replica can tell whose record it is
+(:mod:`.entitlement`).  A tombstone keeps the name.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import attrs
 #: Kinds whose records hold many entries under one key.
 DICTIONARY_KINDS: set[str] = {"registration"}
 #: Kinds with one entry per key; known so that a typo is caught early.
-SINGLE_KINDS: set[str] = {"blob", "presence", "publickey"}
+SINGLE_KINDS: set[str] = {"blob", "presence", "publickey", "domain"}
 
 
 def is_dictionary(kind: str) -> bool:
@@ -79,6 +83,8 @@ class Record:
     owner_key_id: bytes = b""
     signature: bytes = b""
     deleted: bool = False
+    #: the name ``key`` was made from ("" for records that name nothing)
+    name: str = ""
 
     def __attrs_post_init__(self) -> None:
         _check(self)
@@ -116,6 +122,7 @@ class Record:
             self.value,
             struct.pack("!dQ?", self.expires, self.seq, self.deleted),
             self.owner_key_id,
+            self.name.encode(),
         ]
         return b"".join(struct.pack("!I", len(p)) + p for p in parts)
 

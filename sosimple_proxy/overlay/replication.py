@@ -12,10 +12,11 @@ also asks the replicas and merges.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from . import ids
 from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
@@ -44,8 +45,11 @@ class Replicator:
         jobs: Jobs,
         clock: IReactorTime,
         config: NodeConfig,
+        guard: Any = None,
     ) -> None:
         self.me = table.me
+        #: signs our writes and checks what comes in (:class:`.recordguard.RecordGuard`); None: neither
+        self.guard = guard
         self.writer = writer
         self.table = table
         self.calls = calls
@@ -127,6 +131,8 @@ class Replicator:
             raise ValueError("put takes records of a single key")
         if not self.jobs.running:
             raise NotRunning("the node is not running")
+        if self.guard is not None:
+            batch = yield self.guard.prepare(batch)
         result = yield self.lookups.lookup(key)
         acks = yield self._store_at(result.successors, batch, self.config.replicas + 1)
         if acks == 0:
@@ -145,7 +151,7 @@ class Replicator:
 
     def _store_one(self, peer: Peer, batch: tuple[Record, ...]) -> defer.Deferred:
         if peer.address == self.me.address:
-            return defer.succeed(self.take(batch))
+            return defer.maybeDeferred(self.take, batch)
         d = self.calls.call(peer.address, "store", batch)
 
         def failed(f):
@@ -155,7 +161,9 @@ class Replicator:
         return d.addErrback(failed)
 
     @defer.inlineCallbacks
-    def put_value(self, key: int, kind: str, value: bytes, ttl: float, entry: str = "", owner_key_id: bytes = b""):
+    def put_value(
+        self, key: int, kind: str, value: bytes, ttl: float, entry: str = "", owner_key_id: bytes = b"", name: str = ""
+    ):
         """Write one entry so that it replaces what the ring holds: Deferred[Record].
 
         Reads the entry first so the new sequence number beats the stored
@@ -164,7 +172,7 @@ class Replicator:
         current = yield self._fetch(key, kind)
         floor = max((r.seq for r in current if r.entry == entry), default=0)
         record = Record(
-            key, kind, entry, self.writer, value, self.clock.seconds() + ttl, self.next_seq(floor), owner_key_id
+            key, kind, entry, self.writer, value, self.clock.seconds() + ttl, self.next_seq(floor), owner_key_id, name=name
         )
         yield self.put(record)
         return record
@@ -220,6 +228,8 @@ class Replicator:
                 break
         if not answered:
             raise LookupFailed(f"no holder of key {key:x} answered")
+        if self.guard is not None and collected:
+            collected = yield self.guard.accept(collected, "fetch")
         if not collected and not vouched:
             # Nobody who answered could vouch for the key (our view of who
             # holds it may be off for a moment after a failure): a miss here
@@ -229,10 +239,21 @@ class Replicator:
 
     # ------------------------------------------------- answering other nodes
 
-    def take(self, records: Sequence[Record]) -> int:
+    def take(self, records: Sequence[Record], origin: str = "store") -> int:
         """Merge records another node (or our own write) hands us: how many were new."""
-        # The security work verifies signatures here, before anything is kept.
-        return self.store.put_many(records)
+        if self.guard is None:
+            return self.store.put_many(records)
+        decided: list = []
+        d = self.guard.accept(records, origin).addCallback(self.store.put_many)
+        d.addBoth(decided.append)
+        if decided:
+            if isinstance(decided[0], Failure):
+                decided[0].raiseException()
+            return decided[0]
+        # The check reads the ring (a domain's record, a user's key): answer
+        # now, not after the caller's call timed out; what passes is kept later.
+        d.addErrback(self.jobs.log_failure, "checking records")
+        return 0
 
     def answer_fetch(self, key: int, kind: str | None) -> FetchResult:
         lo = ids.add(key, -1, self.config.m)
@@ -317,7 +338,7 @@ class Replicator:
             self.table.failed(peer.address)
             return None
         if result.records:
-            self.store.put_many(result.records)
+            yield self.take(result.records, "sync")
             self.repairs += len(result.records)
         if result.wanted:
             give = [r for r in (self.store.entry(e) for e in result.wanted) if r is not None]

@@ -34,6 +34,7 @@ from .errors import NotRunning
 from .ringtls import Refusals, RingTLS
 from .identity import load_or_create_key, public_key_bytes
 from .node import ChordNode
+from .recordguard import RecordGuard, guard_for
 from .store import SQLiteRecordStore
 from .tuning import NodeConfig
 
@@ -126,6 +127,8 @@ class OverlayService(Service):
         self.m = m
         self.keys = key_scheme(settings, m)
         self.node: ChordNode | None = None
+        #: signs this node's records and checks others' (made at start)
+        self.guard: RecordGuard | None = None
         self.ready: defer.Deferred = defer.Deferred()
         self._port: Any = None
         self._factory: OverlayServerFactory | None = None
@@ -199,7 +202,8 @@ class OverlayService(Service):
             if chosen:
                 log.warn(CHOSEN_IDS_WARNING, name=self.name)
             trust = OpenRingTrust(NodeSigner(key, home), chosen, int(settings.get("domain_bits", 32)))
-        self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds)
+        self.guard = guard_for(settings, tls, state_dir, self.keys, self.reactor)
+        self._store = SQLiteRecordStore(os.path.join(state_dir), self.reactor.seconds, self.guard.check_stored)
         if tls is not None:
             self._factory = OverlayServerFactory(certified=tls.certified_id, refusals=tls.refusals)
             listening: Any = tls.server_factory(self._factory, self.reactor)
@@ -228,6 +232,7 @@ class OverlayService(Service):
             node_config(settings, self.m),
             writer=ids.format_id(nid, self.m),
             trust=trust,
+            guard=self.guard,
         )
         self._rpc.local = self.node.peer
         self._factory.node = self.node

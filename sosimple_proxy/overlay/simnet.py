@@ -171,10 +171,13 @@ class SimCluster:
         loss: float = 0.0,
         proofs: bool = False,
         allow_chosen_ids: bool = False,
+        guards: Callable[[Hashable], Any] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.proofs = proofs
         self.allow_chosen_ids = allow_chosen_ids
+        #: makes each new node's record guard (signing and checking), if given
+        self.guards = guards
         self.clock = SimClock()
         self.net = SimNetwork(self.clock, seed, latency, loss)
         self.config = config or NodeConfig(stabilize_interval=1.0)
@@ -227,6 +230,7 @@ class SimCluster:
             self.config,
             random.Random(self.rng.getrandbits(64)),
             trust=trust,
+            guard=self.guards(address) if self.guards is not None else None,
         )
         self.net.add(address, node)
         self.nodes[address] = node

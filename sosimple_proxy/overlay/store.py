@@ -188,6 +188,7 @@ CREATE TABLE IF NOT EXISTS records (
     owner_key_id BLOB NOT NULL,
     signature BLOB NOT NULL,
     deleted INTEGER NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (key, kind, entry)
 )
 """
@@ -202,21 +203,29 @@ def _hex(key: int) -> str:
 class SQLiteRecordStore(MemoryRecordStore):
     """The memory store, written through to ``records.sqlite`` in a directory.
 
-    Records that expired while the node was down are dropped at load.
-    Sequence numbers must fit SQLite's 64-bit INTEGER, which microsecond
-    clocks stay far inside.
+    Records that expired while the node was down are dropped at load, and
+    so is every record ``check`` refuses (it returns why): the disk is not
+    trusted more than the network, so a record edited there is not served,
+    and the ring's syncs bring the true version back.  Sequence numbers must
+    fit SQLite's 64-bit INTEGER, which microsecond clocks stay far inside.
     """
 
     FILENAME = "records.sqlite"
 
-    def __init__(self, directory: str, now: Callable[[], float]) -> None:
+    def __init__(
+        self, directory: str, now: Callable[[], float], check: Callable[[Record], str | None] | None = None
+    ) -> None:
         super().__init__(now)
+        self._check = check
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, self.FILENAME)
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "name" not in columns:  # a store written before records carried names
+            self._db.execute("ALTER TABLE records ADD COLUMN name TEXT NOT NULL DEFAULT ''")
         self._load()
 
     def _load(self) -> None:
@@ -224,22 +233,38 @@ class SQLiteRecordStore(MemoryRecordStore):
         with self._db:
             dropped = self._db.execute("DELETE FROM records WHERE expires <= ?", (now,)).rowcount
             rows = self._db.execute(
-                "SELECT key, kind, entry, writer, value, expires, seq, owner_key_id, signature, deleted FROM records"
+                "SELECT key, kind, entry, writer, value, expires, seq, owner_key_id, signature, deleted, name FROM records"
             ).fetchall()
         kept = 0
-        for key, kind, entry, writer, value, expires, seq, okid, sig, deleted in rows:
+        bad: list[tuple[str, str, str]] = []
+        for key, kind, entry, writer, value, expires, seq, okid, sig, deleted, name in rows:
             try:
-                record = Record(int(key, 16), kind, entry, writer, bytes(value), expires, seq, bytes(okid), bytes(sig), bool(deleted))
+                record = Record(
+                    int(key, 16), kind, entry, writer, bytes(value), expires, seq, bytes(okid), bytes(sig), bool(deleted), name
+                )
+                why = self._check(record) if self._check is not None else None
             except ValueError as e:
-                log.warn("overlay store {path}: skipping a bad row: {error}", path=self.path, error=str(e))
+                why = str(e)
+            if why is not None:
+                bad.append((key, kind, entry))
+                log.warn(
+                    "overlay store {path}: dropping the stored record {kind} {entry!r} at key {key}: {why}",
+                    path=self.path, kind=kind, entry=entry, key=key, why=why,
+                )
                 continue
             kept += self._insert(record)
-        log.info("overlay store {path}: loaded {kept} records, dropped {dropped} expired", path=self.path, kept=kept, dropped=dropped)
+        if bad:
+            with self._db:
+                self._db.executemany("DELETE FROM records WHERE key = ? AND kind = ? AND entry = ?", bad)
+        log.info(
+            "overlay store {path}: loaded {kept} records, dropped {dropped} expired and {bad} that failed verification",
+            path=self.path, kept=kept, dropped=dropped, bad=len(bad),
+        )
 
     def _saved(self, record: Record) -> None:
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     _hex(record.key),
                     record.kind,
@@ -251,6 +276,7 @@ class SQLiteRecordStore(MemoryRecordStore):
                     record.owner_key_id,
                     record.signature,
                     int(record.deleted),
+                    record.name,
                 ),
             )
 

@@ -116,7 +116,8 @@ class RingUserData:
         new = name not in held
         if new and len(held) >= max_names:
             raise TooManyNames(f"{aor} already holds {len(held)} names, the limit is {max_names}")
-        yield node.put_value(key, KIND, value, TTL, entry=name)
+        # named by the AoR: only a node of her domain (or her key) may write it (entitlement.py)
+        yield node.put_value(key, KIND, value, TTL, entry=name, name=aor)
         return new
 
     @defer.inlineCallbacks

@@ -59,7 +59,7 @@ class _Writer:
 
     def record(self, r: Record) -> _Writer:
         self.int(r.key).str(r.kind).str(r.entry).str(r.writer).raw(r.value).float(r.expires).int(r.seq)
-        return self.raw(r.owner_key_id).raw(r.signature).bool(r.deleted)
+        return self.raw(r.owner_key_id).raw(r.signature).bool(r.deleted).str(r.name)
 
     def records(self, records: Sequence[Record]) -> _Writer:
         self.int(len(records))
@@ -128,7 +128,8 @@ class _Reader:
     def record(self) -> Record:
         key, kind, entry, writer, value = self.int(), self.str(), self.str(), self.str(), self.raw()
         expires, seq = self.float(), self.int()
-        return Record(key, kind, entry, writer, value, expires, seq, self.raw(), self.raw(), self.bool())
+        okid, sig, deleted = self.raw(), self.raw(), self.bool()
+        return Record(key, kind, entry, writer, value, expires, seq, okid, sig, deleted, self.str())
 
     def records(self) -> tuple[Record, ...]:
         return tuple(self.record() for _ in range(self.count()))
@@ -145,7 +146,7 @@ def _done(reader: _Reader, value):
 
 def record_size(r: Record) -> int:
     """About how many bytes a record takes encoded (for batching)."""
-    return 80 + len(r.kind) + len(r.entry) + len(r.writer) + len(r.value) + len(r.owner_key_id) + len(r.signature)
+    return 84 + len(r.kind) + len(r.entry) + len(r.writer) + len(r.value) + len(r.owner_key_id) + len(r.signature) + len(r.name)
 
 
 # -- the bodies, one pair per message

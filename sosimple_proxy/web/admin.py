@@ -13,6 +13,13 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
   addition to the contract, for checking where copies are);
 - ``GET /registrations``: this proxy's own users, from its binding table
   (``registrations.py``); ``GET /registrations/{aor}`` asks the ring;
+- ``GET /domains/{domain}``: the domain record (the node keys that may
+  write the domain's registrations); ``POST /authorize/{domain}`` (body: a
+  key fingerprint) adds a key, ``POST /rebind/{domain or AoR}`` (body: key
+  fingerprints, one a line) replaces the domain's keys or sets the user's
+  public key, both signed by this node's key; ``PUT /rebind/{name}`` (body:
+  a record already signed, by the CA say, wire-encoded) stores it as it is
+  (``sosimple authorize``/``rebind``; the overlay's ``recordguard.py``);
 - ``GET /limits``: the banned sources; ``DELETE /limits/banned/{address}``
   lifts a ban (the limiter comes from the composition root as an
   ``ILimitsView``; without one nobody is banned);
@@ -46,7 +53,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from sosimple_proxy.location import regrecord
-from sosimple_proxy.overlay import ids
+from sosimple_proxy.overlay import domainrecords, ids, wire
+from sosimple_proxy.overlay.recordguard import Refused
 from sosimple_proxy.overlay.messages import Peer
 from sosimple_proxy.overlay.node import ChordNode, LookupFailed, NotRunning, OverlayError, StoreFailed
 from sosimple_proxy.security.limits import ILimitsView
@@ -214,6 +222,9 @@ class AdminAPI(Resource):
             "locate": {"GET": self.locate},
             "records": {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
             "registrations": {"GET": self.registrations},
+            "domains": {"GET": self.domain_view},
+            "authorize": {"POST": self.authorize},
+            "rebind": {"POST": self.rebind, "PUT": self.put_signed},
         }
         if head == "limits":
             return await self._limits_route(method, rest, request)
@@ -238,7 +249,7 @@ class AdminAPI(Resource):
         if getattr(request, "too_large", False):
             raise ApiError(413, f"the body is over the limit of {self.max_value} bytes")
         name = self._name(rest)
-        if head == "records":
+        if head in ("records", "authorize", "rebind"):
             return await handler(name, request)
         return await handler(name)
 
@@ -437,6 +448,85 @@ class AdminAPI(Resource):
         if self.limits is None or not self.limits.unban(address):
             raise ApiError(404, f"{address} is not banned")
         return 204, {}, b"", ""
+
+    # ------------------------------------------- domain and user keys (issue 11)
+
+    def _guard(self, node: ChordNode) -> Any:
+        guard = getattr(node, "guard", None)
+        if guard is None or guard.signer is None:
+            raise ApiError(503, "this node does not sign records")
+        return guard
+
+    async def domain_view(self, name: str) -> tuple:
+        node = self._node()
+        guard = self._guard(node)
+        record = await guard.domain_record(name)
+        if record is None:
+            raise ApiError(404, f"{name} has no domain record")
+        listed = domainrecords.decode(record.value)
+        body = {
+            "domain": listed.domain,
+            "keys": list(listed.keys),
+            "expires": int(record.expires - node.clock.seconds()),
+            "this_node": guard.signer.fingerprint,
+        }
+        return 200, {}, _json(body), "application/json"
+
+    def _keys_in(self, request: server.Request) -> list[str]:
+        request.content.seek(0)
+        words = request.content.read(64 * 1024).decode("utf-8", "replace").split()
+        if not words:
+            raise ApiError(400, "the body names no key fingerprint")
+        return words
+
+    async def authorize(self, name: str, request: server.Request) -> tuple:
+        """``sosimple authorize DOMAIN --key F``: F may write DOMAIN's registrations."""
+        node = self._node()
+        guard = self._guard(node)
+        try:
+            record = await guard.change_domain(name, add=self._keys_in(request))
+        except Refused as e:
+            raise ApiError(403, str(e)) from None
+        return 200, {}, _json({"domain": name, "keys": list(domainrecords.decode(record.value).keys)}), "application/json"
+
+    async def rebind(self, name: str, request: server.Request) -> tuple:
+        """``sosimple rebind NAME --key F``: a domain's keys become F (and any
+        other given), or the user NAME's public key becomes F."""
+        node = self._node()
+        guard = self._guard(node)
+        keys = self._keys_in(request)
+        if "@" not in name:
+            try:
+                record = await guard.change_domain(name, replace=keys)
+            except Refused as e:
+                raise ApiError(403, str(e)) from None
+            return 200, {}, _json({"domain": name, "keys": list(domainrecords.decode(record.value).keys)}), "application/json"
+        aor = regrecord.canonical_aor(name)
+        if len(keys) != 1:
+            raise ApiError(400, "a user has one public key")
+        key = self._key(aor)
+        value = keys[0].encode()
+        await node.put_value(key, domainrecords.PUBLICKEY, value, domainrecords.USER_KEY_TTL, name=aor)
+        got = await node.get(key, domainrecords.PUBLICKEY)
+        if not got or got[0].value != value:
+            raise ApiError(403, f"the ring refused the new key of {aor}: this node is not entitled to {aor.rpartition('@')[2]}")
+        return 200, {}, _json({"aor": aor, "key": keys[0]}), "application/json"
+
+    async def put_signed(self, name: str, request: server.Request) -> tuple:
+        """A record signed elsewhere (the CA's ``sosimple rebind``), stored as it is."""
+        node = self._node()
+        guard = self._guard(node)
+        request.content.seek(0)
+        try:
+            (record,) = wire.decode_records(request.content.read(self.max_value + 4096))
+        except ValueError as e:
+            raise ApiError(400, f"not one encoded record: {e}") from None
+        if record.name != name or not record.signature:
+            raise ApiError(400, f"not a signed record named {name!r}")
+        if not await guard.accept([record], "fetch"):
+            raise ApiError(403, "the record is refused (this node's log says why)")
+        await node.put(record)
+        return 201, {}, _json({"name": name, "seq": record.seq}), "application/json"
 
 
 def _flag(request: server.Request, name: bytes) -> bool:

@@ -158,7 +158,10 @@ class CARingTests(unittest.TestCase):
         key = first.keys.key("alice@example.com")
         rec = Record(key, "blob", "", "t", b"hello", reactor.seconds() + 600, 1)
         yield b.put(rec)
-        self.assertEqual((yield c.get(key)), [rec])
+        got = yield c.get(key)
+        # it comes back as b wrote it, signed with b's node certificate
+        self.assertEqual([(r.value, r.seq) for r in got], [(rec.value, rec.seq)])
+        self.assertEqual(got[0].owner_key_id, b.guard.signer.credential)
         # every pooled connection is TLS with the peer's node certificate
         for service in self.services:
             for proto in service._rpc._open.values():

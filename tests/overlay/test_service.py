@@ -61,7 +61,8 @@ class ServiceTests(unittest.TestCase):
         # ring settled first
         yield until(lambda: ring_settled([a, b]), 20, what="a ring of two to settle")
         key = first.keys.key("alice@example.com")
-        rec = Record(key, "blob", "", "t", b"hello", reactor.seconds() + 600, 1)
+        # a's guard signs what it writes: the ring holds the signed version
+        rec = first.guard.signer.sign(Record(key, "blob", "", "t", b"hello", reactor.seconds() + 600, 1))
         yield a.put(rec)
         got = yield b.get(key)
         self.assertEqual(got, [rec])

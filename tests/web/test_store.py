@@ -193,7 +193,8 @@ class SignatureTests(StoreTestBase):
         self.key = Ed25519PrivateKey.generate()
         public = self.key.public_key().public_bytes_raw()
         # alice's key record in the ring, under her AoR's key
-        yield self.node.put_value(self.ring.keys.key(ALICE), userdata.KEY_KIND, public.hex().encode(), 600)
+        # a key record names its AoR (who may write it depends on it: overlay/entitlement.py)
+        yield self.node.put_value(self.ring.keys.key(ALICE), userdata.KEY_KIND, public.hex().encode(), 600, name=ALICE)
 
     @defer.inlineCallbacks
     def test_a_valid_signature_reads_and_writes(self):
