@@ -37,6 +37,7 @@ from OpenSSL import SSL
 
 from sosimple_proxy.security.tls import TLSVerificationError
 
+from . import watch as watching
 from . import wire
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
@@ -110,6 +111,8 @@ Fetch = _command("Fetch")
 Sync = _command("Sync")
 Leave = _command("Leave")
 Fingers = _command("Fingers")
+Watch = _command("Watch")
+WatchNotify = _command("WatchNotify")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -261,6 +264,23 @@ class OverlayProtocol(amp.AMP):
     def answer_fingers(self, body: bytes) -> Any:
         return self._serve(lambda b: wire.encode_peers(self.node.remote_fingers()), body)
 
+    @Watch.responder
+    def answer_watch(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            key, watcher, ttl = watching.decode_watch(b)
+            self._claimed(watcher)  # a node watches for itself only
+            return wire.encode_records(self.node.remote_watch(key, watcher, ttl))
+
+        return self._serve(run, body)
+
+    @WatchNotify.responder
+    def answer_watch_notify(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            self.node.remote_watch_notify(*watching.decode_watch_notify(b))
+            return b""
+
+        return self._serve(run, body)
+
 
 class OverlayServerFactory(Factory):
     """Listening side: every connection answers for ``node``.
@@ -313,7 +333,7 @@ def _batches(records: Sequence[Any], limit: int) -> list[list[Any]]:
     return out
 
 
-@implementer(IOverlayRPC)
+@implementer(IOverlayRPC, watching.IWatchRPC)
 class AMPRPC:
     """Calls to other nodes over pooled AMP connections.
 
@@ -460,6 +480,13 @@ class AMPRPC:
 
     def fingers(self, address: Hashable) -> defer.Deferred:
         return self._call(address, Fingers, b"", wire.decode_peers)
+
+    # -- IWatchRPC
+    def watch(self, address: Hashable, key: int, watcher: Peer, ttl: float) -> defer.Deferred:
+        return self._call(address, Watch, watching.encode_watch(key, watcher, ttl), wire.decode_records)
+
+    def watch_notify(self, address: Hashable, key: int, records: Sequence[Any]) -> defer.Deferred:
+        return self._call(address, WatchNotify, watching.encode_watch_notify(key, records), lambda b: None)
 
 
 __all__ = [

@@ -152,6 +152,8 @@ class SimRPC:
     sync = _forward("sync")
     leave = _forward("leave")
     fingers = _forward("fingers")
+    watch = _forward("watch")
+    watch_notify = _forward("watch_notify")
 
 
 class SimCluster:
