@@ -69,6 +69,8 @@ class Subscription:
     #: (Subscription-State, body) of every NOTIFY received, in order
     notifies: list[tuple[str, str]] = attrs.field(factory=list)
     notify_status: int | None = None
+    #: NOTIFYs that arrived, answered 200 or not
+    received: int = 0
 
     @property
     def basic(self) -> str | None:
@@ -122,6 +124,8 @@ class PresenceUA:
             if text.startswith("NOTIFY "):
                 sub = self.subs.get(call_id)
                 status = self.notify_status if sub is None or sub.notify_status is None else sub.notify_status
+                if sub is not None:
+                    sub.received += 1
                 if sub is not None and status == 200:
                     with self._lock:
                         sub.notifies.append((_header(text, "subscription-state") or "", _body(text)))

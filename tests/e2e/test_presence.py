@@ -8,13 +8,13 @@ register or publish at another, and the watcher's NOTIFYs follow within
 from __future__ import annotations
 
 import os
+import secrets
 import signal
-import time
 
 import pytest
 
 from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
-from sosimple_proxy.testing import ProxyProcess, free_port, register_contact, wait_until
+from sosimple_proxy.testing import SIPP, ProxyProcess, free_port, register_contact, run_sipp, wait_until
 from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
 
 RING = 2**DEFAULT_BITS
@@ -42,6 +42,11 @@ def start_ring(count: int, tmp_path, node_ids=None, presence=None) -> list[Proxy
                 "presence": {"min_expires": "1", "notify_interval": "0.2", **(presence or {})},
             }
             procs.append(ProxyProcess(sections, workdir=tmp_path / f"proxy{i}").start())
+        # every proxy has joined the ring: a fetch (Expires: 0) is answered 200, not 480
+        with PresenceUA() as ua:
+            for p in procs:
+                wait_until(lambda: ua.subscribe(p.port, "nobody@example.com", expires=0).status == 200, 20, 0.2,
+                           what="the proxy joined the ring")
     except Exception:
         for p in procs:
             p.stop()
@@ -74,3 +79,191 @@ def test_registration_at_another_proxy_turns_the_watcher_open_then_closed(ring3)
         wait_until(lambda: sub.basic == "open", WINDOW, 0.05, what="open after bob registered at proxy 3")
         assert register_contact(p3.port, "bob@example.com", f"sip:bob@127.0.0.1:{bob_phone.port}", expires=0) == "SIP/2.0 200 OK"
         wait_until(lambda: sub.basic == "closed", WINDOW, 0.05, what="closed after bob de-registered")
+
+
+def _sipp_publish_then_subscribe(note: str) -> str:
+    """sipp as bob's phone publishes a PIDF, then as a watcher subscribes to bob:
+    the NOTIFY that follows must carry the published note."""
+    doc = pidf_document("bob@example.com", "open", note).strip()
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="PUBLISH then SUBSCRIBE">
+  <send retrans="500">
+    <![CDATA[
+PUBLISH sip:bob@example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+Max-Forwards: 70
+From: <sip:bob@example.com>;tag=[pid]SIPpTag00[call_number]
+To: <sip:bob@example.com>
+Call-ID: [call_id]
+CSeq: 1 PUBLISH
+Event: presence
+Expires: 600
+Content-Type: application/pidf+xml
+Content-Length: [len]
+
+{doc}
+    ]]>
+  </send>
+  <recv response="200">
+    <action><ereg regexp="SIP-ETag: *[^ ]+" search_in="msg" check_it="true" assign_to="etag"/></action>
+  </recv>
+  <send retrans="500">
+    <![CDATA[
+SUBSCRIBE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+Max-Forwards: 70
+From: <sip:carol@example.com>;tag=[pid]SIPpTag01[call_number]
+To: <sip:bob@example.com>
+Call-ID: [call_id]
+CSeq: 2 SUBSCRIBE
+Contact: <sip:carol@[local_ip]:[local_port]>
+Event: presence
+Accept: application/pidf+xml
+Expires: 600
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" rrs="true"/>
+  <recv request="NOTIFY">
+    <action><ereg regexp="{note}" search_in="body" check_it="true" assign_to="note"/></action>
+  </recv>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="etag,note"/>
+</scenario>
+"""
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (Debian package sip-tester)")
+def test_sipp_publish_then_subscribe_gets_the_published_pidf(ring3):
+    p1, p2, _ = ring3
+    note = f"sipp-note-{secrets.token_hex(4)}"
+    result = run_sipp(_sipp_publish_then_subscribe(note), f"127.0.0.1:{p2.port}", calls=1, timeout=20, local_port=0)
+    assert result.ok, result
+    # the same document reaches a watcher at another proxy, and the
+    # registration-derived state does not hide it (bob registered nowhere)
+    with PresenceUA() as ua:
+        sub = ua.subscribe(p1.port, "bob@example.com")
+        assert sub.status == 200
+        wait_until(lambda: any(note in body for _, body in sub.notifies), WINDOW, 0.05, what="the published note")
+        assert sub.basic == "open"
+
+
+def test_publish_refresh_modify_remove_and_an_unknown_etag(ring3):
+    p1, p2, p3 = ring3
+    with PresenceUA() as ua:
+        sub = ua.subscribe(p1.port, "dave@example.com")
+        wait_until(lambda: sub.basic == "closed", 10, 0.05)
+        status, etag = ua.publish(p2.port, "dave@example.com", pidf_document("dave@example.com", "open", "at-desk"))
+        assert status == 200 and etag
+        wait_until(lambda: "at-desk" in (sub.notifies[-1][1] if sub.notifies else ""), WINDOW, 0.05)
+        # a second device publishes too: both tuples in one document
+        status2, etag2 = ua.publish(p3.port, "dave@example.com", pidf_document("dave@example.com", "open", "on-phone"))
+        assert status2 == 200
+        wait_until(lambda: "on-phone" in sub.notifies[-1][1] and "at-desk" in sub.notifies[-1][1], WINDOW, 0.05)
+        # a refresh (no body) gets a new entity-tag; the old one is gone
+        status, refreshed = ua.publish(p2.port, "dave@example.com", etag=etag)
+        assert status == 200 and refreshed and refreshed != etag
+        assert ua.publish(p2.port, "dave@example.com", etag=etag)[0] == 412
+        # modify, then remove
+        status, etag = ua.publish(
+            p2.port, "dave@example.com", pidf_document("dave@example.com", "closed", "gone-home"), etag=refreshed
+        )
+        assert status == 200
+        wait_until(lambda: "gone-home" in sub.notifies[-1][1], WINDOW, 0.05)
+        assert ua.publish(p1.port, "dave@example.com", etag=etag, expires=0)[0] == 200
+        assert ua.publish(p1.port, "dave@example.com", etag=etag2, expires=0)[0] == 200
+        # nothing published, nothing registered: closed, from the registrations
+        wait_until(lambda: "gone-home" not in sub.notifies[-1][1] and sub.basic == "closed", WINDOW, 0.05)
+        # only the presentity publishes its presence
+        assert ua.publish(p1.port, "dave@example.com", pidf_document("dave@example.com"), publisher="eve@example.com")[0] == 403
+
+
+def test_subscribe_answers_expires_bounds_unknown_events_and_unknown_dialogs(ring3):
+    p1, _, _ = ring3
+    with PresenceUA() as ua:
+        short = ua.subscribe(p1.port, "bob@example.com", expires=0)  # a fetch: one NOTIFY, terminated
+        assert short.status == 200
+        wait_until(lambda: short.notifies, 10, 0.05)
+        assert short.notifies[0][0].startswith("terminated")
+        # an event package we do not serve, addressed to the proxy itself: 489
+        bad = ua.subscribe(p1.port, "bob@example.com", event="no-such-package", ruri=f"sip:127.0.0.1:{p1.port}")
+        assert bad.status == 489
+        # a refresh of a dialog the proxy does not hold: 481
+        ghost = ua.subscribe(p1.port, "bob@example.com", expires=600)
+        assert ghost.status == 200
+        ghost.to_tag = "not-ours"
+        assert ua.refresh(ghost) == 481
+        # unsubscribing ends it with a last NOTIFY
+        sub = ua.subscribe(p1.port, "bob@example.com")
+        wait_until(lambda: sub.notifies, 10, 0.05)
+        assert ua.refresh(sub, expires=0) == 200
+        wait_until(lambda: sub.last_state.startswith("terminated"), 10, 0.05)
+
+
+def test_200_watchers_through_three_proxies_all_get_the_change_and_a_refusing_watcher_is_dropped(ring3):
+    with PresenceUA() as ua, PresenceUA(notify_status=481) as refuser, PresenceUA() as phone:
+        subs = [ua.subscribe(ring3[i % 3].port, "frank@example.com", watcher=f"w{i}@example.com") for i in range(200)]
+        assert all(s.status == 200 for s in subs), [s.status for s in subs if s.status != 200][:5]
+        wait_until(lambda: all(s.basic == "closed" for s in subs), 30, 0.1, what="every first NOTIFY")
+        refused = refuser.subscribe(ring3[1].port, "frank@example.com", watcher="nosy@example.com")
+        assert refused.status == 200
+        wait_until(lambda: refused.received >= 1, 10, 0.05, what="the NOTIFY the watcher refuses")
+        assert register_contact(ring3[2].port, "frank@example.com", f"sip:frank@127.0.0.1:{phone.port}") == "SIP/2.0 200 OK"
+        wait_until(
+            lambda: all(s.basic == "open" for s in subs),
+            30,
+            0.1,
+            what=lambda: f"{sum(s.basic == 'open' for s in subs)}/200 watchers saw frank open",
+        )
+        # the refusing watcher lost its subscription: no NOTIFY for the change, and its refresh is unknown
+        assert refused.received == 1
+        assert refuser.refresh(refused) == 481
+
+
+def test_the_ring_node_holding_bobs_records_dies_and_presence_carries_on(tmp_path):
+    key = KeyScheme("flat", DEFAULT_BITS).key("bob@example.com")
+    # the second proxy is responsible for bob's key; the others come after it
+    ids = [(key - 2**150) % RING, key, (key + 2**150) % RING, (key + 2**151) % RING]
+    procs = start_ring(4, tmp_path, node_ids=ids)
+    watcher_proxy, holder, publisher_proxy, other = procs
+    try:
+        with PresenceUA() as ua:
+            status, etag = ua.publish(publisher_proxy.port, "bob@example.com", pidf_document("bob@example.com", "open", "before"))
+            assert status == 200
+            sub = ua.subscribe(watcher_proxy.port, "bob@example.com")
+            wait_until(lambda: sub.notifies and "before" in sub.notifies[-1][1], WINDOW, 0.05)
+            kill(holder)
+            # a new SUBSCRIBE through another proxy still gets bob's state (the replicas)
+            fresh = ua.subscribe(other.port, "bob@example.com")
+            assert fresh.status == 200
+            wait_until(lambda: fresh.notifies and "before" in fresh.notifies[-1][1], 15, 0.05)
+            # the existing subscription keeps getting NOTIFYs
+            status, etag = ua.publish(
+                publisher_proxy.port, "bob@example.com", pidf_document("bob@example.com", "open", "after"), etag=etag
+            )
+            assert status == 200
+            wait_until(lambda: "after" in sub.notifies[-1][1], 15, 0.05, what="the old subscription hears the change")
+            wait_until(lambda: "after" in fresh.notifies[-1][1], 15, 0.05, what="the new subscription hears the change")
+            # the notifier itself dies: the watcher's refresh gets no answer,
+            # and a new SUBSCRIBE through a proxy that runs re-creates it
+            # (README, "Presence": what happens when the notifier dies)
+            kill(watcher_proxy)
+            assert ua.refresh(sub, timeout=3) is None
+            again = ua.subscribe(other.port, "bob@example.com")
+            assert again.status == 200
+            wait_until(lambda: again.notifies and "after" in again.notifies[-1][1], 15, 0.05)
+    finally:
+        for p in procs:
+            p.stop()
