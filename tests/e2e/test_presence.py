@@ -8,13 +8,14 @@ register or publish at another, and the watcher's NOTIFYs follow within
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 
 import pytest
 
 from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
-from sosimple_proxy.testing import SIPP, ProxyProcess, free_port, register_contact, run_sipp, wait_until
+from sosimple_proxy.testing import BARESIP, SIPP, Baresip, ProxyProcess, free_port, register_contact, run_sipp, wait_until
 from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
 
 RING = 2**DEFAULT_BITS
@@ -267,3 +268,30 @@ def test_the_ring_node_holding_bobs_records_dies_and_presence_carries_on(tmp_pat
     finally:
         for p in procs:
             p.stop()
+
+
+def _baresip_status(phone, contact: str) -> str:
+    """Online/Offline/Unknown, as baresip's presence module shows a contact."""
+    data = re.sub(r"\x1b\[[0-9;]*m", "", phone.command("contacts")["data"])
+    line = next((line for line in data.splitlines() if contact in line), "")
+    words = line.replace(">", " ").split()
+    return words[0] if words else ""
+
+
+@pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (Debian package baresip)")
+def test_baresip_watches_bob_who_registers_at_another_proxy(ring3):
+    p1, _, p3 = ring3
+    with Baresip(
+        "alice", p1.port, contacts=['"Bob" <sip:bob@example.com>;presence=p2p'], extra_config=["module_app presence.so"]
+    ) as alice:
+        # alice's presence module subscribes through proxy 1: bob is not registered
+        wait_until(lambda: alice.received("NOTIFY"), 15, 0.1, what="the first NOTIFY to baresip")
+        assert _baresip_status(alice, "sip:bob@example.com") == "Offline"
+        bob = Baresip("bob", p3.port).start()
+        try:
+            wait_until(lambda: _baresip_status(alice, "sip:bob@example.com") == "Online", WINDOW, 0.1,
+                       what="baresip shows bob online")
+        finally:
+            bob.stop()  # baresip unregisters on quit
+        wait_until(lambda: _baresip_status(alice, "sip:bob@example.com") == "Offline", WINDOW, 0.1,
+                   what="baresip shows bob offline")
