@@ -150,6 +150,7 @@ class RingLocator:
         cache_ttl: float = 300.0,
         cache_size: int = 10000,
         watch_cache: bool = True,
+        watch_limit: int = 1000,
     ) -> None:
         self.name = name
         self.overlay = overlay
@@ -168,6 +169,9 @@ class RingLocator:
         # (overlay/watch.py): a registration changed at any proxy updates or
         # drops the cached answer within a second or two, not at its TTL.
         self.watch_cache = watch_cache
+        # each watch costs a lookup per stabilisation round: beyond this many
+        # cached AoRs, the rest rely on their TTL and on failed targets
+        self.watch_limit = watch_limit
         self._watches: dict[str, Any] = {}
 
     def locate(self, uri: Any) -> LocateResult:
@@ -250,7 +254,7 @@ class RingLocator:
     # -- keeping the cache fresh
 
     def _watch(self, aor: str) -> None:
-        if not self.watch_cache or aor in self._watches:
+        if not self.watch_cache or aor in self._watches or len(self._watches) >= self.watch_limit:
             return
         node = getattr(self.overlay, "node", None)
         if node is None or not hasattr(node, "watch"):

@@ -211,6 +211,11 @@ def test_subscribe_answers_expires_bounds_unknown_events_and_unknown_dialogs(rin
         wait_until(lambda: sub.notifies, 10, 0.05)
         assert ua.refresh(sub, expires=0) == 200
         wait_until(lambda: sub.last_state.startswith("terminated"), 10, 0.05)
+        # a notifier that stops tells its watchers so (RFC 6665 4.2.2: they may subscribe again at once)
+        kept = ua.subscribe(p1.port, "bob@example.com")
+        wait_until(lambda: kept.notifies, 10, 0.05)
+        p1.stop()
+        wait_until(lambda: kept.last_state == "terminated;reason=deactivated", 5, 0.05)
 
 
 def test_200_watchers_through_three_proxies_all_get_the_change_and_a_refusing_watcher_is_dropped(ring3):
