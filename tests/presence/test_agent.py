@@ -309,3 +309,13 @@ def test_presence_config_values():
     with pytest.raises(ConfigError) as info:
         parse_config("[presence]\nmin_expires = 600\nmax_expires = 60\n")
     assert str(info.value).startswith("site.ini: [presence] min_expires: ")
+
+
+def test_with_digest_in_force_only_the_authenticated_presentity_publishes(setup):
+    cluster, agent, sender = setup
+    agent.authenticating = True
+    # the From alone proves nothing once passwords are in force
+    assert handle(cluster, agent, publish(DOC)).status == 403
+    assert handle(cluster, agent, publish(DOC), user="alice").status == 403
+    assert handle(cluster, agent, publish(DOC), user="bob").status == 200
+    assert handle(cluster, agent, publish(DOC, frm="gw@example.com"), trusted=True).status == 200
