@@ -251,6 +251,15 @@ ADMIN: Schema = {
     "users_file": (_text, ""),
     "realm": (_text, "sosimple-admin"),
 }
+STORE: Schema = {
+    # empty: /store is served on the admin listener; a non-loopback one needs
+    # certificate and key (HTTPS only, _check_store)
+    "listen": (_endpoint, ""),
+    "certificate": (_text, ""),
+    "key": (_text, ""),
+    "max_value": (_int(1, 16 * 1024 * 1024), "65536"),
+    "max_names": (_int(1, 100_000), "100"),
+}
 
 PRESENCE: Schema = {
     # the presence agent (RFC 3856) for our users; no: SUBSCRIBE/PUBLISH
@@ -278,6 +287,7 @@ SCHEMAS: dict[str, Schema] = {
     "admin": ADMIN,
     # Its parsers and defaults live with the limiter (security/limits.py).
     "limits": LIMITS_SCHEMA,
+    "store": STORE,
     "presence": PRESENCE,
 }
 PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
@@ -450,6 +460,16 @@ def _check_admin(cfg: Config) -> None:
         raise ConfigError("admin", e.key, e.problem) from None
 
 
+def _check_store(cfg: Config) -> None:
+    """[store]: its own listener is HTTPS off loopback; the rules are web/store.py's."""
+    from sosimple_proxy.web.store import StoreSetupError, check_store_settings
+
+    try:
+        check_store_settings(cfg.sections["store"])
+    except StoreSetupError as e:
+        raise ConfigError("store", e.key, e.problem) from None
+
+
 def _check_did(cfg: Config) -> None:
     """[did]: each key a number the dial plan reads, each value a SIP AoR."""
 
@@ -509,6 +529,7 @@ def parse_config(text: str, path: str = "site.ini") -> Config:
     cfg = Config(path=path, sections=sections, warnings=warnings)
     _cross_checks(cfg)
     _check_admin(cfg)
+    _check_store(cfg)
     return cfg
 
 

@@ -27,7 +27,7 @@ import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config, ConfigError, tls_config
+from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -51,7 +51,7 @@ from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
-from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.providers import ProviderParts, build_providers, gateways_of
 from sosimple_proxy.reloads import Reloads
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.limits import Limits, LimitsConfig
@@ -179,15 +179,24 @@ class Security:
     digest: DigestAuthenticator | None
 
 
-def gateway_matcher(gateways: Sequence[Any]) -> Callable[[Any], bool]:
-    """Does a URI name one of the gateways (host and port)?"""
-    addresses = {(routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in gateways}
+def gateway_matcher(gateways: Callable[[], Sequence[Any]]) -> Callable[[Any], bool]:
+    """Does a URI name one of the gateways (host and port)?  ``gateways()``
+    is asked each time (SIGHUP may replace the list); the addresses are
+    worked out again only when the list is a new one."""
+    seen: list[Any] = [None, frozenset()]
+
+    def addresses() -> frozenset:
+        current = gateways()
+        if current is not seen[0]:
+            seen[:] = [current, frozenset((routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in current)]
+        return seen[1]
 
     def is_gateway(uri: Any) -> bool:
-        if not addresses or not getattr(uri, "is_sip", False):
+        known = addresses()
+        if not known or not getattr(uri, "is_sip", False):
             return False
         _, host, port = routing.uri_address(uri)
-        return (host.lower(), port) in addresses
+        return (host.lower(), port) in known
 
     return is_gateway
 
@@ -200,7 +209,7 @@ def build_security(
     stack: StackLink,
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
-    gateways: Sequence[Any] = (),
+    gateways: Callable[[], Sequence[Any]] = tuple,
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -251,7 +260,7 @@ def build_security(
         if target.source != "pstn" and dest.host not in trusted:
             copy.headers.remove("P-Asserted-Identity")
 
-    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
@@ -310,7 +319,7 @@ def build_proxy(
         stack,
         secret if secret is not None else os.urandom(32),
         on_auth_failure,
-        gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
+        gateways=(lambda: pstn.gateways.gateways) if isinstance(pstn, PstnLocator) else tuple,
     )
     forwarder = RequestForwarder(
         stack,
@@ -361,6 +370,7 @@ def build_proxy(
             from_domain=addressing.primary or "localhost",
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
+    reloads.append(("routes and gateways", lambda: reload_routes_and_gateways(cfg.path, routes, pstn)))
     return Proxy(
         core,
         registrar,
@@ -410,6 +420,28 @@ def build_presence(
         addressing.is_ours,
         addressing.aor,
         authenticating=security.digest is not None and bool(cfg.section("auth")["required"]),
+    )
+
+
+def reload_routes_and_gateways(path: str, routes: StaticRoutes, pstn: Any) -> None:
+    """SIGHUP: ``[routes]`` and the ``[gateway:NAME]`` sections again from
+    site.ini.  A bad file changes nothing (the one line says why); calls in
+    progress keep the hops they have."""
+    try:
+        new = load_config(path)
+        gateways = gateways_of(new)
+        routes.replace(dict(new.section("routes")))
+    except (ConfigError, ValueError) as e:
+        log.error("SIGHUP: routes and gateways kept as they were: {problem}", problem=str(e))
+        return
+    if isinstance(pstn, PstnLocator):
+        pstn.gateways.replace(gateways)
+    elif gateways:
+        log.warn("SIGHUP: [gateway:...] sections added; restart to start the pstn provider")
+    log.info(
+        "SIGHUP: {routes} routes, {gateways} gateways",
+        routes=len(routes.routes),
+        gateways=len(gateways) if isinstance(pstn, PstnLocator) else 0,
     )
 
 
@@ -466,13 +498,23 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         ring = Ring(reactor, settings, name=f"overlay:{ring_name}", tls=_ring_tls(f"overlay:{ring_name}", settings))
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    # The users' store (/store): on its own [store] listen, else the admin listener's.
+    store, store_svc = None, None
+    if cfg.section("store")["listen"] or cfg.section("admin")["listen"]:
+        store = build_store(cfg, reactor, top.overlay)  # type: ignore[attr-defined]
+    if cfg.section("store")["listen"]:
+        from sosimple_proxy.web.store import store_service
+
+        store_svc = store_service(reactor, dict(cfg.section("store")), store)
+        store_svc.setServiceParent(top)
     admin = None
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
         # GET /limits and DELETE /limits/banned/{address} on the SIP side's
         # limiter (an ILimitsView; None without SIP: nobody is banned)
-        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits)  # type: ignore[attr-defined]
+        on_admin = store if store_svc is None else None
+        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits, on_admin)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
     if cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
@@ -517,10 +559,26 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
             reloads.add(what, action)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+        if store_svc is not None and getattr(store_svc, "tls", None) is not None:
+            reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def build_store(cfg: Config, reactor: Any, ring: Any) -> Any:
+    """The users' store resource (web/store.py) on ``ring``: the users of
+    ``[auth] users_file`` (with the realm's shared nonce secret) may use
+    their own AoRs of our domains; ``[store]``'s limits."""
+    from sosimple_proxy.web.store import store_api, store_credentials
+
+    auth = cfg.section("auth")
+    secret = nonce_secret(cfg) if auth["users_file"] else None
+    credentials = store_credentials(
+        reactor, auth["users_file"], auth["realm"], auth["algorithms"], auth["nonce_ttl"], secret
+    )
+    return store_api(reactor, dict(cfg.section("store")), ring, credentials, our_domains(cfg))
 
 
 def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:
