@@ -11,11 +11,23 @@ import os
 import re
 import secrets
 import signal
+import time
 
 import pytest
 
 from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, format_id
-from sosimple_proxy.testing import BARESIP, SIPP, Baresip, ProxyProcess, free_port, register_contact, run_sipp, wait_until
+from sosimple_proxy.testing import (
+    BARESIP,
+    SIPP,
+    AnsweringUA,
+    Baresip,
+    ProxyProcess,
+    free_port,
+    register_contact,
+    run_sipp,
+    send_message,
+    wait_until,
+)
 from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
 
 RING = 2**DEFAULT_BITS
@@ -300,3 +312,23 @@ def test_baresip_watches_bob_who_registers_at_another_proxy(ring3):
             bob.stop()  # baresip unregisters on quit
         wait_until(lambda: _baresip_status(alice, "sip:bob@example.com") == "Offline", WINDOW, 0.1,
                    what="baresip shows bob offline")
+
+
+def test_a_callers_contact_cache_follows_a_move_to_another_proxy_within_the_window(ring3):
+    """Before watch(key) the caller's proxy kept its cached contact for 5
+    minutes; now a re-registration elsewhere reaches its cache at once."""
+    p1, p2, p3 = ring3
+    with AnsweringUA() as old_phone, AnsweringUA() as new_phone:
+        assert register_contact(p1.port, "gina@example.com", f"sip:gina@127.0.0.1:{old_phone.port}") == "SIP/2.0 200 OK"
+        wait_until(lambda: send_message(p2.port, "gina@example.com", "carol@example.com", "first") == "SIP/2.0 200 OK", 10, 0.2)
+        assert old_phone.received("first")  # proxy 2 has gina's contact cached now
+        # gina's phone moves: off proxy 1, on at proxy 3 with a new contact
+        assert register_contact(p1.port, "gina@example.com", f"sip:gina@127.0.0.1:{old_phone.port}", expires=0) == "SIP/2.0 200 OK"
+        assert register_contact(p3.port, "gina@example.com", f"sip:gina@127.0.0.1:{new_phone.port}") == "SIP/2.0 200 OK"
+        deadline = time.monotonic() + WINDOW
+        n = 0
+        while time.monotonic() < deadline and not new_phone.received("moved-"):
+            n += 1
+            send_message(p2.port, "gina@example.com", "carol@example.com", f"moved-{n}", timeout=1.0)
+            time.sleep(0.1)
+        assert new_phone.received("moved-"), "proxy 2 still sends gina's messages to her old contact"
