@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from typing import Callable
 
@@ -158,6 +159,14 @@ def _hex_id(raw: str) -> str:
     return text
 
 
+def _workers(raw: str) -> int:
+    """``[proxy] workers``: a count of processes, or ``auto`` (one per core)."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return max(1, os.cpu_count() or 1)
+    return _int(1, 64)(text)
+
+
 # --- the schema: section -> key -> (parser, default raw value)
 
 PROXY: Schema = {
@@ -167,6 +176,7 @@ PROXY: Schema = {
     "record_route": (_bool, "yes"),
     "recurse_on_3xx": (_bool, "no"),
     "max_message_size": (_int(1024, 16 * 1024 * 1024), "65536"),
+    "workers": (_workers, "1"),
 }
 SIP: Schema = {
     "t1": (_float(), "0.5"),
@@ -395,6 +405,10 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("presence", "default_expires", "must lie between min_expires and max_expires")
     _check_auth(cfg)
     _check_tls(cfg)
+    if proxy["workers"] > 1:
+        for a in proxy["listen"]:
+            if a.port == 0:
+                raise ConfigError("proxy", "listen", f"{a}: with workers > 1 every address needs its port (not 0)")
 
 
 def _check_auth(cfg: Config) -> None:
