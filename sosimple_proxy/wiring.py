@@ -406,6 +406,12 @@ def build_presence(
         if pres["enabled"]:
             log.info("[presence] needs an [overlay]: SUBSCRIBE/PUBLISH for presence are proxied")
         return None
+    node = getattr(ring, "node", None)
+    if node is not None and not hasattr(node, "watch"):
+        # a worker's ring (workers/remote_ring.py) only reads: the agent
+        # needs watch(key) and writes, which only the ring's own node offers
+        log.warn("[presence]: not served with [proxy] workers (a worker cannot watch the ring); presence is proxied")
+        return None
     sender = RequestSender(stack, HopResolver(rfc3263) if rfc3263 is not None else None)
     settings = PresenceSettings(
         max_subscriptions=pres["max_subscriptions"],
