@@ -235,7 +235,7 @@ class PresenceAgent:
         pres.subs[sub.id] = sub
         if expires == 0:
             # a fetch: one NOTIFY with the state, terminated (RFC 6665 4.4.3)
-            self.clock.callLater(0, self._end, sub, "timeout")
+            self.clock.callLater(0, self._end_when_known, sub, now + self.FETCH_WAIT)
         else:
             sub.timer = self.clock.callLater(expires, self._end, sub, "timeout")
             self._store(sub)
@@ -302,8 +302,8 @@ class PresenceAgent:
     def _kick(self, sub: Subscription) -> None:
         """The watcher is owed a NOTIFY: send it now, or once the one in
         flight is answered and ``notify_interval`` has passed."""
-        if sub.ended:
-            return
+        if sub.ended or sub.expires_at <= self.clock.seconds():
+            return  # ended, or a fetch: its one NOTIFY is the terminated one
         pres = self.presentities.get(sub.presentity)
         if pres is None or pres.body is None or pres.body == sub.last_body:
             return  # the state is not known yet (it comes with the watch), or unchanged
@@ -364,6 +364,16 @@ class PresenceAgent:
             self._kick(sub)
 
     # ------------------------------------------------------------ ending
+
+    #: how long a fetch waits for the presentity's state before answering without it
+    FETCH_WAIT = 2.0
+
+    def _end_when_known(self, sub: Subscription, deadline: float) -> None:
+        pres = self.presentities.get(sub.presentity)
+        if pres is not None and pres.body is None and self.clock.seconds() < deadline:
+            self.clock.callLater(0.05, self._end_when_known, sub, deadline)
+            return
+        self._end(sub, "timeout")
 
     def _end(self, sub: Subscription, reason: str) -> None:
         """A final NOTIFY (RFC 6665 4.2.2: "terminated" with a reason), then gone."""

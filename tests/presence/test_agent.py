@@ -319,3 +319,15 @@ def test_with_digest_in_force_only_the_authenticated_presentity_publishes(setup)
     assert handle(cluster, agent, publish(DOC), user="alice").status == 403
     assert handle(cluster, agent, publish(DOC), user="bob").status == 200
     assert handle(cluster, agent, publish(DOC, frm="gw@example.com"), trusted=True).status == 200
+
+
+def test_a_fetch_gets_the_state_in_one_terminated_notify(setup):
+    cluster, agent, sender = setup
+    register_bob(cluster)
+    response = handle(cluster, agent, subscribe(expires=0))
+    assert response.status == 200 and response.headers.get("expires") == "0"
+    cluster.run(2)
+    (notify,) = sender.notifies()
+    assert notify.headers.get("subscription-state") == "terminated;reason=timeout"
+    assert pidf.basic(notify.body) == ["open"]
+    assert not agent.dialogs
