@@ -142,8 +142,9 @@ class PresenceAgent:
                 if sub is not None:
                     return self._refresh(request, sub)
                 if to_self:
-                    # RFC 6665 4.2.1.2 / RFC 3261 12.2.2: no such dialog here
-                    return make_response(request, 481, "Subscription Does Not Exist")
+                    # another notifier's dialog (it died; the watcher's refresh
+                    # came here): taken over from the ring, or 481
+                    return self._take_over(request, to_tag, frm.tag or "", source)
                 return None
         if to_self:
             if package != EVENT:
@@ -254,7 +255,9 @@ class PresenceAgent:
         if 0 < expires < self.settings.min_expires:
             return make_response(request, 423, "Interval Too Brief", extra=[("Min-Expires", str(self.settings.min_expires))])
         expires = min(expires, self.settings.max_expires)
-        response = make_response(request, 200, "OK", extra=[("Expires", str(expires))])
+        # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1): the 2xx carries our Contact
+        contact = self.sender.contact(getattr(sub.flow, "transport", None) or "udp")
+        response = make_response(request, 200, "OK", extra=[("Expires", str(expires)), ("Contact", contact)])
         if expires == 0:
             # the watcher unsubscribes: a last NOTIFY, terminated (RFC 6665 4.2.1.4)
             self.clock.callLater(0, self._end, sub, "timeout")
@@ -268,6 +271,43 @@ class PresenceAgent:
         sub.last_body = None
         self.clock.callLater(0, self._kick, sub)
         return response
+
+    def _take_over(self, request: Request, to_tag: str, from_tag: str, source: Any) -> Any:
+        """A refresh of a dialog another notifier of the ring kept: if the ring
+        holds that subscription, it becomes ours (our Contact in the 200
+        moves the watcher's later requests here); else 481 (RFC 6665
+        4.1.2.4: the watcher then subscribes anew)."""
+        unknown = make_response(request, 481, "Subscription Does Not Exist")
+        to_uri = parse_to(request.headers.get("to")).uri
+        if not getattr(to_uri, "user", None) or not self.is_ours(to_uri):
+            return unknown
+        presentity = self.aor(to_uri)
+        wanted = "/" + dialog_id(request.call_id or "", to_tag, from_tag)
+        try:
+            d = self.ring.get_subscriptions(presentity)
+        except RingUnavailable:
+            return unknown
+
+        def found(records: list[Any]) -> Response:
+            record = next((r for r in records if r.entry.endswith(wanted)), None)
+            if record is None or self.stopped:
+                return unknown
+            if dialog_id(request.call_id or "", to_tag, from_tag) in self.dialogs:
+                return self._refresh(request, self.dialogs[dialog_id(request.call_id or "", to_tag, from_tag)])
+            try:
+                sub = Subscription.from_json(record.value, request.cseq.seq - 1)
+            except Exception:
+                return unknown
+            sub.flow = self._flow(request, source)
+            log.info("presence: taking over {w}'s subscription to {p} from {old}", w=sub.watcher, p=sub.presentity,
+                     old=record.entry.split("/", 1)[0])
+            self.dialogs[sub.id] = sub
+            self._presentity(presentity).subs[sub.id] = sub
+            sub.timer = self.clock.callLater(max(0.0, sub.expires_at - self.clock.seconds()), self._end, sub, "timeout")
+            self.ring.remove_records([record]).addErrback(lambda f: None)
+            return self._refresh(request, sub)
+
+        return d.addCallbacks(found, lambda f: unknown)
 
     # ------------------------------------------------------------ the state
 

@@ -106,6 +106,30 @@ class Subscription:
         ).encode()
 
 
+    @classmethod
+    def from_json(cls, value: bytes, remote_cseq: int) -> Subscription:
+        """A subscription another notifier stored (:meth:`to_json`), to take over.
+
+        Its NOTIFYs went on after it was stored, so our CSeq starts well
+        above the stored one (RFC 3261 12.2.1.1: it only ever grows)."""
+        d = json.loads(value.decode("utf-8"))
+        return cls(
+            presentity=d["presentity"],
+            watcher=d["watcher"],
+            call_id=d["call_id"],
+            local_tag=d["local_tag"],
+            remote_tag=d["remote_tag"],
+            local_uri=d["local_uri"],
+            remote_uri=d["remote_uri"],
+            remote_target=d["remote_target"],
+            route_set=tuple(d["route_set"]),
+            event_id=d["event_id"],
+            expires_at=float(d["expires"]),
+            remote_cseq=remote_cseq,
+            local_cseq=int(d["cseq"]) + 100_000,
+        )
+
+
 def from_subscribe(
     request: Request, presentity: str, watcher: str, local_tag: str, expires_at: float, flow: Any
 ) -> Subscription:

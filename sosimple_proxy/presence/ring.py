@@ -92,6 +92,11 @@ class PresenceRing:
         )
         return defer.maybeDeferred(node.put, record)
 
+    def get_subscriptions(self, presentity: str) -> defer.Deferred:
+        """Deferred[list[Record]]: the subscriptions to ``presentity`` the ring holds."""
+        node = self.node
+        return defer.maybeDeferred(node.get, self.key(watchers_key_name(presentity)), SUBSCRIPTION)
+
     def remove_subscription(self, presentity: str, entry: str) -> defer.Deferred:
         node = self.node
         return defer.maybeDeferred(node.remove, self.key(watchers_key_name(presentity)), SUBSCRIPTION, entry)

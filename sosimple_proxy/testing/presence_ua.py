@@ -217,19 +217,24 @@ class PresenceUA:
             expires = _header(answer, "expires")
             sub.expires = int(expires) if expires and expires.isdigit() else None
 
-    def refresh(self, sub: Subscription, expires: int = 600, timeout: float = 5.0) -> int | None:
-        """An in-dialog SUBSCRIBE to the notifier's Contact; its status (None: no answer)."""
+    def refresh(self, sub: Subscription, expires: int = 600, timeout: float = 5.0, target: str | None = None) -> int | None:
+        """An in-dialog SUBSCRIBE to the notifier's Contact (or ``target``,
+        say another proxy of the ring); its status (None: no answer).  A
+        Contact in the 200 becomes the dialog's target (a target refresh)."""
         assert sub.target is not None and sub.to_tag is not None
         sub.cseq += 1
-        target = sub.target
+        target = target or sub.target
         m = re.match(r"sips?:(?:[^@]*@)?(\[[^\]]+\]|[^:;>]+):(\d+)", target)
         dest = (m.group(1).strip("[]"), int(m.group(2))) if m else sub.proxy
-        text = self._request("SUBSCRIBE", target, sub, [f"Event: presence", f"Expires: {expires}",
-                                                        f"Contact: <sip:{sub.watcher.split('@')[0]}@{hostport(self.host, self.port)}>"])
+        contact = f"Contact: <sip:{sub.watcher.split('@')[0]}@{hostport(self.host, self.port)}>"
+        text = self._request("SUBSCRIBE", target, sub, ["Event: presence", f"Expires: {expires}", contact])
         answer = self._wait((sub.call_id, sub.cseq, "SUBSCRIBE"), text, dest, timeout)
         if answer is None:
             return None
-        return int(answer.split(" ", 2)[1])
+        status = int(answer.split(" ", 2)[1])
+        if 200 <= status < 300:
+            self._answered(sub, answer)
+        return status
 
     def publish(
         self,

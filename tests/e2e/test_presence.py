@@ -274,14 +274,29 @@ def test_the_ring_node_holding_bobs_records_dies_and_presence_carries_on(tmp_pat
             assert status == 200
             wait_until(lambda: "after" in sub.notifies[-1][1], 15, 0.05, what="the old subscription hears the change")
             wait_until(lambda: "after" in fresh.notifies[-1][1], 15, 0.05, what="the new subscription hears the change")
-            # the notifier itself dies: the watcher's refresh gets no answer,
-            # and a new SUBSCRIBE through a proxy that runs re-creates it
-            # (README, "Presence": what happens when the notifier dies)
+            # the notifier itself dies (README, "Presence": when a notifier dies):
+            # the watcher's refresh to it gets no answer ...
             kill(watcher_proxy)
             assert ua.refresh(sub, timeout=3) is None
+            # ... the refresh sent to another proxy of the ring (as when the
+            # notifier's name now leads there) takes the dialog over from the ring ...
+            heard = len(sub.notifies)
+            assert ua.refresh(sub, target=f"sip:127.0.0.1:{other.port}") == 200
+            assert sub.target == f"sip:127.0.0.1:{other.port}"  # its Contact: the new notifier
+            wait_until(lambda: len(sub.notifies) > heard and "after" in sub.notifies[-1][1], 10, 0.05)
+            status, etag = ua.publish(
+                publisher_proxy.port, "bob@example.com", pidf_document("bob@example.com", "open", "later"), etag=etag
+            )
+            assert status == 200
+            wait_until(lambda: "later" in sub.notifies[-1][1], WINDOW, 0.05, what="the taken-over dialog hears the change")
+            # ... and a refresh of a dialog the ring does not hold is 481: the
+            # watcher subscribes anew through a proxy that runs, and gets the state at once
+            lost = ua.subscribe(publisher_proxy.port, "bob@example.com")
+            lost.call_id += "-unknown"
+            assert ua.refresh(lost, target=f"sip:127.0.0.1:{other.port}") == 481
             again = ua.subscribe(other.port, "bob@example.com")
             assert again.status == 200
-            wait_until(lambda: again.notifies and "after" in again.notifies[-1][1], 15, 0.05)
+            wait_until(lambda: again.notifies and "later" in again.notifies[-1][1], 15, 0.05)
     finally:
         for p in procs:
             p.stop()

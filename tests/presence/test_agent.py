@@ -331,3 +331,30 @@ def test_a_fetch_gets_the_state_in_one_terminated_notify(setup):
     assert notify.headers.get("subscription-state") == "terminated;reason=timeout"
     assert pidf.basic(notify.body) == ["open"]
     assert not agent.dialogs
+
+
+def test_another_notifier_takes_a_stored_dialog_over_on_refresh(setup):
+    cluster, agent, sender = setup
+    response = handle(cluster, agent, subscribe())
+    cluster.run(1)
+    first = sender.notifies()[0]
+    # a second proxy of the ring, whose agent never saw the dialog
+    other_sender = RecordingSender(cluster.clock)
+    other = PresenceAgent(
+        PresenceRing(Member(cluster.joined()[4], cluster.config.m), cluster.clock),
+        cluster.clock,
+        Sender(other_sender.send, lambda transport="udp": "<sip:192.0.2.2:5060>"),
+        agent.settings,
+        is_ours=agent.is_ours,
+        aor=agent.aor,
+    )
+    answer = handle(cluster, other, in_dialog(response), to_self=True)
+    assert answer.status == 200
+    assert answer.headers.get("contact") == "<sip:192.0.2.2:5060>"  # the watcher's requests come here now
+    cluster.run(1)
+    (notify,) = other_sender.notifies()
+    assert notify.call_id == "c1" and notify.from_.tag == response.to.tag and notify.to.tag == "a1"
+    assert notify.cseq.seq > first.cseq.seq
+    # a dialog the ring does not hold: 481
+    ghost = in_dialog(response, call_id="nope")
+    assert handle(cluster, other, ghost, to_self=True).status == 481
