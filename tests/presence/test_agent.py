@@ -20,7 +20,6 @@ from sosimple_proxy.presence.agent import PresenceAgent, PresenceSettings, Sende
 from sosimple_proxy.presence.ring import PresenceRing
 from sosimple_proxy.sip.message import Response
 from sosimple_proxy.sip.parser import parse_message
-from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.testing.ring import run_until_answered, sim_ring
 
 
