@@ -311,10 +311,16 @@ def _baresip_status(phone, contact: str) -> str:
 
 
 @pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (Debian package baresip)")
-def test_baresip_watches_bob_who_registers_at_another_proxy(ring3):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_baresip_watches_bob_who_registers_at_another_proxy(ring3, transport):
+    # over TCP the NOTIFYs go back over alice's own connection
     p1, _, p3 = ring3
     with Baresip(
-        "alice", p1.port, contacts=['"Bob" <sip:bob@example.com>;presence=p2p'], extra_config=["module_app presence.so"]
+        "alice",
+        p1.port,
+        transport=transport,
+        contacts=['"Bob" <sip:bob@example.com>;presence=p2p'],
+        extra_config=["module_app presence.so"],
     ) as alice:
         # alice's presence module subscribes through proxy 1: bob is not registered
         wait_until(lambda: alice.received("NOTIFY"), 15, 0.1, what="the first NOTIFY to baresip")
