@@ -35,7 +35,7 @@ RING = 2**DEFAULT_BITS
 WINDOW = 2.0 + 1.0
 
 
-def start_ring(count: int, tmp_path, node_ids=None, presence=None) -> list[ProxyProcess]:
+def start_ring(count: int, tmp_path, node_ids=None, presence=None, extra=None, ready=(200,)) -> list[ProxyProcess]:
     ports = [free_port("tcp") for _ in range(count)]
     procs: list[ProxyProcess] = []
     try:
@@ -53,12 +53,13 @@ def start_ring(count: int, tmp_path, node_ids=None, presence=None) -> list[Proxy
                 "location": {"order": "local overlay"},
                 "overlay": overlay,
                 "presence": {"min_expires": "1", "notify_interval": "0.2", **(presence or {})},
+                **(extra or {}),
             }
             procs.append(ProxyProcess(sections, workdir=tmp_path / f"proxy{i}").start())
         # every proxy has joined the ring: a fetch (Expires: 0) is answered 200, not 480
         with PresenceUA() as ua:
             for p in procs:
-                wait_until(lambda: ua.subscribe(p.port, "nobody@example.com", expires=0).status == 200, 20, 0.2,
+                wait_until(lambda: ua.subscribe(p.port, "nobody@example.com", expires=0).status in ready, 20, 0.2,
                            what="the proxy joined the ring")
     except Exception:
         for p in procs:
@@ -213,6 +214,12 @@ def test_subscribe_answers_expires_bounds_unknown_events_and_unknown_dialogs(rin
         # an event package we do not serve, addressed to the proxy itself: 489
         bad = ua.subscribe(p1.port, "bob@example.com", event="no-such-package", ruri=f"sip:127.0.0.1:{p1.port}")
         assert bad.status == 489
+        # other event packages are proxied to the phones, as before
+        with AnsweringUA() as henry:
+            assert register_contact(p1.port, "henry@example.com", f"sip:henry@127.0.0.1:{henry.port}") == "SIP/2.0 200 OK"
+            dialog = ua.subscribe(p1.port, "henry@example.com", event="dialog")
+            assert dialog.status == 200
+            assert henry.received("Event: dialog")
         # a refresh of a dialog the proxy does not hold: 481
         ghost = ua.subscribe(p1.port, "bob@example.com", expires=600)
         assert ghost.status == 200
@@ -353,3 +360,21 @@ def test_a_callers_contact_cache_follows_a_move_to_another_proxy_within_the_wind
             send_message(p2.port, "gina@example.com", "carol@example.com", f"moved-{n}", timeout=1.0)
             time.sleep(0.1)
         assert new_phone.received("moved-"), "proxy 2 still sends gina's messages to her old contact"
+
+
+def test_the_edges_digest_rules_apply_to_subscribe_and_publish(tmp_path):
+    from sosimple_proxy.security.users import UserEntry
+
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("bob", "example.com", "hunter2").line() + "\n")
+    users.chmod(0o600)
+    (proxy,) = start_ring(1, tmp_path, extra={"auth": {"users_file": str(users), "algorithms": "MD5"}}, ready=(407,))
+    try:
+        with PresenceUA() as ua:
+            # our users are challenged like for any request
+            assert ua.subscribe(proxy.port, "bob@example.com", watcher="alice@example.com").status == 407
+            assert ua.publish(proxy.port, "bob@example.com", pidf_document("bob@example.com"))[0] == 407
+            # a stranger is not challenged, and the domain policy refuses it
+            assert ua.subscribe(proxy.port, "bob@example.com", watcher="carol@other.test").status == 403
+    finally:
+        proxy.stop()
