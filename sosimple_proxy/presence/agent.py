@@ -31,9 +31,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sosimple_proxy.location.regrecord import canonical_aor
-from sosimple_proxy.presence import pidf
+from sosimple_proxy.presence import pidf, winfo
 from sosimple_proxy.presence.dialog import EVENT, Subscription, dialog_id, event_package, from_subscribe, notify_request
-from sosimple_proxy.presence.ring import PresenceRing, RingUnavailable, allow_list, publications, registered_contacts
+from sosimple_proxy.presence.ring import (
+    PresenceRing,
+    RingUnavailable,
+    allow_list,
+    publications,
+    registered_contacts,
+    subscription_watchers,
+    watchers_key_name,
+)
 from sosimple_proxy.sip.headers import parse_from, parse_to
 from sosimple_proxy.sip.interfaces import IClientTransactionUser
 from sosimple_proxy.sip.message import Request, Response, make_response, new_tag
@@ -41,6 +49,9 @@ from sosimple_proxy.sip.message import Request, Response, make_response, new_tag
 log = Logger()
 
 POLICIES = ("domain", "all", "list")
+#: the event packages the agent serves
+PACKAGES = (EVENT, winfo.PACKAGE)
+CONTENT_TYPES = {EVENT: pidf.CONTENT_TYPE, winfo.PACKAGE: winfo.CONTENT_TYPE}
 
 
 @attrs.frozen
@@ -67,8 +78,9 @@ class Sender:
 class Presentity:
     """A presentity this notifier has subscriptions to: its watch and its document."""
 
-    def __init__(self, aor: str) -> None:
+    def __init__(self, aor: str, package: str = EVENT) -> None:
         self.aor = aor
+        self.package = package
         self.watch: Any = None
         self.records: list[Any] | None = None
         self.body: bytes | None = None
@@ -147,12 +159,13 @@ class PresenceAgent:
                     return self._take_over(request, to_tag, frm.tag or "", source)
                 return None
         if to_self:
-            if package != EVENT:
+            if package not in PACKAGES:
                 # RFC 6665 4.2.1: "... unknown event package ... MUST respond with 489"
-                return make_response(request, 489, "Bad Event", extra=[("Allow-Events", EVENT)])
+                return make_response(request, 489, "Bad Event", extra=[("Allow-Events", ", ".join(PACKAGES))])
             return None
         uri = request.ruri
-        if package != EVENT or not getattr(uri, "user", None) or not self.is_ours(uri):
+        served = PACKAGES if method == "SUBSCRIBE" else (EVENT,)
+        if package not in served or not getattr(uri, "user", None) or not self.is_ours(uri):
             return None
         presentity = self.aor(uri)
         if method == "SUBSCRIBE":
@@ -178,10 +191,12 @@ class PresenceAgent:
             # RFC 6665 4.2.1.1: too short -> 423 with Min-Expires
             return make_response(request, 423, "Interval Too Brief", extra=[("Min-Expires", str(s.min_expires))])
         expires = min(expires, s.max_expires)
+        package, _ = event_package(request.headers.get("event"))
+        ctype = CONTENT_TYPES[package]
         accept = ",".join(request.headers.values("accept")).lower()
-        if accept.strip() and not any(t in accept for t in (pidf.CONTENT_TYPE, "application/*", "*/*")):
-            # RFC 3856 6.7: PIDF is the format every watcher must accept
-            return make_response(request, 406, "Not Acceptable", extra=[("Accept", pidf.CONTENT_TYPE)])
+        if accept.strip() and not any(t in accept for t in (ctype, "application/*", "*/*")):
+            # RFC 3856 6.7: PIDF is the format every watcher must accept (RFC 3857 6.7: watcherinfo)
+            return make_response(request, 406, "Not Acceptable", extra=[("Accept", ctype)])
         if not request.headers.get_all("contact"):
             return make_response(request, 400, "Bad Request: a SUBSCRIBE needs a Contact")
         if expires > 0 and len(self.dialogs) >= s.max_subscriptions:
@@ -191,6 +206,11 @@ class PresenceAgent:
             self.ring.node
         except RingUnavailable:
             return make_response(request, 480, "Temporarily Unavailable: not joined to the ring yet")
+        if package == winfo.PACKAGE:
+            # RFC 3857 5.1: who watches a presentity is the presentity's business
+            if trusted or watcher == presentity:
+                return self._accept(request, presentity, watcher, expires, source)
+            return make_response(request, 403, "Forbidden: only the presentity sees its watchers")
         if trusted or s.policy == "all":
             return self._accept(request, presentity, watcher, expires, source)
         if s.policy == "domain":
@@ -232,7 +252,7 @@ class PresenceAgent:
         )
         log.info("presence: {w} subscribes to {p} for {n} s", w=watcher, p=presentity, n=expires)
         self.dialogs[sub.id] = sub
-        pres = self._presentity(presentity)
+        pres = self._presentity(presentity, sub.package)
         pres.subs[sub.id] = sub
         if expires == 0:
             # a fetch: one NOTIFY with the state, terminated (RFC 6665 4.4.3)
@@ -302,7 +322,7 @@ class PresenceAgent:
             log.info("presence: taking over {w}'s subscription to {p} from {old}", w=sub.watcher, p=sub.presentity,
                      old=record.entry.split("/", 1)[0])
             self.dialogs[sub.id] = sub
-            self._presentity(presentity).subs[sub.id] = sub
+            self._presentity(presentity, sub.package).subs[sub.id] = sub
             sub.timer = self.clock.callLater(max(0.0, sub.expires_at - self.clock.seconds()), self._end, sub, "timeout")
             self.ring.remove_records([record]).addErrback(lambda f: None)
             return self._refresh(request, sub)
@@ -311,12 +331,22 @@ class PresenceAgent:
 
     # ------------------------------------------------------------ the state
 
-    def _presentity(self, aor: str) -> Presentity:
-        pres = self.presentities.get(aor)
+    @staticmethod
+    def _pkey(aor: str, package: str) -> str:
+        return aor if package == EVENT else f"{package}:{aor}"
+
+    def _of(self, sub: Subscription) -> Presentity | None:
+        return self.presentities.get(self._pkey(sub.presentity, sub.package))
+
+    def _presentity(self, aor: str, package: str = EVENT) -> Presentity:
+        pkey = self._pkey(aor, package)
+        pres = self.presentities.get(pkey)
         if pres is None:
-            pres = self.presentities[aor] = Presentity(aor)
+            pres = self.presentities[pkey] = Presentity(aor, package)
+            # presence watches the presentity's key; its watcher information the watchers' key
+            name = aor if package == EVENT else watchers_key_name(aor)
             try:
-                pres.watch = self.ring.watch(aor, lambda records: self._changed(pres, records))
+                pres.watch = self.ring.watch(name, lambda records: self._changed(pres, records))
             except RingUnavailable:
                 pass
         return pres
@@ -324,13 +354,16 @@ class PresenceAgent:
     def _changed(self, pres: Presentity, records: list[Any]) -> None:
         """The presentity's records changed somewhere in the ring."""
         pres.records = records
-        pres.allowed = allow_list(records)
         entity = f"sip:{pres.aor}"
-        published = publications(records)
-        if published:
-            body = pidf.compose(entity, [(etag, doc) for etag, doc, _ in published])
+        if pres.package == winfo.PACKAGE:
+            body = winfo.document(entity, subscription_watchers(records))
         else:
-            body = pidf.derived(entity, registered_contacts(records))
+            pres.allowed = allow_list(records)
+            published = publications(records)
+            if published:
+                body = pidf.compose(entity, [(etag, doc) for etag, doc, _ in published])
+            else:
+                body = pidf.derived(entity, registered_contacts(records))
         if body == pres.body:
             return
         pres.body = body
@@ -344,7 +377,7 @@ class PresenceAgent:
         flight is answered and ``notify_interval`` has passed."""
         if sub.ended or sub.expires_at <= self.clock.seconds():
             return  # ended, or a fetch: its one NOTIFY is the terminated one
-        pres = self.presentities.get(sub.presentity)
+        pres = self._of(sub)
         if pres is None or pres.body is None or pres.body == sub.last_body:
             return  # the state is not known yet (it comes with the watch), or unchanged
         if sub.in_flight is not None:
@@ -369,10 +402,13 @@ class PresenceAgent:
 
     def _send(self, sub: Subscription, body: bytes | None, state: str | None = None) -> None:
         contact = self.sender.contact(getattr(sub.flow, "transport", None) or "udp")
-        request = notify_request(sub, state or self._state(sub), body, contact, pidf.CONTENT_TYPE)
-        sub.last_sent = self.clock.seconds()
         if body is not None:
             sub.last_body = body
+            if sub.package == winfo.PACKAGE:
+                sub.winfo_version += 1
+                body = winfo.numbered(body, sub.winfo_version)
+        request = notify_request(sub, state or self._state(sub), body, contact, CONTENT_TYPES[sub.package])
+        sub.last_sent = self.clock.seconds()
         final = state is not None and state.startswith("terminated")
         marker = object()
         sub.in_flight = None if final else marker
@@ -409,7 +445,7 @@ class PresenceAgent:
     FETCH_WAIT = 2.0
 
     def _end_when_known(self, sub: Subscription, deadline: float) -> None:
-        pres = self.presentities.get(sub.presentity)
+        pres = self._of(sub)
         if pres is not None and pres.body is None and self.clock.seconds() < deadline:
             self.clock.callLater(0.05, self._end_when_known, sub, deadline)
             return
@@ -419,7 +455,7 @@ class PresenceAgent:
         """A final NOTIFY (RFC 6665 4.2.2: "terminated" with a reason), then gone."""
         if sub.ended:
             return
-        pres = self.presentities.get(sub.presentity)
+        pres = self._of(sub)
         body = pres.body if pres is not None else None
         try:
             self._send(sub, body, f"terminated;reason={reason}")
@@ -434,13 +470,15 @@ class PresenceAgent:
         if sub.timer is not None and sub.timer.active():
             sub.timer.cancel()
         self.dialogs.pop(sub.id, None)
-        pres = self.presentities.get(sub.presentity)
+        pres = self._of(sub)
         if pres is not None:
             pres.subs.pop(sub.id, None)
             if not pres.subs:
-                del self.presentities[sub.presentity]
+                del self.presentities[self._pkey(sub.presentity, sub.package)]
                 if pres.watch is not None:
                     pres.watch.cancel()
+        if sub.package != EVENT:
+            return
         try:
             self.ring.remove_subscription(sub.presentity, self._entry(sub)).addErrback(lambda f: None)
         except RingUnavailable:
@@ -450,7 +488,11 @@ class PresenceAgent:
         return f"{self.ring.writer}/{sub.id}"
 
     def _store(self, sub: Subscription) -> None:
-        """The subscription in the ring (see the README: when the notifier dies)."""
+        """The subscription in the ring (see the README: when the notifier dies).
+
+        Only presence subscriptions: they are the watchers ``presence.winfo`` lists."""
+        if sub.package != EVENT:
+            return
         try:
             d = self.ring.put_subscription(sub.presentity, self._entry(sub), sub.to_json(self.ring.writer), sub.expires_at)
         except RingUnavailable:

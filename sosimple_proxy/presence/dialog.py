@@ -75,6 +75,10 @@ class Subscription:
     ended: bool = False
     #: the body of the last NOTIFY (to send a refresh's NOTIFY only when useful)
     last_body: bytes | None = None
+    #: the event package: presence, or presence.winfo (who watches the presentity)
+    package: str = EVENT
+    #: the version of the last watcher information document sent (RFC 3858 4.2.1)
+    winfo_version: int = -1
 
     @property
     def id(self) -> str:
@@ -101,6 +105,7 @@ class Subscription:
                 "expires": self.expires_at,
                 "cseq": self.local_cseq,
                 "notifier": notifier,
+                "package": self.package,
             },
             separators=(",", ":"),
         ).encode()
@@ -127,6 +132,7 @@ class Subscription:
             expires_at=float(d["expires"]),
             remote_cseq=remote_cseq,
             local_cseq=int(d["cseq"]) + 100_000,
+            package=d.get("package", EVENT),
         )
 
 
@@ -141,7 +147,7 @@ def from_subscribe(
     if not contacts:
         raise ValueError("a SUBSCRIBE needs a Contact")
     routes = tuple(str(r) for r in parse_record_routes(request.headers.get_all("record-route")))
-    _, event_id = event_package(request.headers.get("event"))
+    package, event_id = event_package(request.headers.get("event"))
     return Subscription(
         presentity=presentity,
         watcher=watcher,
@@ -156,12 +162,13 @@ def from_subscribe(
         expires_at=expires_at,
         remote_cseq=request.cseq.seq,
         flow=flow if not routes else None,
+        package=package or EVENT,
     )
 
 
 def notify_request(sub: Subscription, state: str, body: bytes | None, contact: str, content_type: str) -> Request:
     """A NOTIFY in the subscription's dialog, without its Via (the sender adds it)."""
-    event = EVENT + (f";id={sub.event_id}" if sub.event_id else "")
+    event = sub.package + (f";id={sub.event_id}" if sub.event_id else "")
     fields = [
         ("Max-Forwards", "70"),
         ("From", f"{sub.local_uri};tag={sub.local_tag}"),

@@ -139,3 +139,16 @@ def allow_list(records: list[Record]) -> set[str] | None:
             text = r.value.decode("utf-8", "replace").replace(",", " ")
             return {regrecord.canonical_aor(w) for w in text.split() if w}
     return None
+
+
+def subscription_watchers(records: list[Record]) -> list[str]:
+    """The watchers of the live subscriptions among ``records`` (the watchers' key)."""
+    out = []
+    for r in records:
+        if r.kind != SUBSCRIPTION:
+            continue
+        try:
+            out.append(str(json.loads(r.value.decode("utf-8"))["watcher"]))
+        except Exception:
+            continue
+    return out

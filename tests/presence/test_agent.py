@@ -257,7 +257,7 @@ def test_shutdown_tells_every_watcher_deactivated(setup):
 def test_unknown_events_to_the_proxy_are_489_and_to_users_proxied(setup):
     cluster, agent, sender = setup
     to_proxy = handle(cluster, agent, subscribe(event="dialog", ruri="sip:192.0.2.1:5060"), to_self=True)
-    assert to_proxy.status == 489 and to_proxy.headers.get("allow-events") == "presence"
+    assert to_proxy.status == 489 and "presence" in to_proxy.headers.get("allow-events")
     assert agent.handle(subscribe(event="message-summary"), None, False, None, False) is None
     assert agent.handle(subscribe(to="bob@other.test"), None, False, None, False) is None
 
@@ -357,3 +357,27 @@ def test_another_notifier_takes_a_stored_dialog_over_on_refresh(setup):
     # a dialog the ring does not hold: 481
     ghost = in_dialog(response, call_id="nope")
     assert handle(cluster, other, ghost, to_self=True).status == 481
+
+
+def test_presence_winfo_lists_the_watchers_to_the_presentity_alone(setup):
+    cluster, agent, sender = setup
+    # bob watches who watches him (RFC 3857)
+    mine = handle(cluster, agent, subscribe(frm="bob@example.com", event="presence.winfo", call_id="w1", tag="b1"))
+    assert mine.status == 200
+    cluster.run(1)
+    (first,) = sender.notifies()
+    assert first.headers.get("event") == "presence.winfo"
+    assert first.headers.get("content-type") == "application/watcherinfo+xml"
+    assert b'version="0"' in first.body and b"<watcher " not in first.body
+    sender.answer_all()
+    # alice subscribes to bob's presence: bob's winfo lists her, version 1
+    handle(cluster, agent, subscribe(frm="alice@example.com", call_id="p1", tag="a9"))
+    cluster.run(2)
+    winfo_notifies = [n for n in sender.notifies() if n.headers.get("event") == "presence.winfo"]
+    assert b'version="1"' in winfo_notifies[-1].body
+    assert b"sip:alice@example.com</watcher>" in winfo_notifies[-1].body
+    # nobody else sees bob's watchers
+    assert handle(cluster, agent, subscribe(frm="alice@example.com", event="presence.winfo", call_id="w2")).status == 403
+    # the proxy itself names both packages it serves
+    to_proxy = handle(cluster, agent, subscribe(event="dialog", ruri="sip:192.0.2.1:5060"), to_self=True)
+    assert to_proxy.headers.get("allow-events") == "presence, presence.winfo"
