@@ -197,7 +197,7 @@ class PresenceUA:
             [
                 f"Contact: <sip:{watcher.split('@')[0]}@{hostport(self.host, self.port)}>",
                 f"Event: {event}",
-                "Accept: application/pidf+xml",
+                "Accept: " + ("application/watcherinfo+xml" if event == "presence.winfo" else "application/pidf+xml"),
                 f"Expires: {expires}",
             ],
         )

@@ -378,3 +378,17 @@ def test_the_edges_digest_rules_apply_to_subscribe_and_publish(tmp_path):
             assert ua.subscribe(proxy.port, "bob@example.com", watcher="carol@other.test").status == 403
     finally:
         proxy.stop()
+
+
+def test_a_user_sees_who_watches_them_across_the_ring(ring3):
+    p1, _, p3 = ring3
+    with PresenceUA() as ua:
+        mine = ua.subscribe(p1.port, "ivy@example.com", watcher="ivy@example.com", event="presence.winfo")
+        assert mine.status == 200
+        wait_until(lambda: mine.notifies, 10, 0.05)
+        assert "<watcher " not in mine.notifies[-1][1]
+        # jack watches ivy through another proxy: ivy's watcher information lists him
+        assert ua.subscribe(p3.port, "ivy@example.com", watcher="jack@example.com").status == 200
+        wait_until(lambda: "sip:jack@example.com</watcher>" in mine.notifies[-1][1], WINDOW, 0.05)
+        # only ivy may ask
+        assert ua.subscribe(p1.port, "ivy@example.com", watcher="jack@example.com", event="presence.winfo").status == 403
