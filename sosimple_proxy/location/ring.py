@@ -218,8 +218,8 @@ class RingLocator:
         targets = []
         until = float("inf")
         for rec in records:
-            if rec.kind != KIND:
-                continue
+            if getattr(rec, "kind", KIND) != KIND:
+                continue  # a watch delivers every kind under the key (a worker's records have none)
             try:
                 data = regrecord.decode(rec.value)
                 contact = parse_uri(data["contact"])
