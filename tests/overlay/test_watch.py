@@ -119,3 +119,29 @@ def test_watch_bodies_round_trip():
     assert decode_watch(encode_watch(1 << 150, p, 15.0)) == (1 << 150, p, 15.0)
     r = Record(7, "blob", "", "w", b"v", 100.0, 3)
     assert decode_watch_notify(encode_watch_notify(7, [r])) == (7, (r,))
+
+
+def test_watches_of_many_keys_survive_a_fifth_of_the_ring_dying_at_once(figures):
+    c = sim_ring(100, 13, NodeConfig(stabilize_interval=1.0, replicas=2))
+    keys = [c.random_key() for _ in range(20)]
+    seen: dict[int, list[bytes]] = {}
+    watchers = []
+    for key in keys:
+        holders = set(c.true_replica_set(key))
+        w = c.rng.choice([n for n in c.joined() if n.id not in holders])
+        watchers.append(w)
+        w.watch(key, lambda k, records: seen.__setitem__(k, [r.value for r in records]))
+    c.run(2)
+    spared = {w.address for w in watchers}
+    victims = c.rng.sample([n for n in c.joined() if n.address not in spared], 20)
+    for v in victims:
+        c.kill(v)
+    writer = next(n for n in c.joined() if n.address not in spared)
+    results = c.gather([writer.put(_record(c, key, b"after-%d" % i)) for i, key in enumerate(keys)], rounds=30)
+    assert all(ok for ok, _ in results)
+    written = c.clock.seconds()
+    c.run(2)  # the push, or at the latest the next round's renewal at the new holders
+    late = [i for i, key in enumerate(keys) if seen.get(key) != [b"after-%d" % i]]
+    figures(f"20 watched keys, 20 of 100 nodes killed at once: {20 - len(late)}/20 watchers had the write "
+            f"within {c.clock.seconds() - written:.1f} s of its completion")
+    assert not late
