@@ -322,6 +322,19 @@ LOG: Schema = {
     "format": (_choice("text", "json"), "text"),
     "sip_trace": (_bool, "no"),
 }
+PRESENCE: Schema = {
+    # the presence agent (RFC 3856) for our users; no: SUBSCRIBE/PUBLISH
+    # for presence are proxied to the phones like any event package
+    "enabled": (_bool, "yes"),
+    "max_subscriptions": (_int(0), "10000"),
+    "min_expires": (_int(0), "60"),
+    "max_expires": (_int(1), "3600"),
+    "default_expires": (_int(1), "3600"),
+    # the least time between two NOTIFYs of one subscription (seconds)
+    "notify_interval": (_float(), "0.5"),
+    # who may watch a user: the same domain, anyone, or the user's allow list
+    "policy": (_choice("domain", "all", "list"), "domain"),
+}
 
 
 SCHEMAS: dict[str, Schema] = {
@@ -338,6 +351,7 @@ SCHEMAS: dict[str, Schema] = {
     "metrics": METRICS,
     "log": LOG,
     "store": STORE,
+    "presence": PRESENCE,
 }
 PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
 
@@ -438,6 +452,11 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("registrar", "min_expires", f"{reg['min_expires']} is above max_expires ({reg['max_expires']})")
     if not reg["min_expires"] <= reg["default_expires"] <= reg["max_expires"]:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
+    pres = cfg.sections["presence"]
+    if pres["min_expires"] > pres["max_expires"]:
+        raise ConfigError("presence", "min_expires", f"{pres['min_expires']} is above max_expires ({pres['max_expires']})")
+    if not pres["min_expires"] <= pres["default_expires"] <= pres["max_expires"]:
+        raise ConfigError("presence", "default_expires", "must lie between min_expires and max_expires")
     _check_auth(cfg)
     _check_tls(cfg)
     if proxy["workers"] > 1:

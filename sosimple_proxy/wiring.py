@@ -43,7 +43,10 @@ from sosimple_proxy.location.routes import StaticRoutes
 from sosimple_proxy.observe import auth_failure_counter, metrics_sources, observe_admin, observe_sip
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.addressing import Addressing
-from sosimple_proxy.proxy.chain import Chain, StatefulForwarding, proxy_chain, redirecting
+from sosimple_proxy.presence.agent import PresenceAgent, PresenceSettings, Sender
+from sosimple_proxy.presence.ring import PresenceRing
+from sosimple_proxy.proxy.chain import Chain, Presence, StatefulForwarding, proxy_chain, redirecting
+from sosimple_proxy.proxy.uac import RequestSender
 from sosimple_proxy.proxy.core import ProxyCore
 from sosimple_proxy.proxy.forward import RequestForwarder
 from sosimple_proxy.proxy.registrar import Registrar
@@ -116,9 +119,11 @@ class ProxyTimers(Service):
 
     name = "proxy-timers"
 
-    def __init__(self, bindings: BindingTable, prober: GatewayProber | None) -> None:
+    def __init__(self, bindings: BindingTable, prober: GatewayProber | None, presence: Any = None) -> None:
         self.bindings = bindings
         self.prober = prober
+        # the presence agent: its watchers hear "terminated;reason=deactivated"
+        self.presence = presence
 
     def startService(self) -> None:
         super().startService()
@@ -130,6 +135,8 @@ class ProxyTimers(Service):
         self.bindings.stop()
         if self.prober is not None:
             self.prober.stop()
+        if self.presence is not None:
+            self.presence.stop()
         return super().stopService()
 
 
@@ -150,6 +157,8 @@ class Proxy:
     # What SIGHUP re-reads: (what, action) pairs for the Reloads service
     # (a failure is logged and the old state stays).
     reloads: Sequence[tuple[str, Callable[[], Any]]] = ()
+    # the presence agent ([presence]), or None
+    presence: Any = None
 
 
 def our_domains(cfg: Config) -> frozenset[str]:
@@ -333,6 +342,7 @@ def build_proxy(
         stamp=security.stamp.for_request,
         branch_policy=security.branch_policy,
     )
+    presence = build_presence(cfg, reactor, rings or {}, stack, rfc3263, addressing, security)
     send_to = (
         redirecting
         if proxy_cfg["mode"] == "redirect"
@@ -349,6 +359,7 @@ def build_proxy(
             send_to=send_to,
             authenticate=security.authenticate,
             relay=security.relay,
+            presence=Presence(presence) if presence is not None else None,
         )
     )
     core = ProxyCore(chain, registrar, forwarder, addressing, stack, ack_gate=security.ack_gate)
@@ -383,10 +394,54 @@ def build_proxy(
         providers,
         forwarder,
         publishers,
-        ProxyTimers(bindings, prober),
+        ProxyTimers(bindings, prober, presence),
         security.users,
         security.digest,
         reloads,
+        presence,
+    )
+
+
+def build_presence(
+    cfg: Config,
+    reactor: Any,
+    rings: Mapping[str, Any],
+    stack: StackLink,
+    rfc3263: RFC3263Resolver | None,
+    addressing: Addressing,
+    security: Security,
+) -> PresenceAgent | None:
+    """The presence agent ([presence]) on the first ring, or None (disabled,
+    or no ring to keep the state in: presence is then proxied as before)."""
+    pres = cfg.section("presence")
+    ring = rings.get("overlay")
+    if not pres["enabled"] or ring is None:
+        if pres["enabled"]:
+            log.info("[presence] needs an [overlay]: SUBSCRIBE/PUBLISH for presence are proxied")
+        return None
+    node = getattr(ring, "node", None)
+    if node is not None and not hasattr(node, "watch"):
+        # a worker's ring (workers/remote_ring.py) only reads: the agent
+        # needs watch(key) and writes, which only the ring's own node offers
+        log.warn("[presence]: not served with [proxy] workers (a worker cannot watch the ring); presence is proxied")
+        return None
+    sender = RequestSender(stack, HopResolver(rfc3263) if rfc3263 is not None else None)
+    settings = PresenceSettings(
+        max_subscriptions=pres["max_subscriptions"],
+        min_expires=pres["min_expires"],
+        max_expires=pres["max_expires"],
+        default_expires=pres["default_expires"],
+        notify_interval=pres["notify_interval"],
+        policy=pres["policy"],
+    )
+    return PresenceAgent(
+        PresenceRing(ring, reactor),
+        reactor,
+        Sender(sender.send, sender.contact),
+        settings,
+        addressing.is_ours,
+        addressing.aor,
+        authenticating=security.digest is not None and bool(cfg.section("auth")["required"]),
     )
 
 

@@ -149,6 +149,8 @@ class RingLocator:
         clock: Any = None,
         cache_ttl: float = 300.0,
         cache_size: int = 10000,
+        watch_cache: bool = True,
+        watch_limit: int = 1000,
     ) -> None:
         self.name = name
         self.overlay = overlay
@@ -165,6 +167,14 @@ class RingLocator:
         # Targets handed out from the cache, by the AoR they were for: one of
         # them failing earns the AoR one fresh lookup.
         self._served: dict[Target, str] = {}
+        # While an AoR is cached its key is watched in the ring
+        # (overlay/watch.py): a registration changed at any proxy updates or
+        # drops the cached answer within a second or two, not at its TTL.
+        self.watch_cache = watch_cache
+        # each watch costs a lookup per stabilisation round: beyond this many
+        # cached AoRs, the rest rely on their TTL and on failed targets
+        self.watch_limit = watch_limit
+        self._watches: dict[str, Any] = {}
 
     def locate(self, uri: Any) -> LocateResult:
         if not getattr(uri, "is_sip", False) or not uri.user or not self.serves(uri):
@@ -178,7 +188,7 @@ class RingLocator:
                     for t in hit[1]:
                         self._served[t] = aor
                     return Found(hit[1], self.name)
-                del self.cache[aor]
+                self._uncache(aor)
         self.cache_misses += 1
         return self._lookup(aor)
 
@@ -198,9 +208,7 @@ class RingLocator:
         aor = self._served.pop(target, None)
         if aor is None or not (response.status in (408, 503) or response.status >= 500):
             return None
-        self.cache.pop(aor, None)
-        for t in [t for t, a in self._served.items() if a == aor]:
-            del self._served[t]
+        self._uncache(aor)
         d = maybeDeferred(self._lookup, aor)
         # new targets, or the ring's authoritative miss (the caller hears 404)
         return d.addCallback(lambda r: list(r.targets) if isinstance(r, Found) else r if isinstance(r, Miss) else [])
@@ -209,10 +217,13 @@ class RingLocator:
         log.info("ring {name}: lookup failed: {why}", name=self.name, why=failure.getErrorMessage())
         return Miss("Temporarily Unavailable: the location ring did not answer", self.name, 480)
 
-    def _found(self, records: list[Any], aor: str) -> LocateResult:
+    def _targets(self, records: list[Any]) -> tuple[tuple[Target, ...], float]:
+        """The targets the registration entries give, and when the first expires."""
         targets = []
         until = float("inf")
         for rec in records:
+            if getattr(rec, "kind", KIND) != KIND:
+                continue  # a watch delivers every kind under the key (a worker's records have none)
             try:
                 data = regrecord.decode(rec.value)
                 contact = parse_uri(data["contact"])
@@ -225,19 +236,60 @@ class RingLocator:
             q = data.get("q")
             targets.append(Target(contact, float(q) if isinstance(q, (int, float)) else 1.0, tuple(path), None, self.name))
             until = min(until, rec.expires)
-        if not targets:
+        return tuple(targets), until
+
+    def _found(self, records: list[Any], aor: str) -> LocateResult:
+        found, until = self._targets(records)
+        if not found:
             # The responsible node's answer (after its replicas, if it did not
             # answer) is authoritative: the paper's completeness.  Misses are
             # not cached: a new registration must be found at once.
-            self.cache.pop(aor, None)
+            self._uncache(aor)
             return Miss("Not Found", self.name)
-        found = tuple(targets)
         if self.clock is not None and self.cache_ttl > 0:
             if len(self.cache) >= self.cache_size:
-                self.cache.clear()
+                for cached in list(self.cache):
+                    self._uncache(cached)
                 self._served.clear()
             self.cache[aor] = (min(until, self.clock.seconds() + self.cache_ttl), found)
+            self._watch(aor)
         return Found(found, self.name)
+
+    # -- keeping the cache fresh
+
+    def _watch(self, aor: str) -> None:
+        if not self.watch_cache or aor in self._watches or len(self._watches) >= self.watch_limit:
+            return
+        node = getattr(self.overlay, "node", None)
+        if node is None or not hasattr(node, "watch"):
+            return
+        self._watches[aor] = node.watch(self.overlay.keys.key(aor), lambda key, records: self._changed(aor, records))
+
+    def _changed(self, aor: str, records: list[Any]) -> None:
+        """The ring says the AoR's records changed: update or drop the cache."""
+        hit = self.cache.get(aor)
+        if hit is None:
+            self._uncache(aor)
+            return
+        found, until = self._targets(records)
+        if set(found) == set(hit[1]):
+            return
+        for t in [t for t, a in self._served.items() if a == aor]:
+            del self._served[t]
+        if not found:
+            log.info("ring {name}: {aor} is gone from the ring; dropped from the contact cache", name=self.name, aor=aor)
+            self._uncache(aor)
+            return
+        log.info("ring {name}: {aor} changed in the ring; contact cache updated", name=self.name, aor=aor)
+        self.cache[aor] = (min(until, hit[0]), found)
+
+    def _uncache(self, aor: str) -> None:
+        self.cache.pop(aor, None)
+        for t in [t for t, a in self._served.items() if a == aor]:
+            del self._served[t]
+        watch = self._watches.pop(aor, None)
+        if watch is not None:
+            watch.cancel()
 
     def _ours(self, route: str) -> bool:
         try:

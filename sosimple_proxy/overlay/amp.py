@@ -43,6 +43,7 @@ from OpenSSL import SSL
 
 from sosimple_proxy.security.tls import TLSVerificationError
 
+from . import watch as watching
 from . import wire
 from .errors import NotAdmitted
 from .interfaces import IOverlayPeer, IOverlayRPC
@@ -127,6 +128,8 @@ Fingers = _command("Fingers")
 Prove = _command("Prove")
 Challenge = _command("Challenge")
 Claim = _command("Claim")
+Watch = _command("Watch")
+WatchNotify = _command("WatchNotify")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -324,6 +327,23 @@ class OverlayProtocol(amp.AMP):
     def answer_prove(self, body: bytes) -> Any:
         return self._serve(lambda b: wire.encode_proof(self.node.remote_prove(b)), body)
 
+    @Watch.responder
+    def answer_watch(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            key, watcher, ttl = watching.decode_watch(b)
+            self._claimed(watcher)  # a node watches for itself only
+            return wire.encode_records(self.node.remote_watch(key, watcher, ttl))
+
+        return self._serve(run, body)
+
+    @WatchNotify.responder
+    def answer_watch_notify(self, body: bytes) -> Any:
+        def run(b: bytes) -> bytes:
+            self.node.remote_watch_notify(*watching.decode_watch_notify(b))
+            return b""
+
+        return self._serve(run, body)
+
 
 class OverlayServerFactory(Factory):
     """Listening side: every connection answers for ``node``.
@@ -378,7 +398,7 @@ def _batches(records: Sequence[Any], limit: int) -> list[list[Any]]:
     return out
 
 
-@implementer(IOverlayRPC)
+@implementer(IOverlayRPC, watching.IWatchRPC)
 class AMPRPC:
     """Calls to other nodes over pooled AMP connections.
 
@@ -538,6 +558,13 @@ class AMPRPC:
 
     def prove(self, address: Hashable, nonce: bytes) -> defer.Deferred:
         return self._call(address, Prove, nonce, wire.decode_proof)
+
+    # -- IWatchRPC
+    def watch(self, address: Hashable, key: int, watcher: Peer, ttl: float) -> defer.Deferred:
+        return self._call(address, Watch, watching.encode_watch(key, watcher, ttl), wire.decode_records)
+
+    def watch_notify(self, address: Hashable, key: int, records: Sequence[Any]) -> defer.Deferred:
+        return self._call(address, WatchNotify, watching.encode_watch_notify(key, records), lambda b: None)
 
 
 __all__ = [

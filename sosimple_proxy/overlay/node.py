@@ -48,6 +48,7 @@ from .replication import Replicator
 from .routing import RoutingTable, Suspects
 from .store import IRecordStore
 from .tuning import NodeConfig
+from .watch import Callback, IWatchPeer, Watch, Watches
 
 __all__ = [
     "ChordNode",
@@ -62,7 +63,7 @@ __all__ = [
 log = Logger()
 
 
-@implementer(IOverlayPeer, IRoutingListener)
+@implementer(IOverlayPeer, IRoutingListener, IWatchPeer)
 class ChordNode:
     """One member of the ring.
 
@@ -122,6 +123,7 @@ class ChordNode:
         self.maintenance = Maintenance(
             self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self.replication.each_round
         )
+        self.watches = Watches(self.table, self.calls, self.lookups, store, self.jobs, clock, config)
 
     # ------------------------------------------------------------ the tables
 
@@ -210,6 +212,7 @@ class ChordNode:
         self.jobs.running = False
         self.maintenance.stop()
         self.replication.stop()
+        self.watches.stop()
 
     @defer.inlineCallbacks
     def leave(self):
@@ -282,6 +285,11 @@ class ChordNode:
         and above every one it gave before (for writers of their own records)."""
         return self.replication.next_seq(floor)
 
+    def watch(self, key: int, callback: Callback) -> Watch:
+        """Call ``callback(key, live records)`` now and on each change of ``key``
+        anywhere in the ring (see :mod:`.watch`); cancel the result to stop."""
+        return self.watches.watch(key, callback)
+
     # ------------------------------------------------- answering other nodes
 
     def remote_state(self) -> NodeState:
@@ -338,4 +346,11 @@ class ChordNode:
         if self.gate is not None and self.gate.public_key(peer) is None:
             return None  # an open ring: a node we never admitted has nothing to leave
         self.table.neighbour_left(peer, predecessor, successors)
+        return None
+
+    def remote_watch(self, key: int, watcher: Peer, ttl: float) -> tuple[Record, ...]:
+        return self.watches.serve(key, watcher, ttl)
+
+    def remote_watch_notify(self, key: int, records: Sequence[Record]) -> None:
+        self.watches.notified(key, records)
         return None

@@ -158,6 +158,8 @@ class SimRPC:
     leave = _forward("leave")
     fingers = _forward("fingers")
     prove = _forward("prove")
+    watch = _forward("watch")
+    watch_notify = _forward("watch_notify")
 
 
 class SimCluster:

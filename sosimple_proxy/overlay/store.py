@@ -64,6 +64,9 @@ class MemoryRecordStore:
         self._now = now
         self._by_key: dict[int, dict[tuple[str, str], Record]] = {}
         self._keys: list[int] = []
+        #: called with each record the store took (newer than what it held):
+        #: watches push the change (overlay/watch.py)
+        self.listeners: list[Callable[[Record], object]] = []
 
     # -- hooks for a persistent subclass
     def _saved(self, record: Record) -> None:
@@ -91,6 +94,8 @@ class MemoryRecordStore:
             return False
         if self._insert(record):
             self._saved(record)
+            for listener in self.listeners:
+                listener(record)
             return True
         return False
 

@@ -221,6 +221,7 @@ def proxy_chain(
     send_to: SendTo,
     authenticate: Processor | None = None,
     relay: Processor | None = None,
+    presence: Processor | None = None,
 ) -> list[Processor]:
     """The processors, in the order they see a request.
 
@@ -234,6 +235,7 @@ def proxy_chain(
         authenticate,  # before anything acts: trusted, one of our users, or a stranger
         Cancel(stack),
         RouteInformation(addressing),  # 16.4; the request is classified here
+        presence,  # SUBSCRIBE/PUBLISH for our users' presence (presence/agent.py)
         Register(addressing, routes, registrar),
         ToProxy(),
         Did(dids, addressing),
@@ -327,6 +329,29 @@ def _unsupported_require(request: Request) -> Response | None:
         # Require MUST answer 420 listing it in Unsupported.
         return make_response(request, 420, "Bad Extension", extra=[("Unsupported", ", ".join(missing))])
     return None
+
+
+class Presence:
+    """SUBSCRIBE and PUBLISH of the ``presence`` event for our users are the
+    presence agent's (``sosimple_proxy.presence``), as are in-dialog
+    SUBSCRIBEs of its subscriptions; anything it does not serve goes on."""
+
+    name = "presence"
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def __call__(self, job: Job) -> Step:
+        request = job.request
+        if request.method not in ("SUBSCRIBE", "PUBLISH") or job.kind.routed:
+            return CONTINUE
+        step = self.agent.handle(
+            request, job.txn.source if job.txn is not None else None, job.trust is Trust.TRUSTED, job.user,
+            job.kind is Kind.TO_PROXY,
+        )
+        if isinstance(step, Deferred):
+            return step.addCallback(lambda answer: CONTINUE if answer is None else answer)
+        return CONTINUE if step is None else step
 
 
 class Register:

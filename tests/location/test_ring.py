@@ -36,12 +36,18 @@ def aor(uri) -> str:
     return f"{uri.user}@{uri.host}"
 
 
-def publisher_and_locator(cluster, writer_index=0, reader_index=3, route="<sip:127.0.0.1:5060;lr>"):
+def publisher_and_locator(cluster, writer_index=0, reader_index=3, route="<sip:127.0.0.1:5060;lr>", watch_cache=True):
     nodes = list(cluster.joined())
     table = BindingTable(cluster.clock)
     RingPublisher(Member(nodes[writer_index], cluster.config.m), table, lambda b: route, cluster.clock)
     locator = RingLocator(
-        "overlay", Member(nodes[reader_index], cluster.config.m), is_example, aor, lambda u: False, clock=cluster.clock
+        "overlay",
+        Member(nodes[reader_index], cluster.config.m),
+        is_example,
+        aor,
+        lambda u: False,
+        clock=cluster.clock,
+        watch_cache=watch_cache,
     )
     return table, locator
 
@@ -102,8 +108,9 @@ def test_bindings_expire_in_the_ring_too():
 
 
 def test_contact_cache_answers_without_the_ring_and_a_failed_target_is_looked_up_once_more():
+    # without watching (the cache as the paper has it): stale until a target fails
     cluster = ring()
-    table, locator = publisher_and_locator(cluster)
+    table, locator = publisher_and_locator(cluster, watch_cache=False)
     now = cluster.clock.seconds()
     table.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, now, instance="dev")])
     cluster.run(2)
@@ -152,3 +159,25 @@ def test_replicas_answer_when_the_responsible_node_is_dead():
     cluster.kill(responsible)
     got = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
     assert isinstance(got, Found) and str(got.targets[0].uri) == "sip:alice@10.0.0.1"
+
+
+def test_a_watched_contact_cache_follows_a_change_anywhere_in_the_ring_within_two_seconds():
+    cluster = ring()
+    table, locator = publisher_and_locator(cluster)
+    table.replace("alice@example.com", [binding("sip:alice@10.0.0.1", 600, cluster.clock.seconds(), instance="dev")])
+    cluster.run(2)
+    first = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    assert [str(t.uri) for t in first.targets] == ["sip:alice@10.0.0.1"]
+    # alice re-registers elsewhere: the cached answer is updated, not stale
+    table.replace("alice@example.com", [binding("sip:alice@10.0.0.9", 600, cluster.clock.seconds(), instance="dev")])
+    cluster.clock.advance(2.0)
+    cached = locator.locate(parse_uri("sip:alice@example.com"))
+    assert isinstance(cached, Found)
+    assert [str(t.uri) for t in cached.targets] == ["sip:alice@10.0.0.9"]
+    # alice de-registers: the AoR leaves the cache and its watch ends
+    table.replace("alice@example.com", [])
+    cluster.clock.advance(2.0)
+    assert "alice@example.com" not in locator.cache
+    assert not locator._watches
+    gone = run_until_answered(cluster, locator.locate(parse_uri("sip:alice@example.com")))
+    assert isinstance(gone, Miss)

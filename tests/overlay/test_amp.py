@@ -123,6 +123,17 @@ class AMPRingTests(unittest.TestCase):
             self.assertLessEqual(r.rpc.connects, 3)
 
     @defer.inlineCallbacks
+    def test_a_watch_is_pushed_over_amp(self):
+        nodes = yield self.ring(4)
+        seen: list[list[bytes]] = []
+        key = 4242
+        nodes[3].watch(key, lambda k, records: seen.append([r.value for r in records]))
+        yield until(lambda: seen == [[]])
+        yield nodes[1].put(Record(key, "blob", "", "t", b"pushed", reactor.seconds() + 60, 1))
+        yield until(lambda: seen[-1] == [b"pushed"])
+        self.assertGreater(nodes[3].watches.pushes_received, 0)
+
+    @defer.inlineCallbacks
     def test_a_crashed_node_is_routed_around(self):
         nodes = yield self.ring(5)
         keys = [(i * 0x2545F491) % (1 << M) for i in range(20)]
