@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from sosimple_proxy.config import Config, ConfigError, tls_config
@@ -339,6 +340,12 @@ def build_proxy(
         if any(d in ring_addressing.domains for d in addressing.domains):
             holds = _holds(ring_addressing)
             publishers.append(RingPublisher(overlay, bindings, self_route, reactor, accepts=holds))
+    if publishers:
+        # issue 15: the 200 to a REGISTER waits for the rings' write quorum
+        registrar.commit = ring_commit(publishers)
+        registrar.commit_timeout = max(
+            float(getattr(o, "settings", {}).get("write_timeout", 4.0)) for o, _ in ring_parts.values()
+        )
     prober = None
     pstn = providers.get("pstn")
     if isinstance(pstn, PstnLocator):
@@ -362,6 +369,19 @@ def build_proxy(
         security.digest,
         reloads,
     )
+
+
+def ring_commit(publishers: Sequence[RingPublisher]) -> Callable[[str], Any]:
+    """``commit(aor)``: Deferred[bool], every ring's newest write of ``aor``
+    done; None when no ring is writing it."""
+
+    def commit(aor: str) -> Any:
+        waits = [d for d in (p.settled(aor) for p in publishers) if d is not None]
+        if not waits:
+            return None
+        return gatherResults(waits).addCallback(all)
+
+    return commit
 
 
 def _holds(addressing: Addressing) -> Callable[[str], bool]:

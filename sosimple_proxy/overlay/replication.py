@@ -17,8 +17,8 @@ from typing import Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from . import ids
-from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
+from . import ids, quorum
+from .errors import LookupFailed, NotRunning, OverlayError
 from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
 from .messages import EntryId, FetchResult, Peer, SyncResult, Version, versions_of
@@ -115,7 +115,8 @@ class Replicator:
         """Store records (all under one key) at the key's successor and replicas.
 
         Deferred[int]: how many nodes took them (up to ``replicas + 1``);
-        fails with :class:`.errors.StoreFailed` when none did.
+        fails with :class:`.quorum.QuorumFailed` (a :class:`.errors.StoreFailed`)
+        when fewer than the write quorum did.
         """
         batch = (records,) if isinstance(records, Record) else tuple(records)
         if not batch:
@@ -127,8 +128,8 @@ class Replicator:
             raise NotRunning("the node is not running")
         result = yield self.lookups.lookup(key)
         acks = yield self._store_at(result.successors, batch, self.config.replicas + 1)
-        if acks == 0:
-            raise StoreFailed(f"no node took key {key:x}")
+        # Done only once a quorum of copies holds it (overlay/quorum.py).
+        quorum.check(acks, self.config.write_quorum, self.config.replicas, (p.address for p in result.successors), key)
         return acks
 
     @defer.inlineCallbacks
