@@ -23,6 +23,7 @@ from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
 from .messages import EntryId, FetchResult, Peer, SyncResult, Version, versions_of
 from .records import Record, merge_all
+from .repair import ReadRepair
 from .routing import RoutingTable
 from .store import IRecordStore
 from .tuning import NodeConfig
@@ -60,6 +61,10 @@ class Replicator:
         self._sync_again = False
         self._handed: set[tuple[EntryId, int]] = set()
         self._last_seq = 0
+        #: read repair (overlay/repair.py), when ``config.read_repair``
+        self.repair: ReadRepair | None = (
+            ReadRepair(self.me, calls, clock, self.take, table.failed) if config.read_repair else None
+        )
 
     # --------------------------------------------------------------- coverage
 
@@ -203,7 +208,9 @@ class Replicator:
         collected: list[Record] = []
         answered = 0
         vouched = False
-        for p in result.successors[: self.config.replicas + 1]:
+        holders = result.successors[: self.config.replicas + 1]
+        answers: list[tuple[Peer, tuple[Record, ...]]] = []
+        for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
             else:
@@ -213,10 +220,16 @@ class Replicator:
                     self.table.failed(p.address)
                     continue
             answered += 1
+            answers.append((p, answer.records))
             collected.extend(answer.records)
             if answer.authoritative:
                 vouched = True
                 break
+        if self.repair is not None and answers and self.jobs.running:
+            # in the background: the reader does not wait (overlay/repair.py)
+            self.repair.after_read(key, kind, answers, holders, self.answer_fetch).addErrback(
+                self.jobs.log_failure, "read repair"
+            )
         if not answered:
             raise LookupFailed(f"no holder of key {key:x} answered")
         if not collected and not vouched:
