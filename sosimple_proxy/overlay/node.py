@@ -14,7 +14,8 @@ It has no Chord logic of its own; each concern is a part, as
 - :mod:`.calls`: calls to peers with the node's timeouts;
 - :mod:`.lookup`: the iterative lookup of a key's successor;
 - :mod:`.replication`: records at a key's successor and replicas, syncs, repair;
-- :mod:`.maintenance`: stabilize, notify, fix-fingers, check-predecessor rounds.
+- :mod:`.maintenance`: stabilize, notify, fix-fingers, check-predecessor rounds;
+- :mod:`.rejoin`: probing lost members, so rings split by a partition merge.
 
 The node keeps the life cycle (join, stop, leave) and what goes between
 parts: a change of replica set or predecessor in the table (it is the
@@ -41,6 +42,7 @@ from .lookup import IterativeLookup, LookupResult
 from .maintenance import Maintenance
 from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, SyncResult, Version
 from .records import Record
+from .rejoin import Rejoin
 from .replication import Replicator
 from .routing import RoutingTable, Suspects
 from .store import IRecordStore
@@ -102,9 +104,14 @@ class ChordNode:
         self.replication = Replicator(
             self.writer, self.table, self.calls, self.lookups, store, self.jobs, clock, config
         )
+        self.rejoin = Rejoin(self.table, self.calls, self.lookups, self.jobs, config)
         self.maintenance = Maintenance(
-            self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self.replication.each_round
+            self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self._each_round
         )
+
+    def _each_round(self, rounds: int) -> None:
+        self.replication.each_round(rounds)
+        self.rejoin.each_round(rounds)
 
     # ------------------------------------------------------------ the tables
 
@@ -146,6 +153,7 @@ class ChordNode:
         """
         self.jobs.running = True
         bootstrap = [a for a in bootstrap if a != self.address]
+        self.rejoin.remember_bootstrap(bootstrap)  # a partition may split us from them
         if not bootstrap:
             self.replication.cover_whole_ring()
             self.joined = True
