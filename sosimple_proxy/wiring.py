@@ -62,8 +62,12 @@ log = Logger()
 
 
 def rfc3263_resolver(dns: Mapping[str, Any], reactor: Any) -> RFC3263Resolver:
-    """The resolver ``[dns]`` describes: ``servers``, or the system's."""
-    return RFC3263Resolver(Lookups(make_resolver(dns["servers"], reactor), reactor), reactor)
+    """The resolver ``[dns]`` describes: ``servers``, or the system's; each
+    query tried ``attempts`` times ``timeout`` seconds apart; a failed
+    destination avoided ``avoid_seconds``."""
+    tries = (float(dns.get("timeout", 2.0)),) * int(dns.get("attempts", 3))
+    resolver = make_resolver(dns["servers"], reactor, timeout=tries)
+    return RFC3263Resolver(Lookups(resolver, reactor), reactor, avoid_for=float(dns.get("avoid_seconds", 60.0)))
 
 
 def ring_domains(cfg: Config, name: str) -> list[str]:
@@ -355,6 +359,7 @@ def build_proxy(
             cfg.section("pstn")["probe_interval"],
             stack,
             from_domain=addressing.primary or "localhost",
+            hops=HopResolver(rfc3263) if rfc3263 is not None else None,
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
     return Proxy(
