@@ -12,7 +12,8 @@ probing them, a few a round, each with a backoff that doubles up to
 A probe is a lookup of our own successor started *at the lost member*: in
 its ring, if it is another one.  When that ring has a node closer to us
 than our successor, the two rings are apart: we take it (and those after
-it) into our successor list and notify it, so it takes us as predecessor.
+it) into our successor list once it answers our notify (so it takes us as
+predecessor).
 Stabilization spreads the change to the neighbours on both sides (each
 walks back to a closer predecessor it is told of), and the replica syncs
 that follow a range change merge the records, the newest version of each
@@ -28,7 +29,6 @@ import attrs
 from twisted.internet import defer
 
 from . import ids
-from .calls import ignore
 from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
 from .messages import Peer
@@ -97,6 +97,13 @@ class Rejoin:
         for e in due[:PROBES_PER_ROUND]:
             self.jobs.guarded(f"rejoin {e.address}", lambda e=e: self._probe(e))
 
+    def _closer(self, peer: Peer) -> bool:
+        """Whether ``peer`` sits between us and our successor (or we have none)."""
+        succ = self.table.successors[0] if self.table.successors else None
+        if succ is None:
+            return True
+        return peer.address != succ.address and ids.in_open(peer.id, self.me.id, succ.id)
+
     @defer.inlineCallbacks
     def _probe(self, entry: Lost):
         me, m = self.me, self.config.m
@@ -108,13 +115,22 @@ class Rejoin:
             return None
         entry.fails = 0
         theirs = [p for p in result.successors if p.address != me.address and p.id != me.id]
-        succ = self.table.successors[0] if self.table.successors else None
-        if theirs and (succ is None or (theirs[0].address != succ.address and ids.in_open(theirs[0].id, me.id, succ.id))):
-            # another ring, with a node closer to us than our successor
-            self.merges += 1
-            union = {p.address: p for p in [*theirs, *self.table.successors] if p.address not in self.table.suspects}
-            self.table.set_successors(sorted(union.values(), key=lambda p: ids.distance(me.id, p.id, m)))
-            self.calls.call(theirs[0].address, "notify", me).addErrback(ignore)
+        if theirs and self._closer(theirs[0]):
+            # another ring, with a node closer to us than our successor: tell
+            # it about us (it may take us as predecessor), and take it as
+            # successor only if it answers (a stale answer may name the dead)
+            cand = theirs[0]
+            try:
+                state = yield self.calls.call(cand.address, "notify", me)
+            except Exception:
+                entry.due = self.rounds + 1
+                return None
+            if self._closer(cand):
+                self.merges += 1
+                suspects = self.table.suspects
+                union = {p.address: p for p in [cand, *state.successors, *self.table.successors] if p.address not in suspects}
+                union.pop(me.address, None)
+                self.table.set_successors(sorted(union.values(), key=lambda p: ids.distance(me.id, p.id, m)))
             entry.due = self.rounds + 1  # keep at it until one ring
             return None
         if entry.bootstrap:

@@ -42,13 +42,14 @@ def stale(held: Sequence[Record], best: dict[EntryId, Record]) -> list[Record]:
 class ReadRepair:
     """One node's read repair; :meth:`after_read` is called by the replicator."""
 
-    def __init__(self, me: Peer, calls: IPeerCalls, clock: IReactorTime, take, failed) -> None:
+    def __init__(self, me: Peer, calls: IPeerCalls, clock: IReactorTime, take) -> None:
         self.me = me
         self.calls = calls
         self.clock = clock
-        #: ``take(records)``: our own store's merge; ``failed(address)``: a peer did not answer
+        #: ``take(records)``: our own store's merge.  A holder that does not
+        #: answer a repair is only skipped: best-effort work does not judge
+        #: liveness (the maintenance rounds do).
         self.take = take
-        self.failed = failed
         #: repairs sent (records given to stale holders), for tests and figures
         self.repaired = 0
 
@@ -76,7 +77,6 @@ class ReadRepair:
             try:
                 answer = yield self.calls.call(p.address, "fetch", key, kind)
             except Exception:
-                self.failed(p.address)
                 continue
             answered.append((p, answer.records))
         if len(answered) < 2:
@@ -94,6 +94,6 @@ class ReadRepair:
             try:
                 yield self.calls.call(peer.address, "store", tuple(give))
             except Exception:
-                self.failed(peer.address)
+                pass
         self.repaired += given
         return given

@@ -63,7 +63,7 @@ class Replicator:
         self._last_seq = 0
         #: read repair (overlay/repair.py), when ``config.read_repair``
         self.repair: ReadRepair | None = (
-            ReadRepair(self.me, calls, clock, self.take, table.failed) if config.read_repair else None
+            ReadRepair(self.me, calls, clock, self.take) if config.read_repair else None
         )
 
     # --------------------------------------------------------------- coverage
@@ -132,19 +132,27 @@ class Replicator:
         if not self.jobs.running:
             raise NotRunning("the node is not running")
         result = yield self.lookups.lookup(key)
-        acks = yield self._store_at(result.successors, batch, self.config.replicas + 1)
+        missed: list[Peer] = []
+        acks = yield self._store_at(result.successors, batch, self.config.replicas + 1, missed)
+        holders = [p.address for p in result.successors]
+        if acks < quorum.needed(self.config.write_quorum, self.config.replicas, holders) and missed and self.jobs.running:
+            # one more try of those that did not answer (a busy node, a lost
+            # message) before the write counts as not done
+            acks += yield self._store_at(missed, batch, len(missed))
         # Done only once a quorum of copies holds it (overlay/quorum.py).
-        quorum.check(acks, self.config.write_quorum, self.config.replicas, (p.address for p in result.successors), key)
+        quorum.check(acks, self.config.write_quorum, self.config.replicas, holders, key)
         return acks
 
     @defer.inlineCallbacks
-    def _store_at(self, peers: Sequence[Peer], batch: tuple[Record, ...], want: int):
+    def _store_at(self, peers: Sequence[Peer], batch: tuple[Record, ...], want: int, missed: list[Peer] | None = None):
         queue = list(peers)
         acks = 0
         while acks < want and queue:
             now, queue = queue[: want - acks], queue[want - acks :]
             results = yield defer.DeferredList([self._store_one(p, batch) for p in now], consumeErrors=True)
             acks += sum(1 for ok, _ in results if ok)
+            if missed is not None:
+                missed.extend(p for p, (ok, _) in zip(now, results) if not ok)
         return acks
 
     def _store_one(self, peer: Peer, batch: tuple[Record, ...]) -> defer.Deferred:
