@@ -7,7 +7,8 @@ registers (the case that lost registrations when a write counted as done
 after one acknowledgement: the registering proxy's own copy).  For each of
 20 users: REGISTER at the proxy, SIGKILL it the moment the 200 arrives,
 throw its store away (the disk went with it), start it again.  Afterwards
-every user is found from the storage peers.
+every user is found from the storage peers.  (With the 200 sent before
+the ring write, as it was, 8 of the 20 were lost in this test.)
 """
 
 from __future__ import annotations
