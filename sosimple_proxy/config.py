@@ -256,6 +256,12 @@ OVERLAY: Schema = {
     # keys of its domain record, trust on first use) or any member (test
     # rings); a CA ring always asks the certificate
     "domain_writers": (_choice("listed", "any"), "listed"),
+    # issue 15: copies that must acknowledge a ring write (capped by
+    # replicas + 1 and the live nodes); the REGISTER answer waits for it
+    # at most write_timeout seconds, else 500 with Retry-After.
+    "write_quorum": (_int(1, 17), "2"),
+    "write_timeout": (_float(), "4"),
+    "read_repair": (_bool, "yes"),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.
@@ -434,6 +440,8 @@ def _cross_checks(cfg: Config) -> None:
         if ring["state_dir"] == "var/overlay":
             ring["state_dir"] = f"var/overlay-{name}"
     for section, ring in [("overlay", cfg.sections["overlay"])] + [(f"overlay:{n}", r) for n, r in cfg.named("overlay").items()]:
+        if ring["write_quorum"] > ring["replicas"] + 1:
+            raise ConfigError(section, "write_quorum", f"{ring['write_quorum']} is above replicas + 1 ({ring['replicas'] + 1}): no write could ever be done")
         if not ring["ca"] and (ring["certificate"] or ring["key"]):
             cfg.warnings.append(f"site.ini: [{section}] certificate, key: ignored without ca (an open ring)")
         _check_trust(cfg, section, ring)

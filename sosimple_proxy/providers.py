@@ -158,7 +158,19 @@ LOCATION_PROVIDERS: dict[str, Provider] = {
     # (the overlay service reads it too), so config.py keeps it.
     "overlay": Provider(_ring),
     "routes": Provider(_routes, free_form=("routes",)),
-    "dns": Provider(_dns, {"dns": {"servers": (hostports, "")}}),
+    "dns": Provider(
+        _dns,
+        {
+            "dns": {
+                "servers": (hostports, ""),
+                # issue 15: seconds per DNS query attempt, attempts per query,
+                # seconds a destination that failed goes last
+                "timeout": (number(), "2"),
+                "attempts": (integer(1, 10), "3"),
+                "avoid_seconds": (number(), "60"),
+            }
+        },
+    ),
     "pstn": Provider(
         _pstn,
         {

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
@@ -67,8 +68,12 @@ log = Logger()
 
 
 def rfc3263_resolver(dns: Mapping[str, Any], reactor: Any) -> RFC3263Resolver:
-    """The resolver ``[dns]`` describes: ``servers``, or the system's."""
-    return RFC3263Resolver(Lookups(make_resolver(dns["servers"], reactor), reactor), reactor)
+    """The resolver ``[dns]`` describes: ``servers``, or the system's; each
+    query tried ``attempts`` times ``timeout`` seconds apart; a failed
+    destination avoided ``avoid_seconds``."""
+    tries = (float(dns.get("timeout", 2.0)),) * int(dns.get("attempts", 3))
+    resolver = make_resolver(dns["servers"], reactor, timeout=tries)
+    return RFC3263Resolver(Lookups(resolver, reactor), reactor, avoid_for=float(dns.get("avoid_seconds", 60.0)))
 
 
 def ring_domains(cfg: Config, name: str) -> list[str]:
@@ -373,6 +378,12 @@ def build_proxy(
         if any(d in ring_addressing.domains for d in addressing.domains):
             holds = _holds(ring_addressing)
             publishers.append(RingPublisher(overlay, bindings, self_route, reactor, accepts=holds))
+    if publishers:
+        # issue 15: the 200 to a REGISTER waits for the rings' write quorum
+        registrar.commit = ring_commit(publishers)
+        registrar.commit_timeout = max(
+            float(getattr(o, "settings", {}).get("write_timeout", 4.0)) for o, _ in ring_parts.values()
+        )
     prober = None
     pstn = providers.get("pstn")
     if isinstance(pstn, PstnLocator):
@@ -382,6 +393,7 @@ def build_proxy(
             cfg.section("pstn")["probe_interval"],
             stack,
             from_domain=addressing.primary or "localhost",
+            hops=HopResolver(rfc3263) if rfc3263 is not None else None,
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
     reloads.append(("routes and gateways", lambda: reload_routes_and_gateways(cfg.path, routes, pstn)))
@@ -454,6 +466,17 @@ def ring_members_of(cfg: Config) -> Any:
     from sosimple_proxy.security.ringmembers import RingMembers
 
     return RingMembers(ring["ca"])
+def ring_commit(publishers: Sequence[RingPublisher]) -> Callable[[str], Any]:
+    """``commit(aor)``: Deferred[bool], every ring's newest write of ``aor``
+    done; None when no ring is writing it."""
+
+    def commit(aor: str) -> Any:
+        waits = [d for d in (p.settled(aor) for p in publishers) if d is not None]
+        if not waits:
+            return None
+        return gatherResults(waits).addCallback(all)
+
+    return commit
 
 
 def reload_routes_and_gateways(path: str, routes: StaticRoutes, pstn: Any) -> None:

@@ -129,6 +129,14 @@ class HopResolver:
         d = self.rfc3263.resolve(uri)
         return d.addCallback(lambda dests: Peer(dests[0].transport, dests[0].host, dests[0].port))
 
+    def resolve_all(self, uri: Any) -> Deferred:
+        """Every destination of a hop URI, in RFC 3263 order (avoided ones last)."""
+        return self.rfc3263.resolve(uri)
+
+    def avoid(self, dest: str, seconds: float | None = None) -> None:
+        """A destination of a hop failed: try it after the others for a while."""
+        self.rfc3263.avoid(dest, seconds)
+
     def resolve(self, host: str) -> Deferred:
         d = self.rfc3263.resolve(URI("sip", None, host, 5060))
         return d.addCallback(lambda dests: dests[0].host)

@@ -281,21 +281,33 @@ class GatewayProber:
     """
 
     def __init__(
-        self, gateways: GatewaySet, clock: Any, interval: float, stack: Any, from_domain: str = "localhost"
+        self,
+        gateways: GatewaySet,
+        clock: Any,
+        interval: float,
+        stack: Any,
+        from_domain: str = "localhost",
+        hops: Any = None,
     ) -> None:
         self.gateways = gateways
         self.clock = clock
         self.interval = interval
         self.stack = stack
         self.from_domain = from_domain
+        #: resolves gateways named by host (``resolve_uri``, RFC 3263), as
+        #: the forwarder does for their calls; None: those are not probed
+        self.hops = hops
+        self._stopped = False
         self.pending: dict[str, Any] = {}
         self._call: Any = None
 
     def start(self, first: float = 0.0) -> None:
+        self._stopped = False
         if self.interval > 0 and self._call is None:
             self._call = self.clock.callLater(first, self._round)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -314,10 +326,35 @@ class GatewayProber:
 
         dest = gateway.dest
         if dest is None:
-            return  # named by host name: only the forwarder resolves names
+            # named by host: probed where a call would go (RFC 3263), each round
+            if self.hops is None:
+                return
+            d = self.hops.resolve_uri(gateway.uri)
+            self.pending[gateway.name] = d
+            d.addCallbacks(self._resolved, self._unresolved, (gateway,), None, (gateway,))
+            return
         transport, rest = dest.split(":", 1)
         host, _, port = rest.rpartition(":")
-        peer = Peer(transport, host, int(port))
+        self._send(gateway, Peer(transport, host, int(port)))
+
+    def _resolved(self, peer: Any, gateway: Gateway) -> None:
+        self.pending.pop(gateway.name, None)
+        if self._stopped:
+            return
+        if peer.transport == "tls" and getattr(peer, "domain", None) is None:
+            # RFC 5922: the certificate must prove the name we resolved
+            peer = attrs.evolve(peer, domain=gateway.uri.host)
+        try:
+            self._send(gateway, peer)
+        except Exception:
+            log.failure("OPTIONS probe to gateway {name} not sent", name=gateway.name)
+
+    def _unresolved(self, failure: Any, gateway: Gateway) -> None:
+        self.pending.pop(gateway.name, None)
+        self.gateways.state(gateway.name).probe_failed(f"cannot resolve {gateway.uri.host}: {failure.getErrorMessage()}")
+
+    def _send(self, gateway: Gateway, peer: Any) -> None:
+        transport = peer.transport
         local = self._local(peer)
         if local is None:
             self.gateways.state(gateway.name).probe_failed(f"no {transport} listener to probe from")

@@ -77,6 +77,9 @@ class RingPublisher:
         self.retry_delay = retry_delay
         self._written: dict[str, dict[str, Any]] = {}  # aor -> entry -> last record
         self._pending: set[str] = set()
+        # aor -> fires True once its newest write is done (a quorum took it),
+        # False once every retry failed: what the REGISTER answer waits for
+        self._settling: dict[str, Deferred] = {}
         table.listeners.append(self.changed)
         overlay.ready.addCallback(self._ready)
 
@@ -97,6 +100,7 @@ class RingPublisher:
         node = self.node
         if node is None:
             self._pending.add(aor)
+            self._settling.setdefault(aor, Deferred())
             return
         key = self.overlay.keys.key(aor)
         now = self.clock.seconds()
@@ -119,20 +123,55 @@ class RingPublisher:
             self._written[aor] = new
         else:
             self._written.pop(aor, None)
+        previous = self._settling.pop(aor, None)
         if records:
-            self._put(node, aor, records, self.retries)
+            done: Deferred = Deferred()
+            if previous is not None:
+                # an older write's waiters are served by this newer one
+                done.addCallback(_relay, previous)
+            self._settling[aor] = done
+            self._put(node, aor, records, self.retries, done)
+        elif previous is not None:
+            previous.callback(True)
 
-    def _put(self, node: Any, aor: str, records: list[Any], tries: int) -> None:
+    def settled(self, aor: str) -> Deferred | None:
+        """Deferred[bool]: whether the newest write of ``aor`` was done (a
+        write quorum took it) once it is over; None when none is under way."""
+        done = self._settling.get(aor)
+        if done is None:
+            return None
+        waiter: Deferred = Deferred()
+        done.addCallback(_relay, waiter)
+        return waiter
+
+    def _put(self, node: Any, aor: str, records: list[Any], tries: int, done: Deferred) -> None:
         d = maybeDeferred(node.put, records)
+
+        def ok(_: Any) -> None:
+            self._finish(aor, done, True)
 
         def failed(f: Any) -> None:
             if tries > 0:
                 log.info("ring: writing {aor} failed ({why}); retrying", aor=aor, why=f.getErrorMessage())
-                self.clock.callLater(self.retry_delay, self._put, node, aor, records, tries - 1)
+                self.clock.callLater(self.retry_delay, self._put, node, aor, records, tries - 1, done)
             else:
                 log.warn("ring: could not write the registration of {aor}: {why}", aor=aor, why=f.getErrorMessage())
+                self._finish(aor, done, False)
 
-        d.addErrback(failed)
+        d.addCallbacks(ok, failed)
+
+    def _finish(self, aor: str, done: Deferred, result: bool) -> None:
+        if self._settling.get(aor) is done:
+            del self._settling[aor]
+        if not done.called:
+            done.callback(result)
+
+
+def _relay(result: bool, waiter: Deferred) -> bool:
+    """Pass a write's outcome on to one who waits for it, and keep it."""
+    if not waiter.called:
+        waiter.callback(result)
+    return result
 
 
 @implementer(ILocator, IRetargeting)

@@ -17,6 +17,7 @@ It has no Chord logic of its own; each concern is a part, as
 - :mod:`.maintenance`: stabilize, notify, fix-fingers, check-predecessor rounds;
 - :mod:`.admission` (an open ring given ``trust``): peers prove their key
   before they enter the tables.
+- :mod:`.rejoin`: probing lost members, so rings split by a partition merge.
 
 The node keeps the life cycle (join, stop, leave) and what goes between
 parts: a change of replica set or predecessor in the table (it is the
@@ -44,6 +45,7 @@ from .lookup import IterativeLookup, LookupResult
 from .maintenance import Maintenance
 from .messages import EntryId, FetchResult, FindResult, NodeState, Peer, Proof, SyncResult, Version
 from .records import Record
+from .rejoin import Rejoin
 from .replication import Replicator
 from .routing import RoutingTable, Suspects
 from .store import IRecordStore
@@ -120,10 +122,15 @@ class ChordNode:
         self.guard = guard
         if guard is not None:
             guard.attach(self)
+        self.rejoin = Rejoin(self.table, self.calls, self.lookups, self.jobs, config)
         self.maintenance = Maintenance(
-            self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self.replication.each_round
+            self.table, self.calls, self.lookups, self.jobs, clock, config, self.rng, self._each_round
         )
         self.watches = Watches(self.table, self.calls, self.lookups, store, self.jobs, clock, config)
+
+    def _each_round(self, rounds: int) -> None:
+        self.replication.each_round(rounds)
+        self.rejoin.each_round(rounds)
 
     # ------------------------------------------------------------ the tables
 
@@ -165,6 +172,7 @@ class ChordNode:
         """
         self.jobs.running = True
         bootstrap = [a for a in bootstrap if a != self.address]
+        self.rejoin.remember_bootstrap(bootstrap)  # a partition may split us from them
         if not bootstrap:
             self.replication.cover_whole_ring()
             self.joined = True

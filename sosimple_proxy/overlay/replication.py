@@ -18,12 +18,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from . import ids
-from .errors import LookupFailed, NotRunning, OverlayError, StoreFailed
+from . import ids, quorum
+from .errors import LookupFailed, NotRunning, OverlayError
 from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
 from .messages import EntryId, FetchResult, Peer, SyncResult, Version, versions_of
 from .records import Record, merge_all
+from .repair import ReadRepair
 from .routing import RoutingTable
 from .store import IRecordStore
 from .tuning import NodeConfig
@@ -66,6 +67,10 @@ class Replicator:
         self._last_seq = 0
         #: records a replica sync pulled in or pushed out (the metrics' repairs)
         self.repairs = 0
+        #: read repair (overlay/repair.py), when ``config.read_repair``
+        self.repair: ReadRepair | None = (
+            ReadRepair(self.me, calls, clock, self.take) if config.read_repair else None
+        )
 
     # --------------------------------------------------------------- coverage
 
@@ -121,7 +126,8 @@ class Replicator:
         """Store records (all under one key) at the key's successor and replicas.
 
         Deferred[int]: how many nodes took them (up to ``replicas + 1``);
-        fails with :class:`.errors.StoreFailed` when none did.
+        fails with :class:`.quorum.QuorumFailed` (a :class:`.errors.StoreFailed`)
+        when fewer than the write quorum did.
         """
         batch = (records,) if isinstance(records, Record) else tuple(records)
         if not batch:
@@ -134,19 +140,27 @@ class Replicator:
         if self.guard is not None:
             batch = yield self.guard.prepare(batch)
         result = yield self.lookups.lookup(key)
-        acks = yield self._store_at(result.successors, batch, self.config.replicas + 1)
-        if acks == 0:
-            raise StoreFailed(f"no node took key {key:x}")
+        missed: list[Peer] = []
+        acks = yield self._store_at(result.successors, batch, self.config.replicas + 1, missed)
+        holders = [p.address for p in result.successors]
+        if acks < quorum.needed(self.config.write_quorum, self.config.replicas, holders) and missed and self.jobs.running:
+            # one more try of those that did not answer (a busy node, a lost
+            # message) before the write counts as not done
+            acks += yield self._store_at(missed, batch, len(missed))
+        # Done only once a quorum of copies holds it (overlay/quorum.py).
+        quorum.check(acks, self.config.write_quorum, self.config.replicas, holders, key)
         return acks
 
     @defer.inlineCallbacks
-    def _store_at(self, peers: Sequence[Peer], batch: tuple[Record, ...], want: int):
+    def _store_at(self, peers: Sequence[Peer], batch: tuple[Record, ...], want: int, missed: list[Peer] | None = None):
         queue = list(peers)
         acks = 0
         while acks < want and queue:
             now, queue = queue[: want - acks], queue[want - acks :]
             results = yield defer.DeferredList([self._store_one(p, batch) for p in now], consumeErrors=True)
             acks += sum(1 for ok, _ in results if ok)
+            if missed is not None:
+                missed.extend(p for p, (ok, _) in zip(now, results) if not ok)
         return acks
 
     def _store_one(self, peer: Peer, batch: tuple[Record, ...]) -> defer.Deferred:
@@ -212,7 +226,9 @@ class Replicator:
         collected: list[Record] = []
         answered = 0
         vouched = False
-        for p in result.successors[: self.config.replicas + 1]:
+        holders = result.successors[: self.config.replicas + 1]
+        answers: list[tuple[Peer, tuple[Record, ...]]] = []
+        for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
             else:
@@ -222,10 +238,16 @@ class Replicator:
                     self.table.failed(p.address)
                     continue
             answered += 1
+            answers.append((p, answer.records))
             collected.extend(answer.records)
             if answer.authoritative:
                 vouched = True
                 break
+        if self.repair is not None and answers and self.jobs.running:
+            # in the background: the reader does not wait (overlay/repair.py)
+            self.repair.after_read(key, kind, answers, holders, self.answer_fetch).addErrback(
+                self.jobs.log_failure, "read repair"
+            )
         if not answered:
             raise LookupFailed(f"no holder of key {key:x} answered")
         if self.guard is not None and collected:

@@ -48,6 +48,8 @@ def node_config(settings: Mapping[str, Any], m: int = ids.DEFAULT_BITS) -> NodeC
         successors=int(settings.get("successors", 8)),
         replicas=int(settings.get("replicas", 2)),
         stabilize_interval=float(settings.get("stabilize_interval", 5.0)),
+        write_quorum=int(settings.get("write_quorum", 2)),
+        read_repair=bool(settings.get("read_repair", True)),
     )
 
 

@@ -59,6 +59,8 @@ class SimNetwork:
         self.link_loss: dict[tuple[Hashable, Hashable], float] = {}
         self.sent = 0
         self.lost = 0
+        #: a partition: these addresses reach only each other
+        self.cut: set[Hashable] | None = None
 
     def add(self, address: Hashable, handler: IOverlayPeer) -> None:
         """Attach a live handler at ``address``."""
@@ -86,7 +88,16 @@ class SimNetwork:
         d = ((pa[0] - pb[0]) ** 2 + (pa[1] - pb[1]) ** 2) ** 0.5 / 1.4143
         return self.base_latency + self.spread * d
 
+    def partition(self, side: Iterable[Hashable]) -> None:
+        """Cut ``side`` off from everyone else (both ways) until :meth:`heal`."""
+        self.cut = set(side)
+
+    def heal(self) -> None:
+        self.cut = None
+
     def _lost(self, a: Hashable, b: Hashable) -> bool:
+        if self.cut is not None and (a in self.cut) != (b in self.cut):
+            return True
         p = self.link_loss.get((a, b), self.loss)
         if p and self.rng.random() < p:
             self.lost += 1

@@ -27,6 +27,12 @@ class NodeConfig:
     suspect_time: float = 0.0
     #: next-hop candidates a ``find`` answer carries
     candidates: int = 3
+    #: copies that must acknowledge a write (capped by replicas + 1 and live nodes)
+    write_quorum: int = 2
+    #: a read that meets replicas with different versions repairs the stale
+    #: ones (site.ini's default is yes; off here so simulations count only
+    #: what they ask for)
+    read_repair: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.successors < 1:

@@ -155,6 +155,24 @@ class ResponseContext:
         self._check_done()
 
     def _start_branch(self, target: Target) -> None:
+        pin = getattr(self.forwarder, "pin", None)
+        if pin is not None and not target.dest:
+            # a next hop named by host: its SRV destinations become fallbacks
+            pinned = pin(self.request, target)
+            if isinstance(pinned, Deferred):
+                self._waiting += 1
+                pinned.addCallback(self._pinned)
+                return
+            target = pinned
+        self._branch_for(target)
+
+    def _pinned(self, target: Target) -> None:
+        self._waiting -= 1
+        if not (self.cancelled or self.got_2xx or self.got_6xx):
+            self._branch_for(target)
+        self._check_done()
+
+    def _branch_for(self, target: Target) -> None:
         branch = Branch(target)
         self.branches.append(branch)
         try:
@@ -302,6 +320,9 @@ class ResponseContext:
         self.finals.append(response)
 
     def _failover(self, target: Target, response: Response) -> None:
+        hop_failed = getattr(self.forwarder, "hop_failed", None)
+        if hop_failed is not None:
+            hop_failed(target, response)
         if target.fallbacks:
             nxt = target.fallbacks[0]
             self._start_branch(attrs.evolve(nxt, fallbacks=tuple(target.fallbacks[1:]) + tuple(nxt.fallbacks)))

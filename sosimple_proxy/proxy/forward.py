@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from sosimple_proxy.location.interfaces import IHopResolver, Target
 from sosimple_proxy.proxy import routing
+from sosimple_proxy.proxy.hop_failover import HopFailover
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.address import ListenAddress, Peer
@@ -52,6 +53,7 @@ class RequestForwarder:
         self.stack = stack
         self.record_route = record_route
         self.hops = hops
+        self._failover = HopFailover(hops) if hops is not None and hasattr(hops, "resolve_all") else None
         # The dialog's HMAC for our Record-Route (proxy/dialog_stamp.py).
         self.stamp = stamp
         # Last look at each branch's copy once its destination is known
@@ -61,6 +63,19 @@ class RequestForwarder:
     @property
     def listening(self) -> Sequence[ListenAddress]:
         return self.stack.listening()
+
+    # -- SRV failover for hops named by host (proxy/hop_failover.py)
+
+    def pin(self, request: Request, target: Target) -> Any:
+        """``target``, or a Deferred of it pinned to its next hop's DNS
+        destinations (the others as fallbacks)."""
+        if self._failover is None:
+            return target
+        return self._failover.pin(request, target, has_flow=self._flow(target) is not None)
+
+    def hop_failed(self, target: Target, response: Any) -> None:
+        if self._failover is not None:
+            self._failover.failed(target, response)
 
     # -- requests in a transaction
 

@@ -8,8 +8,10 @@ chain's authentication step (:mod:`sosimple_proxy.proxy.authenticate`).
 from __future__ import annotations
 
 import email.utils
+import math
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sosimple_proxy.location.bindings import Binding, BindingTable
@@ -41,6 +43,39 @@ def aor_key(uri: Any) -> str:
     return f"{user}@{host}" if user else host
 
 
+def durable_answer(
+    clock: Any, waiting: Deferred, timeout: float, request: Request, response: Response
+) -> Deferred:
+    """``response`` once ``waiting`` fires True within ``timeout`` seconds;
+    otherwise a 500 with Retry-After, so the phone registers again rather
+    than trusting a binding a single crash could lose (issue 15)."""
+    answer: Deferred = Deferred()
+    retry_after = str(max(1, math.ceil(timeout)))
+
+    def give(ok: Any) -> None:
+        if answer.called:
+            return
+        if timer.active():
+            timer.cancel()
+        if ok is True:
+            answer.callback(response)
+            return
+        log.warn("registrar: the ring did not store the binding of {aor} in time", aor=request.to.uri)
+        # RFC 3261 21.5.1: a 500 MAY carry Retry-After (when to try again).
+        answer.callback(
+            make_response(
+                request,
+                500,
+                "Server Internal Error: the registration could not be stored in the ring",
+                extra=(("Retry-After", retry_after),),
+            )
+        )
+
+    timer = clock.callLater(timeout, give, False)
+    waiting.addBoth(give)
+    return answer
+
+
 def _int_or_error(text: str, what: str) -> int:
     text = text.strip()
     if not text.isdigit():
@@ -62,6 +97,8 @@ class Registrar:
         max_contacts: int,
         is_ours: Callable[[Any], bool],
         aor: Callable[[Any], str] = aor_key,
+        commit: Callable[[str], Deferred | None] | None = None,
+        commit_timeout: float = 4.0,
     ) -> None:
         self.clock = clock
         self.aor = aor
@@ -71,14 +108,26 @@ class Registrar:
         self.default_expires = default_expires
         self.max_contacts = max_contacts
         self.is_ours = is_ours
+        #: ``commit(aor)``: Deferred[bool] once the AoR's new bindings are
+        #: durable elsewhere (a ring's write quorum took them); None: nothing
+        #: to wait for.  The 200 waits for it (issue 15).
+        self.commit = commit
+        self.commit_timeout = commit_timeout
 
-    def handle(self, request: Request, received: str | None = None) -> Response:
+    def handle(self, request: Request, received: str | None = None) -> Response | Deferred:
+        """The response, or a Deferred of it while the ring stores the bindings."""
         try:
-            return self._handle(request, received)
+            response = self._handle(request, received)
         except RegistrarError as e:
             return make_response(request, e.status, e.reason, extra=e.extra)
         except ParseError as e:
             return make_response(request, 400, str(e))
+        if self.commit is None or response.status != 200:
+            return response
+        waiting = self.commit(self.aor(request.to.uri))
+        if waiting is None:
+            return response
+        return durable_answer(self.clock, waiting, self.commit_timeout, request, response)
 
     def _handle(self, request: Request, received: str | None) -> Response:
         if not self.is_ours(request.ruri):

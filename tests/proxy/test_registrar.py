@@ -181,3 +181,63 @@ def test_unparsable_contact_is_400_naming_it(registrar):
 def test_aor_canonical_form(registrar):
     registrar.handle(register(["<sip:a@127.0.0.1:1>"], to="<sip:%61lice@EXAMPLE.com;user=phone>"))
     assert len(registrar.table.lookup("alice@example.com")) == 1
+
+
+# --- issue 15: the 200 waits for the ring's write quorum
+
+
+def waiting_registrar(clock, commit):
+    table = BindingTable(clock)
+    return Registrar(
+        clock,
+        table,
+        min_expires=60,
+        max_expires=3600,
+        default_expires=1800,
+        max_contacts=3,
+        is_ours=ADDRESSING.is_ours,
+        commit=commit,
+        commit_timeout=4.0,
+    )
+
+
+def answered(d):
+    got = []
+    d.addCallback(got.append)
+    return got
+
+
+def test_the_200_waits_for_the_ring_write_to_be_done(clock):
+    from twisted.internet.defer import Deferred
+
+    pending = Deferred()
+    asked = []
+    registrar = waiting_registrar(clock, lambda aor: asked.append(aor) or pending)
+    got = answered(registrar.handle(register(["<sip:a@127.0.0.1:1>"], expires=600)))
+    assert asked == ["alice@example.com"] and got == []
+    clock.advance(1)
+    pending.callback(True)
+    assert got[0].status == 200
+
+
+def test_a_ring_write_not_done_in_time_is_a_500_with_retry_after(clock):
+    from twisted.internet.defer import Deferred
+
+    registrar = waiting_registrar(clock, lambda aor: Deferred())
+    got = answered(registrar.handle(register(["<sip:a@127.0.0.1:1>"], expires=600)))
+    clock.advance(3.9)
+    assert got == []
+    clock.advance(0.2)
+    assert got[0].status == 500 and got[0].headers.get("retry-after") == "4"
+
+
+def test_a_failed_ring_write_is_a_500_and_nothing_to_write_is_a_200_at_once(clock):
+    from twisted.internet.defer import succeed
+
+    failed = waiting_registrar(clock, lambda aor: succeed(False))
+    got = answered(failed.handle(register(["<sip:a@127.0.0.1:1>"], expires=600)))
+    assert got[0].status == 500
+    quiet = waiting_registrar(clock, lambda aor: None)
+    assert quiet.handle(register(["<sip:a@127.0.0.1:1>"], expires=600)).status == 200
+    # a refused REGISTER never waits
+    assert failed.handle(register(["<sip:a@127.0.0.1:1>"], expires=30)).status == 423

@@ -1,0 +1,57 @@
+"""Write quorum (issue 15): a ring write is done only once
+min(write_quorum, replicas + 1, distinct live holders) copies took it."""
+
+from __future__ import annotations
+
+from twisted.python.failure import Failure
+
+from sosimple_proxy.overlay import quorum
+from sosimple_proxy.overlay.records import Record
+from sosimple_proxy.overlay.simnet import SimCluster
+from sosimple_proxy.overlay.tuning import NodeConfig
+from sosimple_proxy.testing.ring import run_until_answered, sim_ring
+
+
+def test_needed_is_capped_by_the_copies_kept_and_the_live_nodes():
+    assert quorum.needed(2, 2, ["a", "b", "c"]) == 2
+    assert quorum.needed(3, 2, ["a", "b", "c", "d"]) == 3
+    assert quorum.needed(5, 2, ["a", "b", "c", "d"]) == 3  # replicas + 1
+    assert quorum.needed(2, 2, ["a"]) == 1  # a ring of one (make run)
+    assert quorum.needed(2, 2, ["a", "a"]) == 1  # distinct nodes
+    assert quorum.needed(2, 0, ["a", "b"]) == 1  # no replicas: one copy is all there is
+
+
+def record(cluster: SimCluster, key: int, seq: int = 1) -> Record:
+    return Record(key, "blob", "", "w", b"v", cluster.clock.seconds() + 600, seq)
+
+
+def test_a_ring_of_one_takes_a_write_alone():
+    cluster = sim_ring(1, 3)
+    (node,) = cluster.joined()
+    assert run_until_answered(cluster, node.put(record(cluster, 42))) == 1
+
+
+def test_a_write_only_its_writer_took_is_not_done():
+    # Two nodes; the other dies unnoticed (its entries are still in our
+    # tables): the writer's own copy alone is one crash from being lost.
+    cluster = sim_ring(2, 3, NodeConfig(stabilize_interval=1.0, write_quorum=2))
+    a, b = sorted(cluster.joined(), key=lambda n: n.id)
+    cluster.net.kill(b.address)
+    got = run_until_answered(cluster, a.put(record(cluster, a.id)))
+    assert isinstance(got, Failure) and got.check(quorum.QuorumFailed)
+    assert (got.value.acks, got.value.needed) == (1, 2)
+
+
+def test_write_quorum_one_is_the_old_behaviour():
+    cluster = sim_ring(2, 3, NodeConfig(stabilize_interval=1.0, write_quorum=1))
+    a, b = sorted(cluster.joined(), key=lambda n: n.id)
+    cluster.net.kill(b.address)
+    assert run_until_answered(cluster, a.put(record(cluster, a.id))) == 1
+
+
+def test_a_dead_holder_is_replaced_by_the_next_successor_and_the_write_is_done():
+    cluster = sim_ring(6, 5, NodeConfig(stabilize_interval=1.0, write_quorum=3))
+    nodes = sorted(cluster.joined(), key=lambda n: n.id)
+    key = nodes[2].id
+    cluster.net.kill(nodes[3].address)  # a replica of key, unnoticed
+    assert run_until_answered(cluster, nodes[0].put(record(cluster, key))) == 3
