@@ -95,7 +95,11 @@ def header_key(name: str) -> str:
 
 
 class Headers:
-    """Ordered header fields, each ``[name_as_written, value_as_written]``.
+    """Ordered header fields, each ``(key, name_as_written, value_as_written)``.
+
+    Tuples of strings, not lists: the cyclic GC stops tracking such a tuple
+    the first time it sees it, and a lingering transaction's messages are
+    most of what a collection would otherwise walk again and again.
 
     Lookups take any spelling (``"v"``, ``"VIA"``, ``"Via"``) and find both
     compact and long forms.  A field line may hold several comma-separated
@@ -105,13 +109,13 @@ class Headers:
     __slots__ = ("_fields", "_version")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        # Each entry: [key, name_as_written, value]
-        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
+        # Each entry: (key, name_as_written, value)
+        self._fields: list[tuple[str, str, str]] = [(header_key(n), n, v) for n, v in fields]
         self._version = _next_version()
 
     @classmethod
-    def from_parsed(cls, fields: list[list[str]]) -> "Headers":
-        """Adopt ``[key, name, value]`` lists built by the parser (no copy)."""
+    def from_parsed(cls, fields: list[tuple[str, str, str]]) -> "Headers":
+        """Adopt ``(key, name, value)`` tuples built by the parser (no copy)."""
         h = cls.__new__(cls)
         h._fields = fields
         h._version = _next_version()
@@ -168,7 +172,7 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a field at the end."""
-        self._fields.append([header_key(name), name, value])
+        self._fields.append((header_key(name), name, value))
         self._version = _next_version()
 
     def prepend(self, name: str, value: str) -> None:
@@ -179,10 +183,10 @@ class Headers:
         key = header_key(name)
         for i, f in enumerate(self._fields):
             if f[0] == key:
-                self._fields.insert(i, [key, name, value])
+                self._fields.insert(i, (key, name, value))
                 break
         else:
-            self._fields.insert(0, [key, name, value])
+            self._fields.insert(0, (key, name, value))
         self._version = _next_version()
 
     def set(self, name: str, value: str) -> None:
@@ -190,11 +194,11 @@ class Headers:
         key = header_key(name)
         for i, f in enumerate(self._fields):
             if f[0] == key:
-                f[1], f[2] = name, value
+                self._fields[i] = (key, name, value)
                 self._fields[i + 1 :] = [g for g in self._fields[i + 1 :] if g[0] != key]
                 break
         else:
-            self._fields.append([key, name, value])
+            self._fields.append((key, name, value))
         self._version = _next_version()
 
     def remove(self, name: str) -> int:
@@ -231,14 +235,14 @@ class Headers:
                 if len(parts) == 1:
                     del self._fields[i]
                 else:
-                    f[2] = ", ".join(parts[1:])
+                    self._fields[i] = (key, f[1], ", ".join(parts[1:]))
                 self._version = _next_version()
                 return first
         return None
 
     def copy(self) -> "Headers":
         h = Headers.__new__(Headers)
-        h._fields = [list(f) for f in self._fields]
+        h._fields = list(self._fields)  # the tuples are immutable: shared
         h._version = _next_version()
         return h
 
@@ -487,8 +491,20 @@ REASONS: dict[int, str] = {
 }
 
 
+_random_hex = ""
+
+
 def new_tag() -> str:
-    return secrets.token_hex(5)
+    """40 random bits in hex (RFC 3261 19.3: "at least 32 bits of
+    randomness").  Sliced from a pool of ``secrets`` bytes drawn 2 KiB at a
+    time: as unpredictable as ``secrets.token_hex(5)``, without a system
+    call per response."""
+    global _random_hex
+    pool = _random_hex
+    if len(pool) < 10:
+        pool = secrets.token_hex(2048)
+    _random_hex = pool[10:]
+    return pool[:10]
 
 
 def make_response(
@@ -510,16 +526,19 @@ def make_response(
     request and MUST maintain the same ordering."  A To tag is added to
     every response but 100 when the request had none.
     """
-    fields: list[list[str]] = []
-    for key, name, value in request.headers._fields:
+    fields: list[tuple[str, str, str]] = []
+    for f in request.headers._fields:
+        key = f[0]
         if key in _COPIED:
-            fields.append([key, name, value])
+            fields.append(f)
         elif key == "to":
+            value = f[2]
             if status > 100 and ";tag=" not in value.replace(" ", "").lower():
-                value = f"{value};tag={to_tag or new_tag()}"
-            fields.append([key, name, value])
+                fields.append((key, f[1], f"{value};tag={to_tag or new_tag()}"))
+            else:
+                fields.append(f)
     for name, value in extra:
-        fields.append([header_key(name), name, value])
+        fields.append((header_key(name), name, value))
     return Response(status, reason, Headers.from_parsed(fields), body)
 
 
