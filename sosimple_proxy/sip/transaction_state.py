@@ -92,7 +92,7 @@ class Transaction:
         self._retx = self._timeout = None
 
     def _later(self, delay: float, fn: Callable[[], None]) -> IDelayedCall:
-        return self.layer.reactor.callLater(delay, fn)
+        return self.layer.timer_queues.call_later(delay, fn)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.method} {self.state} {self.key!r}>"
