@@ -10,7 +10,6 @@ import base64
 import functools
 import hashlib
 import ipaddress
-import secrets
 from urllib.parse import quote
 from typing import Any, Callable, Sequence
 
@@ -18,6 +17,7 @@ import attrs
 
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
+from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.uri import URI, format_host
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
@@ -63,7 +63,7 @@ def _tag(value: str | None) -> str:
 
 
 def new_proxy_branch(lhash: str) -> str:
-    return f"{BRANCH_PREFIX}{lhash}.{secrets.token_hex(4)}"
+    return f"{BRANCH_PREFIX}{lhash}.{random_hex(8)}"
 
 
 def stateless_branch(request: Request, lhash: str) -> str:

@@ -13,8 +13,9 @@ byte sequence survives a parse/serialize round trip exactly.
 from __future__ import annotations
 
 import itertools
-import secrets
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from sosimple_proxy.sip.randomness import random_hex
 
 # Header versions are unique across all Headers objects, so a view cached
 # for one Headers object is never taken for another's (e.g. after
@@ -491,20 +492,9 @@ REASONS: dict[int, str] = {
 }
 
 
-_random_hex = ""
-
-
 def new_tag() -> str:
-    """40 random bits in hex (RFC 3261 19.3: "at least 32 bits of
-    randomness").  Sliced from a pool of ``secrets`` bytes drawn 2 KiB at a
-    time: as unpredictable as ``secrets.token_hex(5)``, without a system
-    call per response."""
-    global _random_hex
-    pool = _random_hex
-    if len(pool) < 10:
-        pool = secrets.token_hex(2048)
-    _random_hex = pool[10:]
-    return pool[:10]
+    """40 random bits in hex (RFC 3261 19.3: "at least 32 bits of randomness")."""
+    return random_hex(10)
 
 
 def make_response(
