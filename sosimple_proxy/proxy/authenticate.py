@@ -211,16 +211,28 @@ class Authenticate:
 
     def _remove_our_credentials(self, request: Request) -> None:
         assert self.digest is not None
-        values = request.headers.get_all("proxy-authorization")
-        keep = []
-        for value in values:
-            try:
-                ours = parse_auth_header(value).params.get("realm") == self.digest.realm
-            except MalformedCredentials:
-                ours = False
-            if not ours:
-                keep.append(value)
-        if len(keep) != len(values):
-            request.headers.remove("proxy-authorization")
-            for value in keep:
-                request.headers.add("Proxy-Authorization", value)
+        remove_credentials(request, self.digest.realm)
+
+
+def remove_credentials(request: Request, realm: str) -> None:
+    """Consume the Proxy-Authorization values of ``realm``, keep the others.
+
+    RFC 3261 22.3: "a Proxy-Authorization header field value MUST NOT be
+    consumed by any proxy whose realm does not match the 'realm' parameter
+    specified in that value" -- and ours are of no use further on.
+    """
+    values = request.headers.get_all("proxy-authorization")
+    if not values:
+        return
+    keep = []
+    for value in values:
+        try:
+            ours = parse_auth_header(value).params.get("realm") == realm
+        except MalformedCredentials:
+            ours = False
+        if not ours:
+            keep.append(value)
+    if len(keep) != len(values):
+        request.headers.remove("proxy-authorization")
+        for value in keep:
+            request.headers.add("Proxy-Authorization", value)
