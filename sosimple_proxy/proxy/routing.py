@@ -401,7 +401,9 @@ def has_to_tag(request: Request) -> bool:
 
 
 def copy_request(request: Request) -> Request:
-    return Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
+    copy = Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
+    copy.adopt_views(request)  # same header values: the parsed views hold (they are never mutated)
+    return copy
 
 
 def escaped_route_contact(uri: URI, route: Sequence[str]) -> str:
