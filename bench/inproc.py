@@ -201,14 +201,14 @@ def _find(service: Any, attr: str) -> Any:
     return None
 
 
-def run_calls(h: Harness, workload: str, calls: int) -> float:
+def run_calls(h: Harness, workload: str, calls: int, warmup: int = 200) -> float:
     """CPU seconds per call (process time) for ``calls`` calls."""
     if workload == "MESSAGE" or workload == "INVITE":
         h.register("uas", UAS)
     one = {"REGISTER": lambda i: h.register(f"user{i % 10000:05d}"),
            "MESSAGE": lambda i: h.message(), "INVITE": lambda i: h.invite()}[workload]
     tick = _reactor.runUntilCurrent  # expired timers run, as in the real loop
-    for i in range(min(200, calls)):  # warm-up
+    for i in range(warmup):  # warm-up
         one(i)
     t0 = time.process_time()
     for i in range(calls):
@@ -239,7 +239,7 @@ def main(argv: list[str]) -> None:
                 st.sort_stats("tottime").print_stats(int(opts.get("top", 35)))
                 print(buf.getvalue())
             else:
-                per = run_calls(h, w, calls)
+                per = run_calls(h, w, calls, int(opts.get("warmup", 200)))
             print(f"{w}: {per * 1e6:.1f} us of Python CPU per call (in process, {calls} calls)", flush=True)
         finally:
             h.stop()
