@@ -85,6 +85,10 @@ def one(kind: str, workload: str, rate: int, seconds: float, profile: bool, top:
     finally:
         probe_uas.close()
         server.stop()
+        if "--log" in sys.argv:
+            for log in work.rglob("twistd.log"):
+                lines = log.read_text(errors="replace").splitlines()
+                print(f"{log}: {len(lines)} lines; last: " + "\n".join(lines[-8:]))
         shutil.rmtree(work, ignore_errors=True)
         if cprofile is not None and cprofile.exists():
             print(cprofile_summary(cprofile, top))
