@@ -44,6 +44,9 @@ class Capture:
         self.sent.append((data, addr))
         return len(data)
 
+    def close(self) -> None:
+        pass
+
     def take(self) -> list[tuple[bytes, tuple[str, int]]]:
         out, self.sent = self.sent, []
         return out
