@@ -15,7 +15,9 @@ The location providers come from the one table in
 The ``[limits]`` limiter (:func:`build_limits`) is one object on the
 reactor, shared by whoever judges a source: the SIP stack (rates, bans,
 connection and transaction caps), authentication (wrong credentials) and
-the admin API (``GET /limits``, lifting a ban).
+the admin API (``GET /limits``, lifting a ban).  With ``[proxy] workers``
+each worker has its own, which reports to the parent's (the admin API's):
+see :mod:`sosimple_proxy.workers.shared_limits`.
 """
 
 from __future__ import annotations
@@ -570,6 +572,12 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]
     hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
+    if top.limits is not None:  # type: ignore[attr-defined]
+        # every worker's bans and counts meet in the admin API's limiter
+        from sosimple_proxy.workers.shared_limits import SharedLimitsHub
+
+        hub.limits = SharedLimitsHub(reactor, top.limits, hub.lines)  # type: ignore[attr-defined]
+        LimitsService(top.limits).setServiceParent(top)  # type: ignore[attr-defined]
     HubListener(reactor, hub, directory, table).setServiceParent(top)
     pool = WorkerPool(reactor, cfg.proxy["workers"], worker_argv(cfg.path, cfg.proxy["workers"], directory))
     pool.setServiceParent(top)
@@ -599,9 +607,16 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     assert tls is not None
     top = WorkerService(reactor, index, directory)
     rings = {name: RemoteRing(name, top.get_link) for name in _ring_names(cfg)}
-    limits = build_limits(cfg, reactor)
+    # bans, rates and nonce-counts shared with the other workers through the parent
+    from sosimple_proxy.workers.shared_limits import WorkerLimits
+    from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts
+
+    limits = top.limits = WorkerLimits(reactor, LimitsConfig(**cfg.section("limits")), top.get_link)
     proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
                         publish=False)
+    if proxy.digest is not None:
+        nonces = top.nonces = WorkerNonceCounts(reactor, cfg.section("auth")["nonce_ttl"], index, count, top.get_link)
+        proxy.digest.share_nonce_state(nonces, nonces.random)
     top.table = proxy.registrar.table
     stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
     transport = stack.transport

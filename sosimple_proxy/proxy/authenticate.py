@@ -30,12 +30,13 @@ import ipaddress
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sosimple_proxy.proxy.chain import CONTINUE, Job, Step, Trust
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.security.authparams import MalformedCredentials, parse_auth_header
-from sosimple_proxy.security.digest import DigestAuthenticator, Outcome
+from sosimple_proxy.security.digest import DigestAuthenticator, Outcome, Verdict
 from sosimple_proxy.sip import headers as H
 from sosimple_proxy.sip.message import Request, Response, make_response
 
@@ -162,6 +163,14 @@ class Authenticate:
             return CONTINUE  # a keep-alive to the proxy itself, answered with our capabilities
         values = request.headers.get_all("authorization") if register else proxy_credentials
         verdict = self.digest.verify_request(values, request.method)
+        if isinstance(verdict, Deferred):
+            # [proxy] workers: another worker keeps this nonce's counts
+            return verdict.addCallback(lambda v: self._decide(job, v, register, claims_ours))
+        return self._decide(job, verdict, register, claims_ours)
+
+    def _decide(self, job: Job, verdict: Verdict, register: bool, claims_ours: bool) -> Step:
+        request = job.request
+        assert self.digest is not None
         if verdict.ok:
             return self._authenticated(job, verdict.user or "", register)
         if not register and claims_ours and self.is_emergency(request):

@@ -5,7 +5,10 @@
   proxy's one ring node lives in the parent;
 - :mod:`.shared_bindings`: a worker's binding table kept equal to the others';
 - :mod:`.remote_ring`: a ring as a worker sees it, through the hub;
-- :mod:`.pool`: the parent starts the workers and restarts one that dies.
+- :mod:`.pool`: the parent starts the workers and restarts one that dies;
+- :mod:`.shared_limits`: ``[limits]`` bans and per-source counts, summed
+  and decided once in the parent;
+- :mod:`.shared_nonces`: digest nonce-counts, each kept by its nonce's owner.
 
 The SIP side of it (branches that name their worker, responses handed to
 their worker) is in :mod:`sosimple_proxy.sip.handoff`.

@@ -5,7 +5,9 @@ The parent listens on a Unix socket in its private directory
 and the parent pushes every binding it holds before answering, so a worker
 that was restarted knows every registration before it serves a request.
 After that each binding change goes worker -> parent -> the other workers,
-and the workers' ring lookups go to the parent's ring node.
+and the workers' ring lookups go to the parent's ring node.  The same
+line carries ``[limits]`` tallies and bans (:mod:`.shared_limits`) and
+nonce-count checks for another worker's nonce (:mod:`.shared_nonces`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from sosimple_proxy.workers.protocol import (
     records_to_json,
 )
 from sosimple_proxy.workers.shared_bindings import SharedBindings
+from sosimple_proxy.workers.shared_limits import LimitsParentSide, LimitsWorkerSide
+from sosimple_proxy.workers.shared_nonces import NoncesParentSide, NoncesWorkerSide
 
 __all__ = ["Hub", "WorkerLink"]
 
@@ -38,7 +42,7 @@ def _ignore_lost(failure: Any) -> None:
     log.debug("push to a worker failed: {why}", why=failure.getErrorMessage())
 
 
-class _ParentSide(amp.AMP):
+class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
     """The parent's end of one worker's line."""
 
     def __init__(self, hub: Hub) -> None:
@@ -56,7 +60,8 @@ class _ParentSide(amp.AMP):
             if (bindings := self.hub.table.lookup(aor))
         ]
         log.info("worker {index} connected: {n} AoRs' bindings sent", index=index, n=len(pushes))
-        d = defer.gatherResults(pushes, consumeErrors=True)
+        bans = self.hub.limits.bans_for(self) if self.hub.limits is not None else []
+        d = defer.gatherResults(pushes + bans, consumeErrors=True)
         return d.addCallback(lambda _: {"bindings": len(pushes)})
 
     @PushBindings.responder
@@ -85,6 +90,7 @@ class Hub(Factory):
         self.rings = dict(rings)
         self.lines: dict[int, _ParentSide] = {}
         self.shared = SharedBindings(table, lambda aor, bindings: None)
+        self.limits: Any = None  # a SharedLimitsHub: bans and rates across workers
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)
@@ -108,7 +114,7 @@ class Hub(Factory):
         return defer.maybeDeferred(node.get, overlay.keys.key(aor), kind)
 
 
-class WorkerLink(amp.AMP):
+class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
     """A worker's end: pushes from the parent go into ``shared``;
     ``on_lost`` hears that the parent is gone."""
 

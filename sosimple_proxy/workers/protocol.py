@@ -72,3 +72,39 @@ def records_to_json(records: list[Any]) -> str:
 
 def records_from_json(text: str) -> list[RemoteRecord]:
     return [RemoteRecord(d["entry"], base64.b64decode(d["value"]), float(d["expires"])) for d in json.loads(text)]
+
+
+# --- [limits] and digest nonce-counts shared by the workers
+# (sosimple_proxy.workers.shared_limits, .shared_nonces)
+
+
+class LimitsReport(amp.Command):
+    """Worker -> parent: per source, the requests the worker let through
+    and the wrong credentials it saw since its last report (JSON objects,
+    address -> count; at most ``shared_limits.MAX_BATCH`` sources each)."""
+
+    arguments = [(b"requests", amp.Unicode()), (b"failures", amp.Unicode())]
+    response: list = []
+
+
+class BanSource(amp.Command):
+    """Either way: ``address`` is banned for ``seconds`` more."""
+
+    arguments = [(b"address", amp.Unicode()), (b"reason", amp.Unicode()), (b"seconds", amp.Float())]
+    response: list = []
+
+
+class UnbanSource(amp.Command):
+    """Parent -> worker: the ban of ``address`` is lifted."""
+
+    arguments = [(b"address", amp.Unicode()), (b"why", amp.Unicode())]
+    response: list = []
+
+
+class AcceptCount(amp.Command):
+    """Worker -> parent -> worker ``owner``: accept nonce-count ``nc`` of
+    ``nonce`` (issued at ``issued``)?  The verdict is a
+    :class:`~sosimple_proxy.security.nonces.CountVerdict` value."""
+
+    arguments = [(b"owner", amp.Integer()), (b"nonce", amp.Unicode()), (b"issued", amp.Float()), (b"nc", amp.Integer())]
+    response = [(b"verdict", amp.Unicode())]

@@ -34,6 +34,9 @@ class WorkerService(MultiService):
         self.directory = directory
         self.table: BindingTable | None = None  # the proxy's, set by the composition root
         self.link: WorkerLink | None = None
+        # shared with the other workers through the parent (set by the composition root)
+        self.limits: Any = None
+        self.nonces: Any = None
         self._children_started = False
 
     def get_link(self) -> WorkerLink | None:
@@ -53,6 +56,7 @@ class WorkerService(MultiService):
 
     def _connected(self, link: WorkerLink) -> Any:
         self.link = link
+        link.limits, link.nonces = self.limits, self.nonces
         return link.callRemote(Hello, index=self.index).addCallback(self._ready)
 
     def _ready(self, answer: dict) -> None:
