@@ -47,8 +47,9 @@ class DialogStamp:
         self._key = hmac.new(secret, b"sosimple-proxy dialog stamp", hashlib.sha256).digest()
 
     def value(self, call_id: str, from_tag: str) -> str:
-        mac = hmac.new(self._key, f"{call_id}\x00{from_tag}".encode("utf-8", "replace"), hashlib.sha256)
-        return mac.hexdigest()[:_LENGTH]
+        # hmac.digest: OpenSSL's one-shot HMAC, no Python HMAC object.
+        mac = hmac.digest(self._key, f"{call_id}\x00{from_tag}".encode("utf-8", "replace"), "sha256")
+        return mac.hex()[:_LENGTH]
 
     def for_request(self, request: Request) -> str:
         """The stamp of the dialog ``request`` creates (for its Record-Route)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -74,6 +75,16 @@ def durable_answer(
     timer = clock.callLater(timeout, give, False)
     waiting.addBoth(give)
     return answer
+_date: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header value (RFC 3261 20.17), formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
 
 
 def _int_or_error(text: str, what: str) -> int:
@@ -146,11 +157,11 @@ class Registrar:
         raw_expires = request.headers.get("expires")
         if raw_expires is not None:
             header_expires = _int_or_error(raw_expires, "Expires")
-        contacts = request.headers.values("contact")
-        current = {id(b): b for b in self.table.lookup(aor)}
-        bindings = list(current.values())
+        # Parsed (and so validated) once, by the parser's validation.
+        contacts = request.contacts
+        bindings = self.table.lookup(aor)
 
-        if any(c.strip() == "*" for c in contacts):
+        if any(c.wildcard for c in contacts):
             # RFC 3261 10.3 step 6: "*" is only allowed with Expires: 0 and
             # as the only Contact, otherwise 400.
             if len(contacts) != 1 or header_expires != 0:
@@ -163,11 +174,7 @@ class Registrar:
 
         path = tuple(request.headers.values("path"))
         updates: list[tuple[Any, int, float, str | None, int | None, str]] = []
-        for text in contacts:
-            try:
-                contact = H.parse_name_addr(text)
-            except ParseError as e:
-                raise RegistrarError(400, f"Bad Contact: {e}") from None
+        for contact in contacts:
             if contact.uri.scheme not in ("sip", "sips", "tel"):
                 if not str(contact.uri):
                     raise RegistrarError(400, "Bad Contact: empty URI")
@@ -254,5 +261,5 @@ class Registrar:
         if path:
             # RFC 3327 section 5.3: the registrar returns the Path it stored.
             extra.extend(("Path", p) for p in path)
-        extra.append(("Date", email.utils.formatdate(usegmt=True)))
+        extra.append(("Date", http_date()))
         return make_response(request, 200, "OK", extra=extra)

@@ -240,8 +240,15 @@ class ContactIndex:
         self._lookup = lookup  # aor -> live bindings (BindingTable.lookup)
         self._aors: dict[tuple[str, str, str, int], set[str]] = {}
         self._keys: dict[str, set[tuple[str, str, str, int]]] = {}
+        # aor -> its contacts as last indexed: a refresh (same contacts,
+        # new expiry) then costs a comparison, not a parse per contact.
+        self._contacts: dict[str, tuple[str, ...]] = {}
 
     def changed(self, aor: str, bindings: Sequence[Any]) -> None:
+        contacts = tuple(sorted(binding.contact for binding in bindings))
+        if contacts and self._contacts.get(aor) == contacts:
+            return
+        self._contacts.pop(aor, None)
         for key in self._keys.pop(aor, set()):
             owners = self._aors.get(key)
             if owners is not None:
@@ -256,6 +263,7 @@ class ContactIndex:
                 continue
         if keys:
             self._keys[aor] = keys
+            self._contacts[aor] = contacts
             for key in keys:
                 self._aors.setdefault(key, set()).add(aor)
 

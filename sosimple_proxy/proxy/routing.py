@@ -10,7 +10,6 @@ import base64
 import functools
 import hashlib
 import ipaddress
-import secrets
 from urllib.parse import quote
 from typing import Any, Callable, Sequence
 
@@ -19,6 +18,7 @@ import attrs
 from sosimple_proxy.sip import worker_tag
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
+from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.uri import URI, format_host
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
@@ -65,7 +65,7 @@ def _tag(value: str | None) -> str:
 
 def new_proxy_branch(lhash: str) -> str:
     # worker_tag.SUFFIX: which worker's transaction this is ([proxy] workers)
-    return f"{BRANCH_PREFIX}{lhash}.{secrets.token_hex(4)}{worker_tag.SUFFIX}"
+    return f"{BRANCH_PREFIX}{lhash}.{random_hex(8)}{worker_tag.SUFFIX}"
 
 
 def stateless_branch(request: Request, lhash: str) -> str:
@@ -401,7 +401,9 @@ def has_to_tag(request: Request) -> bool:
 
 
 def copy_request(request: Request) -> Request:
-    return Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
+    copy = Request(request.method, request.uri, request.headers.copy(), request.body, request.version)
+    copy.adopt_views(request)  # same header values: the parsed views hold (they are never mutated)
+    return copy
 
 
 def escaped_route_contact(uri: URI, route: Sequence[str]) -> str:

@@ -285,6 +285,8 @@ class ClientTransaction(Transaction):
                     self._cancel_timers()
                     self._timeout = self._later(self.layer.timers.M, self._timer_end)
                     self.layer._deliver(self.user, response, self)
+                    if self.state is ACCEPTED:
+                        self._shed(response)
                 else:
                     # 17.1.1.2: "reception of a response with status code from
                     # 300-699 MUST cause the client transaction to transition
@@ -344,6 +346,8 @@ class ClientTransaction(Transaction):
                     self.state = COMPLETED
                     self._timeout = self._later(self.layer.timers.K, self._timer_end)
                 self.layer._deliver(self.user, response, self)
+                if self.state is COMPLETED:
+                    self._shed(response)
         # Completed: "any retransmissions of the final response that are
         # received while in the "Completed" state MUST be discarded" (absorbed)
 

@@ -13,8 +13,9 @@ byte sequence survives a parse/serialize round trip exactly.
 from __future__ import annotations
 
 import itertools
-import secrets
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from sosimple_proxy.sip.randomness import random_hex
 
 # Header versions are unique across all Headers objects, so a view cached
 # for one Headers object is never taken for another's (e.g. after
@@ -95,26 +96,36 @@ def header_key(name: str) -> str:
 
 
 class Headers:
-    """Ordered header fields, each ``[name_as_written, value_as_written]``.
+    """Ordered header fields, each ``(key, name_as_written, value_as_written)``.
+
+    Tuples of strings, not lists: the cyclic GC stops tracking such a tuple
+    the first time it sees it, and a lingering transaction's messages are
+    most of what a collection would otherwise walk again and again.
 
     Lookups take any spelling (``"v"``, ``"VIA"``, ``"Via"``) and find both
     compact and long forms.  A field line may hold several comma-separated
     values; :meth:`values` splits them where the grammar allows.
     """
 
-    __slots__ = ("_fields", "_version")
+    __slots__ = ("_fields", "_version", "_edits", "_edits_from")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        # Each entry: [key, name_as_written, value]
-        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
-        self._version = _next_version()
+        # Each entry: (key, name_as_written, value)
+        self._fields: list[tuple[str, str, str]] = [(header_key(n), n, v) for n, v in fields]
+        self._version = v = _next_version()
+        # The keys edited since version ``_edits_from`` (None: too many to
+        # say): a message's parsed views of the other headers stay valid.
+        self._edits: list[str] | None = []
+        self._edits_from = v
 
     @classmethod
-    def from_parsed(cls, fields: list[list[str]]) -> "Headers":
-        """Adopt ``[key, name, value]`` lists built by the parser (no copy)."""
+    def from_parsed(cls, fields: list[tuple[str, str, str]]) -> "Headers":
+        """Adopt ``(key, name, value)`` tuples built by the parser (no copy)."""
         h = cls.__new__(cls)
         h._fields = fields
-        h._version = _next_version()
+        h._version = v = _next_version()
+        h._edits = []
+        h._edits_from = v
         return h
 
     # -- reading
@@ -166,10 +177,20 @@ class Headers:
 
     # -- changing
 
+    def _edited(self, key: str) -> None:
+        self._version = _next_version()
+        edits = self._edits
+        if edits is not None:
+            if len(edits) < 16:
+                edits.append(key)
+            else:
+                self._edits = None
+
     def add(self, name: str, value: str) -> None:
         """Append a field at the end."""
-        self._fields.append([header_key(name), name, value])
-        self._version = _next_version()
+        key = header_key(name)
+        self._fields.append((key, name, value))
+        self._edited(key)
 
     def prepend(self, name: str, value: str) -> None:
         """Put a field before the first one of the same name (or at the top).
@@ -179,23 +200,23 @@ class Headers:
         key = header_key(name)
         for i, f in enumerate(self._fields):
             if f[0] == key:
-                self._fields.insert(i, [key, name, value])
+                self._fields.insert(i, (key, name, value))
                 break
         else:
-            self._fields.insert(0, [key, name, value])
-        self._version = _next_version()
+            self._fields.insert(0, (key, name, value))
+        self._edited(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of this name by one, at the first one's place."""
         key = header_key(name)
         for i, f in enumerate(self._fields):
             if f[0] == key:
-                f[1], f[2] = name, value
+                self._fields[i] = (key, name, value)
                 self._fields[i + 1 :] = [g for g in self._fields[i + 1 :] if g[0] != key]
                 break
         else:
-            self._fields.append([key, name, value])
-        self._version = _next_version()
+            self._fields.append((key, name, value))
+        self._edited(key)
 
     def remove(self, name: str) -> int:
         """Remove every field of this name; returns how many there were."""
@@ -204,7 +225,7 @@ class Headers:
         self._fields = [f for f in self._fields if f[0] != key]
         removed = before - len(self._fields)
         if removed:
-            self._version = _next_version()
+            self._edited(key)
         return removed
 
     def pop_first_value(self, name: str) -> str | None:
@@ -225,21 +246,23 @@ class Headers:
                 if not parts:
                     # An empty line of this header: drop it, look further.
                     del self._fields[i]
-                    self._version = _next_version()
+                    self._edited(key)
                     continue
                 first = parts[0]
                 if len(parts) == 1:
                     del self._fields[i]
                 else:
-                    f[2] = ", ".join(parts[1:])
-                self._version = _next_version()
+                    self._fields[i] = (key, f[1], ", ".join(parts[1:]))
+                self._edited(key)
                 return first
         return None
 
     def copy(self) -> "Headers":
         h = Headers.__new__(Headers)
-        h._fields = [list(f) for f in self._fields]
-        h._version = _next_version()
+        h._fields = list(self._fields)  # the tuples are immutable: shared
+        h._version = v = _next_version()
+        h._edits = []
+        h._edits_from = v
         return h
 
     def serialize_into(self, out: list[str], skip: str | None = None) -> None:
@@ -262,11 +285,39 @@ class Message:
         # headers.version at the last successful validate_request/response.
         self._validated = -1
 
+    def _sync(self) -> dict[str, Any]:
+        """The view cache once the headers changed: the views of headers
+        that were not edited (and of the Request-URI) are kept, so that an
+        added Via or a decremented Max-Forwards does not make the proxy
+        parse From, To, CSeq and Route again; anything else is dropped."""
+        h = self.headers
+        cache = self._cache
+        edits = h._edits
+        if cache and edits is not None and h._edits_from == self._cache_version:
+            drop = {view for key in edits for view in _VIEWS_OF.get(key, ())}
+            cache = {k: v for k, v in cache.items() if k not in drop and (k in _HEADER_VIEW or k[:5] == "ruri:")}
+        else:
+            cache = {}
+        self._cache = cache
+        self._cache_version = h._version
+        h._edits = []
+        h._edits_from = h._version
+        return cache
+
+    def adopt_views(self, other: "Message") -> None:
+        """Take ``other``'s parsed views, when our headers are a fresh copy
+        of its own (a proxy's per-branch copy, RFC 3261 16.6 step 1)."""
+        if other._cache and other._cache_version == other.headers._version:
+            self._cache = {k: v for k, v in other._cache.items() if k in _HEADER_VIEW or k[:5] == "ruri:"}
+            h = self.headers
+            self._cache_version = h._version
+            h._edits = []
+            h._edits_from = h._version
+
     def cached(self, key: str, compute: Any) -> Any:
-        """A parsed view of the headers, recomputed after any header change."""
+        """A parsed view of the headers, recomputed after a change of them."""
         if self._cache_version != self.headers._version:
-            self._cache = {}
-            self._cache_version = self.headers._version
+            self._sync()
         try:
             return self._cache[key]
         except KeyError:
@@ -278,8 +329,7 @@ class Message:
         cached under ``key``; the header is looked up only on a miss."""
         cache = self._cache
         if self._cache_version != self.headers._version:
-            cache = self._cache = {}
-            self._cache_version = self.headers._version
+            cache = self._sync()
         value = cache.get(key, _MISSING)
         if value is _MISSING:
             arg = self.headers.get_all(name) if every else self.headers.get(name)
@@ -488,7 +538,8 @@ REASONS: dict[int, str] = {
 
 
 def new_tag() -> str:
-    return secrets.token_hex(5)
+    """40 random bits in hex (RFC 3261 19.3: "at least 32 bits of randomness")."""
+    return random_hex(10)
 
 
 def make_response(
@@ -510,20 +561,40 @@ def make_response(
     request and MUST maintain the same ordering."  A To tag is added to
     every response but 100 when the request had none.
     """
-    fields: list[list[str]] = []
-    for key, name, value in request.headers._fields:
+    fields: list[tuple[str, str, str]] = []
+    for f in request.headers._fields:
+        key = f[0]
         if key in _COPIED:
-            fields.append([key, name, value])
+            fields.append(f)
         elif key == "to":
+            value = f[2]
             if status > 100 and ";tag=" not in value.replace(" ", "").lower():
-                value = f"{value};tag={to_tag or new_tag()}"
-            fields.append([key, name, value])
+                fields.append((key, f[1], f"{value};tag={to_tag or new_tag()}"))
+            else:
+                fields.append(f)
     for name, value in extra:
-        fields.append([header_key(name), name, value])
+        fields.append((header_key(name), name, value))
     return Response(status, reason, Headers.from_parsed(fields), body)
 
 
 _COPIED = frozenset(("via", "from", "call-id", "cseq"))
+
+# Each view of one header: the cache key -> the header key it is parsed from.
+_HEADER_VIEW = {
+    "vias": "via",
+    "top_via": "via",
+    "cseq": "cseq",
+    "call-id": "call-id",
+    "from": "from",
+    "to": "to",
+    "max-forwards": "max-forwards",
+    "contact": "contact",
+    "route": "route",
+    "record-route": "record-route",
+}
+_VIEWS_OF: dict[str, tuple[str, ...]] = {}
+for _view_key, _header in _HEADER_VIEW.items():
+    _VIEWS_OF[_header] = _VIEWS_OF.get(_header, ()) + (_view_key,)
 
 
 # At the end: the structured views import this module's types for hints only.

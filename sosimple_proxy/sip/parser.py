@@ -94,7 +94,7 @@ def _key_for(name: str) -> str:
     return key
 
 
-def _slow_fields(text: str, terminated: bool) -> tuple[str, list[list[str]], list[str], Optional[str]]:
+def _slow_fields(text: str, terminated: bool) -> tuple[str, list[tuple[str, str, str]], list[str], Optional[str]]:
     """Header lines one by one, unfolded, saying what is wrong with the
     first bad one and keeping the good ones (for the partial message of the
     error)."""
@@ -124,7 +124,7 @@ def _slow_fields(text: str, terminated: bool) -> tuple[str, list[list[str]], lis
                 kept = [""]
                 break
         lines = kept
-    fields: list[list[str]] = []
+    fields: list[tuple[str, str, str]] = []
     lengths: list[str] = []
     for i in range(1, len(lines)):
         line = lines[i]
@@ -143,7 +143,7 @@ def _slow_fields(text: str, terminated: bool) -> tuple[str, list[list[str]], lis
         value = line[colon + 1 :].strip(" \t")
         key = name.lower()
         key = COMPACT.get(key, key)
-        fields.append([key, name, value])
+        fields.append((key, name, value))
         if key == "content-length":
             lengths.append(value)
     return lines[0], fields, lengths, error
@@ -184,7 +184,7 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
     text = head.decode(ENCODING, ERRORS)
     error: Optional[str] = None
     status = 400
-    fields: Optional[list[list[str]]] = None
+    fields: Optional[list[tuple[str, str, str]]] = None
     lengths: list[str] = []
     if terminated and len(head) - len(head.translate(None, _CTL_BYTES)) == 2 * head.count(b"\r\n"):
         # Fast path: no control character but HT, every CR and LF in a CRLF
@@ -203,7 +203,7 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
                     fields = None
                     break
                 key = _key_for(name)
-            append([key, name, value.strip(" \t")])
+            append((key, name, value.strip(" \t")))
             if key == "content-length":
                 lengths.append(value)
     if fields is None:

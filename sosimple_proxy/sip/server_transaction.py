@@ -110,6 +110,7 @@ class ServerTransaction(Transaction):
                     self.state = ACCEPTED
                     self._timeout = self._later(t.L, self._timer_end)
                     self._sent(response)
+                    self._shed(response)
                 else:
                     # 17.2.1: "If, while in the "Proceeding" state, the TU
                     # passes a response with status code from 300 to 699 to
@@ -160,6 +161,7 @@ class ServerTransaction(Transaction):
                         # 37 s -- the proxy's main cost under load.
                         cancel_call(self._timeout)
                         self._timeout = self._later(t.J, self._timer_end)
+                        self._shed(response)
                 return True
             # 17.2.2: "Any other final responses passed by the TU to the
             # server transaction MUST be discarded while in the "Completed"

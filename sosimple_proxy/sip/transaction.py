@@ -66,6 +66,7 @@ from sosimple_proxy.sip.client_transaction import ClientTransaction
 from sosimple_proxy.sip.interfaces import IClientTransactionUser, IStackUser, ISipStack, ITransactionUser
 from sosimple_proxy.sip.message import Request, Response
 from sosimple_proxy.sip.server_transaction import ServerTransaction
+from sosimple_proxy.sip.timer_queues import TimerQueues
 from sosimple_proxy.sip.timers import TimerConfig
 from sosimple_proxy.sip.transaction_state import CALLING, TERMINATED, TRANSPORT_ERROR, TRYING
 from sosimple_proxy.sip.via import MAGIC_COOKIE, response_peer, stamp_via
@@ -126,6 +127,9 @@ class TransactionLayer:
         self.transport = transport
         self.tu = tu
         self.timers = timers if timers is not None else TimerConfig()
+        # Every transaction timer goes through these (one reactor call per
+        # duration, not per timer).
+        self.timer_queues = TimerQueues(reactor)
         self.trying_delay = trying_delay
         # (branch, sent-by host, sent-by port, method) for RFC 3261 requests,
         # a longer tuple (see _key_2543) for RFC 2543 ones.  ACK uses INVITE.
@@ -212,14 +216,14 @@ class TransactionLayer:
                 if delay <= 0:
                     txn._send_trying()
                 else:
-                    txn._retx = self.reactor.callLater(delay, txn._send_trying)
+                    txn._retx = self.timer_queues.call_later(delay, txn._send_trying)
         else:
             # Not in RFC 3261: a non-INVITE the TU never answers would live
             # forever.  Its client gives up at Timer F (64*T1), and RFC 4320
             # forbids a late 408 ("A transaction-stateful SIP element MUST NOT
             # send a response with Status-Code of 408 to a non-INVITE
             # request"), so after 64*T1 + T4 nobody can use an answer.
-            txn._timeout = self.reactor.callLater(self.timers.F + self.timers.t4, txn._timer_abandon)
+            txn._timeout = self.timer_queues.call_later(self.timers.F + self.timers.t4, txn._timer_abandon)
         tu = self.tu
         if tu is None:
             log.warn("no transaction user: {request} from {source} unanswered", request=request, source=source)
@@ -417,4 +421,5 @@ class TransactionLayer:
             txn._terminate()
         for stxn in list(self._server.values()):
             stxn._terminate()
+        self.timer_queues.stop()
 

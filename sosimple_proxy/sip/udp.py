@@ -39,6 +39,9 @@ UDP_READ_SIZE = 65536
 # What an ICMP error on a UDP socket turns into (RFC 1122 3.2.2.1).
 ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN))
 
+# recvfrom errors that only mean "nothing more now" (as Twisted's doRead).
+_READ_IGNORE = frozenset((errno.EAGAIN, errno.EINTR, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EMSGSIZE))
+
 # Linux socket options and flags that Python does not name everywhere.
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -71,9 +74,36 @@ class UDPPort(udp.Port):
             log.info("UDP error queue unavailable ({e}): ICMP errors will not be noticed", e=e)
 
     def doRead(self) -> None:
-        if self.recverr:
-            self.read_errors()
-        super().doRead()
+        """Every datagram waiting (up to ``maxThroughput`` bytes) in one
+        wake-up, as Twisted's does, but the error queue is read only when
+        the kernel says an ICMP error is pending (recvfrom fails with it),
+        not with a failing system call on every wake-up."""
+        recv = self.socket.recvfrom
+        size = self.maxPacketSize
+        deliver = self.protocol.datagramReceived
+        v6 = self.addressFamily == socket.AF_INET6
+        read = errors = 0
+        while read < self.maxThroughput and errors < 256:
+            try:
+                data, addr = recv(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in ICMP_ERRNOS:
+                    errors += 1
+                    if self.recverr:
+                        self.read_errors()
+                    continue  # the error was reported by this call; data may follow
+                if e.errno in _READ_IGNORE:
+                    return
+                raise
+            read += len(data)
+            if v6:
+                addr = addr[:2]  # no flow info or scope id
+            try:
+                deliver(data, addr)
+            except BaseException:
+                log.failure("datagram handling failed")
 
     def readConnectionLost(self, reason: Failure) -> None:
         if not self.connected:

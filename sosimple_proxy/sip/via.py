@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import secrets
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 import attrs
@@ -33,6 +32,7 @@ from sosimple_proxy.sip.grammar import (
     unfold,
 )
 from sosimple_proxy.sip import worker_tag
+from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.timers import is_reliable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +58,7 @@ MAGIC_COOKIE = "z9hG4bK"
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie and 64 random bits (and,
     in a worker process, which worker made it: :mod:`.worker_tag`)."""
-    return MAGIC_COOKIE + secrets.token_hex(8) + worker_tag.SUFFIX
+    return MAGIC_COOKIE + random_hex(16) + worker_tag.SUFFIX
 
 
 # -- parsing --------------------------------------------------------------------

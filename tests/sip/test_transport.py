@@ -561,6 +561,36 @@ class RealSocketTests(unittest.TestCase):
 
         return defer.ensureDeferred(run())
 
+    def test_icmp_error_then_datagram_in_one_wakeup(self) -> defer.Deferred:
+        """The read loop meets the pending ICMP error first (recvfrom fails
+        with it): the error is reported and the datagram behind it still
+        delivered, in the same wake-up (issue 12: no error-queue read per
+        wake-up any more)."""
+        if not sys.platform.startswith("linux"):
+            raise unittest.SkipTest("IP_RECVERR is Linux's")
+
+        async def run() -> None:
+            layer, sink = self.layer("udp:127.0.0.1:0")
+            unreachable: list[tuple[Peer, str]] = []
+            sink.peerUnreachable = lambda peer, reason: unreachable.append((peer, reason))  # type: ignore[attr-defined]
+            alsoProvides(sink, IUnreachableObserver)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+                gone.bind(("127.0.0.1", 0))
+                closed = gone.getsockname()[1]
+            await layer.send(b"OPTIONS to nobody", Peer("udp", "127.0.0.1", closed))
+            time.sleep(0.05)  # the ICMP error is queued before the reactor looks
+            local = layer.listening()[0]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n", (local.host, local.port))
+                for _ in range(50):
+                    if sink.messages and unreachable:
+                        break
+                    await task.deferLater(global_reactor, 0.02, lambda: None)
+            self.assertEqual([m[0] for m in sink.messages], [b"OPTIONS sip:x SIP/2.0\r\n\r\n"])
+            self.assertEqual([p for p, _ in unreachable], [Peer("udp", "127.0.0.1", closed)])
+
+        return defer.ensureDeferred(run())
+
     def test_udp_rcvbuf(self) -> None:
         layer, _ = self.layer("udp:127.0.0.1:0", udp_rcvbuf=4194304)
         got = layer.rcvbuf[layer.listening()[0]]
