@@ -38,6 +38,7 @@ from OpenSSL import SSL
 from sosimple_proxy.security.tls import TLSVerificationError
 
 from . import wire
+from .errors import StoreRefused
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
 from .ringtls import failure_reason
@@ -84,7 +85,13 @@ class WrongIdentity(Exception):
     """A peer names itself as another node than its certificate is for."""
 
 
-_ERRORS = {VersionMismatch: b"VERSION_MISMATCH", BadRequest: b"BAD_REQUEST", WrongIdentity: b"WRONG_IDENTITY"}
+_ERRORS = {
+    VersionMismatch: b"VERSION_MISMATCH",
+    BadRequest: b"BAD_REQUEST",
+    WrongIdentity: b"WRONG_IDENTITY",
+    # a node whose disk is full answers a Store with this, not a traceback
+    StoreRefused: b"STORE_REFUSED",
+}
 
 
 def _command(name: str) -> type[amp.Command]:

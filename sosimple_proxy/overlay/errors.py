@@ -17,3 +17,8 @@ class StoreFailed(OverlayError):
 
 class NotRunning(OverlayError):
     """The node has left or was never started."""
+
+
+class StoreRefused(OverlayError):
+    """This node's store cannot keep records now (its disk is full, say):
+    the writer counts the copy as not made and the ring's other copies serve."""

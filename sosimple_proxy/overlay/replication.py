@@ -143,11 +143,13 @@ class Replicator:
 
     def _store_one(self, peer: Peer, batch: tuple[Record, ...]) -> defer.Deferred:
         if peer.address == self.me.address:
-            return defer.succeed(self.take(batch))
+            # our own store may refuse (a full disk): a failed copy, not an exception here
+            return defer.maybeDeferred(self.take, batch)
         d = self.calls.call(peer.address, "store", batch)
 
         def failed(f):
-            self.table.failed(peer.address)
+            if not f.check(StoreRefused):  # a full node is alive: the next successor takes the copy
+                self.table.failed(peer.address)
             return f
 
         return d.addErrback(failed)
