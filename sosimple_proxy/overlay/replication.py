@@ -87,6 +87,8 @@ class Replicator:
         """Whether a miss of ``key`` here is a real miss: ours, and synced since our range grew."""
         if not self.table.responsible_for(key):
             return False
+        if getattr(self.store, "refusing", None):
+            return False  # a full disk refused records that are ours: a miss here proves nothing
         cf = self._covered_from
         return cf is not None and ids.in_half_open(key, cf, self.me.id)
 
