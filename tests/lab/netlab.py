@@ -102,7 +102,7 @@ class LabNode(ProxyProcess):
         self.index = index
         self.ns = lab.node_ns(index)
         self.address = lab.node_address(index)
-        self.pool = NamespacePool(self.ns, 2)
+        self.pool = NamespacePool(self.ns, 4)
         super().__init__(config, host=self.address, port=SIP_PORT, workdir=workdir, startup_timeout=60.0)
 
     def argv(self) -> list[str]:
@@ -113,13 +113,19 @@ class LabNode(ProxyProcess):
 
     def admin(self, path: str, timeout: float = 3.0) -> Any:
         """GET an admin API path on this node; the JSON, or None."""
+        return self.admin_status(path, timeout)[1]
 
-        def get() -> Any:
+    def admin_status(self, path: str, timeout: float = 3.0) -> tuple[int | None, Any]:
+        """GET an admin API path: (HTTP status or None if no answer, JSON or None)."""
+
+        def get() -> tuple[int | None, Any]:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}{path}", timeout=timeout) as r:
-                    return json.loads(r.read())
-            except (OSError, ValueError, urllib.error.URLError):
-                return None
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, None
+            except (OSError, ValueError):
+                return None, None
 
         return self.pool.run(get)
 
@@ -322,7 +328,7 @@ class Lab:
                 "listen": f"tcp:{RING_PORT}:interface={addr}",
                 "advertise": f"{addr}:{RING_PORT}",
                 "bootstrap": boot,
-                "stabilize_interval": "0.5",
+                "stabilize_interval": "1",
                 "state_dir": "overlay",
                 **self.overlay,
             },

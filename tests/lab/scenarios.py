@@ -70,9 +70,18 @@ class World:
             self.registered[user] = sent + self.expires
         return p is not None
 
-    def register_all(self, users: list[str] | None = None) -> tuple[int, int]:
+    def register_all(self, users: list[str] | None = None, per_second: float | None = None) -> tuple[int, int]:
+        """REGISTER ``users`` (all by default), at most ``per_second`` a second
+        (phones register spread out, not all in the same instant)."""
         users = self.users if users is None else users
-        ok = sum(self.pool.map(self.register, users))
+        if per_second is None:
+            ok = sum(self.pool.map(self.register, users))
+            return ok, len(users) - ok
+        ok, batch = 0, max(1, int(per_second / 4))
+        for i in range(0, len(users), batch):
+            t = time.monotonic()
+            ok += sum(self.pool.map(self.register, users[i : i + batch]))
+            time.sleep(max(0.0, 0.25 - (time.monotonic() - t)))
         return ok, len(users) - ok
 
     def _pair(self, rng: random.Random, among: list[int] | None = None) -> tuple[str, str, int] | None:
@@ -107,26 +116,34 @@ class World:
         return {"placed": len(pairs), "ok": ok, "rate": round(ok / len(pairs), 4) if pairs else None,
                 "outcomes": dict(Counter(outcomes))}
 
-    def found(self, user: str) -> bool:
+    def found(self, user: str) -> bool | None:
+        """Whether the ring holds a binding for ``user``: asked of up to three
+        live nodes; None when none of them gave a definite answer."""
         live = self.live_nodes()
-        for i in self.rng.sample(live, min(2, len(live))):
-            view = self.lab.nodes[i].admin(f"/registrations/{user}@{DOMAIN}")
-            if view and view.get("bindings"):
+        definite = False
+        for i in self.rng.sample(live, min(3, len(live))):
+            status, view = self.lab.nodes[i].admin_status(f"/registrations/{user}@{DOMAIN}")
+            if status == 200 and view and view.get("bindings"):
                 return True
-        return False
+            definite = definite or status == 404
+        return False if definite else None
 
-    def lost(self, sample: int | None = None) -> list[str]:
-        """Registered (and unexpired) users the ring has no binding for."""
+    def lost(self, sample: int | None = None, recheck: float = 5.0) -> list[str]:
+        """Registered (and unexpired) users the ring has no binding for, on two
+        looks ``recheck`` seconds apart (a read in flux is not a loss)."""
         now = time.monotonic()
-        users = [u for u, until in self.registered.items() if until > now + 5]
+        users = [u for u, until in self.registered.items() if until > now + 5 + recheck]
         if sample is not None and len(users) > sample:
             users = self.rng.sample(users, sample)
-        found = list(self.pool.map(self.found, users))
-        return [u for u, f in zip(users, found) if not f]
+        missing = [u for u, f in zip(users, self.pool.map(self.found, users)) if f is not True]
+        if missing and recheck:
+            time.sleep(recheck)
+            missing = [u for u, f in zip(missing, self.pool.map(self.found, missing)) if f is False]
+        return missing
 
     def settled(self, sample: int = 200, timeout: float = 60.0) -> tuple[bool, float]:
         """Wait until one ring and no sampled registration missing."""
-        return wait_for(lambda: self.lab.one_ring() and not self.lost(sample), timeout, 1.0)
+        return wait_for(lambda: self.lab.one_ring() and not self.lost(sample, recheck=0), timeout, 1.0)
 
 
 def _print(name: str, figures: dict) -> dict:
@@ -171,7 +188,7 @@ def kill_nodes(world: World, count: int, name: str, rng: random.Random, repair_t
     for i in victims:
         lab.nodes[i].kill()
     during = world.lookups(100, rng)
-    repaired, repair = wait_for(lambda: lab.one_ring() and not world.lost(200), repair_timeout, 1.0)
+    repaired, repair = wait_for(lambda: lab.one_ring() and not world.lost(200, recheck=0), repair_timeout, 1.0)
     lost = world.lost()
     after = world.lookups(200, rng)
     figures = {
@@ -400,14 +417,15 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
 # -- soak
 
 
-def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sample_every: float = 10.0) -> dict:
+def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sample_every: float = 10.0,
+         register_rate: float = 200.0) -> dict:
     """Registrations refreshed, MESSAGEs and calls between random users, and
     Poisson churn: a random node killed (and restarted a little later) at
     exponential intervals of mean ``churn_mean`` seconds."""
     lab = world.lab
     world.expires = max(60, int(seconds))  # refreshes happen well before expiry
     t0 = time.monotonic()
-    ok, failed = world.register_all()
+    ok, failed = world.register_all(per_second=register_rate)
     reg_seconds = time.monotonic() - t0
     world.settled(timeout=120)
     stats: Counter[str] = Counter()
@@ -422,7 +440,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         if now >= next_sample:
             memory.append((round(now - t0, 1), lab.rss()))
             next_sample = now + sample_every
-        due = [u for u, t in refresh_at.items() if t <= now][:200]
+        due = [u for u, t in refresh_at.items() if t <= now][: int(register_rate)]
         if due:
             r_ok, r_failed = world.register_all(due)
             stats["refresh_ok"] += r_ok
@@ -440,13 +458,15 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
             victim.kill()
             stats["churn_kills"] += 1
             k0 = time.monotonic()
-            repaired, took = wait_for(lambda: lab.one_ring() and not world.lost(50), 60, 1.0)
+            repaired, took = wait_for(lambda: lab.one_ring() and not world.lost(50, recheck=0), 60, 1.0)
             repairs.append(took if repaired else float("inf"))
             victim.restart()
             next_churn = time.monotonic() + rng.expovariate(1 / churn_mean)
     memory.append((round(time.monotonic() - t0, 1), lab.rss()))
+    loop_end = time.monotonic()
     settled, settle = world.settled(timeout=60)
     lost = world.lost()
+    checks = time.monotonic() - loop_end
     looked = stats["lookup_ok"] + stats["lookup_failed"]
     called = stats["call_ok"] + stats["call_failed"]
     per_node = {i: [m.get(i) for _, m in memory] for i in range(lab.n)}
@@ -456,7 +476,8 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         "lookup_success": round(stats["lookup_ok"] / looked, 4) if looked else None,
         "call_success": round(stats["call_ok"] / called, 4) if called else None,
         "registrations_lost": len(lost), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
-        "settled_at_end": settled,
+        "settled_at_end": settled, "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
+        "wall_seconds": round(time.monotonic() - t0, 1),
         "memory_mb_first_last_max": {i: [v[0], v[-1], max(x for x in v if x is not None)] for i, v in per_node.items()
                                      if v and v[0] is not None and v[-1] is not None},
         "memory_samples": memory,

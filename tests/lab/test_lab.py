@@ -89,7 +89,7 @@ def test_floods_ban_the_flooder_and_spare_the_users(world, rng) -> None:
 def test_soak_short(world, rng) -> None:
     soak_world = scenarios.World(world.lab, 1000, seed=16, port=5071)  # the same lab, a fresh population
     try:
-        f = scenarios.soak(soak_world, 45, rng, churn_mean=20)
+        f = scenarios.soak(soak_world, 30, rng, churn_mean=12)
     finally:
         soak_world.close()
     assert f["registrations_lost"] == 0
