@@ -395,15 +395,15 @@ class Lab:
     def fill(directory: Path) -> int:
         """Fill a file system to the last byte; the bytes written."""
         written = 0
-        with open(directory / "filler", "wb") as f:
-            block = b"\0" * 65536
-            try:
+        block = b"\0" * 65536
+        try:
+            with open(directory / "filler", "wb") as f:
                 while True:
                     f.write(block)
                     f.flush()
                     written += len(block)
-            except OSError:
-                pass
+        except OSError:
+            pass
         # the last partial block
         try:
             with open(directory / "filler2", "wb") as f:

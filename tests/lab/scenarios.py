@@ -34,8 +34,10 @@ class World:
     """``count`` users spread over the lab's user namespaces; user ``i``'s
     home proxy is ``i % nodes``."""
 
-    def __init__(self, lab: Lab, count: int, seed: int = 1, workers: int = 24, port: int = 5070) -> None:
+    def __init__(self, lab: Lab, count: int, seed: int = 1, workers: int = 24, port: int = 5070,
+                 settle_timeout: float = 60.0) -> None:
         self.lab = lab
+        self.settle_timeout = settle_timeout
         proxies = [lab.node_address(i) for i in range(lab.n)]
         self.phones = [Phones(lab.user_address(k), lab.user_pools[k].run, proxies, port) for k in range(lab.n_users)]
         self.users = [f"u{i}" for i in range(count)]
@@ -141,8 +143,9 @@ class World:
             missing = [u for u, f in zip(missing, self.pool.map(self.found, missing)) if f is False]
         return missing
 
-    def settled(self, sample: int = 200, timeout: float = 60.0) -> tuple[bool, float]:
+    def settled(self, sample: int = 200, timeout: float | None = None) -> tuple[bool, float]:
         """Wait until one ring and no sampled registration missing."""
+        timeout = self.settle_timeout if timeout is None else min(timeout, self.settle_timeout)
         return wait_for(lambda: self.lab.one_ring() and not self.lost(sample, recheck=0), timeout, 1.0)
 
 
@@ -240,7 +243,8 @@ def partition(world: World, seconds: float, rng: random.Random, heal_timeout: fl
 class Load:
     """Background traffic: registrations refreshed and MESSAGEs sent in a loop until stopped."""
 
-    def __init__(self, world: World, rng: random.Random, per_round: int = 20) -> None:
+    def __init__(self, world: World, rng: random.Random, per_round: int = 10, pause: float = 0.5) -> None:
+        self.pause = pause
         self.world, self.rng, self.per_round = world, rng, per_round
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -257,6 +261,7 @@ class Load:
             m = w.lookups(self.per_round, self.rng)
             self.stats["message_ok"] += m["ok"]
             self.stats["message_failed"] += m["sent"] - m["ok"]
+            self._stop.wait(self.pause)
 
     def stop(self) -> dict:
         self._stop.set()
@@ -284,6 +289,7 @@ def rolling_restart(world: World, rng: random.Random, count: int | None = None) 
         "message_success": round(stats.get("message_ok", 0) / total_msg, 4) if total_msg else None,
         "register_success": round(stats.get("register_ok", 0) / total_reg, 4) if total_reg else None,
         "settled_before": settled_before, "settle_before_seconds": round(settle_before, 1),
+        "rings_after": [len(r) for r in lab.rings()],
         "settled_after": settled, "settle_seconds": round(settle, 1), "lost": len(lost),
     })
 
@@ -476,7 +482,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         "lookup_success": round(stats["lookup_ok"] / looked, 4) if looked else None,
         "call_success": round(stats["call_ok"] / called, 4) if called else None,
         "registrations_lost": len(lost), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
-        "settled_at_end": settled, "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
+        "settled_at_end": settled, "rings_at_end": [len(r) for r in lab.rings()], "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
         "wall_seconds": round(time.monotonic() - t0, 1),
         "memory_mb_first_last_max": {i: [v[0], v[-1], max(x for x in v if x is not None)] for i, v in per_node.items()
                                      if v and v[0] is not None and v[-1] is not None},
