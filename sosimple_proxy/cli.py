@@ -7,6 +7,8 @@
     sosimple keygen --out DIR
     sosimple sign --ca-cert F --ca-key F --csr F --node-id HEX --domains D,D --out F [--days N]
     sosimple check SITE.INI
+    sosimple store put AOR NAME [FILE|-] | get AOR NAME | delete AOR NAME | list AOR
+             [--store URL] [--login USER] [--key F]
 
 The contract (``shared/site-ini.md``, "The sosimple command"): ``ring`` and
 ``lookup`` print JSON, ``get`` the raw bytes, ``put`` and ``delete`` nothing.
@@ -39,6 +41,14 @@ credentials at once, over plain http it answers the server's Digest
 challenge (a password never crosses the network in clear).  ``--ca FILE``
 (or ``$SOSIMPLE_CA``) is the PEM bundle an https admin URL's certificate is
 checked against, instead of the system's trusted CAs.
+
+``store`` verbs are the users' own data (``/store/{aor}/...`` on the
+store listener, ``--store`` or ``$SOSIMPLE_STORE``, else the admin URL):
+the user is the AoR's user part (or ``--login``), the password ``$SOSIMPLE_PASSWORD`` or
+asked on the terminal, sent as HTTP Digest after the server's challenge
+(never in clear, whatever the scheme); with ``--key F`` (an Ed25519 private
+key, PEM) the request is signed (``Sosimple-Sig``) instead.  ``get`` prints
+the bytes, ``list`` the JSON ``{"aor", "names"}``; a refusal (401, 403) exits 4.
 
 A traceback never reaches the user: anything unexpected is still one line
 (status 4).  ``lookup`` asks ``GET /registrations/{aor}`` and prints what
@@ -144,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     lookup.add_argument("name", metavar="AOR", help="user@domain")
     _user_commands(commands)
     _cert_commands(commands)
+    _store_commands(commands, common)
     check = commands.add_parser(
         "check",
         help="validate a site.ini as startup would, without binding anything",
@@ -153,6 +164,48 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("site_ini", metavar="SITE.INI")
     return top
+
+
+def _store_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """store put|get|delete|list: a user's own data, with the user's password or key."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="the store listener (default: $SOSIMPLE_STORE, then the admin URL)",
+    )
+    options.add_argument(
+        "--login",
+        metavar="USER",
+        default=None,
+        help="the digest user name (default: the AoR's user part)",
+    )
+    options.add_argument(
+        "--key",
+        metavar="F",
+        default=None,
+        help="sign with this Ed25519 private key (PEM), bound to the AoR, instead of a password",
+    )
+    store = commands.add_parser(
+        "store",
+        parents=[common],
+        help="a user's own data in the ring (password from $SOSIMPLE_PASSWORD or asked)",
+        description="Read and write a user's own data (/store/{aor}/{name}) as that user.",
+    )
+    verbs = store.add_subparsers(dest="store_command", metavar="VERB", required=True)
+    for verb, text in (
+        ("put", "store FILE (or stdin) under NAME"),
+        ("get", "print the bytes stored under NAME"),
+        ("delete", "remove NAME"),
+        ("list", "the AoR's names (JSON)"),
+    ):
+        sub = verbs.add_parser(verb, parents=[common, options], help=text)
+        sub.add_argument("aor", metavar="AOR", help="user@domain")
+        if verb != "list":
+            sub.add_argument("name", metavar="NAME")
+        if verb == "put":
+            sub.add_argument("file", metavar="FILE", nargs="?", default="-", help="'-' or omitted: standard input")
 
 
 def _cert_commands(commands: Any) -> None:
@@ -407,6 +460,8 @@ async def _run(
     import treq
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    if args.command == "store":
+        return await _store(reactor, args, stdout, stdin if stdin is not None else sys.stdin.buffer, environ, getpass)
     base = admin_url(getattr(args, "admin", None), environ)
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
     secure = urlsplit(base).scheme == "https"
@@ -447,6 +502,114 @@ async def _run(
         stdout.write(content)
     stdout.flush()
     return 0
+
+
+async def _store(
+    reactor: Any,
+    args: argparse.Namespace,
+    stdout: IO[bytes],
+    stdin: IO[bytes],
+    environ: dict[str, str],
+    getpass: Callable[[str], str] | None,
+) -> int:
+    """``store put|get|delete|list``: one request as the AoR's user (digest
+    after the 401) or signed with ``--key``; raises Failed with the status."""
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from .location.regrecord import canonical_aor
+
+    given = args.store or environ.get("SOSIMPLE_STORE") or getattr(args, "admin", None)
+    base = admin_url(given, environ)
+    aor = canonical_aor(args.aor)
+    user, at, domain = aor.rpartition("@")
+    if not (at and user and domain):
+        raise Failed(EXIT_USAGE, f"store: {args.aor!r} is not an address of record (user@domain)")
+    verb = args.store_command
+    name = getattr(args, "name", None)
+    if name is not None and not name:
+        raise Failed(EXIT_USAGE, "store: the name is empty")
+    path = "/store/" + quote(aor, safe="@")
+    if name is not None:
+        path += "/" + quote(name, safe="")
+    url = base + path
+    method = {"put": "PUT", "get": "GET", "delete": "DELETE", "list": "GET"}[verb]
+    body = _read_body(args.file, stdin) if verb == "put" else None
+    signer = _store_signer(args.key) if args.key else None
+    password = None if signer is not None else _store_password(aor, environ, getpass)
+    timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    ca = getattr(args, "ca", None) or environ.get("SOSIMPLE_CA") or ""
+    secure = urlsplit(base).scheme == "https"
+    agent_options: dict[str, Any] = {"contextFactory": https_policy(ca)} if ca and secure else {}
+    client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False), **agent_options))
+    try:
+        headers = {}
+        if signer is not None:
+            from urllib.parse import unquote
+
+            from .security.usersig import sign
+
+            signed_path = unquote(urlsplit(url).path, errors="strict")
+            headers["Authorization"] = [sign(signer, method, signed_path, body or b"")]
+        response = await client.request(method, url, data=body, timeout=timeout, headers=headers)
+        content = await treq.content(response)
+        if response.code == 401 and password is not None:
+            login = args.login or user
+            authorization = _digest_authorization(response, (login, password), method, url)
+            if authorization is not None:
+                headers = {"Authorization": [authorization]}
+                response = await client.request(method, url, data=body, timeout=timeout, headers=headers)
+                content = await treq.content(response)
+    except Exception as e:
+        failed = _connection_error(e, url, timeout)
+        if failed is None:
+            raise
+        raise failed from None
+    code = response.code
+    if code == 404:
+        raise Failed(EXIT_NOT_FOUND, _server_message(content, code, response.phrase))
+    if not 200 <= code < 300:
+        raise Failed(EXIT_ERROR, f"{code}: {_server_message(content, code, response.phrase)}")
+    if verb == "get":
+        stdout.write(content)
+    elif verb == "list":
+        try:
+            value = json.loads(content)
+        except ValueError:
+            raise Failed(EXIT_ERROR, f"the server's answer is not JSON ({len(content)} bytes)") from None
+        stdout.write(json.dumps(value, indent=2).encode("utf-8") + b"\n")
+    stdout.flush()
+    return 0
+
+
+def _store_password(aor: str, environ: dict[str, str], getpass: Callable[[str], str] | None) -> str:
+    """``$SOSIMPLE_PASSWORD``, else asked on the terminal."""
+    password = environ.get("SOSIMPLE_PASSWORD")
+    if password is None:
+        try:
+            password = (getpass or _terminal_getpass)(f"Password for {aor}: ")
+        except EOFError:
+            raise Failed(EXIT_USAGE, "no password given (set $SOSIMPLE_PASSWORD)") from None
+        except Failed:
+            raise Failed(EXIT_USAGE, "no terminal to ask for the password on (set $SOSIMPLE_PASSWORD)") from None
+    return password
+
+
+def _store_signer(path: str) -> Any:
+    """The Ed25519 private key in ``path`` (PEM); Failed (usage) otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as f:
+            key = load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise Failed(EXIT_USAGE, f"--key: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, TypeError):
+        raise Failed(EXIT_USAGE, f"--key: {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise Failed(EXIT_USAGE, f"--key: {path} is not an Ed25519 key")
+    return key
 
 
 def _check(path: str, stdout: IO[bytes], stderr: IO[str]) -> int:

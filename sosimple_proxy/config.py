@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from typing import Callable
 
@@ -158,6 +159,14 @@ def _hex_id(raw: str) -> str:
     return text
 
 
+def _workers(raw: str) -> int:
+    """``[proxy] workers``: a count of processes, or ``auto`` (one per core)."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return max(1, os.cpu_count() or 1)
+    return _int(1, 64)(text)
+
+
 # --- the schema: section -> key -> (parser, default raw value)
 
 PROXY: Schema = {
@@ -167,6 +176,7 @@ PROXY: Schema = {
     "record_route": (_bool, "yes"),
     "recurse_on_3xx": (_bool, "no"),
     "max_message_size": (_int(1024, 16 * 1024 * 1024), "65536"),
+    "workers": (_workers, "1"),
 }
 SIP: Schema = {
     "t1": (_float(), "0.5"),
@@ -251,6 +261,15 @@ ADMIN: Schema = {
     "users_file": (_text, ""),
     "realm": (_text, "sosimple-admin"),
 }
+STORE: Schema = {
+    # empty: /store is served on the admin listener; a non-loopback one needs
+    # certificate and key (HTTPS only, _check_store)
+    "listen": (_endpoint, ""),
+    "certificate": (_text, ""),
+    "key": (_text, ""),
+    "max_value": (_int(1, 16 * 1024 * 1024), "65536"),
+    "max_names": (_int(1, 100_000), "100"),
+}
 
 
 SCHEMAS: dict[str, Schema] = {
@@ -264,6 +283,7 @@ SCHEMAS: dict[str, Schema] = {
     "admin": ADMIN,
     # Its parsers and defaults live with the limiter (security/limits.py).
     "limits": LIMITS_SCHEMA,
+    "store": STORE,
 }
 PREFIXED: dict[str, Schema] = {"overlay:": OVERLAY}
 
@@ -365,6 +385,10 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("registrar", "default_expires", "must lie between min_expires and max_expires")
     _check_auth(cfg)
     _check_tls(cfg)
+    if proxy["workers"] > 1:
+        for a in proxy["listen"]:
+            if a.port == 0:
+                raise ConfigError("proxy", "listen", f"{a}: with workers > 1 every address needs its port (not 0)")
 
 
 def _check_auth(cfg: Config) -> None:
@@ -430,6 +454,16 @@ def _check_admin(cfg: Config) -> None:
         raise ConfigError("admin", e.key, e.problem) from None
 
 
+def _check_store(cfg: Config) -> None:
+    """[store]: its own listener is HTTPS off loopback; the rules are web/store.py's."""
+    from sosimple_proxy.web.store import StoreSetupError, check_store_settings
+
+    try:
+        check_store_settings(cfg.sections["store"])
+    except StoreSetupError as e:
+        raise ConfigError("store", e.key, e.problem) from None
+
+
 def _check_did(cfg: Config) -> None:
     """[did]: each key a number the dial plan reads, each value a SIP AoR."""
 
@@ -489,6 +523,7 @@ def parse_config(text: str, path: str = "site.ini") -> Config:
     cfg = Config(path=path, sections=sections, warnings=warnings)
     _cross_checks(cfg)
     _check_admin(cfg)
+    _check_store(cfg)
     return cfg
 
 

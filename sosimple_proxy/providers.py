@@ -87,10 +87,15 @@ def _dns(name: str, p: ProviderParts) -> ILocator | None:
 
 
 def _pstn(name: str, p: ProviderParts) -> ILocator | None:
-    sections = p.cfg.named("gateway")
-    if not sections:
+    gateways = gateways_of(p.cfg)
+    if not gateways:
         return None
-    gateways = [
+    return PstnLocator(p.dialplan, GatewaySet(gateways, p.clock, retry_interval=p.cfg.section("pstn")["retry_interval"]))
+
+
+def gateways_of(cfg: Config) -> list[Gateway]:
+    """The ``[gateway:NAME]`` sections, in file order."""
+    return [
         Gateway(
             gw,
             parse_gateway_uri(s["uri"]),
@@ -100,9 +105,8 @@ def _pstn(name: str, p: ProviderParts) -> ILocator | None:
             s["strip"],
             s["prepend"],
         )
-        for gw, s in sections.items()
+        for gw, s in cfg.named("gateway").items()
     ]
-    return PstnLocator(p.dialplan, GatewaySet(gateways, p.clock, retry_interval=p.cfg.section("pstn")["retry_interval"]))
 
 
 def _emergency(raw: str) -> tuple[str, ...]:

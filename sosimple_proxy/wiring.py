@@ -15,7 +15,9 @@ The location providers come from the one table in
 The ``[limits]`` limiter (:func:`build_limits`) is one object on the
 reactor, shared by whoever judges a source: the SIP stack (rates, bans,
 connection and transaction caps), authentication (wrong credentials) and
-the admin API (``GET /limits``, lifting a ban).
+the admin API (``GET /limits``, lifting a ban).  With ``[proxy] workers``
+each worker has its own, which reports to the parent's (the admin API's):
+see :mod:`sosimple_proxy.workers.shared_limits`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import attrs
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
-from sosimple_proxy.config import Config, ConfigError, tls_config
+from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
 from sosimple_proxy.location.dialplan import DialPlan, DidTable
@@ -48,7 +50,7 @@ from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
-from sosimple_proxy.providers import ProviderParts, build_providers
+from sosimple_proxy.providers import ProviderParts, build_providers, gateways_of
 from sosimple_proxy.reloads import Reloads
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.security.limits import Limits, LimitsConfig
@@ -170,15 +172,24 @@ class Security:
     digest: DigestAuthenticator | None
 
 
-def gateway_matcher(gateways: Sequence[Any]) -> Callable[[Any], bool]:
-    """Does a URI name one of the gateways (host and port)?"""
-    addresses = {(routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in gateways}
+def gateway_matcher(gateways: Callable[[], Sequence[Any]]) -> Callable[[Any], bool]:
+    """Does a URI name one of the gateways (host and port)?  ``gateways()``
+    is asked each time (SIGHUP may replace the list); the addresses are
+    worked out again only when the list is a new one."""
+    seen: list[Any] = [None, frozenset()]
+
+    def addresses() -> frozenset:
+        current = gateways()
+        if current is not seen[0]:
+            seen[:] = [current, frozenset((routing.uri_address(g.uri)[1].lower(), routing.uri_address(g.uri)[2]) for g in current)]
+        return seen[1]
 
     def is_gateway(uri: Any) -> bool:
-        if not addresses or not getattr(uri, "is_sip", False):
+        known = addresses()
+        if not known or not getattr(uri, "is_sip", False):
             return False
         _, host, port = routing.uri_address(uri)
-        return (host.lower(), port) in addresses
+        return (host.lower(), port) in known
 
     return is_gateway
 
@@ -191,7 +202,7 @@ def build_security(
     stack: StackLink,
     secret: bytes,
     on_auth_failure: Callable[[str], Any] | None = None,
-    gateways: Sequence[Any] = (),
+    gateways: Callable[[], Sequence[Any]] = tuple,
 ) -> Security:
     """[auth] and [pstn] callers/emergency as the chain's two security steps."""
     auth, pstn = cfg.section("auth"), cfg.section("pstn")
@@ -242,7 +253,7 @@ def build_security(
         if target.source != "pstn" and dest.host not in trusted:
             copy.headers.remove("P-Asserted-Identity")
 
-    return Security(authenticate, relay, AckGate(relay, trusted, stamp), stamp, branch_policy, users, digest)
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest)
 
 
 def build_proxy(
@@ -252,6 +263,7 @@ def build_proxy(
     rfc3263: RFC3263Resolver | None = None,
     secret: bytes | None = None,
     on_auth_failure: Callable[[str], Any] | None = None,
+    publish: bool = True,
 ) -> Proxy:
     """The proxy, ready for a SIP stack to run it (``proxy.core`` is the
     stack's user; the stack attaches itself to it).
@@ -261,6 +273,8 @@ def build_proxy(
     ``secret`` keys nonces and dialog stamps (``build_service`` reads
     ``[auth] nonce_secret_file``; None: a random one for this process).
     ``on_auth_failure(source)`` hears of each wrong password ([limits]).
+    ``publish``: mirror our bindings into the rings (a worker leaves that
+    to its parent).
     """
     proxy_cfg, reg = cfg.proxy, cfg.section("registrar")
     listen = proxy_cfg["listen"]
@@ -301,7 +315,7 @@ def build_proxy(
         stack,
         secret if secret is not None else os.urandom(32),
         on_auth_failure,
-        gateways=pstn.gateways.gateways if isinstance(pstn, PstnLocator) else (),
+        gateways=(lambda: pstn.gateways.gateways) if isinstance(pstn, PstnLocator) else tuple,
     )
     forwarder = RequestForwarder(
         stack,
@@ -334,7 +348,7 @@ def build_proxy(
         return routing.self_route(stack.listening(), binding)
 
     publishers = []
-    for name, (overlay, ring_addressing) in ring_parts.items():
+    for name, (overlay, ring_addressing) in (ring_parts.items() if publish else ()):
         # Our registrar's users go to every ring that holds their domain.
         if any(d in ring_addressing.domains for d in addressing.domains):
             holds = _holds(ring_addressing)
@@ -350,6 +364,7 @@ def build_proxy(
             from_domain=addressing.primary or "localhost",
         )
     reloads = [("users file", security.users.reload)] if security.users is not None else []
+    reloads.append(("routes and gateways", lambda: reload_routes_and_gateways(cfg.path, routes, pstn)))
     return Proxy(
         core,
         registrar,
@@ -361,6 +376,28 @@ def build_proxy(
         security.users,
         security.digest,
         reloads,
+    )
+
+
+def reload_routes_and_gateways(path: str, routes: StaticRoutes, pstn: Any) -> None:
+    """SIGHUP: ``[routes]`` and the ``[gateway:NAME]`` sections again from
+    site.ini.  A bad file changes nothing (the one line says why); calls in
+    progress keep the hops they have."""
+    try:
+        new = load_config(path)
+        gateways = gateways_of(new)
+        routes.replace(dict(new.section("routes")))
+    except (ConfigError, ValueError) as e:
+        log.error("SIGHUP: routes and gateways kept as they were: {problem}", problem=str(e))
+        return
+    if isinstance(pstn, PstnLocator):
+        pstn.gateways.replace(gateways)
+    elif gateways:
+        log.warn("SIGHUP: [gateway:...] sections added; restart to start the pstn provider")
+    log.info(
+        "SIGHUP: {routes} routes, {gateways} gateways",
+        routes=len(routes.routes),
+        gateways=len(gateways) if isinstance(pstn, PstnLocator) else 0,
     )
 
 
@@ -385,9 +422,6 @@ def nonce_secret(cfg: Config) -> bytes:
 
 def build_service(cfg: Config, reactor: Any) -> MultiService:
     """Build the proxy's services from a validated config."""
-    from sosimple_proxy.sip.stack import SipStack
-    from sosimple_proxy.sip.timers import TimerConfig
-
     top = MultiService()
     for warning in cfg.warnings:
         log.warn("{warning}", warning=warning)
@@ -417,15 +451,27 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         ring = Ring(reactor, settings, name=f"overlay:{ring_name}", tls=_ring_tls(f"overlay:{ring_name}", settings))
         ring.setServiceParent(top)
         top.rings[f"overlay:{ring_name}"] = ring  # type: ignore[attr-defined]
+    # The users' store (/store): on its own [store] listen, else the admin listener's.
+    store, store_svc = None, None
+    if cfg.section("store")["listen"] or cfg.section("admin")["listen"]:
+        store = build_store(cfg, reactor, top.overlay)  # type: ignore[attr-defined]
+    if cfg.section("store")["listen"]:
+        from sosimple_proxy.web.store import store_service
+
+        store_svc = store_service(reactor, dict(cfg.section("store")), store)
+        store_svc.setServiceParent(top)
     admin = None
     if cfg.section("admin")["listen"]:
         from sosimple_proxy.web.admin import admin_service
 
         # GET /limits and DELETE /limits/banned/{address} on the SIP side's
         # limiter (an ILimitsView; None without SIP: nobody is banned)
-        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits)  # type: ignore[attr-defined]
+        on_admin = store if store_svc is None else None
+        admin = admin_service(reactor, dict(cfg.section("admin")), top.overlay, top.limits, on_admin)  # type: ignore[attr-defined]
         admin.setServiceParent(top)
-    if cfg.proxy["listen"]:
+    if cfg.proxy["listen"] and cfg.proxy["workers"] > 1:
+        build_worker_parent(cfg, reactor, top, admin, store_svc)
+    elif cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         try:
             tls = read_startup_files(cfg)
@@ -444,34 +490,162 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
         )
         if admin is not None:  # GET /registrations: this proxy's own users
             admin.registrations.table = proxy.registrar.table  # type: ignore[attr-defined]
-        stack = SipStack(
-            reactor,
-            cfg.proxy["listen"],
-            proxy.core,
-            timers=TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"]),
-            max_message_size=cfg.proxy["max_message_size"],
-            udp_rcvbuf=cfg.sip["udp_rcvbuf"],
-            tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
-            message_timeout=cfg.sip["message_timeout"],
-            limits=limits,
-            emergency=emergency_numbers(cfg),
-            **tls.stack_arguments(),
-        )
-        # started after the stack's listeners, stopped before them
-        proxy.timers.setServiceParent(stack)
-        LimitsService(limits).setServiceParent(stack)
+        stack = build_stack(cfg, reactor, proxy, limits, tls)
         stack.setServiceParent(top)
         # SIGHUP: new certificates for new connections; calls carry on.
-        reloads = Reloads(reactor)
-        reloads.add("TLS certificates", stack.transport.reload_tls)
-        for what, action in proxy.reloads:
-            reloads.add(what, action)
+        reloads = stack_reloads(reactor, stack, proxy)
         if admin is not None and getattr(admin, "tls", None) is not None:
             reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+        if store_svc is not None and getattr(store_svc, "tls", None) is not None:
+            reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
         reloads.setServiceParent(top)
     else:
         log.info("[proxy] listen is empty: no SIP service")
     return top
+
+
+def build_stack(cfg: Config, reactor: Any, proxy: Proxy, limits: Limits | None, tls: Any, reuse_port: bool = False) -> Any:
+    """The SIP stack that runs ``proxy``, with the proxy's timers and the
+    limiter's under it (started after its listeners, stopped before them)."""
+    from sosimple_proxy.sip.stack import SipStack
+    from sosimple_proxy.sip.timers import TimerConfig
+
+    stack = SipStack(
+        reactor,
+        cfg.proxy["listen"],
+        proxy.core,
+        timers=TimerConfig(cfg.sip["t1"], cfg.sip["t2"], cfg.sip["t4"]),
+        max_message_size=cfg.proxy["max_message_size"],
+        udp_rcvbuf=cfg.sip["udp_rcvbuf"],
+        tcp_idle_timeout=cfg.sip["tcp_idle_timeout"],
+        message_timeout=cfg.sip["message_timeout"],
+        limits=limits,
+        emergency=emergency_numbers(cfg),
+        reuse_port=reuse_port,
+        **tls.stack_arguments(),
+    )
+    proxy.timers.setServiceParent(stack)
+    if limits is not None:
+        LimitsService(limits).setServiceParent(stack)
+    return stack
+
+
+def stack_reloads(reactor: Any, stack: Any, proxy: Proxy) -> Reloads:
+    """What SIGHUP re-reads for a SIP stack and its proxy."""
+    reloads = Reloads(reactor)
+    reloads.add("TLS certificates", stack.transport.reload_tls)
+    for what, action in proxy.reloads:
+        reloads.add(what, action)
+    return reloads
+
+
+# --- [proxy] workers: the parent and each worker
+
+
+def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None) -> None:
+    """The parent of ``[proxy] workers`` processes: it keeps the ring nodes
+    and the admin API (built already, under ``top``), a copy of every
+    worker's bindings (which it publishes to the rings and shows on the
+    admin API), the line to its workers, and the workers themselves."""
+    import tempfile
+
+    from sosimple_proxy.workers.hub import Hub
+    from sosimple_proxy.workers.parent import HubListener, check_ports_free, write_secret
+    from sosimple_proxy.workers.pool import WorkerPool, worker_argv
+
+    try:
+        read_startup_files(cfg)  # a bad certificate stops startup here, not in every worker
+        check_ports_free(cfg.proxy["listen"])
+        secret = nonce_secret(cfg)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    directory = tempfile.mkdtemp(prefix="sosimple-workers-")  # 0700: the secret and the sockets
+    write_secret(directory, secret)
+    table = BindingTable(reactor)
+    listening = list(cfg.proxy["listen"])
+    addressing = Addressing(cfg.proxy["domains"], listening, StackLink())
+    for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
+        ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
+        if any(d in ring_addressing.domains for d in addressing.domains):
+            RingPublisher(overlay, table, lambda b: routing.self_route(listening, b), reactor,
+                          accepts=_holds(ring_addressing))
+    if admin is not None:  # GET /registrations: every worker's users
+        admin.registrations.table = table  # type: ignore[attr-defined]
+    hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
+    if top.limits is not None:  # type: ignore[attr-defined]
+        # every worker's bans and counts meet in the admin API's limiter
+        from sosimple_proxy.workers.shared_limits import SharedLimitsHub
+
+        hub.limits = SharedLimitsHub(reactor, top.limits, hub.lines)  # type: ignore[attr-defined]
+        LimitsService(top.limits).setServiceParent(top)  # type: ignore[attr-defined]
+    HubListener(reactor, hub, directory, table).setServiceParent(top)
+    pool = WorkerPool(reactor, cfg.proxy["workers"], worker_argv(cfg.path, cfg.proxy["workers"], directory))
+    pool.setServiceParent(top)
+    top.workers = pool  # type: ignore[attr-defined]
+    # SIGHUP: the parent's admin certificate, and each worker's own reloads
+    reloads = Reloads(reactor)
+    reloads.add("workers", lambda: pool.signal_all("HUP"))
+    if admin is not None and getattr(admin, "tls", None) is not None:
+        reloads.add("admin certificate", admin.tls.reload)  # type: ignore[attr-defined]
+    if store_svc is not None and getattr(store_svc, "tls", None) is not None:
+        reloads.add("store certificate", store_svc.tls.reload)  # type: ignore[attr-defined]
+    reloads.setServiceParent(top)
+    log.info("[proxy] workers = {n}: SIP is served by {n} worker processes", n=cfg.proxy["workers"])
+
+
+def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: str) -> MultiService:
+    """Worker ``index`` of ``count``: the SIP stack and proxy on shared
+    ports, its rings and its bindings' twins reached through the parent."""
+    from sosimple_proxy.sip import worker_tag
+    from sosimple_proxy.sip.handoff import Handoff
+    from sosimple_proxy.workers.parent import read_secret
+    from sosimple_proxy.workers.remote_ring import RemoteRing
+    from sosimple_proxy.workers.worker_service import WorkerService
+
+    worker_tag.set_worker(index)
+    tls = read_startup_files(cfg)
+    assert tls is not None
+    top = WorkerService(reactor, index, directory)
+    rings = {name: RemoteRing(name, top.get_link) for name in _ring_names(cfg)}
+    # bans, rates and nonce-counts shared with the other workers through the parent
+    from sosimple_proxy.workers.shared_limits import WorkerLimits
+    from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts
+
+    limits = top.limits = WorkerLimits(reactor, LimitsConfig(**cfg.section("limits")), top.get_link)
+    proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
+                        publish=False)
+    if proxy.digest is not None:
+        nonces = top.nonces = WorkerNonceCounts(reactor, cfg.section("auth")["nonce_ttl"], index, count, top.get_link)
+        proxy.digest.share_nonce_state(nonces, nonces.random)
+    top.table = proxy.registrar.table
+    stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
+    transport = stack.transport
+    stack.handoff = transport.workers = Handoff(
+        reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
+    )
+    stack.setServiceParent(top)
+    stack_reloads(reactor, stack, proxy).setServiceParent(top)
+    return top
+
+
+def _ring_names(cfg: Config) -> list[str]:
+    """The rings the parent is a member of, by provider name."""
+    names = ["overlay"] if cfg.section("overlay")["listen"] else []
+    return names + [f"overlay:{n}" for n, s in cfg.named("overlay").items() if s["listen"]]
+
+
+def build_store(cfg: Config, reactor: Any, ring: Any) -> Any:
+    """The users' store resource (web/store.py) on ``ring``: the users of
+    ``[auth] users_file`` (with the realm's shared nonce secret) may use
+    their own AoRs of our domains; ``[store]``'s limits."""
+    from sosimple_proxy.web.store import store_api, store_credentials
+
+    auth = cfg.section("auth")
+    secret = nonce_secret(cfg) if auth["users_file"] else None
+    credentials = store_credentials(
+        reactor, auth["users_file"], auth["realm"], auth["algorithms"], auth["nonce_ttl"], secret
+    )
+    return store_api(reactor, dict(cfg.section("store")), ring, credentials, our_domains(cfg))
 
 
 def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:

@@ -224,7 +224,23 @@ class GatewaySet:
         self.gateways = list(gateways)
         self.clock = clock
         self.rand = rand
+        self.retry_interval = retry_interval
         self.states = {g.name: GatewayState(clock, retry_interval) for g in self.gateways}
+
+    def replace(self, gateways: Iterable[Gateway]) -> None:
+        """New gateways (SIGHUP).  A gateway that kept its name and URI keeps
+        its state (a dead one is not tried again before its probe says so);
+        a new or changed one starts afresh."""
+        new = list(gateways)
+        old = {g.name: g for g in self.gateways}
+        states = {}
+        for g in new:
+            before = old.get(g.name)
+            if before is not None and str(before.uri) == str(g.uri):
+                states[g.name] = self.states[g.name]
+            else:
+                states[g.name] = GatewayState(self.clock, self.retry_interval)
+        self.gateways, self.states = new, states
 
     def group(self, e164: str) -> list[Gateway]:
         """The gateways whose prefix matches ``e164`` best (active or not)."""

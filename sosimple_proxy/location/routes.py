@@ -31,7 +31,15 @@ class StaticRoutes:
     name = "routes"
 
     def __init__(self, routes: Mapping[str, str]) -> None:
-        self.routes: dict[str, URI] = {d.strip().lower().rstrip("."): route_uri(v) for d, v in routes.items()}
+        self.routes: dict[str, URI] = self._parse(routes)
+
+    @staticmethod
+    def _parse(routes: Mapping[str, str]) -> dict[str, URI]:
+        return {d.strip().lower().rstrip("."): route_uri(v) for d, v in routes.items()}
+
+    def replace(self, routes: Mapping[str, str]) -> None:
+        """New routes (SIGHUP): parsed whole first, so a bad one changes nothing."""
+        self.routes = self._parse(routes)
 
     def serves(self, uri: Any) -> bool:
         host = (getattr(uri, "host", None) or "").lower().rstrip(".")

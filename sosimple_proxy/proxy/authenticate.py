@@ -30,12 +30,13 @@ import ipaddress
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sosimple_proxy.proxy.chain import CONTINUE, Job, Step, Trust
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
 from sosimple_proxy.security.authparams import MalformedCredentials, parse_auth_header
-from sosimple_proxy.security.digest import DigestAuthenticator, Outcome
+from sosimple_proxy.security.digest import DigestAuthenticator, Outcome, Verdict
 from sosimple_proxy.sip import headers as H
 from sosimple_proxy.sip.message import Request, Response, make_response
 
@@ -162,6 +163,14 @@ class Authenticate:
             return CONTINUE  # a keep-alive to the proxy itself, answered with our capabilities
         values = request.headers.get_all("authorization") if register else proxy_credentials
         verdict = self.digest.verify_request(values, request.method)
+        if isinstance(verdict, Deferred):
+            # [proxy] workers: another worker keeps this nonce's counts
+            return verdict.addCallback(lambda v: self._decide(job, v, register, claims_ours))
+        return self._decide(job, verdict, register, claims_ours)
+
+    def _decide(self, job: Job, verdict: Verdict, register: bool, claims_ours: bool) -> Step:
+        request = job.request
+        assert self.digest is not None
         if verdict.ok:
             return self._authenticated(job, verdict.user or "", register)
         if not register and claims_ours and self.is_emergency(request):
@@ -211,16 +220,28 @@ class Authenticate:
 
     def _remove_our_credentials(self, request: Request) -> None:
         assert self.digest is not None
-        values = request.headers.get_all("proxy-authorization")
-        keep = []
-        for value in values:
-            try:
-                ours = parse_auth_header(value).params.get("realm") == self.digest.realm
-            except MalformedCredentials:
-                ours = False
-            if not ours:
-                keep.append(value)
-        if len(keep) != len(values):
-            request.headers.remove("proxy-authorization")
-            for value in keep:
-                request.headers.add("Proxy-Authorization", value)
+        remove_credentials(request, self.digest.realm)
+
+
+def remove_credentials(request: Request, realm: str) -> None:
+    """Consume the Proxy-Authorization values of ``realm``, keep the others.
+
+    RFC 3261 22.3: "a Proxy-Authorization header field value MUST NOT be
+    consumed by any proxy whose realm does not match the 'realm' parameter
+    specified in that value" -- and ours are of no use further on.
+    """
+    values = request.headers.get_all("proxy-authorization")
+    if not values:
+        return
+    keep = []
+    for value in values:
+        try:
+            ours = parse_auth_header(value).params.get("realm") == realm
+        except MalformedCredentials:
+            ours = False
+        if not ours:
+            keep.append(value)
+    if len(keep) != len(values):
+        request.headers.remove("proxy-authorization")
+        for value in keep:
+            request.headers.add("Proxy-Authorization", value)

@@ -85,6 +85,8 @@ class ProxyCore:
         if gate is not None and source is not None and not gate.allows(ack, source, kind, stamped):
             log.info("ACK from {source} dropped: relaying denied", source=source)
             return
+        if gate is not None:
+            gate.consume_credentials(ack)
         if kind is Kind.TO_PROXY:
             return  # an ACK for us: nothing to do
         if kind is Kind.LOCATE and self.addressing.is_ours(ack.ruri):

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from sosimple_proxy.location.interfaces import Found
 from sosimple_proxy.proxy import routing
-from sosimple_proxy.proxy.authenticate import challenge_response
+from sosimple_proxy.proxy.authenticate import challenge_response, remove_credentials
 from sosimple_proxy.proxy.chain import CONTINUE, Job, Kind, Step, Trust
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.sip.message import Request, Response, make_response
@@ -281,10 +281,17 @@ class AckGate:
     cannot be challenged (22.1), so it may only follow a dialog we stamped,
     come from a trusted source, or go to one of our users."""
 
-    def __init__(self, relay: Relay, trusted: Any, stamp: Any) -> None:
+    def __init__(self, relay: Relay, trusted: Any, stamp: Any, realm: str | None = None) -> None:
         self.relay = relay
         self.trusted = trusted
         self.stamp = stamp
+        self.realm = realm  # our digest realm: credentials of it stop here
+
+    def consume_credentials(self, ack: Request) -> None:
+        """The ACK of a 2xx repeats the INVITE's Proxy-Authorization (22.1);
+        ours go no further than they do on the INVITE."""
+        if self.realm is not None:
+            remove_credentials(ack, self.realm)
 
     def stamped(self, ack: Request) -> bool:
         """Asked before our own Route entries are removed."""

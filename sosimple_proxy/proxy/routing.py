@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
+from sosimple_proxy.sip import worker_tag
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.uri import URI, format_host
@@ -63,7 +64,8 @@ def _tag(value: str | None) -> str:
 
 
 def new_proxy_branch(lhash: str) -> str:
-    return f"{BRANCH_PREFIX}{lhash}.{secrets.token_hex(4)}"
+    # worker_tag.SUFFIX: which worker's transaction this is ([proxy] workers)
+    return f"{BRANCH_PREFIX}{lhash}.{secrets.token_hex(4)}{worker_tag.SUFFIX}"
 
 
 def stateless_branch(request: Request, lhash: str) -> str:

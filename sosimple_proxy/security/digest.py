@@ -69,9 +69,10 @@ from __future__ import annotations
 import enum
 import hmac
 import os
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from .algorithms import DEFAULT_ALGORITHMS, Algorithm, ha1, response
@@ -89,6 +90,14 @@ class UserLookup(Protocol):
     """What the verifier needs from the users file (``users.UsersFile`` or ``UserTable``)."""
 
     def lookup(self, user: str, realm: str) -> UserEntry | None: ...
+
+
+class CountKeeper(Protocol):
+    """Where nonce-counts are kept: ``NonceCounts``, or one whose answer may
+    come later (a Deferred) because another process keeps that nonce's
+    counts ([proxy] workers)."""
+
+    def accept(self, nonce: str, issued: float, nc: int) -> CountVerdict | Deferred: ...
 
 
 class Outcome(enum.Enum):
@@ -232,17 +241,25 @@ class DigestAuthenticator:
         self._accepted = frozenset(a for a in Algorithm if a.base in self.algorithms)
         self._users = users
         self._nonces = NonceIssuer(clock, secret, realm, nonce_ttl)
-        self._counts = NonceCounts(clock, nonce_ttl, max_tracked_nonces)
+        self._counts: CountKeeper = NonceCounts(clock, nonce_ttl, max_tracked_nonces)
         # Checked against when the user is unknown, so that an unknown user
         # costs what a wrong password costs (no enumeration by timing).
         self._dummy = UserEntry("", realm, os.urandom(16).hex(), os.urandom(32).hex())
+
+    def share_nonce_state(self, counts: CountKeeper, random: Callable[[int], bytes]) -> None:
+        """Keep nonce-counts in ``counts`` and draw our nonces' random bytes
+        from ``random`` (``[proxy] workers``: the bytes name the worker that
+        keeps the nonce's counts).  With such ``counts``, :meth:`verify` may
+        answer with a Deferred."""
+        self._counts = counts
+        self._nonces._random = random
 
     def challenge(self, stale: bool = False) -> list[str]:
         """Fresh header values for a 401/407, one per configured algorithm."""
         nonce = self._nonces.make()
         return challenge_values(self.realm, nonce, os.urandom(12).hex(), self.algorithms, stale)
 
-    def verify_request(self, values: Iterable[str], method: str, request_uri: str | None = None) -> Verdict:
+    def verify_request(self, values: Iterable[str], method: str, request_uri: str | None = None) -> Verdict | Deferred:
         """Verify a request's Authorization (or Proxy-Authorization) values.
 
         Only credentials for our realm are ours (RFC 3261 22.3: the others
@@ -274,8 +291,10 @@ class DigestAuthenticator:
 
     def verify(
         self, value: str, method: str, request_uri: str | None = None, parsed: AuthHeader | None = None
-    ) -> Verdict:
-        """Verify one header value (see the module docstring for the outcomes)."""
+    ) -> Verdict | Deferred:
+        """Verify one header value (see the module docstring for the outcomes);
+        a Deferred of the Verdict only with a :meth:`share_nonce_state`
+        keeper that answers later."""
         try:
             header = parsed if parsed is not None else parse_auth_header(value)
             if not header.is_digest():
@@ -314,10 +333,16 @@ class DigestAuthenticator:
         if nonce.state is NonceState.EXPIRED:
             return Verdict(Outcome.STALE, reason="the nonce has expired")
         counted = self._counts.accept(creds.nonce, nonce.issued, creds.nc)
+        if isinstance(counted, Deferred):
+            return counted.addCallback(self._counted, creds)
+        return self._counted(counted, creds)
+
+    @staticmethod
+    def _counted(counted: CountVerdict, creds: Credentials) -> Verdict:
         if counted is CountVerdict.REPLAY:
             return Verdict(Outcome.REPLAY, reason=f"nonce-count {creds.nc_text} was already used")
         if counted is CountVerdict.FORGOTTEN:
-            return Verdict(Outcome.STALE, reason="the nonce's count was forgotten under load")
+            return Verdict(Outcome.STALE, reason="the nonce's count is not known here (forgotten under load, or from before a restart)")
         return Verdict(Outcome.OK, user=creds.username, reason=f"authenticated with {creds.algorithm.value}")
 
 

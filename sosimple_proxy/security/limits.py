@@ -18,6 +18,11 @@ object on an injected clock (``IReactorTime``; tests use ``task.Clock``):
   The proxy skips the checks for them (and for a banned source's emergency
   call too).
 
+With ``[proxy] workers`` each worker has a limiter and the parent has one
+that sums theirs: :meth:`Limits.charge` takes requests counted elsewhere,
+and ``on_ban``/``on_lift`` hear of bans to pass on
+(:mod:`sosimple_proxy.workers.shared_limits`).
+
 Cheap enough to run before a datagram is parsed: a banned source costs one
 dict lookup and a clock read; a known source a few more operations.
 Memory is bounded: a bucket idle long enough to have refilled is the same as
@@ -256,6 +261,10 @@ class Limits:
         self._connections: dict[str, int] = {}
         self._sweeper: LoopingCall | None = None
         self.connections = 0
+        # Hear of each ban made and lifted ([proxy] workers share them);
+        # empty in a single process, so they cost nothing there.
+        self.on_ban: list[Callable[[Ban], object]] = []
+        self.on_lift: list[Callable[[str, str], object]] = []
 
     # -- requests
 
@@ -291,6 +300,31 @@ class Limits:
             return ALLOW
         self.ban(source, f"over {self._rate:g} requests/s (burst {self.config.burst})")
         return LIMITED
+
+    def charge(self, source: str, count: int) -> bool:
+        """``count`` requests from ``source`` that passed elsewhere (another
+        worker process's own check), taken from this limiter's bucket at
+        once; the source is banned if they were more than it held.  Whether
+        this banned it."""
+        if self._rate <= 0 or count <= 0 or self.is_banned(source):
+            return False
+        now = self._clock.seconds()
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = _Bucket(self._burst, now, self.is_allowed(source))
+            self._buckets[source] = bucket
+            if len(self._buckets) > self._max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
+            bucket.stamp = now
+        if bucket.allowed:
+            return False
+        bucket.tokens -= count
+        if bucket.tokens >= 0.0:
+            return False
+        return self.ban(source, f"over {self._rate:g} requests/s (burst {self.config.burst})")
 
     def is_banned(self, source: str) -> bool:
         """The cheapest pre-parse test: one dict lookup while nobody is banned."""
@@ -415,6 +449,8 @@ class Limits:
             seconds=seconds,
             reason=reason,
         )
+        for listener in self.on_ban:
+            listener(self._banned[source])
         return True
 
     def unban(self, address: str, why: str = "lifted by the administrator") -> bool:
@@ -430,8 +466,12 @@ class Limits:
         """``GET /limits``'s ``banned`` list: address, reason, remaining
         whole seconds (rounded up), soonest to end first."""
         now = self._clock.seconds()
-        live = sorted((b for b in self._banned.values() if b.until > now), key=lambda b: b.until)
-        return [{"address": b.address, "reason": b.reason, "remaining": math.ceil(b.until - now)} for b in live]
+        return [{"address": b.address, "reason": b.reason, "remaining": math.ceil(b.until - now)} for b in self.live_bans()]
+
+    def live_bans(self) -> list[Ban]:
+        """The bans in force, soonest to end first."""
+        now = self._clock.seconds()
+        return sorted((b for b in self._banned.values() if b.until > now), key=lambda b: b.until)
 
     def report(self) -> dict[str, object]:
         """The body of ``GET /limits``."""
@@ -440,6 +480,8 @@ class Limits:
     def _lift(self, source: str, why: str) -> None:
         ban = self._banned.pop(source)
         self._log.info("limits: unbanned {address} ({why}); it was banned for: {reason}", address=source, why=why, reason=ban.reason)
+        for listener in self.on_lift:
+            listener(source, why)
 
     def _schedule_expiry(self) -> None:
         """One timer, for the soonest ban to end, so expiry is logged on time

@@ -10,11 +10,12 @@ state, so a phone may send its next request through another proxy of the
 realm.  43 characters, all of them token characters.
 
 Replay (``NonceCounts``) is the one piece of state, and it is local: a
-nonce-count is accepted once per process.  Two proxies sharing a secret
-(or two ``[proxy] workers`` of one proxy) do not share their counts, so a
-captured request could be replayed once at each of the others within
-``nonce_ttl``; that is the price of stateless nonces, and the reason to
-keep ``nonce_ttl`` short.
+nonce-count is accepted once per process.  Two proxies sharing a secret do
+not share their counts, so a captured request could be replayed once at
+each of the others within ``nonce_ttl``; that is the price of stateless
+nonces, and the reason to keep ``nonce_ttl`` short.  The ``[proxy]
+workers`` of one proxy do share them: each nonce has one owner worker,
+which keeps its counts (:mod:`sosimple_proxy.workers.shared_nonces`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ def _read_secret(path: str) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretFileError(f"{path}: the nonce secret is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are needed")
     return secret
+
+
+def nonce_random(nonce: str) -> bytes:
+    """The random bytes of a nonce in :class:`NonceIssuer`'s format (not
+    checked: only for a nonce :meth:`NonceIssuer.check` has accepted)."""
+    raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+    return raw[8 : 8 + _RANDOM_BYTES]
 
 
 class NonceState(enum.Enum):
@@ -217,6 +225,12 @@ class NonceCounts:
             return CountVerdict.REPLAY
         self._entries[nonce] = (nc, issued)
         return CountVerdict.ACCEPTED
+
+    def forget_before(self, issued: float) -> None:
+        """Answer ``FORGOTTEN`` for any nonce issued up to ``issued`` that is
+        not in the table: a process that starts again knows none of its
+        predecessor's counts, so it must not take their nonces as new."""
+        self._floor = max(self._floor, issued)
 
     def _expire(self) -> None:
         # Entries are in order of first use, which is nearly the order of issue:

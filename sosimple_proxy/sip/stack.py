@@ -77,6 +77,8 @@ class SipStack(MultiService):
     limits: Limits | None = None
     gate: Gate | None = None
     _overloaded = False
+    #: with [proxy] workers: passes another worker's responses to it (:mod:`.handoff`)
+    handoff: Any = None
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class SipStack(MultiService):
         message_timeout: float | None = 30.0,
         limits: Limits | None = None,
         emergency: Iterable[str] = (),
+        reuse_port: bool = False,
     ) -> None:
         super().__init__()
         self.tu = tu
@@ -112,6 +115,7 @@ class SipStack(MultiService):
             tls_handshake_timeout=tls_handshake_timeout,
             message_timeout=message_timeout,
             limits=limits,
+            reuse_port=reuse_port,
         )
         self.transport.admit_banned = self.gate is not None and bool(self.gate.numbers)
         self.transport.setServiceParent(self)
@@ -143,6 +147,9 @@ class SipStack(MultiService):
             log.failure("unexpected error on a message from {source}", source=source)
 
     def _received(self, data: bytes, source: Peer, local: ListenAddress) -> None:
+        handoff = self.handoff
+        if handoff is not None and handoff.elsewhere(data, source, local):
+            return
         gate = self.gate
         admission = gate.admit(data, source.host) if gate is not None else None
         if admission is DROP:
@@ -159,6 +166,14 @@ class SipStack(MultiService):
             self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
                          self.limits.retry_after(source.host))
             return
+        if (
+            handoff is not None
+            and isinstance(msg, Request)
+            and msg.method == "CANCEL"
+            and self.transactions.find_cancelled(msg) is None
+            and handoff.pass_cancel(data, source, local)
+        ):
+            return  # its INVITE may be another worker's
         capped = admission is not None and admission is not EXEMPT and isinstance(msg, Request)
         if capped and self._over_capacity(msg, source):  # type: ignore[arg-type]
             self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)

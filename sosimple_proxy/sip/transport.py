@@ -46,6 +46,7 @@ from sosimple_proxy.security.limits import Limits, Verdict
 from sosimple_proxy.security.tls import DEFAULT_HANDSHAKE_TIMEOUT, ClientTLS
 from sosimple_proxy.sip.address import STREAM_TRANSPORTS, ListenAddress, Peer, normal_host
 from sosimple_proxy.sip.interfaces import IMessageSink, ITransportLayer, IUnreachableObserver
+from sosimple_proxy.sip.reuseport import ReusePortTCP, ReusePortUDP
 from sosimple_proxy.sip.stream import Connecting, StreamConnection, StreamFactory
 from sosimple_proxy.sip.tls_transport import TLSTransport, expected_domain, handshake_failure_reason
 from sosimple_proxy.sip.udp import ICMP_ERRNOS, UDP_READ_SIZE, Datagrams, UDPPort, set_rcvbuf
@@ -110,9 +111,15 @@ class TransportLayer(service.Service):
         tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         message_timeout: float | None = 30.0,
         limits: Limits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.reactor = reactor
         self.listen = tuple(listen)
+        # [proxy] workers: every worker binds every address (SO_REUSEPORT),
+        # and ``workers`` (a :class:`~.handoff.Handoff`) knows which other
+        # worker holds a connection we lack, and hears of ours.
+        self.reuse_port = reuse_port
+        self.workers: Any = None
         self.sink = sink
         self.max_message_size = max_message_size
         self.udp_rcvbuf = udp_rcvbuf
@@ -208,7 +215,8 @@ class TransportLayer(service.Service):
         proto = Datagrams(self, addr)
         if isinstance(self.reactor, PosixReactorBase) and sys.platform.startswith("linux"):
             # as reactor.listenUDP does, with a port that reads ICMP errors
-            port = UDPPort(addr.port, proto, addr.host, UDP_READ_SIZE, self.reactor)
+            kind = ReusePortUDP if self.reuse_port else UDPPort
+            port = kind(addr.port, proto, addr.host, UDP_READ_SIZE, self.reactor)
             port.startListening()
             port.enable_recverr()
         else:
@@ -241,7 +249,12 @@ class TransportLayer(service.Service):
         if addr.transport == "tls":
             wire = self.tls.server_factory(factory, self.reactor, addr)
         result: list[Any] = []
-        self._serverEndpoint(addr).listen(wire).addBoth(result.append)
+        if self.reuse_port:
+            shared = ReusePortTCP(addr.port, wire, 50, addr.host, self.reactor)
+            shared.startListening()
+            result.append(shared)
+        else:
+            self._serverEndpoint(addr).listen(wire).addBoth(result.append)
         # Server endpoints for TCP listen synchronously; anything else is a bug here.
         if not result:
             raise RuntimeError(f"{addr}: listening did not complete at once")
@@ -273,7 +286,17 @@ class TransportLayer(service.Service):
             peer = attrs.evolve(peer, host=normal_host(peer.host))
         except ValueError:
             return False
-        return peer in self._streams
+        return peer in self._streams or (self.workers is not None and self.workers.holder(peer) is not None)
+
+    def own_streams(self) -> list[Peer]:
+        """Peers of the connections this process holds (other workers send through them)."""
+        return [p for p in self._streams if p.domain is None]
+
+    def send_own_stream(self, data: bytes, peer: Peer) -> None:
+        """Send over our connection to ``peer``, for another worker."""
+        conn = self._streams.get(peer)
+        if conn is not None and conn.usable():
+            conn.write(data)
 
     # -- sending
 
@@ -369,6 +392,11 @@ class TransportLayer(service.Service):
         if pending is not None:
             pending.queue.append((data, d))
             return d
+        workers = self.workers
+        if workers is not None:
+            holder = workers.holder(dest)
+            if holder is not None and workers.send_via(holder, data, dest):
+                return defer.succeed(None)  # over the connection another worker holds
         if not self.running:
             return defer.fail(TransportError(dest, "transport layer is stopped"))
         endpoint, wire = self._clientEndpoint(dest)
@@ -453,6 +481,8 @@ class TransportLayer(service.Service):
         self._all_streams.add(conn)
         conn.keys.append(key)
         self._streams[key] = conn
+        if self.workers is not None and key.domain is None:
+            self.workers.stream_opened(key)
 
     def _closed(self, conn: StreamConnection) -> None:
         """``conn`` is closed: forget it."""
@@ -504,6 +534,8 @@ class TransportLayer(service.Service):
         for key in conn.keys:
             if self._streams.get(key) is conn:
                 del self._streams[key]
+                if self.workers is not None and key.domain is None:
+                    self.workers.stream_closed(key)
 
     def _localFor(self, transport_name: str, host: Any) -> ListenAddress:
         """The listen address to advertise for an outgoing connection: a

@@ -32,6 +32,7 @@ from sosimple_proxy.sip.grammar import (
     split_commas,
     unfold,
 )
+from sosimple_proxy.sip import worker_tag
 from sosimple_proxy.sip.timers import is_reliable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,8 +56,9 @@ MAGIC_COOKIE = "z9hG4bK"
 
 
 def new_branch() -> str:
-    """A fresh RFC 3261 branch: the magic cookie and 64 random bits."""
-    return MAGIC_COOKIE + secrets.token_hex(8)
+    """A fresh RFC 3261 branch: the magic cookie and 64 random bits (and,
+    in a worker process, which worker made it: :mod:`.worker_tag`)."""
+    return MAGIC_COOKIE + secrets.token_hex(8) + worker_tag.SUFFIX
 
 
 # -- parsing --------------------------------------------------------------------

@@ -97,18 +97,25 @@ def overlay_settings(state_dir: str, bootstrap: Iterable[tuple[str, int]] = (), 
 
 
 @contextmanager
-def peer_ring(overlay: Mapping[str, object], workdir: Path, count: int) -> Iterator[list[PeerProcess]]:
+def peer_ring(
+    overlay: Mapping[str, object],
+    workdir: Path,
+    count: int,
+    sections: Mapping[str, Mapping[str, object]] | None = None,
+) -> Iterator[list[PeerProcess]]:
     """``count`` storage-only ring members under twistd, the first starting
     the ring and the others joining it in parallel (member ``i`` in
     ``workdir/n{i}``); on a failure their log tails are printed, and every
-    one is stopped and cleaned up at the end."""
+    one is stopped and cleaned up at the end.  ``sections`` adds other
+    ``site.ini`` sections (``[auth]``...) to every member's."""
     started: list[PeerProcess] = []
+    extra = {name: dict(keys) for name, keys in (sections or {}).items()}
     try:
-        first = PeerProcess(overlay=dict(overlay), workdir=workdir / "n0")
+        first = PeerProcess(extra or None, overlay=dict(overlay), workdir=workdir / "n0")
         started.append(first)
         first.start()
         rest = [
-            PeerProcess(bootstrap=[first.overlay_address], overlay=dict(overlay), workdir=workdir / f"n{i}")
+            PeerProcess(extra or None, bootstrap=[first.overlay_address], overlay=dict(overlay), workdir=workdir / f"n{i}")
             for i in range(1, count)
         ]
         started += rest

@@ -15,7 +15,9 @@ The routes and their answers are an outside contract (``shared/site-ini.md``,
   (``registrations.py``); ``GET /registrations/{aor}`` asks the ring;
 - ``GET /limits``: the banned sources; ``DELETE /limits/banned/{address}``
   lifts a ban (the limiter comes from the composition root as an
-  ``ILimitsView``; without one nobody is banned).
+  ``ILimitsView``; without one nobody is banned);
+- ``/store/...``: the users' own data (``store.py``), when ``[store] listen``
+  is empty; guarded by the users' credentials, not the admin's.
 
 With ``[admin] users_file`` everything but ``/health`` (and the paths other
 parties need) asks for credentials (``guard.py``); with ``certificate`` and
@@ -427,21 +429,23 @@ def admin_site(
     credentials: AdminCredentials | None = None,
     status: NodeStatus | None = None,
     local: LocalRegistrations | None = None,
+    store: Resource | None = None,
 ) -> AdminSite:
     """The API and the pages as a ``Site``, with ``[admin]``'s limits; behind
     ``credentials`` when given (see ``guard.py`` for what stays open).
     ``status`` gives the pages the version and uptime (default: uptime from
-    now, on the global reactor's clock); ``local`` this proxy's binding table."""
+    now, on the global reactor's clock); ``local`` this proxy's binding table;
+    ``store`` the users' store (``store.py``) when it is served here."""
     if status is None:
         from twisted.internet import reactor
 
         status = NodeStatus(reactor)  # type: ignore[arg-type]
     max_name = int(settings.get("max_name", 256))
     max_value = int(settings.get("max_value", 1048576))
-    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status, local))
+    root: Resource = AdminRoot(AdminAPI(ring, max_name, max_value, limits, status, local), store)
     if credentials is not None:
         root = AdminGuard(root, credentials)
-    site = AdminSite(root, max_body=max_value)
+    site = AdminSite(root, max_body=max(max_value, int(getattr(store, "max_value", 0))))
     site.displayTracebacks = False
     return site
 
@@ -469,7 +473,11 @@ class AdminService(StreamServerEndpointService):
 
 
 def admin_service(
-    reactor: Any, settings: Mapping[str, Any], ring: Ring | None, limits: ILimitsView | None = None
+    reactor: Any,
+    settings: Mapping[str, Any],
+    ring: Ring | None,
+    limits: ILimitsView | None = None,
+    store: Resource | None = None,
 ) -> IService:
     """The API listening on ``[admin] listen`` (a Twisted endpoint string),
     in TLS with ``[admin] certificate`` and ``key``, behind ``[admin]
@@ -477,9 +485,10 @@ def admin_service(
     (config.py), so the files are known to be good.  The service's ``tls``
     is the ``ServerTLS`` to reload on SIGHUP, or None; its ``registrations``
     (a :class:`LocalRegistrations`) takes the proxy's binding table once the
-    composition root has built the proxy."""
+    composition root has built the proxy.  ``store``: the users' store, when
+    it has no listener of its own."""
     local, status = LocalRegistrations(reactor), NodeStatus(reactor)
-    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local)
+    site = admin_site(ring, settings, limits, admin_credentials(reactor, settings), status, local, store)
     endpoint, factory, tls = admin_listener(reactor, settings, site)
     svc = AdminService(endpoint, factory, status, local)
     svc.setName("admin")

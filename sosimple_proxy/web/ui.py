@@ -7,8 +7,9 @@ pages themselves hold no data and need no templating.  They live under
 ``/ui/`` so that no page ever shadows an API path, and ``/`` redirects to
 ``/ui/`` for an administrator who types only the host and port.
 
-:class:`AdminRoot` is the site's root: it sends ``/`` and ``/ui/...`` here
-and every other path to the JSON API.  It is a leaf resource like the API,
+:class:`AdminRoot` is the site's root: it sends ``/`` and ``/ui/...`` here,
+``/store/...`` to the users' store when this listener serves it, and every
+other path to the JSON API.  It is a leaf resource like the API,
 so the guard (``guard.py``) sees one resource and the same decoded segments.
 """
 
@@ -36,14 +37,17 @@ class AdminRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: Resource) -> None:
+    def __init__(self, api: Resource, store: Resource | None = None) -> None:
         super().__init__()
         self.api = api
+        self.store = store  # /store/... (store.py), when served on this listener
 
     def render(self, request: server.Request) -> int | bytes:
         segments = list(request.postpath or [])
         if segments in ([], [b""]):
             return self._redirect(request, b"/ui/")
+        if segments[0] == b"store" and self.store is not None:
+            return self.store.render(request)  # type: ignore[no-any-return]
         if segments[0] != b"ui":
             return self.api.render(request)  # type: ignore[no-any-return]
         if len(segments) == 1:

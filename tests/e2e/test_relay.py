@@ -211,3 +211,46 @@ def test_a_foreign_domain_calls_our_user_and_both_byes_pass(site, who_hangs_up, 
     result = run_sipp(uac_xml, f"127.0.0.1:{proxy.port}", "-recv_timeout", "8000", "-default_behaviors",
                       "all,-bye", timeout=15, workdir=tmp_path)
     assert_sipp_ok(result, uas.wait())
+
+
+def test_an_emergency_call_from_a_banned_source_still_reaches_the_gateway(tmp_path):
+    """[pstn] emergency numbers are never rate-limited or banned: a source
+    banned for guessing passwords gets no answer to anything else, yet its
+    call to 911 with a From of our domain reaches the emergency gateway."""
+    banned = "127.0.0.9"
+    users = tmp_path / "users"
+    users.write_text(UserEntry.from_password("alice", DOMAIN, "secret").line() + "\n")
+    with AnsweringUA() as emergency, ProxyProcess(
+        {
+            "proxy": {"domains": DOMAIN},
+            "location": {"order": "local pstn"},
+            "auth": {"users_file": str(users), "algorithms": "MD5"},
+            "limits": {"auth_failures": "2", "ban_seconds": "120"},
+            "pstn": {"country_code": "1", "local_patterns": r"^(911)$ => +\1", "emergency": "911 112",
+                     "probe_interval": "0"},
+            "gateway:emergency": {"uri": f"sip:127.0.0.1:{emergency.port}", "prefixes": "+911"},
+        },
+        workdir=tmp_path / "proxy",
+    ) as proxy:
+        def register(lport: int, cseq: int = 1, auth: str | None = None, call_id: str = "guess") -> str:
+            headers = [f"Contact: <sip:alice@{banned}:{lport}>"] + ([f"Authorization: {auth}"] if auth else [])
+            return sip_request("REGISTER", f"sip:{DOMAIN}", to=f"alice@{DOMAIN}", from_=f"alice@{DOMAIN}",
+                               via_port=lport, via_host=banned, cseq=cseq, headers=headers, call_id=call_id)
+
+        for attempt in range(2):  # two wrong passwords: banned
+            call_id = f"guess-{attempt}"
+            first = udp_final_response(proxy.port, lambda p: register(p, call_id=call_id), source=banned)
+            assert status(first) == 401, first
+            challenge = re.search(r"^WWW-Authenticate: *(.*)$", first, re.M).group(1).strip()
+            wrong = answer_challenge(challenge, "alice", "guess", "REGISTER", f"sip:{DOMAIN}")
+            udp_final_response(proxy.port, lambda p: register(p, 2, wrong, call_id), source=banned, timeout=1.0)
+        assert udp_final_response(proxy.port, lambda p: register(p, call_id="after"), source=banned,
+                                  timeout=1.0) is None, "the source is not banned"
+
+        def call_911(lport: int) -> str:
+            return sip_request("INVITE", f"sip:911@{DOMAIN}", to=f"sip:911@{DOMAIN}", from_=f"alice@{DOMAIN}",
+                               via_port=lport, via_host=banned, headers=(f"Contact: <sip:alice@{banned}:{lport}>",))
+
+        answer = udp_final_response(proxy.port, call_911, source=banned)
+        assert status(answer) == 200, answer
+        assert any(r.startswith("INVITE sip:+911@") for r in emergency.requests)

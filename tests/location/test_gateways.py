@@ -223,3 +223,16 @@ def test_a_sips_gateway_is_reached_over_tls():
     assert uri_dest(parse_uri("sips:192.0.2.10:5071;transport=tcp")) == "tls:192.0.2.10:5071"
     assert uri_dest(parse_uri("sip:192.0.2.10;transport=tls")) == "tls:192.0.2.10:5061"
     assert uri_dest(parse_uri("sip:192.0.2.10")) == "udp:192.0.2.10:5060"
+
+
+def test_replacing_the_gateways_keeps_the_state_of_those_unchanged():
+    """SIGHUP: a dead gateway that kept its name and URI stays dead until a
+    probe says otherwise; a changed or new one starts afresh."""
+    clock = Clock()
+    gateways = GatewaySet([gw("a", 5081), gw("b", 5082)], clock)
+    gateways.state("a").probe_failed()
+    gateways.state("b").probe_failed()
+    gateways.replace([gw("a", 5081), gw("b", 5090), gw("c", 5083)])
+    assert not gateways.state("a").active()
+    assert gateways.state("b").active() and gateways.state("c").active()
+    assert {g.name for g in gateways.choose("+15551234567")[0]} == {"b", "c"}

@@ -177,6 +177,22 @@ def test_a_stray_2xx_ack_follows_only_stamped_routes():
     assert [r.method for r, _ in forwarded(h)] == ["ACK"]
 
 
+def test_a_2xx_ack_leaves_without_our_realms_credentials(tmp_path):
+    """RFC 3261 22.3: our realm's Proxy-Authorization stops here on the ACK
+    of a 2xx as on the INVITE it repeats; another realm's goes on."""
+    h = relay_harness(tmp_path)
+    realm = h.proxy.core.ack_gate.realm
+    assert realm
+    ours = f'Digest username="alice", realm="{realm}", nonce="n", uri="sip:x@other.test", response="00"'
+    theirs = 'Digest username="alice", realm="carrier.test", nonce="m", uri="sip:x@other.test", response="11"'
+    h.receive(invite("sip:x@other.test", method="ACK", to_tag="t", branch="z9hG4bK-ack-pa",
+                     extra=f"Proxy-Authorization: {ours}\nProxy-Authorization: {theirs}\n"),
+              Peer("udp", "127.0.0.1", 5070))
+    (ack, _), = forwarded(h)
+    assert ack.method == "ACK"
+    assert ack.headers.get_all("proxy-authorization") == [theirs]
+
+
 def test_an_emergency_number_from_our_domain_reaches_the_gateway_without_credentials(tmp_path):
     h = relay_harness(tmp_path)
     h.receive(invite("sip:911@example.com"), STRANGER)

@@ -1,0 +1,180 @@
+"""The pieces of ``[proxy] workers`` that need no processes: branch tags,
+the handoff's framing and choice, shared bindings, the hub's relay, the
+config key."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
+
+from sosimple_proxy.config import ConfigError, parse_config
+from sosimple_proxy.location.bindings import Binding, BindingTable
+from sosimple_proxy.sip import handoff, worker_tag
+from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.via import new_branch
+from sosimple_proxy.workers.hub import Hub, WorkerLink
+from sosimple_proxy.workers.protocol import Hello, bindings_from_json, bindings_to_json
+from sosimple_proxy.workers.shared_bindings import SharedBindings
+
+
+@pytest.fixture
+def worker_one():
+    worker_tag.set_worker(1)
+    yield
+    worker_tag.set_worker(None)
+
+
+def test_branches_name_their_worker_only_in_a_worker(worker_one):
+    branch = new_branch()
+    assert branch.startswith("z9hG4bK") and worker_tag.owner(branch) == 1
+    worker_tag.set_worker(None)
+    assert worker_tag.owner(new_branch()) is None
+
+
+def response(branch: str) -> bytes:
+    return (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={branch};rport=5060\r\n"
+            "Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKcaller.w0\r\nCSeq: 1 MESSAGE\r\n\r\n").encode()
+
+
+def test_the_owner_of_a_response_is_read_from_its_top_via_only():
+    assert handoff.response_owner(response("z9hG4bKsp0011.aabb.w3")) == 3
+    assert handoff.response_owner(response("z9hG4bKsp0011.aabb")) is None  # the caller's .w0 below does not count
+    compact = b"SIP/2.0 180 Ringing\r\nv: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKx.w2\r\n\r\n"
+    assert handoff.response_owner(compact) == 2
+
+
+def test_framing_keeps_the_source_and_the_local_address():
+    source, local = Peer("udp", "192.0.2.7", 5070), ListenAddress("udp", "127.0.0.1", 5060)
+    data, s, l = handoff.decode(handoff.encode(b"SIP/2.0 200 OK\r\n\r\n", source, local))
+    assert (data, s, l) == (b"SIP/2.0 200 OK\r\n\r\n", source, local)
+    with pytest.raises(ValueError):
+        handoff.decode(b"no header at all")
+
+
+class Port:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, str]] = []
+
+    def write(self, data: bytes, path: str) -> None:
+        self.sent.append((data, path))
+
+
+def test_only_another_workers_responses_are_passed_on(tmp_path):
+    h = handoff.Handoff(Clock(), 0, 2, str(tmp_path), sink=None)  # type: ignore[arg-type]
+    h.port = Port()
+    src, local = Peer("udp", "127.0.0.1", 5070), ListenAddress("udp", "127.0.0.1", 5060)
+    assert not h.elsewhere(response("z9hG4bKsp1.a.w0"), src, local)  # ours
+    assert not h.elsewhere(response("z9hG4bKsp1.a.w7"), src, local)  # no such worker
+    assert not h.elsewhere(b"MESSAGE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK.w1\r\n\r\n", src, local)
+    assert h.elsewhere(response("z9hG4bKsp1.a.w1"), src, local)
+    (packet, path), = h.port.sent
+    assert path == os.path.join(str(tmp_path), "w1.sock") and handoff.decode(packet)[1] == src
+    # over a stream too: a response on our connection to another worker's request
+    assert h.elsewhere(response("z9hG4bKsp1.a.w1"), Peer("tcp", "127.0.0.1", 5070), local)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def messageReceived(self, data, source, local):  # noqa: ANN001
+        self.got.append((data, source, local))
+
+
+def test_workers_learn_each_others_connections_and_send_through_them(tmp_path):
+    """C/X/H/O between two Handoffs wired back to back (no sockets)."""
+    peer = Peer("tcp", "192.0.2.9", 40000)
+    sent_on_own: list = []
+    own = [peer]
+    a = handoff.Handoff(Clock(), 0, 2, str(tmp_path), Sink(), send_stream=lambda d, p: sent_on_own.append((d, p)),
+                        streams=lambda: list(own))
+    b = handoff.Handoff(Clock(), 1, 2, str(tmp_path), Sink())
+    a.port, b.port = Port(), Port()
+
+    def deliver(src: handoff.Handoff, dst: handoff.Handoff) -> None:
+        for packet, _ in src.port.sent:
+            dst.received(*handoff.decode_any(packet))
+        src.port.sent.clear()
+
+    a.stream_opened(peer)
+    deliver(a, b)
+    assert b.holder(peer) == 0
+    assert b.send_via(0, b"MESSAGE ...", peer)
+    deliver(b, a)
+    assert sent_on_own == [(b"MESSAGE ...", peer)]
+    a.stream_closed(peer)
+    deliver(a, b)
+    assert b.holder(peer) is None
+    # a restarted worker says hello and hears of the connections the others hold
+    b._broadcast(handoff.encode(b"", Peer("udp", "0.0.0.0", 0), handoff._NO_LOCAL, "H", 1))
+    deliver(b, a)
+    deliver(a, b)
+    assert b.holder(peer) == 0
+
+
+def test_a_cancel_goes_round_the_workers_once(tmp_path):
+    src, local = Peer("udp", "127.0.0.1", 5070), ListenAddress("udp", "127.0.0.1", 5060)
+    h = handoff.Handoff(Clock(), 1, 3, str(tmp_path), Sink())
+    h.port = Port()
+    assert h.pass_cancel(b"CANCEL ...", src, local)
+    (packet, path), = h.port.sent
+    assert path.endswith("w2.sock") and handoff.decode_any(packet)[4] == 1
+    h.hops = 2  # the two others have seen it: answer here
+    assert not h.pass_cancel(b"CANCEL ...", src, local)
+
+
+def binding(aor: str, contact: str) -> Binding:
+    return Binding(aor, contact, 1e12, "cid", 1, path=("<sip:p;lr>",), received="udp:127.0.0.1:5070")
+
+
+def test_bindings_survive_json():
+    bindings = [binding("a@x", "sip:a@h:1"), binding("a@x", "sip:a@h:2")]
+    assert bindings_from_json(bindings_to_json(bindings)) == bindings
+
+
+def test_shared_bindings_send_local_changes_and_apply_remote_ones_silently():
+    table, sent = BindingTable(Clock()), []
+    shared = SharedBindings(table, lambda aor, b: sent.append((aor, b)))
+    table.replace("a@x", [binding("a@x", "sip:a@h:1")])
+    assert [aor for aor, _ in sent] == ["a@x"]
+    shared.apply("b@x", [binding("b@x", "sip:b@h:1")])
+    assert [aor for aor, _ in sent] == ["a@x"] and table.lookup("b@x")
+
+
+def test_the_hub_gives_a_new_worker_every_binding_and_relays_changes_to_the_others():
+    parent_table = BindingTable(Clock())
+    parent_table.replace("old@x", [binding("old@x", "sip:old@h:1")])
+    hub = Hub(parent_table, {})
+    tables, pumps = [], []
+    for index in range(2):
+        table = BindingTable(Clock())
+        client, server, pump = connectedServerAndClient(lambda: hub.buildProtocol(None),
+                                                        lambda t=table: WorkerLink(t, lambda: None))
+        answers = []
+        client.callRemote(Hello, index=index).addCallback(answers.append)
+        pump.flush()
+        assert answers == [{"bindings": 1}] and table.lookup("old@x")
+        tables.append(table)
+        pumps.append(pump)
+    tables[0].replace("new@x", [binding("new@x", "sip:new@h:1")])
+    for pump in pumps + pumps:  # worker -> hub, then hub -> the other worker
+        pump.flush()
+    assert tables[1].lookup("new@x") and parent_table.lookup("new@x")
+    tables[1].replace("new@x", [])
+    for pump in pumps + pumps:  # worker -> hub, then hub -> the other worker
+        pump.flush()
+    assert not tables[0].lookup("new@x") and not parent_table.lookup("new@x")
+
+
+def test_the_workers_key():
+    base = "[proxy]\nlisten = udp:127.0.0.1:5060\n"
+    assert parse_config(base).proxy["workers"] == 1
+    assert parse_config(base + "workers = auto\n").proxy["workers"] == max(1, os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match=r"\[proxy\] workers: 0 is below the minimum of 1"):
+        parse_config(base + "workers = 0\n")
+    with pytest.raises(ConfigError, match=r"\[proxy\] listen: .*needs its port"):
+        parse_config("[proxy]\nlisten = udp:127.0.0.1:0\nworkers = 2\n")
