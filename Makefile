@@ -68,3 +68,11 @@ fuzz: install-test
 	$(BIN)/pip install -q -e '.[fuzz]' --config-settings editable_mode=compat
 	$(BIN)/python -m tests.fuzz.run --seconds-per-target $(FUZZ_SECONDS)
 	$(BIN)/python -m tests.fuzz.live --datagrams $(FUZZ_DATAGRAMS)
+
+# The lab (root): ten proxies in network namespaces on one bridge with lossy
+# links; every fault scenario, the floods, then a SOAK_SECONDS soak of
+# SOAK_USERS users with Poisson churn; prints the figures of each.
+SOAK_SECONDS ?= 600
+SOAK_USERS ?= 10000
+soak: install-test
+	$(BIN)/python -m tests.lab --soak-seconds $(SOAK_SECONDS) --users $(SOAK_USERS)
