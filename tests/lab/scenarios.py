@@ -424,7 +424,7 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
 
 
 def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sample_every: float = 10.0,
-         register_rate: float = 200.0) -> dict:
+         register_rate: float = 200.0, check_sample: int | None = None) -> dict:
     """Registrations refreshed, MESSAGEs and calls between random users, and
     Poisson churn: a random node killed (and restarted a little later) at
     exponential intervals of mean ``churn_mean`` seconds."""
@@ -471,7 +471,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
     memory.append((round(time.monotonic() - t0, 1), lab.rss()))
     loop_end = time.monotonic()
     settled, settle = world.settled(timeout=60)
-    lost = world.lost()
+    lost = world.lost(check_sample)
     checks = time.monotonic() - loop_end
     looked = stats["lookup_ok"] + stats["lookup_failed"]
     called = stats["call_ok"] + stats["call_failed"]
@@ -481,7 +481,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         "initial_register_seconds": round(reg_seconds, 1), **stats,
         "lookup_success": round(stats["lookup_ok"] / looked, 4) if looked else None,
         "call_success": round(stats["call_ok"] / called, 4) if called else None,
-        "registrations_lost": len(lost), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
+        "registrations_lost": len(lost), "registrations_checked": check_sample or len(world.registered), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
         "settled_at_end": settled, "rings_at_end": [len(r) for r in lab.rings()], "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
         "wall_seconds": round(time.monotonic() - t0, 1),
         "memory_mb_first_last_max": {i: [v[0], v[-1], max(x for x in v if x is not None)] for i, v in per_node.items()

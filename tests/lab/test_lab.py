@@ -74,6 +74,16 @@ def test_disk_full_node_refuses_and_ring_routes_around(world, rng) -> None:
     assert f["registered_failed"] == 0 and f["missing_from_ring"] == 0
 
 
+def test_soak_short(world, rng) -> None:
+    soak_world = scenarios.World(world.lab, 600, seed=16, port=5071, settle_timeout=20)  # the same lab, a fresh population
+    try:
+        f = scenarios.soak(soak_world, 25, rng, churn_mean=10, check_sample=300)
+    finally:
+        soak_world.close()
+    assert f["registrations_lost"] == 0
+    assert f["lookup_success"] is not None and f["call_success"] is not None
+
+
 @pytest.fixture(scope="module")
 def flood_figures(world) -> dict:
     return scenarios.floods(world, random.Random("floods"), 3)
@@ -92,16 +102,6 @@ def test_floods_ban_the_flooder(flood_figures) -> None:
 def test_users_spared_during_floods(flood_figures) -> None:
     for kind, r in flood_figures.items():
         assert r["user_failure_rate"] is not None and r["user_failure_rate"] < 0.01, (kind, r)
-
-
-def test_soak_short(world, rng) -> None:
-    soak_world = scenarios.World(world.lab, 600, seed=16, port=5071, settle_timeout=30)  # the same lab, a fresh population
-    try:
-        f = scenarios.soak(soak_world, 25, rng, churn_mean=10)
-    finally:
-        soak_world.close()
-    assert f["registrations_lost"] == 0
-    assert f["lookup_success"] is not None and f["call_success"] is not None
 
 
 @long_scenario
