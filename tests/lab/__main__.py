@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import sys
 import time
 
@@ -40,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {}
     t0 = time.monotonic()
     lab = Lab(args.nodes, seed=args.seed, overlay={"replicas": args.replicas})
+
+    def abort(signum: int, frame: object) -> None:
+        # Ctrl-C or a kill: worker threads may hold the main thread in a
+        # wait, so tear the lab down here (processes, namespaces, mounts).
+        print(f"[lab] signal {signum}: removing the lab", flush=True)
+        lab.down()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, abort)
+    signal.signal(signal.SIGTERM, abort)
     lab.up(start=False)
     try:
         disk_node = args.nodes - 1
