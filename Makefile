@@ -10,7 +10,7 @@ CONFIG ?= conf/site.ini
 DEB_PEERS := sip-tester baresip kamailio linphone-cli stunnel4 systemd logrotate chromium
 DEB_BINS := sipp baresip kamailio linphonec stunnel4 systemd-analyze logrotate chromium
 
-.PHONY: run test bench install install-test peers dist clean
+.PHONY: run test bench install install-test peers dist clean fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,21 @@ dist: $(BIN)/python
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info var .pytest_cache .hypothesis
+
+# Coverage-guided fuzzing of the parser, framing, the stack's input and the
+# AMP decoder (FUZZ_SECONDS each), then the live fuzzer: a million mutated
+# datagrams and malformed TCP/TLS streams at a proxy in its own namespace.
+FUZZ_SECONDS ?= 300
+FUZZ_DATAGRAMS ?= 1000000
+fuzz: install-test
+	$(BIN)/pip install -q -e '.[fuzz]' --config-settings editable_mode=compat
+	$(BIN)/python -m tests.fuzz.run --seconds-per-target $(FUZZ_SECONDS)
+	$(BIN)/python -m tests.fuzz.live --datagrams $(FUZZ_DATAGRAMS)
+
+# The lab (root): ten proxies in network namespaces on one bridge with lossy
+# links; every fault scenario, the floods, then a SOAK_SECONDS soak of
+# SOAK_USERS users with Poisson churn; prints the figures of each.
+SOAK_SECONDS ?= 600
+SOAK_USERS ?= 10000
+soak: install-test
+	$(BIN)/python -m tests.lab --soak-seconds $(SOAK_SECONDS) --users $(SOAK_USERS)

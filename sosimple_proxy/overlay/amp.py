@@ -46,6 +46,7 @@ from sosimple_proxy.security.tls import TLSVerificationError
 from . import watch as watching
 from . import wire
 from .errors import NotAdmitted
+from .errors import StoreRefused
 from .interfaces import IOverlayPeer, IOverlayRPC
 from .messages import Peer
 from .ringtls import failure_reason
@@ -99,6 +100,8 @@ _ERRORS = {
     BadRequest: b"BAD_REQUEST",
     WrongIdentity: b"WRONG_IDENTITY",
     NotAdmitted: b"NOT_ADMITTED",
+    # a node whose disk is full answers a Store with this, not a traceback
+    StoreRefused: b"STORE_REFUSED",
 }
 
 

@@ -22,3 +22,8 @@ class NotRunning(OverlayError):
 class NotAdmitted(OverlayError):
     """An open ring's node did not prove the key its id is derived from
     (see :mod:`.admission`), or this node has no key to prove."""
+
+
+class StoreRefused(OverlayError):
+    """This node's store cannot keep records now (its disk is full, say):
+    the writer counts the copy as not made and the ring's other copies serve."""

@@ -98,6 +98,8 @@ class Replicator:
         """Whether a miss of ``key`` here is a real miss: ours, and synced since our range grew."""
         if not self.table.responsible_for(key):
             return False
+        if getattr(self.store, "refusing", None):
+            return False  # a full disk refused records that are ours: a miss here proves nothing
         cf = self._covered_from
         return cf is not None and ids.in_half_open(key, cf, self.me.id)
 
@@ -165,11 +167,13 @@ class Replicator:
 
     def _store_one(self, peer: Peer, batch: tuple[Record, ...]) -> defer.Deferred:
         if peer.address == self.me.address:
+            # our own store may refuse (a full disk): a failed copy, not an exception here
             return defer.maybeDeferred(self.take, batch)
         d = self.calls.call(peer.address, "store", batch)
 
         def failed(f):
-            self.table.failed(peer.address)
+            if not f.check(StoreRefused):  # a full node is alive: the next successor takes the copy
+                self.table.failed(peer.address)
             return f
 
         return d.addErrback(failed)

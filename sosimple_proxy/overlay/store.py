@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from .errors import StoreRefused
 from .records import EntryId, Record, merge
 
 log = Logger()
@@ -224,6 +225,7 @@ class SQLiteRecordStore(MemoryRecordStore):
         self._check = check
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, self.FILENAME)
+        self.refusing: str | None = None  # why writes are refused now (a full disk), else None
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -265,6 +267,40 @@ class SQLiteRecordStore(MemoryRecordStore):
             "overlay store {path}: loaded {kept} records, dropped {dropped} expired and {bad} that failed verification",
             path=self.path, kept=kept, dropped=dropped, bad=len(bad),
         )
+
+    def put(self, record: Record) -> bool:
+        """Kept in memory only once it is on disk: a record the disk refuses
+        (full, read-only, I/O error) is taken back out and :class:`StoreRefused`
+        raised, so a full node does not claim copies a restart would lose."""
+        if record.expired(self._now()):
+            return False
+        slot = self._by_key.get(record.key)
+        before = slot.get((record.kind, record.entry)) if slot is not None else None
+        if not self._insert(record):
+            return False
+        try:
+            self._saved(record)
+        except sqlite3.Error as e:
+            self._take_back(record, before)
+            if self.refusing is None:
+                log.error("overlay store {path}: refusing writes: {error} (disk full?); the ring's other copies serve",
+                          path=self.path, error=str(e))
+            self.refusing = str(e)
+            raise StoreRefused(f"the store of this node refuses writes: {e}") from None
+        if self.refusing is not None:
+            log.info("overlay store {path}: writes accepted again", path=self.path)
+            self.refusing = None
+        return True
+
+    def _take_back(self, record: Record, before: Record | None) -> None:
+        slot = self._by_key[record.key]
+        if before is not None:
+            slot[(record.kind, record.entry)] = before
+            return
+        del slot[(record.kind, record.entry)]
+        if not slot:
+            del self._by_key[record.key]
+            self._keys.pop(bisect.bisect_left(self._keys, record.key))
 
     def _saved(self, record: Record) -> None:
         with self._db:

@@ -1,0 +1,122 @@
+"""The lab, short: ten proxies in network namespaces of their own on one
+bridge, lossy links, and each scenario of ``make soak`` in a short form:
+kill ``replicas`` nodes, kill 30 %, a node's disk full, a partition healed,
+a rolling restart under load, floods, and a short soak with churn.  Each
+prints its figures (``-s`` shows them).  Needs root (skips otherwise)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from tests.lab import scenarios
+from tests.lab.netlab import Lab, lab_unavailable, wait_for
+
+REPLICAS = 2
+DISK_NODE = 9
+# The suite keeps to a few minutes on a shared two-core machine: kill 30 %,
+# the partition and the rolling restart are in `make soak` (python -m
+# tests.lab), and here with SOSIMPLE_LAB_ALL=1.
+long_scenario = pytest.mark.skipif(
+    os.environ.get("SOSIMPLE_LAB_ALL") != "1",
+    reason="a long lab scenario: `make soak` runs it, or SOSIMPLE_LAB_ALL=1 here",
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    why = lab_unavailable()
+    if why:
+        pytest.skip(why)
+    lab = Lab(10, seed=15, overlay={"replicas": REPLICAS})
+    lab.up(start=False)
+    try:
+        lab.small_disk(DISK_NODE)
+        lab.start_nodes()
+        print(lab.describe())
+        assert wait_for(lab.one_ring, 90)[0], f"no single ring at start: {[len(r) for r in lab.rings()]}"
+        w = scenarios.World(lab, 300, seed=15, settle_timeout=30)
+        try:
+            ok, failed = w.register_all()
+            assert failed == 0
+            yield w
+        finally:
+            w.close()
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def rng(request) -> random.Random:
+    return random.Random(request.node.name)
+
+
+def test_kill_replicas_nodes_at_once(world, rng) -> None:
+    f = scenarios.kill_nodes(world, REPLICAS, "kill replicas", rng)
+    assert f["lost_with_a_surviving_copy"] == 0
+    assert f["repaired"], "the ring did not close up again"
+
+
+@long_scenario
+def test_kill_30_percent(world, rng) -> None:
+    f = scenarios.kill_nodes(world, 3, "kill 30 %", rng)
+    assert f["lost_with_a_surviving_copy"] == 0
+    assert f["repaired"]
+
+
+def test_disk_full_node_refuses_and_ring_routes_around(world, rng) -> None:
+    more = [f"u{i}" for i in range(300, 400)]
+    world.users += more
+    f = scenarios.disk_full(world, DISK_NODE, rng, more)
+    assert f["node_running"] and f["refusal_log_lines"] >= 1
+    assert f["registered_failed"] == 0 and f["missing_from_ring"] == 0
+
+
+def test_soak_short(world, rng) -> None:
+    soak_world = scenarios.World(world.lab, 600, seed=16, port=5071, settle_timeout=20)  # the same lab, a fresh population
+    try:
+        f = scenarios.soak(soak_world, 25, rng, churn_mean=10, check_sample=300)
+    finally:
+        soak_world.close()
+    assert f["registrations_lost"] == 0
+    assert f["lookup_success"] is not None and f["call_success"] is not None
+
+
+@pytest.fixture(scope="module")
+def flood_figures(world) -> dict:
+    return scenarios.floods(world, random.Random("floods"), 3)
+
+
+def test_floods_ban_the_flooder(flood_figures) -> None:
+    for kind, r in flood_figures.items():
+        assert r["target_running"], kind
+    assert flood_figures["udp request"]["flooder_banned"] and flood_figures["tcp connection"]["flooder_banned"]
+
+
+@pytest.mark.xfail(reason="a banned flooder still costs the proxy a read (and a TLS handshake) per datagram or "
+                          "connection: at full speed from one namespace the single reactor falls behind and users' "
+                          "requests fail (figures in the output); dropping a banned source before the process "
+                          "(an nft set) is for the limits work", strict=False)
+def test_users_spared_during_floods(flood_figures) -> None:
+    for kind, r in flood_figures.items():
+        assert r["user_failure_rate"] is not None and r["user_failure_rate"] < 0.01, (kind, r)
+
+
+@long_scenario
+@pytest.mark.xfail(reason="merging two rings after a partition is the other half of issue 15 ('quorum'), "
+                          "not in main yet: today the halves sometimes stay apart after the network heals",
+                   strict=False)
+def test_partition_heals_into_one_ring(world, rng) -> None:
+    f = scenarios.partition(world, 10, rng)
+    assert sorted(f["rings_during"]) <= [5, 5]  # each half on its own (a node may still be finding its place)
+    assert f["one_ring_after_heal"], f"still {f['rings_after']} after the network healed"
+    assert f["lost"] == 0
+
+
+@long_scenario
+def test_rolling_restart_under_load(world, rng) -> None:
+    f = scenarios.rolling_restart(world, rng, count=2)
+    assert f["lost"] == 0
+    assert f["register_success"] == 1.0

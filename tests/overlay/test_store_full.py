@@ -1,0 +1,56 @@
+"""A node whose disk is full: its SQLite store refuses writes with one
+clear log line, keeps nothing in memory that is not on disk, and takes
+writes again once there is room.  SQLite's own ``max_page_count`` makes
+the database full for real (SQLITE_FULL, "database or disk is full"),
+exactly as a full file system does."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.logger import LogLevel, globalLogPublisher
+
+from sosimple_proxy.overlay.errors import StoreRefused
+from sosimple_proxy.overlay.records import Record
+from sosimple_proxy.overlay.store import SQLiteRecordStore
+
+
+def rec(key: int, seq: int = 1, value: bytes = b"v" * 2000) -> Record:
+    return Record(key, "blob", "", "w", value, 1e9, seq)
+
+
+@pytest.fixture
+def logged():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_full_store_refuses_writes_then_recovers(tmp_path, logged) -> None:
+    store = SQLiteRecordStore(str(tmp_path), lambda: 0.0)
+    store._db.execute("PRAGMA journal_mode=DELETE")  # pages counted in the main file
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages + 3}")
+    kept = []
+    with pytest.raises(StoreRefused, match="refuses writes"):
+        for key in range(1, 1000):
+            store.put(rec(key))
+            kept.append(key)
+    refused = len(kept) + 1
+    assert kept, "some records fit before the disk filled"
+    # Nothing in memory that is not on disk: the refused record is not served.
+    assert store.get(refused) == [] and store.count() == len(kept)
+    # A newer version of a kept record refused: the old one stays.
+    with pytest.raises(StoreRefused):
+        store.put(rec(kept[0], seq=2, value=b"w" * 40000))
+    assert store.get(kept[0])[0].seq == 1
+    errors = [e for e in logged if e.get("log_level") == LogLevel.error and "refusing writes" in e.get("log_format", "")]
+    assert len(errors) == 1, "one clear line when the disk fills, not one per write"
+    # Room again: writes are taken, and a restart finds exactly what was kept.
+    store._db.execute("PRAGMA max_page_count = 1000000")
+    assert store.put(rec(refused))
+    assert any("accepted again" in e.get("log_format", "") for e in logged)
+    store.close()
+    again = SQLiteRecordStore(str(tmp_path), lambda: 0.0)
+    assert sorted(r.key for r in again.records()) == sorted(kept + [refused])
+    again.close()
