@@ -89,7 +89,7 @@ class StoreCliTests(StoreTestBase):
         self.assertEqual(status, 4)
         self.assertIn("403: no key is bound to alice@example.com", err)
         public = key.public_key().public_bytes_raw()
-        yield self.node.put_value(self.ring.keys.key(ALICE), userdata.KEY_KIND, public, 600)
+        yield self.node.put_value(self.ring.keys.key(ALICE), userdata.KEY_KIND, public, 600, name=ALICE)
         status, _, err = yield self.sosimple("put", "--key", path, ALICE, "k/v", stdin=b"signed", password=None)
         self.assertEqual(status, 0, err)
         status, out, _ = yield self.sosimple("get", "--key", path, ALICE, "k/v", password=None)

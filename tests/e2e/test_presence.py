@@ -45,9 +45,12 @@ def start_ring(count: int, tmp_path, node_ids=None, presence=None, extra=None, r
                 "bootstrap": f"127.0.0.1:{ports[0]}" if i else "",
                 "stabilize_interval": "0.5",
                 "state_dir": "overlay",
+                # three proxies of one organisation in an open test ring
+                "domain_writers": "any",
             }
             if node_ids:
                 overlay["node_id"] = format_id(node_ids[i])
+                overlay["allow_chosen_ids"] = "yes"
             sections = {
                 "proxy": {"domains": "example.com"},
                 "location": {"order": "local overlay"},

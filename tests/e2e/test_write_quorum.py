@@ -23,7 +23,9 @@ from sosimple_proxy.testing import PeerProcess, ProxyProcess, free_port, registe
 
 RING = 2**DEFAULT_BITS
 USERS = 20
-OVERLAY = {"stabilize_interval": "0.3", "replicas": "2", "write_quorum": "2"}
+# fixed ids (a test ring: allow_chosen_ids), any member writes example.com
+OVERLAY = {"stabilize_interval": "0.3", "replicas": "2", "write_quorum": "2", "allow_chosen_ids": "yes",
+           "domain_writers": "any"}
 
 
 def get_json(url: str) -> dict | None:

@@ -330,6 +330,8 @@ class Lab:
                 "bootstrap": boot,
                 "stabilize_interval": "1",
                 "state_dir": "overlay",
+                # ten proxies of one organisation: each writes example.com
+                "domain_writers": "any",
                 **self.overlay,
             },
             "admin": {"listen": f"tcp:{ADMIN_PORT}:interface=127.0.0.1"},
