@@ -40,7 +40,9 @@ log = Logger()
 
 # The first Via of a message (the top one: we prepend ours) and its branch.
 _TOP_BRANCH = re.compile(rb"\n(?:via|v)[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)", re.IGNORECASE)
+# placeholders in packets that carry no address (H, C, X, O name no local port)
 _NO_LOCAL = ListenAddress("udp", "0.0.0.0", 0)
+_NO_PEER = Peer("udp", "0.0.0.0", 0)
 
 
 def response_owner(data: bytes) -> int | None:
@@ -132,7 +134,12 @@ class Handoff:
         except FileNotFoundError:
             pass
         self.port = self.reactor.listenUNIXDatagram(path, _Inbox(self), maxPacketSize=70000)
-        self._broadcast(encode(b"", Peer("udp", "0.0.0.0", 0), _NO_LOCAL, "H", self.index))
+        self.hello()
+
+    def hello(self) -> None:
+        """Ask the other workers which connections they hold (a restarted
+        worker knows none)."""
+        self._broadcast(encode(b"", _NO_PEER, _NO_LOCAL, "H", self.index))
 
     def stop(self) -> None:
         if self.port is not None:

@@ -111,9 +111,6 @@ def test_users_spared_during_floods(flood_figures) -> None:
 
 
 @long_scenario
-@pytest.mark.xfail(reason="merging two rings after a partition is the other half of issue 15 ('quorum'), "
-                          "not in main yet: today the halves sometimes stay apart after the network heals",
-                   strict=False)
 def test_partition_heals_into_one_ring(world, rng) -> None:
     f = scenarios.partition(world, 10, rng)
     assert sorted(f["rings_during"]) <= [5, 5]  # each half on its own (a node may still be finding its place)

@@ -110,7 +110,7 @@ def test_workers_learn_each_others_connections_and_send_through_them(tmp_path):
     deliver(a, b)
     assert b.holder(peer) is None
     # a restarted worker says hello and hears of the connections the others hold
-    b._broadcast(handoff.encode(b"", Peer("udp", "0.0.0.0", 0), handoff._NO_LOCAL, "H", 1))
+    b.hello()
     deliver(b, a)
     deliver(a, b)
     assert b.holder(peer) == 0
