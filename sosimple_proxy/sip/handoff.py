@@ -124,8 +124,6 @@ class Handoff:
         self.port: Any = None
         self.remote_streams: dict[Peer, int] = {}  # peer -> the worker holding a connection to it
         self.hops = 0  # of the CANCEL being handled (set while the inbox feeds the sink)
-        self.passed = 0  # messages given to other workers
-        self.handed = 0  # messages other workers gave us
 
     def start(self) -> None:
         path = socket_path(self.directory, self.index)
@@ -167,7 +165,6 @@ class Handoff:
 
     def received(self, kind: str, data: bytes, peer: Peer, local: ListenAddress, hops: int) -> None:
         if kind == "M":
-            self.handed += 1
             self.hops = hops
             try:
                 self.sink.messageReceived(data, peer, local)
@@ -196,8 +193,7 @@ class Handoff:
         owner = response_owner(data)
         if owner is None or owner == self.index or owner >= self.count or self.port is None:
             return False
-        if self._write(owner, encode(data, source, local)):
-            self.passed += 1
+        self._write(owner, encode(data, source, local))
         return True
 
     def pass_cancel(self, data: bytes, source: Peer, local: ListenAddress) -> bool:
@@ -206,10 +202,7 @@ class Handoff:
         if self.hops >= self.count - 1 or self.port is None:
             return False
         nxt = (self.index + 1) % self.count
-        if not self._write(nxt, encode(data, source, local, "M", self.hops + 1)):
-            return False
-        self.passed += 1
-        return True
+        return self._write(nxt, encode(data, source, local, "M", self.hops + 1))
 
     # -- the transport layer asks and tells
 

@@ -63,7 +63,6 @@ class WorkerPool(Service):
         self.workers: dict[int, _Worker] = {}
         self.transports: dict[int, Any] = {}
         self.delays: dict[int, float] = {}
-        self.restarts = 0
         self._pending: dict[int, Any] = {}
 
     def startService(self) -> None:
@@ -78,9 +77,6 @@ class WorkerPool(Service):
                 transport.signalProcess(signal)
             except Exception:
                 pass
-
-    def pids(self) -> dict[int, int]:
-        return {i: t.pid for i, t in self.transports.items() if t.pid is not None}
 
     def _spawn(self, index: int) -> None:
         self._pending.pop(index, None)
@@ -105,7 +101,6 @@ class WorkerPool(Service):
         lived = self.reactor.seconds() - worker.started
         delay = FIRST_DELAY if lived >= STEADY else min(MAX_DELAY, self.delays.get(index, FIRST_DELAY / 2) * 2)
         self.delays[index] = delay
-        self.restarts += 1
         log.warn("worker {index} ended after {lived:.1f} s ({why}); starting it again in {delay:g} s",
                  index=index, lived=lived, why=reason.value, delay=delay)
         self._pending[index] = self.reactor.callLater(delay, self._spawn, index)
