@@ -158,10 +158,12 @@ def public_key(value: bytes) -> bytes | None:
             pass
     from cryptography.hazmat.primitives import serialization
 
-    loaders = (serialization.load_pem_public_key, serialization.load_der_public_key)
-    for load in loaders:
+    # DER is binary: stripping could eat a key byte that happens to be
+    # whitespace (0x0b, 0x20 ...), so it gets the value as given.
+    attempts = ((serialization.load_pem_public_key, text), (serialization.load_der_public_key, value))
+    for load, data in attempts:
         try:
-            key = load(text)
+            key = load(data)
         except (ValueError, TypeError):
             continue
         if isinstance(key, Ed25519PublicKey):

@@ -69,3 +69,15 @@ def test_bound_key_values_in_every_format():
         assert usersig.public_key(value) == PUBLIC
     assert usersig.public_key(b"not a key") is None
     assert usersig.public_key(b"") is None
+
+
+def test_a_der_key_ending_in_a_whitespace_byte_is_read_whole():
+    """CI once drew a key whose last byte was 0x0b; stripping the DER lost it."""
+    for seed in range(10_000):
+        key = Ed25519PrivateKey.from_private_bytes(seed.to_bytes(32, "big"))
+        raw = key.public_key().public_bytes_raw()
+        if raw[-1:].isspace():
+            break
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert der[-1:].isspace()
+    assert usersig.public_key(der) == raw
