@@ -55,7 +55,7 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         self.index = index
         self.hub.lines[index] = self
         pushes = [
-            self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings))
+            self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings), removed="[]")
             for aor in self.hub.table
             if (bindings := self.hub.table.lookup(aor))
         ]
@@ -65,8 +65,8 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         return d.addCallback(lambda _: {"bindings": len(pushes)})
 
     @PushBindings.responder
-    def push(self, aor: str, bindings: str) -> dict:
-        self.hub.changed_by(self, aor, bindings)
+    def push(self, aor: str, bindings: str, removed: str) -> dict:
+        self.hub.changed_by(self, aor, bindings, removed)
         return {}
 
     @RingGet.responder
@@ -89,22 +89,25 @@ class Hub(Factory):
         self.table = table
         self.rings = dict(rings)
         self.lines: dict[int, _ParentSide] = {}
-        self.shared = SharedBindings(table, lambda aor, bindings: None)
+        self.shared = SharedBindings(table, lambda aor, bindings, removed: None)
         self.limits: Any = None  # a SharedLimitsHub: bans and rates across workers
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)
 
-    def changed_by(self, origin: _ParentSide, aor: str, text: str) -> None:
+    def changed_by(self, origin: _ParentSide, aor: str, text: str, removed: str = "[]") -> None:
+        """A worker's delta: merged here, passed as it is to the others,
+        which merge it the same way (so concurrent REGISTERs for one AoR at
+        two workers both stay, issue 12)."""
         try:
-            bindings = bindings_from_json(text)
+            bindings, gone = bindings_from_json(text), bindings_from_json(removed)
         except Exception:
             log.failure("unreadable bindings from worker {index}", index=origin.index)
             return
-        self.shared.apply(aor, bindings)
+        self.shared.apply(aor, bindings, gone)
         for line in list(self.lines.values()):
             if line is not origin:
-                line.callRemote(PushBindings, aor=aor, bindings=text).addErrback(_ignore_lost)
+                line.callRemote(PushBindings, aor=aor, bindings=text, removed=removed).addErrback(_ignore_lost)
 
     def ring_get(self, ring: str, aor: str, kind: str) -> defer.Deferred:
         overlay = self.rings.get(ring)
@@ -123,12 +126,13 @@ class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
         self.on_lost = on_lost
         self.shared = SharedBindings(shared_table, self._send)
 
-    def _send(self, aor: str, bindings: list[Binding]) -> None:
-        self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings)).addErrback(_ignore_lost)
+    def _send(self, aor: str, bindings: list[Binding], removed: list[Binding]) -> None:
+        self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings),
+                        removed=bindings_to_json(removed)).addErrback(_ignore_lost)
 
     @PushBindings.responder
-    def push(self, aor: str, bindings: str) -> dict:
-        self.shared.apply(aor, bindings_from_json(bindings))
+    def push(self, aor: str, bindings: str, removed: str) -> dict:
+        self.shared.apply(aor, bindings_from_json(bindings), bindings_from_json(removed))
         return {}
 
     def connectionLost(self, reason: Any) -> None:

@@ -28,9 +28,11 @@ class Hello(amp.Command):
 
 
 class PushBindings(amp.Command):
-    """Either way: the new binding set of one AoR (empty: none left)."""
+    """Either way: a change to one AoR's bindings, as a delta
+    (:mod:`.shared_bindings`): ``bindings`` new or renewed, ``removed``
+    the ones that went (both JSON lists of bindings)."""
 
-    arguments = [(b"aor", amp.Unicode()), (b"bindings", amp.Unicode())]
+    arguments = [(b"aor", amp.Unicode()), (b"bindings", amp.Unicode()), (b"removed", amp.Unicode())]
     response: list = []
 
 

@@ -138,11 +138,57 @@ def test_bindings_survive_json():
 
 def test_shared_bindings_send_local_changes_and_apply_remote_ones_silently():
     table, sent = BindingTable(Clock()), []
-    shared = SharedBindings(table, lambda aor, b: sent.append((aor, b)))
-    table.replace("a@x", [binding("a@x", "sip:a@h:1")])
-    assert [aor for aor, _ in sent] == ["a@x"]
+    shared = SharedBindings(table, lambda aor, b, removed: sent.append((aor, b, removed)))
+    one = binding("a@x", "sip:a@h:1")
+    table.replace("a@x", [one])
+    assert sent == [("a@x", [one], [])]
     shared.apply("b@x", [binding("b@x", "sip:b@h:1")])
-    assert [aor for aor, _ in sent] == ["a@x"] and table.lookup("b@x")
+    assert len(sent) == 1 and table.lookup("b@x")
+    two = binding("a@x", "sip:a@h:2")
+    table.replace("a@x", [two])  # only the delta goes: one new, one gone
+    assert sent[-1] == ("a@x", [two], [one])
+
+
+def hub_and_workers(count: int, parent_table: BindingTable | None = None):
+    hub = Hub(parent_table if parent_table is not None else BindingTable(Clock()), {})
+    tables, pumps = [], []
+    for index in range(count):
+        table = BindingTable(Clock())
+        client, server, pump = connectedServerAndClient(lambda: hub.buildProtocol(None),
+                                                        lambda t=table: WorkerLink(t, lambda: None))
+        client.callRemote(Hello, index=index)
+        pump.flush()
+        tables.append(table)
+        pumps.append(pump)
+    return hub, tables, pumps
+
+
+def test_two_workers_registering_one_aor_at_once_both_keep_their_binding():
+    """Issue 12: REGISTERs for one AoR at two workers before either hears
+    of the other's: every table ends with both bindings (a whole set sent
+    each way would have overwritten one of them)."""
+    hub, tables, pumps = hub_and_workers(2)
+    tables[0].replace("a@x", [binding("a@x", "sip:a@h:1")])
+    tables[1].replace("a@x", [binding("a@x", "sip:a@h:2")])
+    for pump in pumps + pumps:
+        pump.flush()
+    for table in (hub.table, *tables):
+        assert sorted(b.contact for b in table.lookup("a@x")) == ["sip:a@h:1", "sip:a@h:2"]
+
+
+def test_the_newer_registration_of_one_binding_wins_in_every_order():
+    hub, tables, pumps = hub_and_workers(2)
+    old = binding("a@x", "sip:a@h:1")
+    new = Binding("a@x", "sip:a@h:1", 2e12, "cid", 2, registered_at=5.0)
+    tables[0].replace("a@x", [new])
+    tables[1].replace("a@x", [old])
+    for pump in pumps + pumps:
+        pump.flush()
+    for table in (hub.table, *tables):
+        assert table.lookup("a@x") == [new]
+    # an older copy's removal (an expiry swept late) leaves the renewal
+    SharedBindings(hub.table, lambda *a: None).apply("a@x", [], [old])
+    assert hub.table.lookup("a@x") == [new]
 
 
 def test_the_hub_gives_a_new_worker_every_binding_and_relays_changes_to_the_others():
