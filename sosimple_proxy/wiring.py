@@ -671,14 +671,17 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     table = BindingTable(reactor)
     listening = list(cfg.proxy["listen"])
     addressing = Addressing(cfg.proxy["domains"], listening, StackLink())
+    publishers = []
     for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
         ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
         if any(d in ring_addressing.domains for d in addressing.domains):
-            RingPublisher(overlay, table, lambda b: routing.self_route(listening, b), reactor,
-                          accepts=_holds(ring_addressing))
+            publishers.append(RingPublisher(overlay, table, lambda b: routing.self_route(listening, b), reactor,
+                                            accepts=_holds(ring_addressing)))
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]
     hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
+    if publishers:  # a worker's 200 to a REGISTER waits for the rings' write quorum (issue 15)
+        hub.commit = ring_commit(publishers)
     if top.limits is not None:  # type: ignore[attr-defined]
         # every worker's bans and counts meet in the admin API's limiter
         from sosimple_proxy.workers.shared_limits import SharedLimitsHub
@@ -706,7 +709,7 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     from sosimple_proxy.sip import worker_tag
     from sosimple_proxy.sip.handoff import Handoff
     from sosimple_proxy.workers.parent import read_secret
-    from sosimple_proxy.workers.remote_ring import RemoteRing
+    from sosimple_proxy.workers.remote_ring import RemoteRing, remote_commit
     from sosimple_proxy.workers.worker_service import WorkerService
 
     worker_tag.set_worker(index)
@@ -721,6 +724,9 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     limits = top.limits = WorkerLimits(reactor, LimitsConfig(**cfg.section("limits")), top.get_link)
     proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
                         publish=False)
+    if rings:  # the parent writes the rings; the 200 waits for its word (issue 15)
+        proxy.registrar.commit = remote_commit(top.get_link)
+        proxy.registrar.commit_timeout = max(float(cfg.section(s)["write_timeout"]) for s in _ring_names(cfg))
     if proxy.digest is not None:
         nonces = top.nonces = WorkerNonceCounts(reactor, cfg.section("auth")["nonce_ttl"], index, count, top.get_link)
         proxy.digest.share_nonce_state(nonces, nonces.random)

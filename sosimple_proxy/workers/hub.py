@@ -21,6 +21,7 @@ from twisted.protocols import amp
 
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.workers.protocol import (
+    Commit,
     Hello,
     PushBindings,
     RingGet,
@@ -69,6 +70,16 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         self.hub.changed_by(self, aor, bindings, removed)
         return {}
 
+    @Commit.responder
+    def commit(self, aor: str) -> Any:
+        """Answered once the rings' writes of ``aor`` are over: the push of
+        its delta came first on this line, so they are under way."""
+        commit = self.hub.commit
+        waiting = commit(aor) if commit is not None else None
+        if waiting is None:
+            return {"ok": True}
+        return waiting.addCallback(lambda ok: {"ok": bool(ok)})
+
     @RingGet.responder
     def ring_get(self, ring: str, aor: str, kind: str) -> defer.Deferred:
         d = self.hub.ring_get(ring, aor, kind)
@@ -91,6 +102,9 @@ class Hub(Factory):
         self.lines: dict[int, _ParentSide] = {}
         self.shared = SharedBindings(table, lambda aor, bindings, removed: None)
         self.limits: Any = None  # a SharedLimitsHub: bans and rates across workers
+        # commit(aor): Deferred[bool] of the rings' newest write of aor, or
+        # None (nothing written): what a worker's REGISTER answer waits for
+        self.commit: Callable[[str], Any] | None = None
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)

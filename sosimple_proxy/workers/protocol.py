@@ -16,7 +16,7 @@ from twisted.protocols import amp
 
 from sosimple_proxy.location.bindings import Binding
 
-__all__ = ["Hello", "PushBindings", "RingGet", "bindings_to_json", "bindings_from_json", "RemoteRecord"]
+__all__ = ["Hello", "PushBindings", "RingGet", "Commit", "bindings_to_json", "bindings_from_json", "RemoteRecord"]
 
 
 class Hello(amp.Command):
@@ -42,6 +42,16 @@ class RingGet(amp.Command):
     arguments = [(b"ring", amp.Unicode()), (b"aor", amp.Unicode()), (b"kind", amp.Unicode())]
     response = [(b"records", amp.Unicode())]
     errors = {Exception: b"RING_FAILED"}
+
+
+class Commit(amp.Command):
+    """Worker -> parent, after a REGISTER changed ``aor``'s bindings (whose
+    delta went first on the same line): does the ring's write quorum hold
+    them?  ``ok`` false: a write failed; the worker's registrar answers 500
+    with Retry-After, as a single process does (issue 15)."""
+
+    arguments = [(b"aor", amp.Unicode())]
+    response = [(b"ok", amp.Boolean())]
 
 
 def bindings_to_json(bindings: list[Binding]) -> str:

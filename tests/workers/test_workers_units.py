@@ -224,3 +224,46 @@ def test_the_workers_key():
         parse_config(base + "workers = 0\n")
     with pytest.raises(ConfigError, match=r"\[proxy\] listen: .*needs its port"):
         parse_config("[proxy]\nlisten = udp:127.0.0.1:0\nworkers = 2\n")
+
+
+def test_a_workers_register_answer_waits_for_the_parents_ring_write():
+    """Issue 12 + 15: the parent writes the rings; a worker's 200 waits for
+    its word over the hub, and a write that failed is a 500 with Retry-After."""
+    from twisted.internet import defer
+
+    from sosimple_proxy.proxy.registrar import Registrar
+    from sosimple_proxy.workers.remote_ring import remote_commit
+    from tests.proxy.test_registrar import ADDRESSING, register
+
+    clock = Clock()
+    hub, tables, pumps = hub_and_workers(1)
+    writes: dict[str, defer.Deferred] = {}
+
+    def commit(aor: str):
+        # like ring_commit: the delta is in the parent's table already
+        assert hub.table.lookup(aor), "the commit overtook the bindings"
+        return writes.setdefault(aor, defer.Deferred())
+
+    hub.commit = commit
+    link = list(hub.lines.values())[0]
+    registrar = Registrar(clock, tables[0], min_expires=60, max_expires=3600, default_expires=1800, max_contacts=3,
+                          is_ours=ADDRESSING.is_ours, commit=remote_commit(lambda: pumps[0].client),
+                          commit_timeout=4.0)
+    assert link.index == 0
+    answers = []
+    registrar.handle(register(["<sip:alice@127.0.0.1:5070>"])).addCallback(answers.append)
+    pumps[0].flush()
+    assert answers == [] and "alice@example.com" in writes  # waiting for the quorum
+    writes.pop("alice@example.com").callback(True)
+    pumps[0].flush()
+    assert answers[0].status == 200
+    registrar.handle(register(["<sip:alice@127.0.0.1:5071>"], cseq=2)).addCallback(answers.append)
+    pumps[0].flush()
+    writes.pop("alice@example.com").callback(False)
+    pumps[0].flush()
+    assert answers[1].status == 500 and answers[1].headers.get("retry-after") == "4"
+    # no line to the parent: never a 200 the ring may not have
+    no_line = Registrar(clock, BindingTable(clock), min_expires=60, max_expires=3600, default_expires=1800,
+                        max_contacts=3, is_ours=ADDRESSING.is_ours, commit=remote_commit(lambda: None))
+    no_line.handle(register(["<sip:alice@127.0.0.1:5072>"])).addCallback(answers.append)
+    assert answers[2].status == 500
