@@ -737,6 +737,8 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     stack.handoff = transport.workers = Handoff(
         reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
     )
+    if proxy.core.ack_gate is not None:  # a 2xx's ACK (our stamp) is no transaction's: not passed round
+        stack.handoff.in_dialog = proxy.core.ack_gate.stamped
     stack.setServiceParent(top)
     stack_reloads(reactor, stack, proxy).setServiceParent(top)
     return top

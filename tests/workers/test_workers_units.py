@@ -127,6 +127,19 @@ def test_a_cancel_goes_round_the_workers_once(tmp_path):
     assert not h.pass_cancel(b"CANCEL ...", src, local)
 
 
+def test_an_ack_matching_nothing_goes_round_unless_it_is_a_dialogs():
+    src, local = Peer("udp", "127.0.0.1", 5070), ListenAddress("udp", "127.0.0.1", 5060)
+    h = handoff.Handoff(Clock(), 0, 2, str(tmp_path_dir := "/nonexistent"), Sink())
+    h.port = Port()
+    assert h.pass_ack(object(), b"ACK ...", src, local)  # a non-2xx's ACK may be worker 1's
+    (packet, path), = h.port.sent
+    assert path == tmp_path_dir + "/w1.sock" and handoff.decode_any(packet)[4] == 1
+    h.in_dialog = lambda ack: True  # a 2xx's ACK (our stamp): routed here
+    assert not h.pass_ack(object(), b"ACK ...", src, local) and len(h.port.sent) == 1
+    h.in_dialog, h.hops = (lambda ack: False), 1  # back from the round: ours to route
+    assert not h.pass_ack(object(), b"ACK ...", src, local)
+
+
 def binding(aor: str, contact: str) -> Binding:
     return Binding(aor, contact, 1e12, "cid", 1, path=("<sip:p;lr>",), received="udp:127.0.0.1:5070")
 

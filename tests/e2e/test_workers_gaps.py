@@ -1,0 +1,76 @@
+"""``[proxy] workers = 2`` (issue 12): what crosses workers besides the
+basics of ``test_workers.py`` (real twistd processes on loopback).
+
+- The ACK of a non-2xx final answer, sent from another socket than its
+  INVITE (so, for half the calls, reaching the other worker), ends the
+  INVITE transaction's retransmissions of that answer.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from sosimple_proxy.testing import sip_request
+
+from tests.e2e.test_workers import DOMAIN, serving, worker_proxy
+
+CALLS = 8
+
+
+def _final(sock: socket.socket, deadline: float) -> str | None:
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got = sock.recv(65535).decode("utf-8", "replace")
+        except socket.timeout:
+            return None
+        if got.startswith("SIP/2.0 ") and not got.startswith("SIP/2.0 1"):
+            return got
+    return None
+
+
+def test_the_ack_of_a_non_2xx_answer_reaches_the_invites_worker(tmp_path):
+    """RFC 3261 17.2.1: the ACK ends Timer G's retransmissions of the 404.
+    Each caller sends its ACK from a fresh socket, which the kernel gives to
+    either worker; the ACK goes round to the INVITE's.  Without that, a
+    caller whose ACK reached the other worker would get the 404 again at
+    0.5, 1.5 and 3.5 s (T1 = 0.5)."""
+    with worker_proxy(tmp_path / "proxy") as proxy:
+        serving(proxy)
+        callers, acks = [], []
+        try:
+            for call in range(CALLS):
+                a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                a.bind(("127.0.0.1", 0))
+                lport = a.getsockname()[1]
+                ruri = f"sip:nobody{call}@{DOMAIN}"
+                invite = sip_request("INVITE", ruri, to=ruri, from_="sip:caller@example.com", via_port=lport,
+                                     headers=(f"Contact: <sip:caller@127.0.0.1:{lport}>",))
+                a.sendto(invite.encode(), ("127.0.0.1", proxy.port))
+                callers.append((a, invite))
+            for a, invite in callers:
+                final = _final(a, time.monotonic() + 10)
+                assert final is not None and final.startswith("SIP/2.0 404"), final
+                to_line = re.search(r"(?m)^To: [^\r\n]*", final).group(0)  # type: ignore[union-attr]
+                ack = re.sub(r"^INVITE ", "ACK ", invite).replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+                ack = re.sub(r"(?m)^To: [^\r\n]*", lambda _m: to_line, ack)
+                ack = re.sub(r"(?m)^Contact:.*\r\n", "", ack)
+                b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                b.bind(("127.0.0.1", 0))
+                b.sendto(ack.encode(), ("127.0.0.1", proxy.port))
+                acks.append(b)
+            # Timer G would resend at 0.5, 1.5 and 3.5 s after the first 404:
+            # count what comes in 4 s (one may have been on its way)
+            time.sleep(4.0)
+            again = {}
+            for i, (a, _) in enumerate(callers):  # what the sockets hold now
+                n = 0
+                while _final(a, time.monotonic() + 0.05) is not None:
+                    n += 1
+                again[i] = n
+            assert all(n <= 1 for n in again.values()), again
+        finally:
+            for s in [a for a, _ in callers] + acks:
+                s.close()
