@@ -718,10 +718,11 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     top = WorkerService(reactor, index, directory)
     rings = {name: RemoteRing(name, top.get_link) for name in _ring_names(cfg)}
     # bans, rates and nonce-counts shared with the other workers through the parent
-    from sosimple_proxy.workers.shared_limits import WorkerLimits
+    from sosimple_proxy.workers.shared_limits import WorkerLimits, worker_share
     from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts
 
-    limits = top.limits = WorkerLimits(reactor, LimitsConfig(**cfg.section("limits")), top.get_link)
+    # the caps on connections and transactions are the proxy's: each worker enforces its share
+    limits = top.limits = WorkerLimits(reactor, worker_share(LimitsConfig(**cfg.section("limits")), count), top.get_link)
     proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
                         publish=False)
     if rings:  # the parent writes the rings; the 200 waits for its word (issue 15)

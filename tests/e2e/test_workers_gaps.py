@@ -4,6 +4,7 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
 - The ACK of a non-2xx final answer, sent from another socket than its
   INVITE (so, for half the calls, reaching the other worker), ends the
   INVITE transaction's retransmissions of that answer.
+- ``[limits] max_connections`` is the proxy's cap, not each worker's.
 """
 
 from __future__ import annotations
@@ -74,3 +75,45 @@ def test_the_ack_of_a_non_2xx_answer_reaches_the_invites_worker(tmp_path):
         finally:
             for s in [a for a, _ in callers] + acks:
                 s.close()
+
+
+def test_max_connections_caps_the_whole_proxy_not_each_worker(tmp_path):
+    """max_connections = 2 with two workers: each takes one (its share),
+    so of 6 connections (spread by the kernel over both) at most 2 are
+    served; each worker taking 2 would serve 3 or 4 unless all 6 landed on
+    one worker (1 case in 32)."""
+    from sosimple_proxy.testing import PeerProcess, free_port, options_request, sip_options_ping, wait_until
+
+    port = free_port("both")
+    proxy = PeerProcess(
+        {
+            "proxy": {"listen": f"udp:127.0.0.1:{port}, tcp:127.0.0.1:{port}", "domains": DOMAIN, "workers": "2"},
+            "location": {"order": "local"},
+            "limits": {"allow": "127.0.0.1", "max_connections": "2"},
+        },
+        workdir=tmp_path / "proxy",
+    )
+    with proxy:
+        wait_until(lambda: proxy.log_path.read_text().count("bindings from the parent; serving SIP") >= 2, 30,
+                   what=lambda: proxy.log_tail(20))
+        wait_until(lambda: sip_options_ping("127.0.0.1", port) is not None, 30, what="workers not serving SIP")
+        conns = []
+        try:
+            for _ in range(6):
+                c = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.9", 0))
+                lport = c.getsockname()[1]
+                c.sendall(options_request("127.0.0.1", port, "127.0.0.9", lport, "TCP"))
+                conns.append(c)
+            served = 0
+            deadline = time.monotonic() + 3.0
+            for c in conns:
+                c.settimeout(max(0.05, deadline - time.monotonic()))
+                try:
+                    if c.recv(65535).startswith(b"SIP/2.0 200"):
+                        served += 1
+                except OSError:
+                    pass
+            assert 1 <= served <= 2, served
+        finally:
+            for c in conns:
+                c.close()

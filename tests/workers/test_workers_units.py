@@ -280,3 +280,14 @@ def test_a_workers_register_answer_waits_for_the_parents_ring_write():
                         max_contacts=3, is_ours=ADDRESSING.is_ours, commit=remote_commit(lambda: None))
     no_line.handle(register(["<sip:alice@127.0.0.1:5072>"])).addCallback(answers.append)
     assert answers[2].status == 500
+
+
+def test_each_worker_enforces_its_share_of_the_proxys_caps():
+    from sosimple_proxy.security.limits import LimitsConfig
+    from sosimple_proxy.workers.shared_limits import worker_share
+
+    config = LimitsConfig(max_connections=1024, max_connections_per_source=5, max_transactions=0, burst=7)
+    share = worker_share(config, 2)
+    assert (share.max_connections, share.max_connections_per_source, share.max_transactions) == (512, 3, 0)
+    assert share.burst == 7  # rates are summed in the parent, not divided
+    assert worker_share(config, 1) == config
