@@ -573,7 +573,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     sources = metrics_sources(cfg, top.rings, top.limits)  # type: ignore[attr-defined]
     observe_admin(admin, sources, top.rings)  # type: ignore[attr-defined]
     if cfg.proxy["listen"] and cfg.proxy["workers"] > 1:
-        build_worker_parent(cfg, reactor, top, admin, store_svc)
+        build_worker_parent(cfg, reactor, top, admin, store_svc, sources)
     elif cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         try:
@@ -649,7 +649,9 @@ def stack_reloads(reactor: Any, stack: Any, proxy: Proxy) -> Reloads:
 # --- [proxy] workers: the parent and each worker
 
 
-def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None) -> None:
+def build_worker_parent(
+    cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None, sources: Any = None
+) -> None:
     """The parent of ``[proxy] workers`` processes: it keeps the ring nodes
     and the admin API (built already, under ``top``), a copy of every
     worker's bindings (which it publishes to the rings and shows on the
@@ -688,6 +690,18 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
 
         hub.limits = SharedLimitsHub(reactor, top.limits, hub.lines)  # type: ignore[attr-defined]
         LimitsService(top.limits).setServiceParent(top)  # type: ignore[attr-defined]
+    if sources is not None or admin is not None:
+        # /metrics' SIP families and /calls: the workers' counts, summed here
+        from sosimple_proxy.workers.shared_metrics import MergedTally, WorkersStack
+
+        merged = hub.metrics = MergedTally(reactor)
+        stack = WorkersStack(merged)
+        if sources is not None:
+            sources.sip, sources.stack, sources.dns = merged, stack, merged.dns
+            sources.ring_locators, sources.auth_failures = merged.ring_locators, merged.auth_failures
+            sources.bindings = table
+        if admin is not None:
+            admin.views.sip, admin.views.stack = merged, stack
     HubListener(reactor, hub, directory, table).setServiceParent(top)
     pool = WorkerPool(reactor, cfg.proxy["workers"], worker_argv(cfg.path, cfg.proxy["workers"], directory))
     pool.setServiceParent(top)
@@ -723,8 +737,14 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
 
     # the caps on connections and transactions are the proxy's: each worker enforces its share
     limits = top.limits = WorkerLimits(reactor, worker_share(LimitsConfig(**cfg.section("limits")), count), top.get_link)
-    proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
-                        publish=False)
+    # the SIP counts go to the parent, which serves /metrics and /calls
+    from sosimple_proxy.metrics import Sources
+    from sosimple_proxy.workers.shared_metrics import MetricsReporter, ReportingTally
+
+    reporting = cfg.section("metrics")["enabled"] or bool(cfg.section("admin")["listen"])
+    sources = Sources() if reporting else None
+    proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory),
+                        on_auth_failure=auth_failure_counter(limits, sources), publish=False)
     if rings:  # the parent writes the rings; the 200 waits for its word (issue 15)
         proxy.registrar.commit = remote_commit(top.get_link)
         proxy.registrar.commit_timeout = max(float(cfg.section(s)["write_timeout"]) for s in _ring_names(cfg))
@@ -733,7 +753,8 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
         proxy.digest.share_nonce_state(nonces, nonces.random)
     top.table = proxy.registrar.table
     stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
-    observe_sip(cfg, reactor, stack, proxy, None, None)  # refusal lines, trace (metrics: the parent's only)
+    # refusal lines, trace; the counts are reported to the parent
+    observe_sip(cfg, reactor, stack, proxy, None, sources, ReportingTally(reactor) if reporting else None)
     transport = stack.transport
     stack.handoff = transport.workers = Handoff(
         reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
@@ -742,6 +763,8 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
         stack.handoff.in_dialog = proxy.core.ack_gate.stamped
     stack.setServiceParent(top)
     stack_reloads(reactor, stack, proxy).setServiceParent(top)
+    if sources is not None:
+        MetricsReporter(reactor, sources, top.get_link).setServiceParent(top)
     return top
 
 

@@ -31,6 +31,7 @@ from sosimple_proxy.workers.protocol import (
 )
 from sosimple_proxy.workers.shared_bindings import SharedBindings
 from sosimple_proxy.workers.shared_limits import LimitsParentSide, LimitsWorkerSide
+from sosimple_proxy.workers.shared_metrics import MetricsParentSide
 from sosimple_proxy.workers.shared_nonces import NoncesParentSide, NoncesWorkerSide
 
 __all__ = ["Hub", "WorkerLink"]
@@ -43,7 +44,7 @@ def _ignore_lost(failure: Any) -> None:
     log.debug("push to a worker failed: {why}", why=failure.getErrorMessage())
 
 
-class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
+class _ParentSide(LimitsParentSide, NoncesParentSide, MetricsParentSide, amp.AMP):
     """The parent's end of one worker's line."""
 
     def __init__(self, hub: Hub) -> None:
@@ -89,6 +90,8 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         super().connectionLost(reason)
         if self.index is not None and self.hub.lines.get(self.index) is self:
             del self.hub.lines[self.index]
+            if self.hub.metrics is not None:
+                self.hub.metrics.gone(self.index)
 
 
 class Hub(Factory):
@@ -105,6 +108,7 @@ class Hub(Factory):
         # commit(aor): Deferred[bool] of the rings' newest write of aor, or
         # None (nothing written): what a worker's REGISTER answer waits for
         self.commit: Callable[[str], Any] | None = None
+        self.metrics: Any = None  # a MergedTally: the workers' SIP counts, summed
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)

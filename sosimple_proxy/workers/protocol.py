@@ -120,3 +120,11 @@ class AcceptCount(amp.Command):
 
     arguments = [(b"owner", amp.Integer()), (b"nonce", amp.Unicode()), (b"issued", amp.Float()), (b"nc", amp.Integer())]
     response = [(b"verdict", amp.Unicode())]
+
+
+class SipReport(amp.Command):
+    """Worker -> parent, every second: the SIP counts' increments and the
+    gauges (JSON, :mod:`sosimple_proxy.workers.shared_metrics`)."""
+
+    arguments = [(b"report", amp.Unicode())]
+    response: list = []

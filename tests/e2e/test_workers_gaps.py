@@ -5,6 +5,8 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
   INVITE (so, for half the calls, reaching the other worker), ends the
   INVITE transaction's retransmissions of that answer.
 - ``[limits] max_connections`` is the proxy's cap, not each worker's.
+- The parent's ``/metrics`` and ``GET /calls`` count every worker's
+  transactions.
 """
 
 from __future__ import annotations
@@ -117,3 +119,30 @@ def test_max_connections_caps_the_whole_proxy_not_each_worker(tmp_path):
         finally:
             for c in conns:
                 c.close()
+
+
+def test_the_parents_metrics_and_calls_count_every_workers_transactions(tmp_path):
+    import json
+    import urllib.request
+
+    from sosimple_proxy.testing import sip_options_ping, wait_until
+
+    with worker_proxy(tmp_path / "proxy") as proxy:
+        serving(proxy)
+        answered = sum(1 for _ in range(12) if sip_options_ping("127.0.0.1", proxy.port) is not None)
+        assert answered == 12
+
+        def get(path: str) -> bytes:
+            with urllib.request.urlopen(proxy.admin_url + path, timeout=5) as r:
+                return r.read()
+
+        def options_counted() -> float:
+            m = re.search(r'(?m)^sosimple_sip_requests_total\{method="OPTIONS"\} (\S+)$', get("/metrics").decode())
+            return float(m.group(1)) if m else 0.0
+
+        # serving() pinged too: at least the 12 here, from both workers
+        wait_until(lambda: options_counted() >= 12, 10, what="the parent's /metrics lacks the workers' OPTIONS")
+        calls = json.loads(get("/calls"))
+        assert calls["last_minute"]["by_method"]["OPTIONS"]["200"] >= 12, calls
+        assert calls["top_sources"][0]["address"] == "127.0.0.1", calls
+        assert calls["current"]["server_transactions"] is not None

@@ -291,3 +291,70 @@ def test_each_worker_enforces_its_share_of_the_proxys_caps():
     assert (share.max_connections, share.max_connections_per_source, share.max_transactions) == (512, 3, 0)
     assert share.burst == 7  # rates are summed in the parent, not divided
     assert worker_share(config, 1) == config
+
+
+class _Txn:
+    def __init__(self, method: str, host: str) -> None:
+        from types import SimpleNamespace
+
+        self.request = SimpleNamespace(method=method)
+        self.source = SimpleNamespace(host=host)
+        self.terminated = False
+
+
+def test_the_parent_sums_the_workers_sip_counts_for_metrics_and_calls():
+    """Issue 12: /metrics' SIP families and GET /calls in the parent show
+    every worker's transactions (each reports its increments and gauges)."""
+    from types import SimpleNamespace
+
+    from sosimple_proxy.metrics import Metrics, Sources
+    from sosimple_proxy.web.views import Views, calls_report
+    from sosimple_proxy.workers.shared_metrics import MergedTally, MetricsReporter, ReportingTally, WorkersStack
+
+    clock = Clock()
+    clock.advance(1000)
+    hub, tables, pumps = hub_and_workers(2)
+    merged = hub.metrics = MergedTally(clock)
+    reporters, pending = [], []
+    for index in range(2):
+        tally = ReportingTally(clock)
+        layer = SimpleNamespace(server_count=3 + index, client_count=1)
+        stack = SimpleNamespace(transactions=layer, transport=SimpleNamespace(tls=SimpleNamespace(handshake_failures=index)))
+        sources = Sources(sip=tally, stack=stack)
+        reporter = MetricsReporter(clock, sources, lambda p=pumps[index]: p.client)
+        reporter.startService()
+        reporters.append(reporter)
+        for n in range(4):
+            txn = _Txn("OPTIONS", f"127.0.0.{index + 1}")
+            tally.request(txn)
+            tally.final(txn, 200)
+        invite = _Txn("INVITE", "127.0.0.9")
+        tally.request(invite)  # still ringing
+        pending.append(invite)
+    clock.advance(1.0)
+    for pump in pumps:
+        pump.flush()
+    text = Metrics(Sources(sip=merged, stack=WorkersStack(merged))).render().decode()
+    assert 'sosimple_sip_requests_total{method="OPTIONS"} 8.0' in text
+    assert 'sosimple_sip_responses_total{code="200",method="OPTIONS"} 8.0' in text
+    assert 'sosimple_sip_active_transactions{side="server"} 7.0' in text
+    assert "sosimple_sip_tls_handshake_failures_total 1.0" in text
+    body = calls_report(Views(sip=merged, stack=WorkersStack(merged)), clock.seconds())
+    assert body["last_minute"]["by_method"] == {"OPTIONS": {"200": 8}}
+    assert body["current"]["calls_setting_up"] == 2 and body["current"]["server_transactions"] == 7
+    assert {s["address"]: s["requests"] for s in body["top_sources"]} == {"127.0.0.1": 4, "127.0.0.2": 4, "127.0.0.9": 2}
+    # counts are sent once: the next report adds only what is new
+    reporters[0].sources.sip.final(pending[0], 486)
+    clock.advance(1.0)
+    for pump in pumps:
+        pump.flush()
+    assert merged.responses == {("OPTIONS", 200): 8, ("INVITE", 486): 1}
+    assert merged.requests == {"OPTIONS": 8, "INVITE": 2}
+    # a worker's line lost: its gauges go, its counts stay
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    hub.lines[0].connectionLost(Failure(ConnectionDone()))
+    assert merged.pending() == {"INVITE": 1} and merged.requests["OPTIONS"] == 8
+    for reporter in reporters:
+        reporter.stopService()
