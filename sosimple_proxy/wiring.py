@@ -432,10 +432,10 @@ def build_presence(
             log.info("[presence] needs an [overlay]: SUBSCRIBE/PUBLISH for presence are proxied")
         return None
     node = getattr(ring, "node", None)
-    if node is not None and not hasattr(node, "watch"):
-        # a worker's ring (workers/remote_ring.py) only reads: the agent
-        # needs watch(key) and writes, which only the ring's own node offers
-        log.warn("[presence]: not served with [proxy] workers (a worker cannot watch the ring); presence is proxied")
+    presence_ring = getattr(ring, "presence", None)  # a worker's: through the parent's node
+    if presence_ring is None and node is not None and not hasattr(node, "watch"):
+        # a ring that only reads (a worker's without its presence line)
+        log.warn("[presence]: this ring cannot be watched; presence is proxied")
         return None
     sender = RequestSender(stack, HopResolver(rfc3263) if rfc3263 is not None else None)
     settings = PresenceSettings(
@@ -447,7 +447,7 @@ def build_presence(
         policy=pres["policy"],
     )
     return PresenceAgent(
-        PresenceRing(ring, reactor),
+        presence_ring if presence_ring is not None else PresenceRing(ring, reactor),
         reactor,
         Sender(sender.send, sender.contact),
         settings,
@@ -682,6 +682,11 @@ def build_worker_parent(
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]
     hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
+    if top.overlay is not None and cfg.section("presence")["enabled"]:  # type: ignore[attr-defined]
+        # the workers' presence agents write and watch the ring through this node
+        from sosimple_proxy.presence.ring import PresenceRing
+
+        hub.presence = PresenceRing(top.overlay, reactor)  # type: ignore[attr-defined]
     if publishers:  # a worker's 200 to a REGISTER waits for the rings' write quorum (issue 15)
         hub.commit = ring_commit(publishers)
     if top.limits is not None:  # type: ignore[attr-defined]
@@ -731,6 +736,12 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     assert tls is not None
     top = WorkerService(reactor, index, directory)
     rings = {name: RemoteRing(name, top.get_link) for name in _ring_names(cfg)}
+    if "overlay" in rings and cfg.section("presence")["enabled"]:
+        # the presence agent runs here, on the parent's ring node (workers/shared_presence.py)
+        from sosimple_proxy.workers.shared_presence import RemotePresenceRing
+
+        rings["overlay"].presence = top.presence = RemotePresenceRing(top.get_link)  # type: ignore[attr-defined]
+        top.presence.setServiceParent(top)
     # bans, rates and nonce-counts shared with the other workers through the parent
     from sosimple_proxy.workers.shared_limits import WorkerLimits, worker_share
     from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts

@@ -32,6 +32,7 @@ from sosimple_proxy.workers.protocol import (
 from sosimple_proxy.workers.shared_bindings import SharedBindings
 from sosimple_proxy.workers.shared_limits import LimitsParentSide, LimitsWorkerSide
 from sosimple_proxy.workers.shared_metrics import MetricsParentSide
+from sosimple_proxy.workers.shared_presence import PresenceParentSide, PresenceWorkerSide
 from sosimple_proxy.workers.shared_nonces import NoncesParentSide, NoncesWorkerSide
 
 __all__ = ["Hub", "WorkerLink"]
@@ -44,7 +45,7 @@ def _ignore_lost(failure: Any) -> None:
     log.debug("push to a worker failed: {why}", why=failure.getErrorMessage())
 
 
-class _ParentSide(LimitsParentSide, NoncesParentSide, MetricsParentSide, amp.AMP):
+class _ParentSide(LimitsParentSide, NoncesParentSide, MetricsParentSide, PresenceParentSide, amp.AMP):
     """The parent's end of one worker's line."""
 
     def __init__(self, hub: Hub) -> None:
@@ -88,6 +89,7 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, MetricsParentSide, amp.AMP
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
+        self.drop_presence_watches()
         if self.index is not None and self.hub.lines.get(self.index) is self:
             del self.hub.lines[self.index]
             if self.hub.metrics is not None:
@@ -109,6 +111,7 @@ class Hub(Factory):
         # None (nothing written): what a worker's REGISTER answer waits for
         self.commit: Callable[[str], Any] | None = None
         self.metrics: Any = None  # a MergedTally: the workers' SIP counts, summed
+        self.presence: Any = None  # a PresenceRing on the parent's node: the workers' presence agents use it
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)
@@ -135,7 +138,7 @@ class Hub(Factory):
         return defer.maybeDeferred(node.get, overlay.keys.key(aor), kind)
 
 
-class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
+class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, PresenceWorkerSide, amp.AMP):
     """A worker's end: pushes from the parent go into ``shared``;
     ``on_lost`` hears that the parent is gone."""
 

@@ -128,3 +128,90 @@ class SipReport(amp.Command):
 
     arguments = [(b"report", amp.Unicode())]
     response: list = []
+
+
+# --- presence: the workers' agents reach the parent's ring node
+# (sosimple_proxy.workers.shared_presence)
+
+CHUNK = 0xFFFF  # AMP's longest value
+
+
+class BigBytes(amp.Argument):
+    """Bytes of any length, over as many AMP values as it takes (``name``,
+    ``name.2``, ...): a presentity's watchers can be more than 64 KiB."""
+
+    def toBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        value = objects[name.decode("ascii")]
+        strings[name] = value[:CHUNK]
+        for i, start in enumerate(range(CHUNK, len(value), CHUNK), 2):
+            strings[b"%s.%d" % (name, i)] = value[start:start + CHUNK]
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        parts = [strings.get(name, b"")]
+        i = 2
+        while (part := strings.get(b"%s.%d" % (name, i))) is not None:
+            parts.append(part)
+            i += 1
+        objects[name.decode("ascii")] = b"".join(parts)
+
+
+_RING_ERRORS = {Exception: b"RING_FAILED"}
+
+
+class PresenceHello(amp.Command):
+    """Worker -> parent: the ring node's writer (the agent names its
+    subscriptions' ring entries with it); fails while not joined."""
+
+    arguments: list = []
+    response = [(b"writer", amp.Unicode())]
+    errors = _RING_ERRORS
+
+
+class PresenceGet(amp.Command):
+    """Worker -> parent: the live records at key(``name``) (``kind`` "": all)."""
+
+    arguments = [(b"name", amp.Unicode()), (b"kind", amp.Unicode())]
+    response = [(b"records", BigBytes())]
+    errors = _RING_ERRORS
+
+
+class PresencePublish(amp.Command):
+    """Worker -> parent: write a publication, tombstoning ``replacing``."""
+
+    arguments = [(b"presentity", amp.Unicode()), (b"etag", amp.Unicode()), (b"body", BigBytes()),
+                 (b"expires_at", amp.Float()), (b"replacing", BigBytes())]
+    response: list = []
+    errors = _RING_ERRORS
+
+
+class PresenceRemove(amp.Command):
+    """Worker -> parent: tombstone these records."""
+
+    arguments = [(b"records", BigBytes())]
+    response: list = []
+    errors = _RING_ERRORS
+
+
+class PresenceSubscription(amp.Command):
+    """Worker -> parent: store (``value`` not empty) or remove a subscription entry."""
+
+    arguments = [(b"presentity", amp.Unicode()), (b"entry", amp.Unicode()), (b"value", BigBytes()),
+                 (b"expires_at", amp.Float())]
+    response: list = []
+    errors = _RING_ERRORS
+
+
+class PresenceWatch(amp.Command):
+    """Worker -> parent: watch key(``name``) for the worker's watch ``watch``
+    (``cancel``: stop); the parent pushes :class:`PresenceChanged`."""
+
+    arguments = [(b"name", amp.Unicode()), (b"watch", amp.Integer()), (b"cancel", amp.Boolean())]
+    response: list = []
+    errors = _RING_ERRORS
+
+
+class PresenceChanged(amp.Command):
+    """Parent -> worker: the live records of watch ``watch``'s key now."""
+
+    arguments = [(b"watch", amp.Integer()), (b"records", BigBytes())]
+    response: list = []

@@ -49,6 +49,8 @@ class RemoteRing:
         self.node = _RemoteNode(self)
         # never fires: a worker publishes nothing itself (the parent does)
         self.ready: defer.Deferred = defer.Deferred()
+        #: the presence agent's ring through the parent (shared_presence.py), or None
+        self.presence: Any = None
 
 
 def remote_commit(link: Callable[[], Any]) -> Callable[[str], defer.Deferred]:

@@ -7,6 +7,8 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
 - ``[limits] max_connections`` is the proxy's cap, not each worker's.
 - The parent's ``/metrics`` and ``GET /calls`` count every worker's
   transactions.
+- Presence is served with workers: watchers subscribed through either
+  worker hear of a registration and a publication taken by either.
 """
 
 from __future__ import annotations
@@ -146,3 +148,48 @@ def test_the_parents_metrics_and_calls_count_every_workers_transactions(tmp_path
         assert calls["last_minute"]["by_method"]["OPTIONS"]["200"] >= 12, calls
         assert calls["top_sources"][0]["address"] == "127.0.0.1", calls
         assert calls["current"]["server_transactions"] is not None
+
+
+def test_watchers_at_both_workers_follow_a_presentity_registered_and_published_at_either(tmp_path):
+    from sosimple_proxy.testing import PeerProcess, free_port, register_contact, wait_until
+    from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
+
+    port = free_port("both")
+    proxy = PeerProcess(
+        {
+            "proxy": {"listen": f"udp:127.0.0.1:{port}", "domains": DOMAIN, "workers": "2"},
+            "location": {"order": "local overlay"},
+            "auth": {"trusted": "127.0.0.1"},
+            "limits": {"allow": "127.0.0.1"},
+            "presence": {"min_expires": "1", "notify_interval": "0.2"},
+        },
+        overlay={"stabilize_interval": "0.5"},
+        workdir=tmp_path / "proxy",
+    )
+    proxy.port = port
+    uas = [PresenceUA() for _ in range(10)]  # ten sockets: spread over both workers
+    try:
+        with proxy:
+            serving(proxy)
+            # both workers serve presence once the parent's node has joined (480 before)
+            wait_until(lambda: all(ua.subscribe(port, "nobody@example.com", expires=0).status == 200 for ua in uas),
+                       30, 0.3, what=lambda: proxy.log_tail(20))
+            subs = [ua.subscribe(port, "bob@example.com") for ua in uas]
+            assert [s.status for s in subs] == [200] * len(subs), [s.status for s in subs]
+            log = proxy.log_path.read_text()
+            by = {w for w in ("0", "1") if re.search(rf"worker {w}: .*subscribes to bob@example.com", log)}
+            assert by == {"0", "1"}, "ten watchers all reached one worker"
+            wait_until(lambda: all(s.basic == "closed" for s in subs), 10, 0.05, what="the first NOTIFYs")
+            with PresenceUA() as bob:
+                answer = register_contact(port, "bob@example.com", f"sip:bob@127.0.0.1:{bob.port}")
+                assert answer == "SIP/2.0 200 OK", answer
+                wait_until(lambda: all(s.basic == "open" for s in subs), 10, 0.05,
+                           what=lambda: [s.basic for s in subs])
+                note = "at both workers"
+                status, _etag = bob.publish(port, "bob@example.com", pidf_document("bob@example.com", "open", note))
+                assert status == 200, status
+                wait_until(lambda: all(note in (s.notifies[-1][1] if s.notifies else "") for s in subs), 10, 0.05,
+                           what=lambda: [s.notifies[-1:] for s in subs])
+    finally:
+        for ua in uas:
+            ua.close()

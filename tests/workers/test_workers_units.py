@@ -358,3 +358,67 @@ def test_the_parent_sums_the_workers_sip_counts_for_metrics_and_calls():
     assert merged.pending() == {"INVITE": 1} and merged.requests["OPTIONS"] == 8
     for reporter in reporters:
         reporter.stopService()
+
+
+def test_big_values_cross_the_hub_in_pieces():
+    from sosimple_proxy.workers.protocol import BigBytes
+
+    arg, strings = BigBytes(), {}
+    value = bytes(range(256)) * 700  # 179200 bytes: three AMP values
+    arg.toBox(b"records", strings, {"records": value}, None)
+    assert sorted(strings) == [b"records", b"records.2", b"records.3"]
+    assert all(len(v) <= 0xFFFF for v in strings.values())
+    out: dict = {}
+    arg.fromBox(b"records", strings, out, None)
+    assert out["records"] == value
+    arg.toBox(b"empty", strings, {"empty": b""}, None)
+    arg.fromBox(b"empty", strings, out, None)
+    assert out["empty"] == b""
+
+
+class _FakePresenceRing:
+    """What the parent's responders use of a PresenceRing (a real one needs a joined node)."""
+
+    writer = "parent-node"
+
+    def __init__(self) -> None:
+        self.callbacks: dict[int, object] = {}
+
+    def watch(self, name, callback):
+        ring = self
+        key = len(self.callbacks)
+        self.callbacks[key] = callback
+        callback([])  # a node's watch calls back at once
+
+        class W:
+            def cancel(self):
+                ring.callbacks.pop(key, None)
+
+        return W()
+
+
+def test_a_workers_presence_watch_lives_in_the_parent_and_ends_with_its_line():
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from sosimple_proxy.workers.shared_presence import RemotePresenceRing
+
+    hub, tables, pumps = hub_and_workers(1)
+    ring = hub.presence = _FakePresenceRing()
+    remote = RemotePresenceRing(lambda: pumps[0].client)
+    pumps[0].client.presence = remote
+    remote.startService()
+    pumps[0].flush()
+    assert remote.writer == "parent-node"
+    heard = []
+    watch = remote.watch("bob@example.com", heard.append)
+    pumps[0].flush()
+    assert heard == [[]] and len(ring.callbacks) == 1
+    watch.cancel()
+    pumps[0].flush()
+    assert ring.callbacks == {}
+    remote.watch("bob@example.com", heard.append)
+    pumps[0].flush()
+    assert len(ring.callbacks) == 1
+    hub.lines[0].connectionLost(Failure(ConnectionDone()))
+    assert ring.callbacks == {}  # the worker is gone: so is its watch
