@@ -7,6 +7,8 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
 - ``[limits] max_connections`` is the proxy's cap, not each worker's.
 - The parent's ``/metrics`` and ``GET /calls`` count every worker's
   transactions.
+- A worker's 200 to a REGISTER waits for the ring's write quorum: with
+  the one other ring member stopped, the answer is 500 with Retry-After.
 - Presence is served with workers: watchers subscribed through either
   worker hear of a registration and a publication taken by either.
 """
@@ -193,3 +195,61 @@ def test_watchers_at_both_workers_follow_a_presentity_registered_and_published_a
     finally:
         for ua in uas:
             ua.close()
+
+
+def test_a_workers_register_waits_for_the_rings_write_quorum(tmp_path):
+    """Issue 12 + 15: the parent writes the ring; the worker's answer waits
+    for its word.  The ring: the proxy's node and one storage peer, two
+    copies wanted.  With the peer stopped (SIGSTOP: it holds its connection
+    and answers nothing) the write cannot reach its quorum within
+    write_timeout, and the phone is told 500 with Retry-After, never a 200
+    for a binding one crash could lose."""
+    import json
+    import os
+    import signal
+    import urllib.request
+
+    from sosimple_proxy.testing import PeerProcess, free_port, register_request, udp_final_response, wait_until
+
+    ring = {"stabilize_interval": "0.5", "replicas": "1", "write_quorum": "2", "write_timeout": "1",
+            "domain_writers": "any"}
+    peer = PeerProcess(overlay=ring, workdir=tmp_path / "peer").start()
+    try:
+        port = free_port("both")
+        proxy = PeerProcess(
+            {
+                "proxy": {"listen": f"udp:127.0.0.1:{port}", "domains": DOMAIN, "workers": "2"},
+                "location": {"order": "local overlay"},
+                "auth": {"trusted": "127.0.0.1"},
+                "limits": {"allow": "127.0.0.1"},
+            },
+            bootstrap=[peer.overlay_address],
+            overlay=ring,
+            workdir=tmp_path / "proxy",
+        )
+        proxy.port = port
+        with proxy:
+            serving(proxy)
+
+            def two_members() -> bool:
+                with urllib.request.urlopen(proxy.admin_url + "/ring", timeout=5) as r:
+                    view = json.loads(r.read())
+                return bool(view.get("successors")) and view["successors"][0].get("address") != view.get("address")
+
+            wait_until(two_members, 30, 0.2, what=lambda: proxy.log_tail(20))
+
+            def register(user: str) -> str | None:
+                return udp_final_response(port, lambda lport: register_request(
+                    f"{user}@{DOMAIN}", f"sip:{user}@127.0.0.1:{lport}", via_port=lport), timeout=5)
+
+            answer = register("before")
+            assert answer is not None and answer.startswith("SIP/2.0 200"), answer
+            os.kill(peer.process.pid, signal.SIGSTOP)
+            try:
+                answer = register("during")
+            finally:
+                os.kill(peer.process.pid, signal.SIGCONT)
+            assert answer is not None and answer.startswith("SIP/2.0 500"), answer
+            assert re.search(r"(?m)^Retry-After: 1\r?$", answer), answer
+    finally:
+        peer.stop()
