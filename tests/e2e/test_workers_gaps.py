@@ -7,6 +7,7 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
 - ``[limits] max_connections`` is the proxy's cap, not each worker's.
 - The parent's ``/metrics`` and ``GET /calls`` count every worker's
   transactions.
+- REGISTERs for one AoR taken at once by both workers all stay bound.
 - A worker's 200 to a REGISTER waits for the ring's write quorum: with
   the one other ring member stopped, the answer is 500 with Retry-After.
 - Presence is served with workers: watchers subscribed through either
@@ -253,3 +254,36 @@ def test_a_workers_register_waits_for_the_rings_write_quorum(tmp_path):
             assert re.search(r"(?m)^Retry-After: 1\r?$", answer), answer
     finally:
         peer.stop()
+
+
+def test_registers_for_one_aor_at_both_workers_at_once_all_stay(tmp_path):
+    """Ten phones of one user register at the same moment, each from its own
+    socket (so over both workers): every table ends with all ten (each
+    worker's change crosses as a delta, merged binding by binding)."""
+    from sosimple_proxy.testing import register_request, udp_final_response
+
+    with worker_proxy(tmp_path / "proxy") as proxy:
+        serving(proxy)
+        phones = []
+        try:
+            for n in range(10):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.0.0.1", 0))
+                phones.append(s)
+            for n, s in enumerate(phones):  # all sent before any answer is read
+                lport = s.getsockname()[1]
+                s.sendto(register_request(f"many@{DOMAIN}", f"sip:phone{n}@127.0.0.1:{lport}",
+                                          via_port=lport).encode(), ("127.0.0.1", proxy.port))
+            for s in phones:
+                final = _final(s, time.monotonic() + 10)
+                assert final is not None and final.startswith("SIP/2.0 200"), final
+        finally:
+            for s in phones:
+                s.close()
+        wanted = {f"sip:phone{n}@" for n in range(10)}
+        for _ in range(6):  # queries from fresh sockets: both workers answer some
+            answer = udp_final_response(proxy.port, lambda lport: register_request(f"many@{DOMAIN}", None,
+                                                                                    via_port=lport))
+            assert answer is not None and answer.startswith("SIP/2.0 200"), answer
+            bound = set(re.findall(r"<(sip:phone\d+@)", answer))
+            assert bound == wanted, sorted(wanted - bound)
