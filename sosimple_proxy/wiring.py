@@ -759,6 +759,11 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     if rings:  # the parent writes the rings; the 200 waits for its word (issue 15)
         proxy.registrar.commit = remote_commit(top.get_link)
         proxy.registrar.commit_timeout = max(float(cfg.section(s)["write_timeout"]) for s in _ring_names(cfg))
+    if proxy.presence is not None:  # [presence] max_subscriptions is the proxy's: each worker takes its share
+        import math
+
+        settings = proxy.presence.settings
+        proxy.presence.settings = attrs.evolve(settings, max_subscriptions=math.ceil(settings.max_subscriptions / count))
     if proxy.digest is not None:
         nonces = top.nonces = WorkerNonceCounts(reactor, cfg.section("auth")["nonce_ttl"], index, count, top.get_link)
         proxy.digest.share_nonce_state(nonces, nonces.random)

@@ -422,3 +422,35 @@ def test_a_workers_presence_watch_lives_in_the_parent_and_ends_with_its_line():
     assert len(ring.callbacks) == 1
     hub.lines[0].connectionLost(Failure(ConnectionDone()))
     assert ring.callbacks == {}  # the worker is gone: so is its watch
+
+
+def test_a_worker_is_built_with_its_shares_presence_and_the_rings_commit(tmp_path):
+    """build_worker (nothing started): the caps divided among the workers,
+    the presence agent on the parent's ring, the REGISTER's wait for the
+    parent's ring write, the counts reported to the parent."""
+    from sosimple_proxy.presence.agent import PresenceAgent
+    from sosimple_proxy.proxy.chain import Presence
+    from sosimple_proxy.wiring import build_worker
+    from sosimple_proxy.workers.parent import write_secret
+    from sosimple_proxy.workers.shared_metrics import MetricsReporter
+    from sosimple_proxy.workers.shared_presence import RemotePresenceRing
+
+    write_secret(str(tmp_path), b"s" * 32)
+    cfg = parse_config(
+        "[proxy]\nlisten = udp:127.0.0.1:5060\ndomains = example.com\nworkers = 3\n"
+        "[location]\norder = local overlay\n[overlay]\nlisten = tcp:7001:interface=127.0.0.1\n"
+        "[presence]\nmax_subscriptions = 10\n[limits]\nmax_transactions = 100\n"
+    )
+    try:
+        top = build_worker(cfg, Clock(), 1, 3, str(tmp_path))
+    finally:
+        worker_tag.set_worker(None)
+    assert isinstance(top.presence, RemotePresenceRing)
+    assert top.limits.config.max_transactions == 34
+    stack = next(c for c in top if hasattr(c, "transactions"))
+    processors = stack.tu.chain.processors
+    agent = next(p for p in processors if isinstance(p, Presence)).agent
+    assert isinstance(agent, PresenceAgent) and agent.ring is top.presence
+    assert agent.settings.max_subscriptions == 4
+    assert stack.tu.registrar.commit is not None and stack.tu.registrar.commit_timeout == 4.0
+    assert any(isinstance(c, MetricsReporter) for c in top)
