@@ -6,8 +6,11 @@ and the parent pushes every binding it holds before answering, so a worker
 that was restarted knows every registration before it serves a request.
 After that each binding change goes worker -> parent -> the other workers,
 and the workers' ring lookups go to the parent's ring node.  The same
-line carries ``[limits]`` tallies and bans (:mod:`.shared_limits`) and
-nonce-count checks for another worker's nonce (:mod:`.shared_nonces`).
+line carries ``[limits]`` tallies and bans (:mod:`.shared_limits`),
+nonce-count checks for another worker's nonce (:mod:`.shared_nonces`), a
+REGISTER's wait for the ring's write quorum (``Commit``), the workers' SIP
+counts (:mod:`.shared_metrics`) and their presence agents' ring calls
+(:mod:`.shared_presence`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from sosimple_proxy.workers.protocol import (
 from sosimple_proxy.workers.shared_bindings import SharedBindings
 from sosimple_proxy.workers.shared_limits import LimitsParentSide, LimitsWorkerSide
 from sosimple_proxy.workers.shared_metrics import MetricsParentSide
-from sosimple_proxy.workers.shared_presence import PresenceParentSide, PresenceWorkerSide
 from sosimple_proxy.workers.shared_nonces import NoncesParentSide, NoncesWorkerSide
+from sosimple_proxy.workers.shared_presence import PresenceParentSide, PresenceWorkerSide
 
 __all__ = ["Hub", "WorkerLink"]
 
