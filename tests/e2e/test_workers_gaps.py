@@ -210,6 +210,7 @@ def test_a_workers_register_waits_for_the_rings_write_quorum(tmp_path):
     import signal
     import urllib.request
 
+    from sosimple_proxy.overlay.ids import DEFAULT_BITS, KeyScheme, in_half_open
     from sosimple_proxy.testing import PeerProcess, free_port, register_request, udp_final_response, wait_until
 
     ring = {"stabilize_interval": "0.5", "replicas": "1", "write_quorum": "2", "write_timeout": "1",
@@ -232,12 +233,24 @@ def test_a_workers_register_waits_for_the_rings_write_quorum(tmp_path):
         with proxy:
             serving(proxy)
 
-            def two_members() -> bool:
+            def ring_view() -> dict:
                 with urllib.request.urlopen(proxy.admin_url + "/ring", timeout=5) as r:
-                    view = json.loads(r.read())
-                return bool(view.get("successors")) and view["successors"][0].get("address") != view.get("address")
+                    return json.loads(r.read())
+
+            def two_members() -> bool:
+                view = ring_view()
+                return (bool(view.get("successors")) and view["successors"][0].get("address") != view.get("address")
+                        and bool(view.get("predecessor")))
 
             wait_until(two_members, 30, 0.2, what=lambda: proxy.log_tail(20))
+            # a user whose key the proxy's own node holds (the peer keeps the
+            # copy): the lookup is local, so the write waits on the peer's copy
+            # (a lookup through the stopped peer would route round it instead)
+            view = ring_view()
+            mine, pred = int(view["id"], 16), int(view["predecessor"]["id"], 16)
+            keys = KeyScheme("flat", DEFAULT_BITS)
+            during = next(f"during{n}" for n in range(100000)
+                          if in_half_open(keys.key(f"during{n}@{DOMAIN}"), pred, mine))
 
             def register(user: str) -> str | None:
                 return udp_final_response(port, lambda lport: register_request(
@@ -247,7 +260,7 @@ def test_a_workers_register_waits_for_the_rings_write_quorum(tmp_path):
             assert answer is not None and answer.startswith("SIP/2.0 200"), answer
             os.kill(peer.process.pid, signal.SIGSTOP)
             try:
-                answer = register("during")
+                answer = register(during)
             finally:
                 os.kill(peer.process.pid, signal.SIGCONT)
             assert answer is not None and answer.startswith("SIP/2.0 500"), answer
