@@ -11,7 +11,8 @@ basics of ``test_workers.py`` (real twistd processes on loopback).
 - A worker's 200 to a REGISTER waits for the ring's write quorum: with
   the one other ring member stopped, the answer is 500 with Retry-After.
 - Presence is served with workers: watchers subscribed through either
-  worker hear of a registration and a publication taken by either.
+  worker hear of a registration and a publication taken by either; a
+  killed worker's watchers are taken over at their next refresh.
 """
 
 from __future__ import annotations
@@ -153,9 +154,8 @@ def test_the_parents_metrics_and_calls_count_every_workers_transactions(tmp_path
         assert calls["current"]["server_transactions"] is not None
 
 
-def test_watchers_at_both_workers_follow_a_presentity_registered_and_published_at_either(tmp_path):
-    from sosimple_proxy.testing import PeerProcess, free_port, register_contact, wait_until
-    from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
+def presence_proxy(tmp_path):
+    from sosimple_proxy.testing import PeerProcess, free_port
 
     port = free_port("both")
     proxy = PeerProcess(
@@ -170,19 +170,36 @@ def test_watchers_at_both_workers_follow_a_presentity_registered_and_published_a
         workdir=tmp_path / "proxy",
     )
     proxy.port = port
+    return proxy
+
+
+def watchers_at_both_workers(proxy, uas):
+    """Each UA's subscription to bob, once both workers serve presence
+    (the parent's node joined: 480 before); asserted spread over both."""
+    from sosimple_proxy.testing import wait_until
+
+    serving(proxy)
+    wait_until(lambda: all(ua.subscribe(proxy.port, "nobody@example.com", expires=0).status == 200 for ua in uas),
+               30, 0.3, what=lambda: proxy.log_tail(20))
+    subs = [ua.subscribe(proxy.port, "bob@example.com") for ua in uas]
+    assert [s.status for s in subs] == [200] * len(subs), [s.status for s in subs]
+    log = proxy.log_path.read_text()
+    by = {w for w in ("0", "1") if re.search(rf"worker {w}: .*subscribes to bob@example.com", log)}
+    assert by == {"0", "1"}, "ten watchers all reached one worker"
+    wait_until(lambda: all(s.basic == "closed" for s in subs), 10, 0.05, what="the first NOTIFYs")
+    return subs
+
+
+def test_watchers_at_both_workers_follow_a_presentity_registered_and_published_at_either(tmp_path):
+    from sosimple_proxy.testing import register_contact, wait_until
+    from sosimple_proxy.testing.presence_ua import PresenceUA, pidf_document
+
+    proxy = presence_proxy(tmp_path)
+    port = proxy.port
     uas = [PresenceUA() for _ in range(10)]  # ten sockets: spread over both workers
     try:
         with proxy:
-            serving(proxy)
-            # both workers serve presence once the parent's node has joined (480 before)
-            wait_until(lambda: all(ua.subscribe(port, "nobody@example.com", expires=0).status == 200 for ua in uas),
-                       30, 0.3, what=lambda: proxy.log_tail(20))
-            subs = [ua.subscribe(port, "bob@example.com") for ua in uas]
-            assert [s.status for s in subs] == [200] * len(subs), [s.status for s in subs]
-            log = proxy.log_path.read_text()
-            by = {w for w in ("0", "1") if re.search(rf"worker {w}: .*subscribes to bob@example.com", log)}
-            assert by == {"0", "1"}, "ten watchers all reached one worker"
-            wait_until(lambda: all(s.basic == "closed" for s in subs), 10, 0.05, what="the first NOTIFYs")
+            subs = watchers_at_both_workers(proxy, uas)
             with PresenceUA() as bob:
                 answer = register_contact(port, "bob@example.com", f"sip:bob@127.0.0.1:{bob.port}")
                 assert answer == "SIP/2.0 200 OK", answer
@@ -300,3 +317,42 @@ def test_registers_for_one_aor_at_both_workers_at_once_all_stay(tmp_path):
             assert answer is not None and answer.startswith("SIP/2.0 200"), answer
             bound = set(re.findall(r"<(sip:phone\d+@)", answer))
             assert bound == wanted, sorted(wanted - bound)
+
+
+def test_a_killed_workers_watchers_are_taken_over_at_their_refresh(tmp_path):
+    """A worker dies with its subscriptions; the parent restarts it; each
+    watcher's next refresh (from its socket, so to the same worker index)
+    takes its subscription over from the ring, and the watchers hear of bob
+    again: nothing is lost but the NOTIFYs between the death and the refresh."""
+    import os
+    import signal
+
+    from sosimple_proxy.testing import register_contact, wait_until
+    from sosimple_proxy.testing.presence_ua import PresenceUA
+
+    from tests.e2e.test_workers import worker_pids
+
+    proxy = presence_proxy(tmp_path)
+    uas = [PresenceUA() for _ in range(10)]
+    try:
+        with proxy:
+            subs = watchers_at_both_workers(proxy, uas)
+            before = worker_pids(proxy.process.pid)
+            os.kill(sorted(before)[0], signal.SIGKILL)
+            wait_until(lambda: len(worker_pids(proxy.process.pid) - before) == 1, 20, what="no worker restarted")
+            wait_until(lambda: proxy.log_path.read_text().count("bindings from the parent; serving SIP") >= 3, 30,
+                       what=lambda: proxy.log_tail(20))
+            # the restarted worker serves presence once it knows the parent's writer
+            wait_until(lambda: all(ua.subscribe(proxy.port, "nobody@example.com", expires=0).status == 200
+                                   for ua in uas), 30, 0.3, what=lambda: proxy.log_tail(20))
+            statuses = [ua.refresh(sub) for ua, sub in zip(uas, subs)]
+            assert statuses == [200] * len(subs), statuses
+            assert "taking over" in proxy.log_path.read_text()
+            with PresenceUA() as bob:
+                answer = register_contact(proxy.port, "bob@example.com", f"sip:bob@127.0.0.1:{bob.port}")
+                assert answer == "SIP/2.0 200 OK", answer
+                wait_until(lambda: all(s.basic == "open" for s in subs), 10, 0.05,
+                           what=lambda: [s.basic for s in subs])
+    finally:
+        for ua in uas:
+            ua.close()
