@@ -238,7 +238,9 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
         kget = _KEYS.get
         for i in range(1, len(lines)):
             name, sep, value = lines[i].partition(":")
-            key = kget(name)
+            # A line without a colon is never a header, whatever names were
+            # seen before (the result must not depend on _KEYS' history).
+            key = kget(name) if sep else None
             if key is None:
                 if not sep or not _TOKEN_FULL(name):
                     fields = None

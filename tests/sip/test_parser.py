@@ -9,6 +9,9 @@ import pytest
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.parser import ParseError, parse_message, validate_request
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
     b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport\r\n"
