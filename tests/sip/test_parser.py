@@ -256,3 +256,11 @@ def test_garbage_is_neither_request_nor_response() -> None:
 def test_max_forwards_errors(mf: bytes, text: str) -> None:
     with pytest.raises(ParseError, match=re.escape(text)):
         parse_message(req().replace(b"Max-Forwards: 70", b"Max-Forwards: " + mf))
+
+
+def test_a_line_without_colon_is_never_a_header_whatever_was_seen_before() -> None:
+    """The parser is a pure function of its bytes: a bare ``Via`` line is an
+    error even after messages whose Via lines filled the name cache."""
+    parse_message(req())  # "Via" is a known name now
+    with pytest.raises(ParseError, match="invalid header line 'Via'"):
+        parse_message(req(b"Via"))
