@@ -102,6 +102,7 @@ class Harness:
         self.proto = port_obj.protocol
         self.cap = Capture()
         port_obj.stopListening()
+        _reactor.runUntilCurrent()  # its connectionLost (callLater 0) deletes .socket: let it run first
         port_obj.socket = self.cap
         self.n = 0
         self.feed = self.proto.datagramReceived
