@@ -1060,6 +1060,40 @@ fail:
     return NULL;
 }
 
+/* vias(values) -> [Via, ...] for a list of Via field values each holding
+ * one value of via()'s shapes, else None (via.parse_vias decides). */
+static PyObject *
+py_vias(PyObject *self, PyObject *values)
+{
+    if (!PyList_Check(values))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyList_GET_ITEM(values, k);
+        Py_ssize_t len;
+        const unsigned char *p = ascii_of(v, &len);
+        if (p == NULL || memchr(p, ',', len) != NULL || memchr(p, '\n', len) != NULL)
+            goto fallback;
+        PyObject *via = py_via(self, v);
+        if (via == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (via == Py_None) {
+            Py_DECREF(via);
+            goto fallback;
+        }
+        PyList_SET_ITEM(out, k, via);
+    }
+    return out;
+fallback:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
 /* -- name-addr (headers._fast_name_addr's <sip:...> shape) ----------------- */
 
 /* name_addr(text) -> NameAddr, or None (headers._fast_name_addr decides). */
@@ -1308,6 +1342,7 @@ static PyMethodDef methods_def[] = {
     {"max_forwards", py_max_forwards, METH_O, "max_forwards(text) -> int or None."},
     {"cseq", py_cseq, METH_O, "cseq(text) -> CSeq or None."},
     {"via", py_via, METH_O, "via(text) -> Via or None."},
+    {"vias", py_vias, METH_O, "vias(values) -> [Via] or None."},
     {"name_addr", py_name_addr, METH_O, "name_addr(text) -> NameAddr or None."},
     {"sip_uri", py_sip_uri, METH_O, "sip_uri(text) -> URI or None."},
     {NULL, NULL, 0, NULL},

@@ -187,12 +187,13 @@ class Via:
 accel.register_class("Via", Via)
 
 # The compiled fast path (accel.py): the same Via for the shapes below, or None.
-_C_VIA = None
+_C_VIA = _C_VIAS = None
 
 
 def _bind(c: object) -> None:
-    global _C_VIA
+    global _C_VIA, _C_VIAS
     _C_VIA = getattr(c, "via", None)
+    _C_VIAS = getattr(c, "vias", None)
 
 
 accel.register(_bind)
@@ -346,6 +347,10 @@ def parse_vias(values: Iterable[str] | str | None) -> list[Via]:
         return []
     if isinstance(values, str):
         values = [values]
+    if _C_VIAS is not None:
+        vias = _C_VIAS(values)
+        if vias is not None:
+            return vias  # type: ignore[no-any-return]
     if len(values) == 1 and "," not in values[0] and "\n" not in values[0]:  # type: ignore[arg-type]
         return [parse_via(values[0])]  # type: ignore[index]
     out: list[Via] = []
