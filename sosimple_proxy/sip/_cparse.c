@@ -1276,6 +1276,41 @@ error:
     return NULL;
 }
 
+/* name_addrs(values) -> [NameAddr, ...] for a list of field values each
+ * holding one <sip:...> name-addr of name_addr()'s shape, else None
+ * (headers.parse_name_addrs decides). */
+static PyObject *
+py_name_addrs(PyObject *self, PyObject *values)
+{
+    if (!PyList_Check(values))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyList_GET_ITEM(values, k);
+        Py_ssize_t len;
+        const unsigned char *p = ascii_of(v, &len);
+        if (p == NULL || memchr(p, ',', len) != NULL || memchr(p, '\n', len) != NULL)
+            goto fallback;
+        PyObject *na = py_name_addr(self, v);
+        if (na == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (na == Py_None) {
+            Py_DECREF(na);
+            goto fallback;
+        }
+        PyList_SET_ITEM(out, k, na);
+    }
+    return out;
+fallback:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
 /* -- sip/sips URI (uri.parse_uri's _SIP_FAST shape) ------------------------ */
 
 /* sip_uri(text) -> URI, or None (uri.parse_uri decides). */
@@ -1344,6 +1379,7 @@ static PyMethodDef methods_def[] = {
     {"via", py_via, METH_O, "via(text) -> Via or None."},
     {"vias", py_vias, METH_O, "vias(values) -> [Via] or None."},
     {"name_addr", py_name_addr, METH_O, "name_addr(text) -> NameAddr or None."},
+    {"name_addrs", py_name_addrs, METH_O, "name_addrs(values) -> [NameAddr] or None."},
     {"sip_uri", py_sip_uri, METH_O, "sip_uri(text) -> URI or None."},
     {NULL, NULL, 0, NULL},
 };

@@ -93,14 +93,15 @@ accel.register_class("CSeq", CSeq)
 
 # The compiled fast paths (accel.py), None when the pure code runs alone:
 # each returns what the code below returns for its input, or None.
-_C_CSEQ = _C_MAX_FORWARDS = _C_NAME_ADDR = None
+_C_CSEQ = _C_MAX_FORWARDS = _C_NAME_ADDR = _C_NAME_ADDRS = None
 
 
 def _bind(c: object) -> None:
-    global _C_CSEQ, _C_MAX_FORWARDS, _C_NAME_ADDR
+    global _C_CSEQ, _C_MAX_FORWARDS, _C_NAME_ADDR, _C_NAME_ADDRS
     _C_CSEQ = getattr(c, "cseq", None)
     _C_MAX_FORWARDS = getattr(c, "max_forwards", None)
     _C_NAME_ADDR = getattr(c, "name_addr", None)
+    _C_NAME_ADDRS = getattr(c, "name_addrs", None)
 
 
 accel.register(_bind)
@@ -460,6 +461,10 @@ def parse_name_addrs(
     values: Iterable[str], header_name: str, *, brackets_required: bool = False, star: bool = False
 ) -> list[NameAddr]:
     """Every value of a list of name-addr fields (Route, Record-Route, Path...)."""
+    if _C_NAME_ADDRS is not None:
+        got = _C_NAME_ADDRS(values)
+        if got is not None:
+            return got  # type: ignore[no-any-return]
     out: list[NameAddr] = []
     for raw in values:
         if "," not in raw and "\n" not in raw:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sosimple_proxy.sip import accel
-from sosimple_proxy.sip.headers import _fast_name_addr, parse_cseq, parse_max_forwards
+from sosimple_proxy.sip.headers import _fast_name_addr, parse_contacts, parse_cseq, parse_max_forwards, parse_routes
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.sip.via import parse_via, parse_vias
 from tests.fuzz.mutate import mutate, torture_messages
@@ -138,6 +138,11 @@ _VALUES = {
         "SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2",
         "SIP/2.0/UDP h;branch=z9hG4bK1",
     ],
+    "name_addrs": [
+        "<sip:p2.example.com;lr>|<sip:p1.example.com;lr;transport=tcp>",
+        "<sip:p2.example.com;lr>, <sip:p1.example.com;lr>",
+        '"B" <sip:b@example.com:5060>;expires=60;q=0.5|*',
+    ],
     "cseq": ["314159 INVITE", "1 REGISTER", "0123 ACK", "4294967296 INVITE", "1 FOO"],
     "max_forwards": ["70", "0", "00255", "256", " 7"],
     "uri": ["sip:bob@biloxi.example.com", "sips:a@b.example.com:5061;transport=tcp;lr;maddr=10.0.0.1",
@@ -174,6 +179,8 @@ _FUNCTIONS = {
     # several field lines, '|' between them
     "vias": (lambda t: parse_vias(t.split("|")), lambda c: lambda t: c.vias(t.split("|"))),
     "name_addr": (lambda t: _fast_name_addr(t, "From", False), "name_addr"),
+    "name_addrs": (lambda t: parse_contacts(t.split("|")), lambda c: lambda t: c.name_addrs(t.split("|"))),
+    "routes": (lambda t: parse_routes(t.split("|")), lambda c: lambda t: c.name_addrs(t.split("|"))),
     "cseq": (parse_cseq, "cseq"),
     "max_forwards": (parse_max_forwards, "max_forwards"),
     "uri": (parse_uri, "sip_uri"),
@@ -185,11 +192,12 @@ def test_each_fast_path_matches_the_pure_function(kind: str) -> None:
     """Where a fast path answers, its object equals the pure function's,
     slot by slot; where the pure function raises, the fast path says None."""
     fn, cname = _FUNCTIONS[kind]
+    values = _VALUES["name_addrs" if kind == "routes" else kind]
     cfn = getattr(accel.compiled, cname) if isinstance(cname, str) else cname(accel.compiled)
     rng = random.Random(f"cparse-{kind}")
     answered = 0
-    texts = list(_VALUES[kind])
-    texts += [_mutate_text(rng.choice(_VALUES[kind]), rng) for _ in range(4000)]
+    texts = list(values)
+    texts += [_mutate_text(rng.choice(values), rng) for _ in range(4000)]
     with implementation(False):
         for text in texts:
             fast = cfn(text)
@@ -197,7 +205,7 @@ def test_each_fast_path_matches_the_pure_function(kind: str) -> None:
                 continue
             answered += 1
             assert ("ok", describe(fast)) == _pure_result(fn, text), text
-    assert answered > len(_VALUES[kind]) // 2
+    assert answered > len(values) // 2
 
 
 def test_classify_and_callid_match_the_pure_code() -> None:
