@@ -1366,6 +1366,92 @@ py_sip_uri(PyObject *self, PyObject *s)
     return u;
 }
 
+/* -- NameAddr's deferred parts ------------------------------------------------ */
+
+/* params(ptext) -> grammar.simple_params(ptext) for ASCII, non-empty
+ * ptext, else None (also for a repeated name: simple_params says so). */
+static PyObject *
+py_params(PyObject *self, PyObject *s)
+{
+    Py_ssize_t n;
+    int dup;
+    const unsigned char *p = ascii_of(s, &n);
+    if (p == NULL || n == 0 || klass[K_PARAMS].type == NULL)
+        Py_RETURN_NONE;
+    PyObject *params = make_params(s, p, 0, n, &dup);
+    if (params == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return params;
+}
+
+/* lazy_uri(lazy) -> uri.build_sip_uri(*lazy[:5], ...) for NameAddr._lazy
+ * (scheme, user, host, port, uparams, ptext), else None. */
+static PyObject *
+py_lazy_uri(PyObject *self, PyObject *lazy)
+{
+    Py_ssize_t hn, pn, un;
+    int dup;
+    if (!PyTuple_Check(lazy) || PyTuple_GET_SIZE(lazy) != 6 || klass[K_URI].type == NULL ||
+        klass[K_PARAMS].type == NULL)
+        Py_RETURN_NONE;
+    PyObject *scheme = PyTuple_GET_ITEM(lazy, 0), *user = PyTuple_GET_ITEM(lazy, 1),
+             *host = PyTuple_GET_ITEM(lazy, 2), *port = PyTuple_GET_ITEM(lazy, 3),
+             *uparams = PyTuple_GET_ITEM(lazy, 4);
+    const unsigned char *h = ascii_of(host, &hn), *up = ascii_of(uparams, &un);
+    if (!PyUnicode_Check(scheme) || (user != Py_None && !PyUnicode_Check(user)) || h == NULL || up == NULL ||
+        hn == 0 || h[0] == '[' || !host_ok(h, hn))
+        Py_RETURN_NONE;
+    long portv = -2;
+    if (port != Py_None) {
+        const unsigned char *pp = ascii_of(port, &pn);
+        if (pp == NULL || pn < 1 || pn > 5)
+            Py_RETURN_NONE;
+        for (Py_ssize_t i = 0; i < pn; i++)
+            if (!IS(pp[i], C_DIGIT))
+                Py_RETURN_NONE;
+        if ((portv = port_of(pp, 0, pn)) < 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *params = un > 0 ? make_params(uparams, up, 0, un, &dup) : new_instance(K_PARAMS);
+    if (params == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *u = new_instance(K_URI);
+    if (u == NULL) {
+        Py_DECREF(params);
+        return NULL;
+    }
+    set_slot(u, K_URI, U_PARAMS, params);
+    Py_INCREF(scheme);
+    set_slot(u, K_URI, U_SCHEME, scheme);
+    Py_INCREF(user);
+    set_slot(u, K_URI, U_USER, user);
+    Py_INCREF(Py_None);
+    set_slot(u, K_URI, U_PASSWORD, Py_None);
+    Py_INCREF(host);
+    set_slot(u, K_URI, U_HOST, host);
+    PyObject *v;
+    if (portv >= 0) {
+        if ((v = PyLong_FromLong(portv)) == NULL)
+            goto fail;
+    } else {
+        v = Py_None;
+        Py_INCREF(v);
+    }
+    set_slot(u, K_URI, U_PORT, v);
+    if ((v = PyList_New(0)) == NULL)
+        goto fail;
+    set_slot(u, K_URI, U_HEADERS, v);
+    Py_INCREF(Py_None);
+    set_slot(u, K_URI, U_OPAQUE, Py_None);
+    return u;
+fail:
+    Py_DECREF(u);
+    return NULL;
+}
+
 /* -- module ------------------------------------------------------------------ */
 
 static PyMethodDef methods_def[] = {
@@ -1381,6 +1467,8 @@ static PyMethodDef methods_def[] = {
     {"name_addr", py_name_addr, METH_O, "name_addr(text) -> NameAddr or None."},
     {"name_addrs", py_name_addrs, METH_O, "name_addrs(values) -> [NameAddr] or None."},
     {"sip_uri", py_sip_uri, METH_O, "sip_uri(text) -> URI or None."},
+    {"params", py_params, METH_O, "params(ptext) -> Params or None."},
+    {"lazy_uri", py_lazy_uri, METH_O, "lazy_uri(lazy) -> URI or None."},
     {NULL, NULL, 0, NULL},
 };
 

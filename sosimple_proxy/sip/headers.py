@@ -93,11 +93,13 @@ accel.register_class("CSeq", CSeq)
 
 # The compiled fast paths (accel.py), None when the pure code runs alone:
 # each returns what the code below returns for its input, or None.
-_C_CSEQ = _C_MAX_FORWARDS = _C_NAME_ADDR = _C_NAME_ADDRS = None
+_C_CSEQ = _C_MAX_FORWARDS = _C_NAME_ADDR = _C_NAME_ADDRS = _C_LAZY_URI = _C_PARAMS = None
 
 
 def _bind(c: object) -> None:
-    global _C_CSEQ, _C_MAX_FORWARDS, _C_NAME_ADDR, _C_NAME_ADDRS
+    global _C_CSEQ, _C_MAX_FORWARDS, _C_NAME_ADDR, _C_NAME_ADDRS, _C_LAZY_URI, _C_PARAMS
+    _C_LAZY_URI = getattr(c, "lazy_uri", None)
+    _C_PARAMS = getattr(c, "params", None)
     _C_CSEQ = getattr(c, "cseq", None)
     _C_MAX_FORWARDS = getattr(c, "max_forwards", None)
     _C_NAME_ADDR = getattr(c, "name_addr", None)
@@ -213,6 +215,11 @@ class NameAddr:
     def uri(self) -> URI:
         uri = self._uri
         if uri is None:
+            if _C_LAZY_URI is not None:
+                uri = _C_LAZY_URI(self._lazy)
+                if uri is not None:
+                    self._uri = uri
+                    return uri
             scheme, user, host, port, uparams, _ptext = self._lazy  # type: ignore[misc]
             uri = self._uri = build_sip_uri(scheme, user, host, port, uparams, "URI")
         return uri
@@ -226,6 +233,11 @@ class NameAddr:
         params = self._params
         if params is None:
             ptext = self._lazy[5]  # type: ignore[index]
+            if ptext and _C_PARAMS is not None:
+                params = _C_PARAMS(ptext)
+                if params is not None:
+                    self._params = params
+                    return params
             params = self._params = simple_params(ptext) if ptext else new_params()  # type: ignore[assignment]
         return params  # type: ignore[return-value]
 

@@ -232,6 +232,43 @@ def test_classify_and_callid_match_the_pure_code() -> None:
             assert _CALL_ID(text.strip()) and text.strip() == text, text
 
 
+def test_deferred_parts_of_a_name_addr_match_the_pure_code() -> None:
+    """NameAddr.uri and .params, built on first read from what the fast
+    parse kept (``_lazy``): the compiled builders against the pure ones."""
+    from sosimple_proxy.sip.grammar import simple_params
+    from sosimple_proxy.sip.uri import build_sip_uri
+    from sosimple_proxy.sip.errors import ParseError
+
+    c = accel.compiled
+    rng = random.Random("cparse-lazy")
+    answered = 0
+    for _ in range(3000):
+        text = _mutate_text(rng.choice(_VALUES["name_addr"][:3]), rng)
+        with implementation(False):
+            try:
+                na = _fast_name_addr(text, "From", False)
+            except ParseError:
+                continue
+        if na is None:
+            continue
+        lazy = na._lazy
+        got = c.lazy_uri(lazy)
+        if got is not None:
+            answered += 1
+            try:
+                want = build_sip_uri(*lazy[:5], "URI")
+            except ParseError:
+                raise AssertionError(f"compiled built a URI the pure code refuses: {lazy}") from None
+            assert describe(got) == describe(want), lazy
+        ptext = _mutate_text(lazy[5], rng) if lazy[5] else ";a=b;C"
+        params = c.params(ptext)
+        if params is not None:
+            assert describe(params) == describe(simple_params(ptext)), ptext
+        else:
+            assert not ptext or simple_params(ptext) is None or not ptext.isascii(), ptext
+    assert answered > 500
+
+
 # -- robustness ---------------------------------------------------------------------
 
 
