@@ -174,7 +174,9 @@ class RequestForwarder:
                 flows[1],
                 stamp=stamp,
             )
-        copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
+        branch = routing.new_proxy_branch(lhash)
+        copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, branch))
+        copy.put_view("top_via", routing.own_via(sent_by, dest.transport, branch))
         return self.stack.transactions.send_request(copy, dest, user)
 
     # -- without a transaction

@@ -434,9 +434,21 @@ def stamp_via(request: Request, source: Peer) -> bool:
         return False
     headers = request.headers
     name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
+    vias = request.peek_view("vias")
     raw = headers.pop_first_value("via")
     assert raw is not None
     headers.prepend(name, _stamped_via_text(raw, received, rport))
+    # The stamped Via as a view, so that nobody parses it again: the same
+    # parameters, received and rport set as in the text above.
+    stamped = via.copy()
+    if received is not None:
+        stamped.params.pop("received", None)
+        stamped.params["received"] = received
+    if rport is not None:
+        stamped.params["rport"] = str(rport)
+    request.put_view("top_via", stamped)
+    if vias:
+        request.put_view("vias", [stamped, *vias[1:]])
     return True
 
 
