@@ -313,11 +313,16 @@ class Message:
         cache = self._cache
         edits = h._edits
         if cache and edits is not None and h._edits_from == self._cache_version:
-            drop = {view for key in edits for view in _VIEWS_OF.get(key, ())}
-            cache = {k: v for k, v in cache.items() if k not in drop and (k in _HEADER_VIEW or k[:5] == "ruri:")}
+            # In place (the dict is this message's own): the views of the
+            # edited headers go, and the views derived from several.
+            pop = cache.pop
+            for key in edits:
+                for view in _VIEWS_OF.get(key, ()):
+                    pop(view, None)
+            for view in _DERIVED:
+                pop(view, None)
         else:
-            cache = {}
-        self._cache = cache
+            cache = self._cache = {}
         self._cache_version = h._version
         h._edits = []
         h._edits_from = h._version
@@ -410,6 +415,8 @@ class Message:
         try:
             return self._cache[key]
         except KeyError:
+            if key[:5] != "ruri:" and key not in _DERIVED:
+                _DERIVED.add(key)  # dropped on any edit (see _sync)
             value = self._cache[key] = compute()
             return value
 
@@ -692,6 +699,8 @@ _HEADER_VIEW = {
     "route": "route",
     "record-route": "record-route",
 }
+# Keys of views computed from several headers (Message.cached): any edit drops them.
+_DERIVED: set[str] = set()
 _VIEWS_OF: dict[str, tuple[str, ...]] = {}
 for _view_key, _header in _HEADER_VIEW.items():
     _VIEWS_OF[_header] = _VIEWS_OF.get(_header, ()) + (_view_key,)
