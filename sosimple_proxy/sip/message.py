@@ -231,6 +231,23 @@ class Headers:
             self._edited(key)
         return removed
 
+    def replace_first(self, name: str, value: str) -> str | None:
+        """Put ``value`` in place of the first field line of this name (its
+        name as written kept) when that line holds one value; returns the
+        old value, or None (nothing changed) when the line holds several
+        or there is none."""
+        key = _KEY_CACHE.get(name) or header_key(name)
+        fields = self._fields
+        for i, f in enumerate(fields):
+            if f[0] == key:
+                old = f[2]
+                if "," in old:
+                    return None
+                fields[i] = (key, f[1], value)
+                self._edited(key)
+                return old
+        return None
+
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. top Via).
 
@@ -412,13 +429,12 @@ class Message:
         """A parsed view of the headers, recomputed after a change of them."""
         if self._cache_version != self.headers._version:
             self._sync()
-        try:
-            return self._cache[key]
-        except KeyError:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
             if key[:5] != "ruri:" and key not in _DERIVED:
                 _DERIVED.add(key)  # dropped on any edit (see _sync)
             value = self._cache[key] = compute()
-            return value
+        return value
 
     def _view(self, key: str, parse: Any, name: str, every: bool = False) -> Any:
         """``parse`` of header ``name`` (its first value, or ``every`` value),

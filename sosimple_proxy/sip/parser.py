@@ -364,7 +364,16 @@ def _validate(msg: Message, is_request: bool) -> None:
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
-    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _parse_vias(vias)
+    if "," in v or "\n" in v:
+        cache["vias"] = _parse_vias(vias)
+    elif len(vias) == 1:
+        cache["vias"] = [_parse_via(v)]
+    elif is_request:
+        cache["vias"] = _parse_vias(vias)
+    else:
+        # A response: the proxy matches and pops the top Via (RFC 3261
+        # 16.7 step 3); the others go upstream as they came.
+        cache["top_via"] = _parse_via(v)
     cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
     if not is_request:
         # A response: what a proxy reads of it (RFC 3261 16.7) is its Via,
@@ -424,10 +433,11 @@ def validate_request(req: Request) -> None:
 
 def validate_response(resp: Response) -> None:
     """What a proxy checks before processing a response: Via, From, To,
-    Call-ID, CSeq present, Via, Call-ID and CSeq well formed (a malformed
-    response is dropped, RFC 4475 3.1.2.5, 3.1.2.19).  From, To, Contact
-    and Record-Route are what a proxy forwards untouched (RFC 3261 16.7):
-    they are parsed when read, and their accessors raise ParseError then."""
+    Call-ID, CSeq present, the top Via, Call-ID and CSeq well formed (a
+    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19).  From, To,
+    Contact, Record-Route and the Vias below the top one are what a proxy
+    forwards untouched (RFC 3261 16.7): they are parsed when read, and
+    their accessors raise ParseError then."""
     if resp._validated == resp.headers._version and resp._validated >= 0:
         return
     try:

@@ -433,11 +433,16 @@ def stamp_via(request: Request, source: Peer) -> bool:
     if received is None and rport is None:
         return False
     headers = request.headers
-    name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
     vias = request.peek_view("vias")
-    raw = headers.pop_first_value("via")
-    assert raw is not None
-    headers.prepend(name, _stamped_via_text(raw, received, rport))
+    raw = headers.get("via")
+    if raw is not None and "," not in raw:
+        # The usual case: the top Via alone on its line, replaced in place.
+        headers.replace_first("via", _stamped_via_text(raw.strip(), received, rport))
+    else:
+        name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
+        raw = headers.pop_first_value("via")
+        assert raw is not None
+        headers.prepend(name, _stamped_via_text(raw, received, rport))
     # The stamped Via as a view, so that nobody parses it again: the same
     # parameters, received and rport set as in the text above.
     stamped = via.copy()

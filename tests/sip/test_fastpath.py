@@ -119,6 +119,11 @@ def test_response_names_parsed_when_read() -> None:
     with pytest.raises(ParseError):
         msg.contacts
     assert msg.to.tag == "2" and msg.from_.tag == "1"
+    # The Vias below the top one too.
+    msg = received(RESPONSE.replace(b"10.0.0.2:5070", b"10.0.0.2:99999"))
+    assert msg.top_via.branch == "z9hG4bKsp1"
+    with pytest.raises(ParseError):
+        msg.vias
     # What a proxy reads of a response is still checked at once.
     with pytest.raises(ParseError, match="CSeq"):
         parse_message(RESPONSE.replace(b"CSeq: 1 INVITE", b"CSeq: 99999999999 INVITE"))
