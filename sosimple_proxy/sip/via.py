@@ -163,7 +163,14 @@ class Via:
             self.params[name] = value
 
     def copy(self) -> "Via":
-        return Via(self.transport, self.host, self.port, self.params.copy(), self.protocol, self.version)
+        via = Via.__new__(Via)  # the fields are valid already: no __init__ checks
+        via.protocol = self.protocol
+        via.version = self.version
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        via.params = self.params.copy()
+        return via
 
     def __str__(self) -> str:
         h = self.host
@@ -388,6 +395,16 @@ def _split_at_semicolons(text: str) -> list[str]:
 
 
 def _stamped_via_text(raw: str, received: str | None, rport: int | None) -> str:
+    low = raw.lower()
+    if rport is not None and raw.endswith(";rport") and "received" not in low and low.count("rport") == 1:
+        # What user agents send (RFC 3581): rport last and valueless, no
+        # received yet -- the general case below gives the same text.
+        tail = f";received={received}" if received is not None else ""
+        return f"{raw[:-6]};rport={rport}{tail}"
+    return _stamped_via_text_general(raw, received, rport)
+
+
+def _stamped_via_text_general(raw: str, received: str | None, rport: int | None) -> str:
     parts = _split_at_semicolons(raw)
     out = [parts[0]]
     for p in parts[1:]:

@@ -245,3 +245,15 @@ class SendNowaitTests(unittest.TestCase):
             self.assertEqual(unreachable, [Peer("udp", "127.0.0.1", closed)])
 
         return defer.ensureDeferred(run())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["SIP/2.0/UDP 10.0.0.2:5070;branch=z9hG4bK-1;rport", "SIP/2.0/UDP h;rport", "SIP/2.0/UDP h;x=\"a;b\";rport",
+     "SIP/2.0/UDP h;Received=1.2.3.4;rport", "SIP/2.0/UDP h;rport=9;rport", "SIP/2.0/UDP h;RPORT=9;rport"],
+)
+def test_stamped_via_text_fast_path_agrees(raw: str) -> None:
+    from sosimple_proxy.sip.via import _stamped_via_text, _stamped_via_text_general
+
+    for received in (None, "192.0.2.7"):
+        assert _stamped_via_text(raw, received, 40000) == _stamped_via_text_general(raw, received, 40000)
