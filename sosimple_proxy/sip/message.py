@@ -431,7 +431,7 @@ class Message:
             self._sync()
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
-            if key[:5] != "ruri:" and key not in _DERIVED:
+            if key[:5] != "ruri:" and key not in _DERIVED and key not in _REGISTERED:
                 _DERIVED.add(key)  # dropped on any edit (see _sync)
             value = self._cache[key] = compute()
         return value
@@ -717,9 +717,23 @@ _HEADER_VIEW = {
 }
 # Keys of views computed from several headers (Message.cached): any edit drops them.
 _DERIVED: set[str] = set()
+# Keys of views computed from the headers named in register_view: an edit of those drops them.
+_REGISTERED: set[str] = set()
 _VIEWS_OF: dict[str, tuple[str, ...]] = {}
 for _view_key, _header in _HEADER_VIEW.items():
     _VIEWS_OF[_header] = _VIEWS_OF.get(_header, ()) + (_view_key,)
+
+
+def register_view(key: str, names: Iterable[str]) -> None:
+    """Declare that the view ``Message.cached(key, ...)`` is computed from
+    the headers ``names`` only: an edit of another header (a Route popped,
+    a Via added) keeps it, where an undeclared view is dropped by any edit."""
+    for name in names:
+        h = header_key(name)
+        if key not in _VIEWS_OF.get(h, ()):
+            _VIEWS_OF[h] = _VIEWS_OF.get(h, ()) + (key,)
+    _REGISTERED.add(key)
+    _DERIVED.discard(key)
 
 
 # At the end: the structured views import this module's types for hints only.
