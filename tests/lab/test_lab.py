@@ -30,7 +30,8 @@ def world():
     why = lab_unavailable()
     if why:
         pytest.skip(why)
-    lab = Lab(10, seed=15, overlay={"replicas": REPLICAS})
+    # kernel_bans = yes: a flooder, once banned, is dropped by nft (issue 15)
+    lab = Lab(10, seed=15, overlay={"replicas": REPLICAS}, extra={"limits": {"kernel_bans": "yes"}})
     lab.up(start=False)
     try:
         lab.small_disk(DISK_NODE)

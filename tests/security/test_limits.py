@@ -111,7 +111,11 @@ def test_never_more_than_burst_plus_rate_times_time(gaps):
 def test_report_is_the_limits_body():
     limits, _, _ = make()
     limits.ban(SRC, "testing")
-    assert limits.report() == {"banned": [{"address": SRC, "reason": "testing", "remaining": 300}]}
+    assert limits.report() == {
+        "banned": [{"address": SRC, "reason": "testing", "remaining": 300}],
+        "dropped": 0,
+        "refused_connections": 0,
+    }
 
 
 def test_unban():
@@ -203,7 +207,8 @@ def test_auth_failures_zero_is_off():
 
 
 def test_connection_caps():
-    limits, _, _ = make(max_connections=5, max_connections_per_source=3, allow=parse_limits({"allow": "10.0.0.0/8"}).allow)
+    limits, _, _ = make(max_connections=5, max_connections_per_source=3, connections_per_second=0,
+                        allow=parse_limits({"allow": "10.0.0.0/8"}).allow)
     assert [limits.connection_opened("192.0.2.1") for _ in range(4)] == [ALLOW] * 3 + [LIMITED]
     assert limits.connections_from("192.0.2.1") == 3
     assert [limits.connection_opened("192.0.2.2") for _ in range(3)] == [ALLOW, ALLOW, LIMITED]  # 5 in total

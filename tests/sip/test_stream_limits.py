@@ -40,7 +40,8 @@ def limited_layer(**config: Any) -> tuple[Any, Any, Any, Limits]:
 
 
 def test_connections_beyond_the_per_source_cap_are_closed_at_once(refusals: list) -> None:
-    layer, r, sink, limits = limited_layer(max_connections_per_source=2, max_connections=10)
+    # the caps alone (the connection rate has its own test)
+    layer, r, sink, limits = limited_layer(max_connections_per_source=2, max_connections=10, connections_per_second=0)
     a1, t1 = accept(r, "10.0.0.1", 5001)
     a2, t2 = accept(r, "10.0.0.1", 5002)
     assert not t1.disconnecting and not t2.disconnecting
@@ -260,7 +261,7 @@ def test_tls_connections_are_refused_before_their_handshake(tmp_path: Any) -> No
     from tests.sip.test_transport import FakeReactor, RecordingSink
 
     r = FakeReactor()
-    limits = Limits(r, LimitsConfig(max_connections_per_source=1))
+    limits = Limits(r, LimitsConfig(max_connections_per_source=1, connections_per_second=0))
     layer = TransportLayer(
         r, [ListenAddress("tls", "127.0.0.1", 5061)], RecordingSink(), tls_server=Certs(tmp_path).server(),
         limits=limits,
