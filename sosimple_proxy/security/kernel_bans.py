@@ -250,6 +250,8 @@ class KernelBans:
         self._counter_call: IDelayedCall | None = None
         self._reading = False
         self._idle: list[defer.Deferred] = []
+        # The table exists (the setup batch ran): stop, or a failure, deletes it.
+        self._made = False
 
     # -- the nft text (pure; unit tests read it)
 
@@ -319,17 +321,17 @@ class KernelBans:
         was = self.state
         self.state = "stopped"
         self._pending = []
-        if was not in ("on", "starting"):
+        if was not in ("on", "starting") and not self._made:
             return defer.succeed(None)
         d = self.idle()
-
-        def teardown(_: object) -> defer.Deferred:
-            done = self.runner.run([self.nft, "-f", "-"], self._text(self.teardown_commands()))
-            done.addCallback(self._torn_down)
-            return done
-
-        d.addCallback(teardown)
+        d.addCallback(lambda _: self._teardown())
         return d
+
+    def _teardown(self) -> defer.Deferred:
+        self._made = False
+        done = self.runner.run([self.nft, "-f", "-"], self._text(self.teardown_commands()))
+        done.addCallback(self._torn_down)
+        return done
 
     def _torn_down(self, result: RunResult) -> None:
         if result.code != 0:
@@ -407,7 +409,7 @@ class KernelBans:
             return
         if result.code == 0:
             if self.state == "starting":
-                self.state = "on"
+                self.state, self._made = "on", True
                 self.log.info("kernel bans: banned sources are dropped by nft table inet {table} (ports {ports})",
                               table=self.table, ports=", ".join(map(str, self.ports)))
                 self._counter_call = self.clock.callLater(self.counter_interval, self._tick)
@@ -418,10 +420,20 @@ class KernelBans:
                           "from now on", failure=self.failure)
             self.state = "failed"
             self._pending = []
+            if self._made:
+                # The kernel must not keep a ban the process may lift: the
+                # table goes (its elements with it), the process bans stay.
+                self._running = True
+                self._teardown().addBoth(self._teardown_done)
+                return
         if self._pending and self.state in ("on", "starting"):
             self._schedule()
         else:
             self._wake()
+
+    def _teardown_done(self, result: object) -> None:
+        self._running = False
+        self._wake()
 
     def _wake(self) -> None:
         if self._running or self._pending:

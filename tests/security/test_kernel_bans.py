@@ -207,7 +207,8 @@ def test_a_failing_nft_is_logged_once_and_the_process_bans_stay() -> None:
     limits.ban("192.0.2.8", "flood")
     limits.unban("192.0.2.7")
     clock.advance(0)
-    assert len(runner.batches()) == 2, "no more nft after a failure"
+    assert runner.batches()[2] == [f"add table inet {T}", f"delete table inet {T}"], "the kernel's copy goes"
+    assert len(runner.batches()) == 3, "no more nft after a failure"
     assert limits.is_banned("192.0.2.8"), "the in-process ban holds"
     assert limits.report()["kernel"]["state"] == "failed"
 
