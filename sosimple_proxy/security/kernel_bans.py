@@ -440,7 +440,8 @@ class KernelBans:
             return
         waiters, self._idle = self._idle, []
         for d in waiters:
-            d.callback(None)
+            if not d.called:  # a waiter that gave up (a timeout) was cancelled
+                d.callback(None)
 
     @staticmethod
     def _text(commands: Sequence[str]) -> bytes:

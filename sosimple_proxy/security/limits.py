@@ -57,6 +57,8 @@ AUTH_WINDOW = 60.0
 # sources cost memory; past the cap the least recently seen is forgotten,
 # which only gives that source a fresh bucket.
 MAX_SOURCES = 200_000
+# Longest wait for the kernel's copy of the bans to catch up (settled()).
+SETTLE_TIMEOUT = 5.0
 # Seconds between full sweeps (start_sweeping).
 SWEEP_INTERVAL = 60.0
 # Stale entries dropped per check: amortised O(1), and memory follows the
@@ -567,7 +569,12 @@ class Limits:
         """Fires once the kernel's copy of the bans (if any) has caught up:
         the admin API answers an unblock after it, so a source it lets back
         in is let in by the kernel too."""
-        return self.mirror.idle() if self.mirror is not None else succeed(None)
+        if self.mirror is None:
+            return succeed(None)
+        # Never more than a few seconds: a stuck nft must not hang the API.
+        d = self.mirror.idle().addTimeout(SETTLE_TIMEOUT, self._clock)
+        d.addErrback(lambda _: None)
+        return d
 
     def bans(self) -> list[dict[str, object]]:
         """``GET /limits``'s ``banned`` list: address, reason, remaining

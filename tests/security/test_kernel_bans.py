@@ -285,3 +285,15 @@ def test_table_name_follows_the_first_listen_address() -> None:
     assert table_name([("10.0.0.1", 5060), ("10.0.0.1", 5061)]) == "sosimple_10_0_0_1_5060"
     assert table_name([("0.0.0.0", 5070)]) == "sosimple_any_5070"
     assert table_name([("2001:db8::1", 5060)]) == "sosimple_2001_db8_1_5060"
+
+
+def test_unblock_waits_a_few_seconds_at_most_for_a_stuck_nft() -> None:
+    runner = FakeRunner(hold=True)
+    bans, limits, clock, runner, _ = mirror(runner)
+    bans.start()
+    clock.advance(0)
+    settled = limits.settled()
+    clock.advance(5)
+    assert settled.called and settled.result is None
+    runner.finish()  # nft ends at last: nothing breaks
+    assert bans.state == "on"
