@@ -60,7 +60,10 @@ def build_kernel_bans(
     mode = cfg.section("limits")["kernel_bans"]
     if limits is None or mode == "no":
         return None
+    addresses = [(a.host, a.port) for a in cfg.proxy["listen"] if a.port]
     why = unavailable()
+    if why is None and not addresses:
+        why = "no SIP listen address has a port of its own (port 0 is chosen at bind time)"
     if why is None and emergency:
         why = "[pstn] emergency is set, and a banned source's emergency calls must still reach the proxy"
     if why is not None:
@@ -68,7 +71,6 @@ def build_kernel_bans(
             raise ConfigError("limits", "kernel_bans", f"yes, but {why}")
         log.info("[limits] kernel_bans = auto: off, {why}; banned sources are dropped by the proxy itself", why=why)
         return None
-    addresses = [(a.host, a.port) for a in cfg.proxy["listen"]]
     bans = KernelBans(reactor, ProcessRunner(reactor), table_name(addresses), [port for _, port in addresses])
     limits.mirror = bans
     limits.on_ban.append(bans.banned)

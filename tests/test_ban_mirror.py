@@ -50,3 +50,9 @@ def test_yes_where_it_cannot_stops_startup_with_one_line() -> None:
 def test_no_never_mirrors() -> None:
     service, limits = build("no")
     assert service is None and limits.mirror is None
+
+
+def test_listen_ports_chosen_at_bind_time_leave_it_off() -> None:
+    cfg = parse_config("[proxy]\nlisten = udp:127.0.0.1:0\n[limits]\nkernel_bans = auto\n")
+    limits = Limits(Clock(), LimitsConfig())
+    assert build_kernel_bans(cfg, Clock(), limits, (), unavailable=lambda: None) is None

@@ -120,10 +120,13 @@ def tcp_connects(source: str) -> bool:
             return False
 
 
-def test_a_banned_source_is_dropped_by_the_kernel_and_let_back_in_by_unblock(netns, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_banned_source_is_dropped_by_the_kernel_and_let_back_in_by_unblock(netns, tmp_path: Path, workers: int) -> None:
+    """With ``[proxy] workers`` the parent keeps the one table: a worker's
+    ban reaches it, and so the kernel."""
     ns, pool = netns
     config = {
-        "proxy": {"listen": f"udp:127.0.0.1:{PORT}, tcp:127.0.0.1:{PORT}", "domains": "localhost"},
+        "proxy": {"listen": f"udp:127.0.0.1:{PORT}, tcp:127.0.0.1:{PORT}", "domains": "localhost", "workers": str(workers)},
         "admin": {"listen": f"tcp:{ADMIN}:interface=127.0.0.1"},
         "limits": {"requests_per_second": "10", "burst": "20", "ban_seconds": "120", "kernel_bans": "yes"},
     }
