@@ -11,6 +11,16 @@ object on an injected clock (``IReactorTime``; tests use ``task.Clock``):
   the caller knows what a *wrong* credential is (not a first request that
   carries none), so it reports them with :meth:`Limits.auth_failed`.
 - Connection counters (total and per source) and a transaction cap.
+- New TCP/TLS connections have a per-source rate of their own
+  (``connections_per_second``, a bucket twice ``max_connections_per_source``
+  deep), and ``auth_failures`` failed TLS handshakes in 60 s ban too: a
+  handshake costs far more than a request, so a handshake flood is banned
+  like a request flood, and a banned source's connections are closed
+  before their handshake.
+- The bans may be copied into the kernel (``kernel_bans``): the owner
+  sets :attr:`Limits.mirror` (:mod:`~sosimple_proxy.security.kernel_bans`)
+  and adds it to ``on_ban``/``on_lift``; :meth:`Limits.settled` waits
+  for it after an unblock.
 - Sources in ``allow`` are never limited or banned.  Loopback is not
   implicitly allowed: a lab that wants it lists ``127.0.0.0/8 ::1``.
 - Emergency calls (``[pstn] emergency``) are never limited: that exemption
@@ -434,7 +444,7 @@ class Limits:
         per_source = self._connections.get(source, 0)
         if not allowed and self._conn_rate > 0 and not self._take_connection(source) and not banned_ok:
             self.refused += 1
-            return BANNED
+            return BANNED if self.is_banned(source) else LIMITED  # ban_seconds = 0: a cap, no ban
         if not allowed:
             cap = self.config.max_connections
             if cap and self.connections >= cap:
