@@ -386,6 +386,10 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
     dropped unread: by the kernel (``[limits] kernel_bans``, its nft
     counter) and by the process (its drop count)."""
     lab = world.lab
+    # What an earlier scenario left (a node still down after the soak's
+    # churn, a ring still repairing) is not the flood's doing: start whole.
+    _restart_dead(lab)
+    settled_before, _ = world.settled(sample=100)
     node = lab.nodes[target]
     results: dict[str, Any] = {}
 
@@ -398,6 +402,8 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
         stop = threading.Event()
         before = limits_now()
         banned_after: list[float] = []
+        register_failures_before = sum((p.register_failures for p in world.phones), Counter())
+        call_failures: Counter[str] = Counter()
 
         def users_meanwhile() -> None:
             while not stop.is_set():
@@ -412,6 +418,8 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
                 pairs = [p for p in (world._pair(rng, [target]) for _ in range(4)) if p is not None]
                 for outcome in world.pool.map(lambda p: world.phone(p[0]).call(*p), pairs):
                     stats["call_ok" if outcome == "ok" else "call_failed"] += 1
+                    if outcome != "ok":
+                        call_failures[outcome] += 1
 
         def watch_ban(started: float) -> None:
             while not stop.is_set() and not banned_after:
@@ -438,16 +446,20 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
         total = sum(stats.values())
         failed = stats["register_failed"] + stats["message_failed"] + stats["call_failed"]
         kernel = after.get("kernel") or {}
+        register_failures = sum((p.register_failures for p in world.phones), Counter()) - register_failures_before
         results[kind] = {
             "flood_sent": sent, "flood_unit": "datagrams" if kind == "udp request" else "connections", **stats,
             "user_failure_rate": round(failed / total, 4) if total else None,
+            "register_failure_reasons": dict(register_failures.most_common(3)),
+            "message_failure_reasons": [r for r in world.failure_reasons(3)] if stats["message_failed"] else [],
+            "call_failure_reasons": dict(call_failures.most_common(3)),
             "flooder_banned": bool(banned), "ban_reason": banned[0].get("reason") if banned else None,
             "ban_seen_after_seconds": banned_after[0] if banned_after else None,
             "kernel_bans": kernel.get("state"),
             "dropped_by_kernel": kernel.get("dropped_packets", 0) - (before.get("kernel") or {}).get("dropped_packets", 0),
             "dropped_by_process": after.get("dropped", 0) - before.get("dropped", 0),
             "refused_by_process": after.get("refused_connections", 0) - before.get("refused_connections", 0),
-            "target_running": node.running,
+            "target_running": node.running, "settled_before": settled_before,
         }
     node.admin_delete(f"/limits/banned/{lab.FLOOD_ADDRESS}")
     return _print("floods", results)
