@@ -81,6 +81,7 @@ def test_the_fast_paths_take_the_common_shapes() -> None:
     path that always said "not my shape" would pass every other test)."""
     c = accel.compiled
     assert c is not None
+    assert not accel.unregistered
     from sosimple_proxy.sip.parser import _KEYS
     from sosimple_proxy.sip.message import COMPACT
 
