@@ -15,6 +15,7 @@ import ipaddress
 import re
 from typing import Iterable, Optional
 
+from sosimple_proxy.sip import accel
 from sosimple_proxy.sip.errors import ParseError, show
 
 __all__ = [
@@ -191,6 +192,8 @@ class Params(dict):  # type: ignore[type-arg]
         return out
 
 
+
+accel.register_class("Params", Params)
 
 
 def new_params() -> Params:

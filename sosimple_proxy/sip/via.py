@@ -31,7 +31,7 @@ from sosimple_proxy.sip.grammar import (
     split_commas,
     unfold,
 )
-from sosimple_proxy.sip import worker_tag
+from sosimple_proxy.sip import accel, worker_tag
 from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.timers import is_reliable
 
@@ -191,6 +191,20 @@ class Via:
     __hash__ = None  # type: ignore[assignment]
 
 
+accel.register_class("Via", Via)
+
+# The compiled fast path (accel.py): the same Via for the shapes below, or None.
+_C_VIA = _C_VIAS = None
+
+
+def _bind(c: object) -> None:
+    global _C_VIA, _C_VIAS
+    _C_VIA = getattr(c, "via", None)
+    _C_VIAS = getattr(c, "vias", None)
+
+
+accel.register(_bind)
+
 # The common shape, no optional white space: SIP/2.0/UDP host:port;a=b;c
 _VIA_FAST = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
@@ -207,6 +221,10 @@ _VIA_HOT = re.compile(
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 25.1)."""
+    if _C_VIA is not None:
+        via = _C_VIA(text)
+        if via is not None:
+            return via  # type: ignore[no-any-return]
     m = _VIA_HOT(text)
     if m is not None:
         transport, host, port, branch, rport = m.groups()
@@ -336,6 +354,10 @@ def parse_vias(values: Iterable[str] | str | None) -> list[Via]:
         return []
     if isinstance(values, str):
         values = [values]
+    if _C_VIAS is not None:
+        vias = _C_VIAS(values)
+        if vias is not None:
+            return vias  # type: ignore[no-any-return]
     if len(values) == 1 and "," not in values[0] and "\n" not in values[0]:  # type: ignore[arg-type]
         return [parse_via(values[0])]  # type: ignore[index]
     out: list[Via] = []
