@@ -54,15 +54,17 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
     def hello(self, index: int) -> defer.Deferred:
         self.index = index
         self.hub.lines[index] = self
-        pushes = [
-            self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings))
-            for aor in self.hub.table
-            if (bindings := self.hub.table.lookup(aor))
-        ]
-        log.info("worker {index} connected: {n} AoRs' bindings sent", index=index, n=len(pushes))
+        pushed = 0
+        for aor in self.hub.table:
+            if bindings := self.hub.table.lookup(aor):
+                # unanswered, and in order on the stream: they arrive before
+                # this command's answer
+                self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings))
+                pushed += 1
+        log.info("worker {index} connected: {n} AoRs' bindings sent", index=index, n=pushed)
         bans = self.hub.limits.bans_for(self) if self.hub.limits is not None else []
-        d = defer.gatherResults(pushes + bans, consumeErrors=True)
-        return d.addCallback(lambda _: {"bindings": len(pushes)})
+        d = defer.gatherResults(bans, consumeErrors=True)
+        return d.addCallback(lambda _: {"bindings": pushed})
 
     @PushBindings.responder
     def push(self, aor: str, bindings: str) -> dict:
@@ -104,7 +106,7 @@ class Hub(Factory):
         self.shared.apply(aor, bindings)
         for line in list(self.lines.values()):
             if line is not origin:
-                line.callRemote(PushBindings, aor=aor, bindings=text).addErrback(_ignore_lost)
+                line.callRemote(PushBindings, aor=aor, bindings=text)  # unanswered: nothing to wait for
 
     def ring_get(self, ring: str, aor: str, kind: str) -> defer.Deferred:
         overlay = self.rings.get(ring)
@@ -124,7 +126,7 @@ class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
         self.shared = SharedBindings(shared_table, self._send)
 
     def _send(self, aor: str, bindings: list[Binding]) -> None:
-        self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings)).addErrback(_ignore_lost)
+        self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings))  # unanswered
 
     @PushBindings.responder
     def push(self, aor: str, bindings: str) -> dict:
