@@ -471,13 +471,15 @@ def profile(workload: str, rate: int = 400, seconds: float = 8.0, workers: int =
         run_.close()
 
 
-def hub_cost(changes: int = 3000, rounds: int = 3) -> tuple[float, float]:
+def hub_cost(changes: int = 3000, rounds: int = 3, rate: float | None = None) -> tuple[float, float]:
     """Python CPU (us) of one binding change in a lone table, and what sharing
     it between 2 workers adds (worker -> parent -> the other worker), in
     process: the hub and two workers' lines joined by ``twisted.test.iosim``
     (no kernel: the Unix socket's writes, reads and wake-ups are not in it),
     the lines flushed after each change as one REGISTER at a time would be.
-    Best of ``rounds``."""
+    ``rate``: changes a second at the worker, whose link then batches them on
+    a clock (``hub.BATCH_INTERVAL``); None: a link without a clock, each
+    change sent at once.  Best of ``rounds``."""
     from twisted.internet.task import Clock
     from twisted.test.iosim import connectedServerAndClient
 
@@ -491,7 +493,8 @@ def hub_cost(changes: int = 3000, rounds: int = 3) -> tuple[float, float]:
     for index in range(2):
         table = BindingTable(clock)
         client, _server, pump = connectedServerAndClient(lambda: hub.buildProtocol(None),
-                                                         lambda t=table: WorkerLink(t, lambda: None))
+                                                         lambda t=table: WorkerLink(t, lambda: None,
+                                                                                    clock if rate else None))
         client.callRemote(Hello, index=index)
         pump.flush()
         tables.append(table)
@@ -512,6 +515,8 @@ def hub_cost(changes: int = 3000, rounds: int = 3) -> tuple[float, float]:
         t0 = time.process_time()
         for i in range(changes):
             change(tables[0], i)
+            if rate:
+                clock.advance(1 / rate)
             pumps[0].flush()
             pumps[1].flush()
         shared.append((time.process_time() - t0) / changes)
@@ -527,8 +532,11 @@ def run() -> str:
 def main(argv: list[str]) -> None:
     opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     if "--hub" in argv:
-        base, extra = hub_cost()
-        print(f"binding change: {base:.1f} us in a lone table; shared by 2 workers: +{extra:.1f} us (Python, in process)")
+        for rate in (None, 100.0, 500.0, 2000.0):
+            base, extra = hub_cost(rate=rate)
+            how = f"batched, {rate:g} changes/s at the worker" if rate else "each at once"
+            print(f"binding change: {base:.1f} us in a lone table; shared by 2 workers ({how}): +{extra:.1f} us "
+                  "(Python, in process)", flush=True)
         return
     if "--profile" in argv:
         for w in [a for a in argv if a in WORKLOADS] or ["REGISTER", "MESSAGE"]:

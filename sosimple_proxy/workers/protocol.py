@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import operator
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import attrs
 from twisted.protocols import amp
 
 from sosimple_proxy.location.bindings import Binding
 
-__all__ = ["Hello", "PushBindings", "RingGet", "bindings_to_json", "bindings_from_json", "RemoteRecord"]
+__all__ = ["Hello", "PushBindings", "PushBatch", "RingGet", "bindings_to_json", "bindings_from_json", "batches",
+           "batch_from_json", "RemoteRecord"]
 
 
 class Hello(amp.Command):
@@ -60,12 +61,52 @@ def bindings_to_json(bindings: list[Binding]) -> str:
     return json.dumps([_values(b) for b in bindings], separators=(",", ":"))
 
 
+def _binding(row: list[Any]) -> Binding:
+    row[_PATH] = tuple(row[_PATH] or ())
+    return Binding(*row)
+
+
 def bindings_from_json(text: str) -> list[Binding]:
-    out = []
-    for row in json.loads(text):
-        row[_PATH] = tuple(row[_PATH] or ())
-        out.append(Binding(*row))
-    return out
+    return [_binding(row) for row in json.loads(text)]
+
+
+class PushBatch(amp.Command):
+    """Either way: the new binding sets of several AoRs (:func:`batches`).
+    A worker sends its changes at most every ``hub.BATCH_INTERVAL`` seconds,
+    the parent passes the same text on: one AMP message per batch instead
+    of per REGISTER, whose machinery was most of what sharing a binding
+    cost.  Unanswered, as :class:`PushBindings`."""
+
+    arguments = [(b"changes", amp.Unicode())]
+    requiresAnswer = False
+
+
+# A batch's text stays under AMP's 64 KiB value (json.dumps writes ASCII:
+# one character is one byte).
+MAX_BATCH_BYTES = 60_000
+
+
+def batches(changes: Iterable[tuple[str, list[Binding]]]) -> Iterator[str]:
+    """``[[aor, [binding fields...]], ...]`` texts of at most
+    :data:`MAX_BATCH_BYTES` (an AoR alone may be longer: at most
+    ``[registrar] max_contacts`` bindings, as one PushBindings was)."""
+    rows = [[aor, [_values(b) for b in bindings]] for aor, bindings in changes]
+    if rows:
+        yield from _split(rows)
+
+
+def _split(rows: list[list[Any]]) -> Iterator[str]:
+    text = json.dumps(rows, separators=(",", ":"))  # one call for the batch: most are small
+    if len(text) <= MAX_BATCH_BYTES or len(rows) == 1:
+        yield text
+        return
+    half = len(rows) // 2
+    yield from _split(rows[:half])
+    yield from _split(rows[half:])
+
+
+def batch_from_json(text: str) -> list[tuple[str, list[Binding]]]:
+    return [(aor, [_binding(row) for row in rows]) for aor, rows in json.loads(text)]
 
 
 @attrs.frozen
