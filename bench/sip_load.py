@@ -868,7 +868,9 @@ class Bench:
         if workload in UAS and server.has_uas and uas_port is not None:
             uas = subprocess.Popen(
                 [*self.sipp_prefix, sipp, "-sf", str(self.dir / f"uas-{workload}.xml"), *common, "-p", str(uas_port),
-                 "-m", str(calls), "-recv_timeout", str(RECV_TIMEOUT_MS * 2), "-default_behaviors", "all,-bye",
+                 # -m: room for the previous step's retransmissions, which a UAS that
+                 # stopped at `calls` would leave to ICMP errors (503s) after an overload
+                 "-m", str(calls * 3), "-recv_timeout", str(RECV_TIMEOUT_MS * 2), "-default_behaviors", "all,-bye",
                  "-trace_err", "-error_file", str(run / "uas-errors.log")],
                 cwd=run, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / "uas.err", "wb"),
             )
