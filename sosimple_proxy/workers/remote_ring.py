@@ -63,6 +63,8 @@ def remote_commit(link: Callable[[], Any]) -> Callable[[str], defer.Deferred]:
         line = link()
         if line is None:
             return defer.succeed(False)
-        return line.callRemote(Commit, aor=aor).addCallback(lambda answer: answer["ok"])
+        ask = getattr(line, "commit", None)  # a WorkerLink: after its batch of deltas
+        d = ask(aor) if ask is not None else line.callRemote(Commit, aor=aor)
+        return d.addCallback(lambda answer: answer["ok"])
 
     return commit
