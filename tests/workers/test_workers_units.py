@@ -454,3 +454,38 @@ def test_a_worker_is_built_with_its_shares_presence_and_the_rings_commit(tmp_pat
     assert agent.settings.max_subscriptions == 4
     assert stack.tu.registrar.commit is not None and stack.tu.registrar.commit_timeout == 4.0
     assert any(isinstance(c, MetricsReporter) for c in top)
+
+
+def test_with_batches_a_commit_goes_after_the_batch_that_carries_its_delta():
+    """Batched deltas (a WorkerLink with a clock): the Commit of a REGISTER
+    waits for the batch, so the parent has the AoR's delta (and its ring
+    write under way) before it answers."""
+    from twisted.internet import defer
+
+    from sosimple_proxy.workers.remote_ring import remote_commit
+
+    clock = Clock()
+    hub = Hub(BindingTable(Clock()), {})
+    table = BindingTable(Clock())
+    client, server, pump = connectedServerAndClient(lambda: hub.buildProtocol(None),
+                                                    lambda: WorkerLink(table, lambda: None, clock))
+    client.callRemote(Hello, index=0)
+    pump.flush()
+    seen = []
+
+    def commit(aor):
+        seen.append(bool(hub.table.lookup(aor)))
+        return defer.succeed(True)
+
+    hub.commit = commit
+    clock.advance(1)
+    table.replace("a@x", [binding("a@x", "sip:a@h:1")])  # the first change goes at the end of the turn
+    table.replace("a@x", [binding("a@x", "sip:a@h:1"), binding("a@x", "sip:a@h:2")])
+    answers = []
+    remote_commit(lambda: client)("a@x").addCallback(answers.append)
+    pump.flush()
+    assert answers == [] and seen == []  # nothing sent before the batch
+    clock.advance(0.02)
+    pump.flush()
+    assert seen == [True] and answers == [True]
+    assert sorted(b.contact for b in hub.table.lookup("a@x")) == ["sip:a@h:1", "sip:a@h:2"]
