@@ -204,7 +204,9 @@ class Phones:
             cseq=1, extra=["Content-Type: text/plain"], body=f"hello {callee}",
         )
         answer = self._transaction(data, self.proxy_addr(via), branch, timeout, False)
-        if answer is not None and not answer.startswith("SIP/2.0 200"):
+        if answer is None:
+            self.failures["(no final answer)"] += 1
+        elif not answer.startswith("SIP/2.0 200"):
             self.failures[answer.split("\r\n", 1)[0][8:80]] += 1
         return int(answer[8:11]) if answer else None
 

@@ -291,6 +291,7 @@ def rolling_restart(world: World, rng: random.Random, count: int | None = None) 
         "settled_before": settled_before, "settle_before_seconds": round(settle_before, 1),
         "rings_after": [len(r) for r in lab.rings()],
         "settled_after": settled, "settle_seconds": round(settle, 1), "lost": len(lost),
+        "failure_reasons": world.failure_reasons(),
     })
 
 
@@ -483,7 +484,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         "call_success": round(stats["call_ok"] / called, 4) if called else None,
         "registrations_lost": len(lost), "registrations_checked": check_sample or len(world.registered), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
         "settled_at_end": settled, "rings_at_end": [len(r) for r in lab.rings()], "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
-        "wall_seconds": round(time.monotonic() - t0, 1),
+        "wall_seconds": round(time.monotonic() - t0, 1), "failure_reasons": world.failure_reasons(),
         "memory_mb_first_last_max": {i: [v[0], v[-1], max(x for x in v if x is not None)] for i, v in per_node.items()
                                      if v and v[0] is not None and v[-1] is not None},
         "memory_samples": memory,
