@@ -70,6 +70,10 @@ class Phones:
         self.failures: Counter[str] = Counter()  # status lines of failed MESSAGEs
         self.cseq: dict[str, int] = {}
         self.home: dict[str, int] = {}
+        # a phone's Call-ID for its REGISTERs lasts one boot (RFC 3261 10.2):
+        # a new population of the same users is a reboot, or the registrar
+        # would refuse its first CSeq as older than the last one it saw
+        self.boot = secrets.token_hex(3)
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"phones-{address}")
         self.thread.start()
@@ -184,7 +188,7 @@ class Phones:
                 continue
             self.cseq[user] = self.cseq.get(user, 0) + 1
             data, branch = self._request(
-                "REGISTER", f"sip:{DOMAIN}", from_user=user, to=user, call_id=f"reg-{user}@{self.address}",
+                "REGISTER", f"sip:{DOMAIN}", from_user=user, to=user, call_id=f"reg-{user}-{self.boot}@{self.address}",
                 cseq=self.cseq[user], extra=[f"Contact: <sip:{user}@{self.address}:{self.port}>", f"Expires: {expires}"],
                 from_tag=f"r{user}",
             )
