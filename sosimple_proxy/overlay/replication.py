@@ -232,7 +232,7 @@ class Replicator:
         vouched = False
         holders = result.successors[: self.config.replicas + 1]
         answers: list[tuple[Peer, tuple[Record, ...]]] = []
-        miss_reads = quorum.reads_for_a_miss(self.config.write_quorum, self.config.replicas)
+        reads = quorum.reads(self.config.write_quorum, self.config.replicas)
         for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
@@ -246,9 +246,8 @@ class Replicator:
             answers.append((p, answer.records))
             collected.extend(answer.records)
             vouched = vouched or answer.authoritative
-            # A hit from a vouching holder ends the read; a miss needs
-            # enough holders to meet every write a quorum took (quorum.py).
-            if vouched and (answered >= miss_reads or merge_all(collected, self.clock.seconds())):
+            # enough holders to meet every write a quorum took (quorum.py)
+            if vouched and answered >= reads:
                 break
         if self.repair is not None and answers and self.jobs.running:
             # in the background: the reader does not wait (overlay/repair.py)
