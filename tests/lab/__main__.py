@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 figures = scenarios.soak(world, args.soak_seconds, rng, args.churn_mean)
                 figures["memory_not_levelled"] = scenarios.memory_levelled(figures["memory_samples"])
+                print(f"[lab] soak: nodes whose memory did not level off: {figures['memory_not_levelled']}", flush=True)
                 results["soak"] = figures
             finally:
                 world.close()
