@@ -68,6 +68,7 @@ class Phones:
         self.lock = threading.Lock()
         self.received: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()  # status lines of failed MESSAGEs
+        self.register_failures: Counter[str] = Counter()  # of failed REGISTERs, or "unanswered"
         self.cseq: dict[str, int] = {}
         self.home: dict[str, int] = {}
         # a phone's Call-ID for its REGISTERs lasts one boot (RFC 3261 10.2):
@@ -197,7 +198,9 @@ class Phones:
                 self.home[user] = p
                 return p
             if answer is not None:
+                self.register_failures[answer.split("\r\n", 1)[0][8:80]] += 1
                 return None  # answered, but not 200: no failover for a refusal
+        self.register_failures["unanswered"] += 1
         return None
 
     def message(self, caller: str, callee: str, via: int, timeout: float = 8.0) -> int | None:
