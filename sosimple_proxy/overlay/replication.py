@@ -232,6 +232,7 @@ class Replicator:
         vouched = False
         holders = result.successors[: self.config.replicas + 1]
         answers: list[tuple[Peer, tuple[Record, ...]]] = []
+        reads = quorum.reads(self.config.write_quorum, self.config.replicas)
         for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
@@ -244,8 +245,9 @@ class Replicator:
             answered += 1
             answers.append((p, answer.records))
             collected.extend(answer.records)
-            if answer.authoritative:
-                vouched = True
+            vouched = vouched or answer.authoritative
+            # enough holders to meet every write a quorum took (quorum.py)
+            if vouched and answered >= reads:
                 break
         if self.repair is not None and answers and self.jobs.running:
             # in the background: the reader does not wait (overlay/repair.py)
