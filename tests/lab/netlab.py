@@ -395,6 +395,9 @@ class Lab:
                 "advertise": f"{addr}:{RING_PORT}",
                 "bootstrap": boot,
                 "stabilize_interval": "1",
+                # links of up to 100 ms round trip and 2 % loss (a lost SYN
+                # costs a second): half an interval per call is too short
+                "rpc_timeout": "2",
                 "state_dir": "overlay",
                 # ten proxies of one organisation: each writes example.com
                 "domain_writers": "any",
