@@ -678,10 +678,10 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     table = BindingTable(reactor)
     listening = list(cfg.proxy["listen"])
     addressing = Addressing(cfg.proxy["domains"], listening, StackLink())
+    path_stamp = PathStamp(secret, reactor)  # the workers check it with the same secret
     for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
         ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
         if any(d in ring_addressing.domains for d in addressing.domains):
-            path_stamp = PathStamp(secret, reactor)  # the workers check it with the same secret
             RingPublisher(overlay, table, lambda b: routing.self_route(listening, b, path_stamp.value), reactor,
                           accepts=_holds(ring_addressing))
     if admin is not None:  # GET /registrations: every worker's users

@@ -384,6 +384,11 @@ class Replicator:
                 self.repairs += len(give)
                 try:
                     yield self.calls.call(peer.address, "store", tuple(give))
+                except StoreRefused:
+                    # its disk is full: it answered, so it is alive and stays
+                    # in our lists (evicting it made the ring flap around it);
+                    # what we pulled from it still counts
+                    return result
                 except Exception:
                     self.table.failed(peer.address)
                     return None

@@ -457,8 +457,13 @@ class Lab:
         for i in range(self.n):
             sh("nft", "flush chain inet lab cut", ns=self.node_ns(i))
 
-    def small_disk(self, i: int, size: str = "4m") -> Path:
-        """Node ``i``'s state directory on a tmpfs of ``size`` (mounted before it starts)."""
+    def small_disk(self, i: int, size: str = "16m") -> Path:
+        """Node ``i``'s state directory on a tmpfs of ``size`` (mounted before it starts).
+
+        Room for SQLite's write-ahead log, which grows to about 4 MB before
+        its automatic checkpoint: on a 4 MB disk the log alone filled it
+        again after the disk-full scenario freed its filler, and the node
+        stayed full for the scenarios after it."""
         state = self.dir / f"n{i}" / "overlay"
         state.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(state)], check=True)
