@@ -175,7 +175,7 @@ class Params(dict):  # type: ignore[type-arg]
         return dict.__getitem__(self, name.lower())
 
     def copy(self) -> "Params":
-        p = Params()
+        p = _dict_new(Params)  # no Python-level __init__ (hot path: a stamped Via's view)
         dict.update(p, self)
         p._names = dict(self._names)
         return p

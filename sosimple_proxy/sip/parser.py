@@ -364,12 +364,26 @@ def _validate(msg: Message, is_request: bool) -> None:
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
-    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _parse_vias(vias)
+    if "," in v or "\n" in v:
+        cache["vias"] = _parse_vias(vias)
+    elif len(vias) == 1:
+        cache["vias"] = [_parse_via(v)]
+    elif is_request:
+        cache["vias"] = _parse_vias(vias)
+    else:
+        # A response: the proxy matches and pops the top Via (RFC 3261
+        # 16.7 step 3); the others go upstream as they came.
+        cache["top_via"] = _parse_via(v)
+    cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
+    if not is_request:
+        # A response: what a proxy reads of it (RFC 3261 16.7) is its Via,
+        # to match and to pop, and its CSeq; From, To, Contact and
+        # Record-Route go upstream untouched and are parsed when asked.
+        return
     v = single["from"]
     cache["from"] = _fast_name_addr(v, "From", False) or _h.parse_from(v)
     v = single["to"]
     cache["to"] = _fast_name_addr(v, "To", False) or _h.parse_to(v)
-    cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
     if is_request:
         # RFC 3261 8.1.1.5: "The method MUST match that of the request."
         if cseq.method != msg.method:  # type: ignore[union-attr]
@@ -379,8 +393,8 @@ def _validate(msg: Message, is_request: bool) -> None:
         else:
             cache["max-forwards"] = None
         cache["route"] = _name_addrs(lists, "route", "Route", True, _h.parse_routes)
-    cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
-    cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
+        cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
+        cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
 
 
 def _name_addrs(lists: dict[str, list[str]], key: str, what: str, brackets: bool, general: Any) -> list[Any]:
@@ -419,8 +433,11 @@ def validate_request(req: Request) -> None:
 
 def validate_response(resp: Response) -> None:
     """What a proxy checks before processing a response: Via, From, To,
-    Call-ID, CSeq present and well formed, Contact and Record-Route (a
-    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19)."""
+    Call-ID, CSeq present, the top Via, Call-ID and CSeq well formed (a
+    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19).  From, To,
+    Contact, Record-Route and the Vias below the top one are what a proxy
+    forwards untouched (RFC 3261 16.7): they are parsed when read, and
+    their accessors raise ParseError then."""
     if resp._validated == resp.headers._version and resp._validated >= 0:
         return
     try:

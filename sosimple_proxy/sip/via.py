@@ -163,7 +163,14 @@ class Via:
             self.params[name] = value
 
     def copy(self) -> "Via":
-        return Via(self.transport, self.host, self.port, self.params.copy(), self.protocol, self.version)
+        via = Via.__new__(Via)  # the fields are valid already: no __init__ checks
+        via.protocol = self.protocol
+        via.version = self.version
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        via.params = self.params.copy()
+        return via
 
     def __str__(self) -> str:
         h = self.host
@@ -388,6 +395,16 @@ def _split_at_semicolons(text: str) -> list[str]:
 
 
 def _stamped_via_text(raw: str, received: str | None, rport: int | None) -> str:
+    low = raw.lower()
+    if rport is not None and raw.endswith(";rport") and "received" not in low and low.count("rport") == 1:
+        # What user agents send (RFC 3581): rport last and valueless, no
+        # received yet -- the general case below gives the same text.
+        tail = f";received={received}" if received is not None else ""
+        return f"{raw[:-6]};rport={rport}{tail}"
+    return _stamped_via_text_general(raw, received, rport)
+
+
+def _stamped_via_text_general(raw: str, received: str | None, rport: int | None) -> str:
     parts = _split_at_semicolons(raw)
     out = [parts[0]]
     for p in parts[1:]:
@@ -433,10 +450,27 @@ def stamp_via(request: Request, source: Peer) -> bool:
     if received is None and rport is None:
         return False
     headers = request.headers
-    name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
-    raw = headers.pop_first_value("via")
-    assert raw is not None
-    headers.prepend(name, _stamped_via_text(raw, received, rport))
+    vias = request.peek_view("vias")
+    raw = headers.get("via")
+    if raw is not None and "," not in raw:
+        # The usual case: the top Via alone on its line, replaced in place.
+        headers.replace_first("via", _stamped_via_text(raw.strip(), received, rport))
+    else:
+        name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
+        raw = headers.pop_first_value("via")
+        assert raw is not None
+        headers.prepend(name, _stamped_via_text(raw, received, rport))
+    # The stamped Via as a view, so that nobody parses it again: the same
+    # parameters, received and rport set as in the text above.
+    stamped = via.copy()
+    if received is not None:
+        stamped.params.pop("received", None)
+        stamped.params["received"] = received
+    if rport is not None:
+        stamped.params["rport"] = str(rport)
+    request.put_view("top_via", stamped)
+    if vias:
+        request.put_view("vias", [stamped, *vias[1:]])
     return True
 
 
