@@ -262,6 +262,9 @@ OVERLAY: Schema = {
     "write_quorum": (_int(1, 17), "2"),
     "write_timeout": (_float(), "4"),
     "read_repair": (_bool, "yes"),
+    # seconds one ring call may take; 0: half of stabilize_interval, at most 2
+    # (a lookup gets four calls' worth)
+    "rpc_timeout": (_float(0.0, strict=False), "0"),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.

@@ -20,7 +20,7 @@ from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.grammar import new_params
-from sosimple_proxy.sip.uri import URI, format_host
+from sosimple_proxy.sip.uri import URI, format_host, parse_uri
 from sosimple_proxy.sip.via import Via
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
@@ -392,17 +392,28 @@ def flow_user(flow: Peer | None) -> str | None:
     return flow_token(f"{flow.transport}:{flow.hostport()}")
 
 
-def self_route(listening: Sequence[ListenAddress], binding: Any = None) -> str | None:
+def self_route(
+    listening: Sequence[ListenAddress], binding: Any = None, stamp: Callable[[Any, float], str] | None = None
+) -> str | None:
     """How other proxies of the ring reach this one: a Route value (UDP
     first); for a binding registered over a connection, one that names the
-    flow, so the request leaves by the UA's own connection."""
+    flow, so the request leaves by the UA's own connection.  ``stamp(contact,
+    expires_at)`` (:class:`sosimple_proxy.proxy.path_stamp.PathStamp.value`)
+    adds ``;pst=``, by which we know the entry again after a restart."""
     if not listening:
         return None
     first = next((a for a in listening if a.transport == "udp"), listening[0])
     received = getattr(binding, "received", None)
     flow = parse_flow(received)
     user = flow_token(received) if flow is not None and flow.reliable else None  # type: ignore[arg-type]
-    return record_route_value(first, user=user)
+    value = record_route_value(first, user=user)
+    if stamp is not None and binding is not None:
+        try:
+            contact = parse_uri(binding.contact)
+        except Exception:
+            return value
+        value = f"{value[:-1]};pst={stamp(contact, binding.expires_at)}>"
+    return value
 
 
 def has_to_tag(request: Request) -> bool:
