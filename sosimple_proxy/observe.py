@@ -52,13 +52,15 @@ def observe_admin(admin: Any, sources: Sources | None, rings: Mapping[str, Any])
 
 
 def observe_sip(
-    cfg: Config, reactor: Any, stack: Any, proxy: Any, admin: Any, sources: Sources | None
+    cfg: Config, reactor: Any, stack: Any, proxy: Any, admin: Any, sources: Sources | None, tally: Any = None
 ) -> None:
     """Counts and logs on the SIP side: the transaction layer's observer
     (metrics tally, refusal lines), the JSON lines' request context, the
-    trace; and what ``/metrics``, ``/calls`` and ``/gateways`` read."""
+    trace; and what ``/metrics``, ``/calls`` and ``/gateways`` read.
+    ``tally``: the SipTally to count in (a worker's reports to its parent)."""
     logging = cfg.section("log")
-    tally = SipTally(reactor) if sources is not None or admin is not None else None
+    if tally is None and (sources is not None or admin is not None):
+        tally = SipTally(reactor)
     layer = stack.transactions
     layer.observer = Decisions(tally)
     trace = logging["sip_trace"]

@@ -440,10 +440,10 @@ def build_presence(
             log.info("[presence] needs an [overlay]: SUBSCRIBE/PUBLISH for presence are proxied")
         return None
     node = getattr(ring, "node", None)
-    if node is not None and not hasattr(node, "watch"):
-        # a worker's ring (workers/remote_ring.py) only reads: the agent
-        # needs watch(key) and writes, which only the ring's own node offers
-        log.warn("[presence]: not served with [proxy] workers (a worker cannot watch the ring); presence is proxied")
+    presence_ring = getattr(ring, "presence", None)  # a worker's: through the parent's node
+    if presence_ring is None and node is not None and not hasattr(node, "watch"):
+        # a ring that only reads (a worker's without its presence line)
+        log.warn("[presence]: this ring cannot be watched; presence is proxied")
         return None
     sender = RequestSender(stack, HopResolver(rfc3263) if rfc3263 is not None else None)
     settings = PresenceSettings(
@@ -455,7 +455,7 @@ def build_presence(
         policy=pres["policy"],
     )
     return PresenceAgent(
-        PresenceRing(ring, reactor),
+        presence_ring if presence_ring is not None else PresenceRing(ring, reactor),
         reactor,
         Sender(sender.send, sender.contact),
         settings,
@@ -588,7 +588,7 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     sources = metrics_sources(cfg, top.rings, top.limits)  # type: ignore[attr-defined]
     observe_admin(admin, sources, top.rings)  # type: ignore[attr-defined]
     if cfg.proxy["listen"] and cfg.proxy["workers"] > 1:
-        build_worker_parent(cfg, reactor, top, admin, store_svc)
+        build_worker_parent(cfg, reactor, top, admin, store_svc, sources)
     elif cfg.proxy["listen"]:
         limits = top.limits  # type: ignore[attr-defined]
         try:
@@ -664,7 +664,9 @@ def stack_reloads(reactor: Any, stack: Any, proxy: Proxy) -> Reloads:
 # --- [proxy] workers: the parent and each worker
 
 
-def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None) -> None:
+def build_worker_parent(
+    cfg: Config, reactor: Any, top: MultiService, admin: Any, store_svc: Any = None, sources: Any = None
+) -> None:
     """The parent of ``[proxy] workers`` processes: it keeps the ring nodes
     and the admin API (built already, under ``top``), a copy of every
     worker's bindings (which it publishes to the rings and shows on the
@@ -687,20 +689,40 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     listening = list(cfg.proxy["listen"])
     addressing = Addressing(cfg.proxy["domains"], listening, StackLink())
     path_stamp = PathStamp(secret, reactor)  # the workers check it with the same secret
+    publishers = []
     for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
         ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
         if any(d in ring_addressing.domains for d in addressing.domains):
-            RingPublisher(overlay, table, lambda b: routing.self_route(listening, b, path_stamp.value), reactor,
-                          accepts=_holds(ring_addressing))
+            publishers.append(RingPublisher(overlay, table, lambda b: routing.self_route(listening, b, path_stamp.value),
+                                            reactor, accepts=_holds(ring_addressing)))
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]
     hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
+    if top.overlay is not None and cfg.section("presence")["enabled"]:  # type: ignore[attr-defined]
+        # the workers' presence agents write and watch the ring through this node
+        from sosimple_proxy.presence.ring import PresenceRing
+
+        hub.presence = PresenceRing(top.overlay, reactor)  # type: ignore[attr-defined]
+    if publishers:  # a worker's 200 to a REGISTER waits for the rings' write quorum (issue 15)
+        hub.commit = ring_commit(publishers)
     if top.limits is not None:  # type: ignore[attr-defined]
         # every worker's bans and counts meet in the admin API's limiter
         from sosimple_proxy.workers.shared_limits import SharedLimitsHub
 
         hub.limits = SharedLimitsHub(reactor, top.limits, hub.lines)  # type: ignore[attr-defined]
         LimitsService(top.limits).setServiceParent(top)  # type: ignore[attr-defined]
+    if sources is not None or admin is not None:
+        # /metrics' SIP families and /calls: the workers' counts, summed here
+        from sosimple_proxy.workers.shared_metrics import MergedTally, WorkersStack
+
+        merged = hub.metrics = MergedTally(reactor)
+        stack = WorkersStack(merged)
+        if sources is not None:
+            sources.sip, sources.stack, sources.dns = merged, stack, merged.dns
+            sources.ring_locators, sources.auth_failures = merged.ring_locators, merged.auth_failures
+            sources.bindings = table
+        if admin is not None:
+            admin.views.sip, admin.views.stack = merged, stack
     HubListener(reactor, hub, directory, table).setServiceParent(top)
     pool = WorkerPool(reactor, cfg.proxy["workers"], worker_argv(cfg.path, cfg.proxy["workers"], directory))
     pool.setServiceParent(top)
@@ -722,7 +744,7 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     from sosimple_proxy.sip import worker_tag
     from sosimple_proxy.sip.handoff import Handoff
     from sosimple_proxy.workers.parent import read_secret
-    from sosimple_proxy.workers.remote_ring import RemoteRing
+    from sosimple_proxy.workers.remote_ring import RemoteRing, remote_commit
     from sosimple_proxy.workers.worker_service import WorkerService
 
     worker_tag.set_worker(index)
@@ -730,25 +752,51 @@ def build_worker(cfg: Config, reactor: Any, index: int, count: int, directory: s
     assert tls is not None
     top = WorkerService(reactor, index, directory)
     rings = {name: RemoteRing(name, top.get_link) for name in _ring_names(cfg)}
+    if "overlay" in rings and cfg.section("presence")["enabled"]:
+        # the presence agent runs here, on the parent's ring node (workers/shared_presence.py)
+        from sosimple_proxy.workers.shared_presence import RemotePresenceRing
+
+        rings["overlay"].presence = top.presence = RemotePresenceRing(top.get_link)  # type: ignore[attr-defined]
+        top.presence.setServiceParent(top)
     # bans, rates and nonce-counts shared with the other workers through the parent
-    from sosimple_proxy.workers.shared_limits import WorkerLimits
+    from sosimple_proxy.workers.shared_limits import WorkerLimits, worker_share
     from sosimple_proxy.workers.shared_nonces import WorkerNonceCounts
 
-    limits = top.limits = WorkerLimits(reactor, LimitsConfig(**cfg.section("limits")), top.get_link)
-    proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory), on_auth_failure=limits.auth_failed,
-                        publish=False)
+    # the caps on connections and transactions are the proxy's: each worker enforces its share
+    limits = top.limits = WorkerLimits(reactor, worker_share(LimitsConfig(**cfg.section("limits")), count), top.get_link)
+    # the SIP counts go to the parent, which serves /metrics and /calls
+    from sosimple_proxy.metrics import Sources
+    from sosimple_proxy.workers.shared_metrics import MetricsReporter, ReportingTally
+
+    reporting = cfg.section("metrics")["enabled"] or bool(cfg.section("admin")["listen"])
+    sources = Sources() if reporting else None
+    proxy = build_proxy(cfg, reactor, rings, secret=read_secret(directory),
+                        on_auth_failure=auth_failure_counter(limits, sources), publish=False)
+    if rings:  # the parent writes the rings; the 200 waits for its word (issue 15)
+        proxy.registrar.commit = remote_commit(top.get_link)
+        proxy.registrar.commit_timeout = max(float(cfg.section(s)["write_timeout"]) for s in _ring_names(cfg))
+    if proxy.presence is not None:  # [presence] max_subscriptions is the proxy's: each worker takes its share
+        import math
+
+        settings = proxy.presence.settings
+        proxy.presence.settings = attrs.evolve(settings, max_subscriptions=math.ceil(settings.max_subscriptions / count))
     if proxy.digest is not None:
         nonces = top.nonces = WorkerNonceCounts(reactor, cfg.section("auth")["nonce_ttl"], index, count, top.get_link)
         proxy.digest.share_nonce_state(nonces, nonces.random)
     top.table = proxy.registrar.table
     stack = build_stack(cfg, reactor, proxy, limits, tls, reuse_port=True)
-    observe_sip(cfg, reactor, stack, proxy, None, None)  # refusal lines, trace (metrics: the parent's only)
+    # refusal lines, trace; the counts are reported to the parent
+    observe_sip(cfg, reactor, stack, proxy, None, sources, ReportingTally(reactor) if reporting else None)
     transport = stack.transport
     stack.handoff = transport.workers = Handoff(
         reactor, index, count, directory, stack, send_stream=transport.send_own_stream, streams=transport.own_streams
     )
+    if proxy.core.ack_gate is not None:  # a 2xx's ACK (our stamp) is no transaction's: not passed round
+        stack.handoff.in_dialog = proxy.core.ack_gate.stamped
     stack.setServiceParent(top)
     stack_reloads(reactor, stack, proxy).setServiceParent(top)
+    if sources is not None:
+        MetricsReporter(reactor, sources, top.get_link).setServiceParent(top)
     return top
 
 

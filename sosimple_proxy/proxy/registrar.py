@@ -23,6 +23,10 @@ from sosimple_proxy.sip.uri import parse_uri
 
 log = Logger()
 
+#: seconds a REGISTER's retransmissions can come (64*T1 with the default T1,
+#: RFC 3261 17.1.2.2): one that finds its own bindings is answered 200
+RETRANSMISSION_WINDOW = 32.0
+
 
 class RegistrarError(Exception):
     def __init__(self, status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
@@ -205,6 +209,8 @@ class Registrar:
             )
             updates.append((contact.uri, expires, q, instance, reg_id, extra))
 
+        if self._already_applied(bindings, updates, call_id, cseq, now):
+            return self._ok(request, aor, now, path)
         for uri, expires, q, instance, reg_id, extra in updates:
             existing = self._match(bindings, uri, instance, reg_id)
             if existing is not None:
@@ -237,6 +243,26 @@ class Registrar:
         if updates:
             self.table.replace(aor, bindings)
         return self._ok(request, aor, now, path)
+
+    def _already_applied(self, bindings: list[Binding], updates: list[Any], call_id: str, cseq: int, now: float) -> bool:
+        """This very REGISTER (its Call-ID and CSeq) made these bindings
+        moments ago: a retransmission whose server transaction is not here
+        (with ``[proxy] workers`` the kernel may hand it to another worker
+        than the first, or the first died before answering).  It gets the
+        answer its transaction would have resent, rather than the 400 of
+        RFC 3261 10.3 step 7, which is for a new request with an old CSeq;
+        only within a transaction's life (64*T1), and nothing changes."""
+        if not any(expires for _uri, expires, *_ in updates):
+            return False
+        for uri, expires, _q, instance, reg_id, _extra in updates:
+            existing = self._match(bindings, uri, instance, reg_id)
+            if expires == 0:
+                if existing is not None:
+                    return False
+            elif (existing is None or existing.call_id != call_id or existing.cseq != cseq
+                  or now - existing.registered_at > RETRANSMISSION_WINDOW):
+                return False
+        return True
 
     @staticmethod
     def _match(bindings: list[Binding], uri: Any, instance: str | None, reg_id: int | None) -> Binding | None:

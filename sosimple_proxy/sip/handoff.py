@@ -12,7 +12,12 @@ sockets in the parent's private directory:
   *j*; the branch names *i* (:mod:`.worker_tag`), so *j* passes it on, with
   the address it came from and the port it came in on.  A CANCEL that
   matches no INVITE here goes round the workers until one has it (or all
-  have said no: the last one answers 481).
+  have said no: the last one answers 481).  So does an ACK that matches
+  no INVITE transaction here and carries no dialog stamp of ours: the ACK
+  of a non-2xx final response (RFC 3261 17.1.1.3: same branch as its
+  INVITE) whose INVITE another worker's transaction answered, which
+  absorbs it and stops resending its final response (17.2.1); the last
+  worker takes it as the ACK of a 2xx.
 - ``O``: bytes to send over another worker's connection.  A phone
   registered over TCP or TLS is reachable only over its own connection,
   which one worker holds; the others send through it.
@@ -136,7 +141,10 @@ class Handoff:
         self.streams = streams
         self.port: Any = None
         self.remote_streams: dict[Peer, int] = {}  # peer -> the worker holding a connection to it
-        self.hops = 0  # of the CANCEL being handled (set while the inbox feeds the sink)
+        self.hops = 0  # of the CANCEL or ACK being handled (set while the inbox feeds the sink)
+        # in_dialog(ack): the ACK carries our dialog stamp (the ACK of a 2xx
+        # that we record-routed), so it is no transaction's: never passed round
+        self.in_dialog: Callable[[Any], bool] = lambda ack: False
         self._backlog: deque[tuple[int, bytes, float]] = deque()  # (owner, packet, since) waiting for room
         self._retry: Any = None
 
@@ -257,13 +265,23 @@ class Handoff:
         self._write(owner, encode(data, source, local))
         return True
 
-    def pass_cancel(self, data: bytes, source: Peer, local: ListenAddress) -> bool:
-        """A CANCEL that matches nothing here: on to the next worker, unless
-        every other one has seen it (then it is ours to answer)."""
+    def pass_round(self, data: bytes, source: Peer, local: ListenAddress) -> bool:
+        """A CANCEL, or an ACK, that matches nothing here: on to the next
+        worker, unless every other one has seen it (then it is ours to
+        answer, or to route as a 2xx's ACK)."""
         if self.hops >= self.count - 1 or self.port is None:
             return False
         nxt = (self.index + 1) % self.count
         return self._write(nxt, encode(data, source, local, "M", self.hops + 1))
+
+    pass_cancel = pass_round
+
+    def pass_ack(self, ack: Any, data: bytes, source: Peer, local: ListenAddress) -> bool:
+        """An ACK that matches no transaction here: round the workers, unless
+        it is a 2xx's (our dialog stamp), which belongs to no transaction."""
+        if self.in_dialog(ack):
+            return False
+        return self.pass_round(data, source, local)
 
     # -- the transport layer asks and tells
 

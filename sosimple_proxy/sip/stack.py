@@ -176,6 +176,14 @@ class SipStack(MultiService):
             and handoff.pass_cancel(data, source, local)
         ):
             return  # its INVITE may be another worker's
+        if (
+            handoff is not None
+            and isinstance(msg, Request)
+            and msg.method == "ACK"
+            and self.transactions.find_server_transaction(msg) is None
+            and handoff.pass_ack(msg, data, source, local)
+        ):
+            return  # the ACK of a non-2xx answer another worker's INVITE transaction sent
         capped = admission is not None and admission is not EXEMPT and isinstance(msg, Request)
         if capped and self._over_capacity(msg, source):  # type: ignore[arg-type]
             self._refuse(msg, source, local, "too many transactions", OVERLOAD_RETRY_AFTER)

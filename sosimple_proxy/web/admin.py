@@ -292,7 +292,7 @@ class AdminAPI(Resource):
         if head == "calls":
             body = calls_report(views, now)
             if body is None:
-                raise ApiError(503, "no SIP counts in this process ([proxy] listen is empty, or [proxy] workers > 1)")
+                raise ApiError(503, "no SIP counts in this process ([proxy] listen is empty)")
             return 200, {}, _json(body), "application/json"
         if views.gateways is None:
             return 200, {}, _json({"gateways": []}), "application/json"

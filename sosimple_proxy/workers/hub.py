@@ -21,6 +21,7 @@ from twisted.protocols import amp
 
 from sosimple_proxy.location.bindings import Binding, BindingTable
 from sosimple_proxy.workers.protocol import (
+    Commit,
     Hello,
     PushBatch,
     PushBindings,
@@ -31,9 +32,11 @@ from sosimple_proxy.workers.protocol import (
     bindings_to_json,
     records_to_json,
 )
-from sosimple_proxy.workers.shared_bindings import SharedBindings
+from sosimple_proxy.workers.shared_bindings import SharedBindings, binding_key
 from sosimple_proxy.workers.shared_limits import LimitsParentSide, LimitsWorkerSide
+from sosimple_proxy.workers.shared_metrics import MetricsParentSide
 from sosimple_proxy.workers.shared_nonces import NoncesParentSide, NoncesWorkerSide
+from sosimple_proxy.workers.shared_presence import PresenceParentSide, PresenceWorkerSide
 
 __all__ = ["Hub", "WorkerLink"]
 
@@ -52,7 +55,7 @@ def _ignore_lost(failure: Any) -> None:
     log.debug("push to a worker failed: {why}", why=failure.getErrorMessage())
 
 
-class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
+class _ParentSide(LimitsParentSide, NoncesParentSide, MetricsParentSide, PresenceParentSide, amp.AMP):
     """The parent's end of one worker's line."""
 
     def __init__(self, hub: Hub) -> None:
@@ -65,7 +68,7 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         self.index = index
         self.hub.lines[index] = self
         table = self.hub.table
-        every = [(aor, bindings) for aor in table if (bindings := table.lookup(aor))]
+        every = [(aor, bindings, []) for aor in table if (bindings := table.lookup(aor))]
         for text in batches(every):
             # unanswered, and in order on the stream: they arrive before
             # this command's answer
@@ -77,9 +80,20 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
         return d.addCallback(lambda _: {"bindings": pushed})
 
     @PushBindings.responder
-    def push(self, aor: str, bindings: str) -> dict:
-        self.hub.changed_by(self, aor, bindings)
+    def push(self, aor: str, bindings: str, removed: str) -> dict:
+        self.hub.changed_by(self, aor, bindings, removed)
         return {}
+
+    @Commit.responder
+    def commit(self, aor: str) -> Any:
+        """Answered once the rings' writes of ``aor`` are over: the worker
+        flushed the AoR's delta before asking, on this line, so they are
+        under way."""
+        commit = self.hub.commit
+        waiting = commit(aor) if commit is not None else None
+        if waiting is None:
+            return {"ok": True}
+        return waiting.addCallback(lambda ok: {"ok": bool(ok)})
 
     @PushBatch.responder
     def push_batch(self, changes: str) -> dict:
@@ -93,8 +107,11 @@ class _ParentSide(LimitsParentSide, NoncesParentSide, amp.AMP):
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
+        self.drop_presence_watches()
         if self.index is not None and self.hub.lines.get(self.index) is self:
             del self.hub.lines[self.index]
+            if self.hub.metrics is not None:
+                self.hub.metrics.gone(self.index)
 
 
 class Hub(Factory):
@@ -106,22 +123,30 @@ class Hub(Factory):
         self.table = table
         self.rings = dict(rings)
         self.lines: dict[int, _ParentSide] = {}
-        self.shared = SharedBindings(table, lambda aor, bindings: None)
+        self.shared = SharedBindings(table, lambda aor, bindings, removed: None)
         self.limits: Any = None  # a SharedLimitsHub: bans and rates across workers
+        # commit(aor): Deferred[bool] of the rings' newest write of aor, or
+        # None (nothing written): what a worker's REGISTER answer waits for
+        self.commit: Callable[[str], Any] | None = None
+        self.metrics: Any = None  # a MergedTally: the workers' SIP counts, summed
+        self.presence: Any = None  # a PresenceRing on the parent's node: the workers' presence agents use it
 
     def buildProtocol(self, addr: Any) -> _ParentSide:
         return _ParentSide(self)
 
-    def changed_by(self, origin: _ParentSide, aor: str, text: str) -> None:
+    def changed_by(self, origin: _ParentSide, aor: str, text: str, removed: str = "[]") -> None:
+        """A worker's delta: merged here, passed as it is to the others,
+        which merge it the same way (so concurrent REGISTERs for one AoR at
+        two workers both stay, issue 12)."""
         try:
-            bindings = bindings_from_json(text)
+            bindings, gone = bindings_from_json(text), bindings_from_json(removed)
         except Exception:
             log.failure("unreadable bindings from worker {index}", index=origin.index)
             return
-        self.shared.apply(aor, bindings)
+        self.shared.apply(aor, bindings, gone)
         for line in list(self.lines.values()):
             if line is not origin:
-                line.callRemote(PushBindings, aor=aor, bindings=text)  # unanswered: nothing to wait for
+                line.callRemote(PushBindings, aor=aor, bindings=text, removed=removed)  # unanswered
 
     def batch_by(self, origin: _ParentSide, text: str) -> None:
         """A worker's batch: into the table, and the same text on to the others."""
@@ -130,8 +155,8 @@ class Hub(Factory):
         except Exception:
             log.failure("unreadable bindings from worker {index}", index=origin.index)
             return
-        for aor, bindings in changes:
-            self.shared.apply(aor, bindings)
+        for aor, bindings, removed in changes:
+            self.shared.apply(aor, bindings, removed)
         for line in list(self.lines.values()):
             if line is not origin:
                 line.callRemote(PushBatch, changes=text)
@@ -144,7 +169,7 @@ class Hub(Factory):
         return defer.maybeDeferred(node.get, overlay.keys.key(aor), kind)
 
 
-class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
+class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, PresenceWorkerSide, amp.AMP):
     """A worker's end: pushes from the parent go into ``shared``;
     ``on_lost`` hears that the parent is gone.  With a ``clock`` the
     worker's own changes go in batches (:data:`BATCH_INTERVAL`), without
@@ -155,15 +180,27 @@ class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
         self.on_lost = on_lost
         self.clock = clock
         self.shared = SharedBindings(shared_table, self._send)
-        self._pending: dict[str, list[Binding]] = {}  # AoR -> its latest bindings, not sent yet
+        # AoR -> its delta not sent yet: (changed, removed), by binding key
+        self._pending: dict[str, tuple[dict[str, Binding], dict[str, Binding]]] = {}
         self._call: Any = None
         self._last = float("-inf")  # when the last batch went
+        self._commits: list[tuple[str, defer.Deferred]] = []  # Commit asks waiting for the next batch
 
-    def _send(self, aor: str, bindings: list[Binding]) -> None:
+    def _send(self, aor: str, bindings: list[Binding], removed: list[Binding]) -> None:
         if self.clock is None:
-            self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings))  # unanswered
+            self.callRemote(PushBindings, aor=aor, bindings=bindings_to_json(bindings),
+                            removed=bindings_to_json(removed))  # unanswered
             return
-        self._pending[aor] = bindings  # the receiver replaces the whole set: the latest is enough
+        # deltas of one AoR add up: the latest change of each binding wins
+        changed, gone = self._pending.setdefault(aor, ({}, {}))
+        for b in bindings:
+            key = binding_key(b)
+            changed[key] = b
+            gone.pop(key, None)
+        for b in removed:
+            key = binding_key(b)
+            gone[key] = b
+            changed.pop(key, None)
         if self._call is None:
             delay = max(0.0, self._last + BATCH_INTERVAL - self.clock.seconds())
             self._call = self.clock.callLater(delay, self.flush)
@@ -178,18 +215,31 @@ class WorkerLink(LimitsWorkerSide, NoncesWorkerSide, amp.AMP):
             return
         if self.clock is not None:
             self._last = self.clock.seconds()
-        for text in batches(pending.items()):
+        rows = [(aor, list(changed.values()), list(gone.values())) for aor, (changed, gone) in pending.items()]
+        for text in batches(rows):
             self.callRemote(PushBatch, changes=text)
+        commits, self._commits = self._commits, []
+        for aor, d in commits:  # after the batch on the stream: the parent has the deltas first
+            self.callRemote(Commit, aor=aor).chainDeferred(d)
+
+    def commit(self, aor: str) -> defer.Deferred:
+        """Ask the parent whether the ring holds ``aor``'s bindings, once
+        the delta that changed them has gone (with the next batch)."""
+        if not self._pending:
+            return self.callRemote(Commit, aor=aor)
+        d: defer.Deferred = defer.Deferred()
+        self._commits.append((aor, d))
+        return d
 
     @PushBindings.responder
-    def push(self, aor: str, bindings: str) -> dict:
-        self.shared.apply(aor, bindings_from_json(bindings))
+    def push(self, aor: str, bindings: str, removed: str) -> dict:
+        self.shared.apply(aor, bindings_from_json(bindings), bindings_from_json(removed))
         return {}
 
     @PushBatch.responder
     def push_batch(self, changes: str) -> dict:
-        for aor, bindings in batch_from_json(changes):
-            self.shared.apply(aor, bindings)
+        for aor, bindings, removed in batch_from_json(changes):
+            self.shared.apply(aor, bindings, removed)
         return {}
 
     def connectionLost(self, reason: Any) -> None:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from sosimple_proxy.workers.protocol import RingGet, records_from_json
+from sosimple_proxy.workers.protocol import Commit, RingGet, records_from_json
 
-__all__ = ["RemoteRing"]
+__all__ = ["RemoteRing", "remote_commit"]
 
 
 class _AorIsKey:
@@ -49,3 +49,22 @@ class RemoteRing:
         self.node = _RemoteNode(self)
         # never fires: a worker publishes nothing itself (the parent does)
         self.ready: defer.Deferred = defer.Deferred()
+        #: the presence agent's ring through the parent (shared_presence.py), or None
+        self.presence: Any = None
+
+
+def remote_commit(link: Callable[[], Any]) -> Callable[[str], defer.Deferred]:
+    """A worker registrar's ``commit``: the parent, which writes the rings,
+    says whether the write quorum took the AoR's new bindings (issue 15,
+    as in one process).  No line to the parent: not stored (a 500 with
+    Retry-After, never a 200 for a binding the ring may not have)."""
+
+    def commit(aor: str) -> defer.Deferred:
+        line = link()
+        if line is None:
+            return defer.succeed(False)
+        ask = getattr(line, "commit", None)  # a WorkerLink: after its batch of deltas
+        d = ask(aor) if ask is not None else line.callRemote(Commit, aor=aor)
+        return d.addCallback(lambda answer: answer["ok"])
+
+    return commit

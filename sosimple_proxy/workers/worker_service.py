@@ -37,6 +37,7 @@ class WorkerService(MultiService):
         # shared with the other workers through the parent (set by the composition root)
         self.limits: Any = None
         self.nonces: Any = None
+        self.presence: Any = None  # the presence agent's ring through the parent (or None)
         self._children_started = False
 
     def get_link(self) -> WorkerLink | None:
@@ -56,7 +57,7 @@ class WorkerService(MultiService):
 
     def _connected(self, link: WorkerLink) -> Any:
         self.link = link
-        link.limits, link.nonces = self.limits, self.nonces
+        link.limits, link.nonces, link.presence = self.limits, self.nonces, self.presence
         return link.callRemote(Hello, index=self.index).addCallback(self._ready)
 
     def _ready(self, answer: dict) -> None:

@@ -38,3 +38,13 @@ def test_no_agent_when_disabled_without_a_ring_or_in_a_worker():
     assert build_proxy(parse_config(BASE), Clock(), {}).presence is None
     worker_ring = RemoteRing("overlay", lambda: None)
     assert build_proxy(parse_config(BASE), Clock(), {"overlay": worker_ring}).presence is None
+
+
+def test_a_worker_runs_the_agent_on_its_parents_ring_node():
+    """Issue 12: with [proxy] workers the agent is served, through the parent."""
+    from sosimple_proxy.workers.shared_presence import RemotePresenceRing
+
+    worker_ring = RemoteRing("overlay", lambda: None)
+    worker_ring.presence = RemotePresenceRing(lambda: None)
+    agent = build_proxy(parse_config(BASE), Clock(), {"overlay": worker_ring}).presence
+    assert isinstance(agent, PresenceAgent) and agent.ring is worker_ring.presence

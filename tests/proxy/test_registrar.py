@@ -241,3 +241,18 @@ def test_a_failed_ring_write_is_a_500_and_nothing_to_write_is_a_200_at_once(cloc
     assert quiet.handle(register(["<sip:a@127.0.0.1:1>"], expires=600)).status == 200
     # a refused REGISTER never waits
     assert failed.handle(register(["<sip:a@127.0.0.1:1>"], expires=30)).status == 423
+
+
+def test_a_retransmission_that_finds_its_own_bindings_gets_its_200_again(registrar, clock):
+    """[proxy] workers: the REGISTER's retransmission may reach another
+    worker than the one that applied it (or that one died before its 200);
+    it is answered as its transaction would have been, not 400."""
+    first = registrar.handle(register(["<sip:a@127.0.0.1:1>"], expires=600, cseq=7))
+    assert first.status == 200
+    clock.advance(2)
+    again = registrar.handle(register(["<sip:a@127.0.0.1:1>"], expires=600, cseq=7))
+    assert again.status == 200 and contacts_of(again) == contacts_of(registrar.handle(register([], cseq=8)))
+    assert registrar.table.lookup("alice@example.com")[0].registered_at == 0  # nothing changed
+    # after 64*T1 it is no retransmission: the RFC's 400
+    clock.advance(40)
+    assert registrar.handle(register(["<sip:a@127.0.0.1:1>"], expires=600, cseq=7)).status == 400

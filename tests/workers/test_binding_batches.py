@@ -20,13 +20,14 @@ def binding(aor: str, port: int, cseq: int = 1) -> Binding:
 
 
 def test_a_batch_survives_json_and_keeps_every_field():
-    changes = [("a@x", [binding("a@x", 1), binding("a@x", 2)]), ("b@x", []), ("c@x", [binding("c@x", 3)])]
+    changes = [("a@x", [binding("a@x", 1), binding("a@x", 2)], []), ("b@x", [], [binding("b@x", 4)]),
+               ("c@x", [binding("c@x", 3)], [])]
     (text,) = batches(changes)
     assert batch_from_json(text) == changes
 
 
 def test_many_aors_are_split_into_batches_under_the_amp_limit():
-    changes = [(f"user{i:05d}@example.com", [binding(f"user{i:05d}@example.com", 5000 + i)]) for i in range(2000)]
+    changes = [(f"user{i:05d}@example.com", [binding(f"user{i:05d}@example.com", 5000 + i)], []) for i in range(2000)]
     texts = list(batches(changes))
     assert len(texts) > 1 and all(len(t.encode()) <= MAX_BATCH_BYTES for t in texts)
     assert [c for t in texts for c in batch_from_json(t)] == changes
