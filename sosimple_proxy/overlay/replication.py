@@ -266,7 +266,8 @@ class Replicator:
             except Exception:
                 self.table.failed(first.address)
             if first_answer is None or not first_answer.authoritative:
-                first_answer = None
+                # its answer stays good as that holder's (used if the verified
+                # lookup names it), but only the verified lookup says who holds the key
                 result = yield self.lookups.lookup(key)
         collected: list[Record] = []
         answered = 0
