@@ -102,6 +102,9 @@ class Harness:
         self.proto = port_obj.protocol
         self.cap = Capture()
         port_obj.stopListening()
+        # The port closes its socket in a reactor call of its own: let it
+        # run now, or it would take the capture away at the first tick.
+        _reactor.runUntilCurrent()
         port_obj.socket = self.cap
         self.n = 0
         self.feed = self.proto.datagramReceived

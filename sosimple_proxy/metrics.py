@@ -179,6 +179,20 @@ class ProxyCollector:
             banned.add_metric([], len(s.limits.report()["banned"]))
         yield bans
         yield banned
+        dropped = CounterMetricFamily(PREFIX + "banned_dropped", "Messages from banned sources dropped unparsed by the proxy")
+        refused = CounterMetricFamily(PREFIX + "banned_refused_connections", "Connections from banned sources closed at once")
+        kernel = CounterMetricFamily(
+            PREFIX + "kernel_dropped_packets", "Packets from banned sources dropped by the kernel ([limits] kernel_bans; as last read)"
+        )
+        if s.limits is not None:
+            dropped.add_metric([], getattr(s.limits, "dropped", 0))
+            refused.add_metric([], getattr(s.limits, "refused", 0))
+            mirror = getattr(s.limits, "mirror", None)
+            if mirror is not None:
+                kernel.add_metric([], mirror.dropped_packets)
+        yield dropped
+        yield refused
+        yield kernel
 
         tls = CounterMetricFamily(
             PREFIX + "sip_tls_handshake_failures", "SIP over TLS connections closed before their handshake finished"

@@ -30,6 +30,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
+from sosimple_proxy.ban_mirror import build_kernel_bans
 from sosimple_proxy.config import Config, ConfigError, load_config, tls_config
 from sosimple_proxy.location.bindings import BindingTable
 from sosimple_proxy.location.chain import LocationChain
@@ -542,6 +543,13 @@ def build_service(cfg: Config, reactor: Any) -> MultiService:
     top.rings = {"overlay": top.overlay} if top.overlay is not None else {}  # type: ignore[attr-defined]
     # One limiter for the stack, authentication and the admin API.
     top.limits = build_limits(cfg, reactor) if cfg.proxy["listen"] else None  # type: ignore[attr-defined]
+    # [limits] kernel_bans: the bans copied into an nft set (ban_mirror.py)
+    try:
+        mirror = build_kernel_bans(cfg, reactor, top.limits, emergency_numbers(cfg))  # type: ignore[attr-defined]
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    if mirror is not None:
+        mirror.setServiceParent(top)
     for ring_name, section in cfg.named("overlay").items():
         if not section["listen"]:
             log.info("[overlay:{name}] listen is empty: not a member", name=ring_name)

@@ -88,6 +88,8 @@ def test_ipv6_listen_and_domain_lists():
         ("[limits]\nban_seconds = -1\n", "limits", "ban_seconds", "must not be negative"),
         ("[limits]\nallow = 10.0.0.0/8 intranet\n", "limits", "allow", "'intranet' is not an IP address"),
         ("[limits]\nmax_transactions = 1.5\n", "limits", "max_transactions", "not an integer"),
+        ("[limits]\nkernel_bans = maybe\n", "limits", "kernel_bans", "not one of auto, yes, no"),
+        ("[limits]\nconnections_per_second = -2\n", "limits", "connections_per_second", "must not be negative"),
     ],
 )
 def test_bad_values_name_section_key_and_problem(text, section, key, words):

@@ -69,10 +69,20 @@ def target_key(target: Target) -> tuple:
 
 
 def forwarded(response: Response) -> Response:
-    """16.7 step 3: a copy with our (top) Via removed."""
+    """16.7 step 3: a copy with our (top) Via removed.
+
+    Its wire form is the bytes we received minus that Via's line, when the
+    message allows it (:meth:`Message.raw_without_top_via`): nothing else
+    of a response a proxy forwards changes (16.7 step 9), so nothing is
+    serialised again; an edit of the copy's headers (a 401's challenges)
+    makes it serialise as usual."""
     headers = response.headers.copy()
+    wire = response.raw_without_top_via()
     headers.pop_first_value("via")
-    return Response(response.status, response.reason, headers, response.body, response.version)
+    out = Response(response.status, response.reason, headers, response.body, response.version)
+    if wire is not None:
+        out.set_wire(wire)
+    return out
 
 
 class Branch:

@@ -21,8 +21,9 @@ from sosimple_proxy.proxy.hop_failover import HopFailover
 from sosimple_proxy.proxy.interfaces import IForwarder
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.sip.address import ListenAddress, Peer
+from sosimple_proxy.sip.errors import ParseError
 from sosimple_proxy.sip.interfaces import IClientTransactionUser
-from sosimple_proxy.sip.message import Request, Response
+from sosimple_proxy.sip.message import Request, Response, register_view
 from sosimple_proxy.sip.uri import is_ip
 from sosimple_proxy.sip.via import response_peer
 
@@ -33,7 +34,18 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 
 def request_loop_hash(request: Request) -> str:
-    return request.cached("loop-hash", lambda: routing.loop_hash(request))  # type: ignore[no-any-return]
+    """routing.loop_hash, computed once while the headers it reads and the
+    Request-URI stay as they are (the loop check, then the forward: a Route
+    popped in between changes nothing of it)."""
+    uri, lhash = request.cached("loop-hash", lambda: (request.uri, routing.loop_hash(request)))
+    if uri != request.uri:
+        lhash = routing.loop_hash(request)
+        request.put_view("loop-hash", (request.uri, lhash))
+    return lhash  # type: ignore[no-any-return]
+
+
+# What routing.loop_hash reads (16.6 step 8), besides the Request-URI.
+register_view("loop-hash", ("to", "from", "call-id", "cseq", "proxy-require", "proxy-authorization"))
 
 
 @implementer(IForwarder)
@@ -174,14 +186,21 @@ class RequestForwarder:
                 flows[1],
                 stamp=stamp,
             )
-        copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, routing.new_proxy_branch(lhash)))
+        branch = routing.new_proxy_branch(lhash)
+        copy.headers.prepend("Via", routing.via_value(sent_by, dest.transport, branch))
+        copy.put_view("top_via", routing.own_via(sent_by, dest.transport, branch))
         return self.stack.transactions.send_request(copy, dest, user)
 
     # -- without a transaction
 
     def send_response_by_via(self, response: Response) -> None:
         """A response whose top Via (now the previous hop's) says where it goes."""
-        via = response.top_via
+        try:
+            via = response.top_via
+        except ParseError as e:
+            # Only the top Via (ours) was checked on arrival (parser.validate_response).
+            log.info("{r}: not forwarded by Via: {e}", r=response, e=e)
+            return
         if via is None:
             return
         self.stack.transactions.send_stateless(response, response_peer(via))

@@ -19,7 +19,9 @@ from sosimple_proxy.sip import worker_tag
 from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.randomness import random_hex
+from sosimple_proxy.sip.grammar import new_params
 from sosimple_proxy.sip.uri import URI, format_host, is_ip, parse_uri
+from sosimple_proxy.sip.via import Via
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
 # hash of 16.6 step 8, then a per-branch random part.
@@ -304,6 +306,15 @@ def _is_loopback(host: str) -> bool:
 
 def via_value(local: ListenAddress, transport: str, branch: str) -> str:
     return f"SIP/2.0/{transport.upper()} {format_host(local.host)}:{local.port};branch={branch};rport"
+
+
+def own_via(local: ListenAddress, transport: str, branch: str) -> Via:
+    """:func:`via_value` as the parsed view, for the message's cache (the
+    transaction layer reads the branch of what we have just written)."""
+    params = new_params()
+    dict.__setitem__(params, "branch", branch)
+    dict.__setitem__(params, "rport", None)
+    return Via(transport, local.host, local.port, params)
 
 
 def record_route_value(

@@ -11,6 +11,16 @@ object on an injected clock (``IReactorTime``; tests use ``task.Clock``):
   the caller knows what a *wrong* credential is (not a first request that
   carries none), so it reports them with :meth:`Limits.auth_failed`.
 - Connection counters (total and per source) and a transaction cap.
+- New TCP/TLS connections have a per-source rate of their own
+  (``connections_per_second``, a bucket twice ``max_connections_per_source``
+  deep), and ``auth_failures`` failed TLS handshakes in 60 s ban too: a
+  handshake costs far more than a request, so a handshake flood is banned
+  like a request flood, and a banned source's connections are closed
+  before their handshake.
+- The bans may be copied into the kernel (``kernel_bans``): the owner
+  sets :attr:`Limits.mirror` (:mod:`~sosimple_proxy.security.kernel_bans`)
+  and adds it to ``on_ban``/``on_lift``; :meth:`Limits.settled` waits
+  for it after an unblock.
 - Sources in ``allow`` are never limited or banned.  Loopback is not
   implicitly allowed: a lab that wants it lists ``127.0.0.0/8 ::1``.
 - Emergency calls (``[pstn] emergency``) are never limited: that exemption
@@ -41,10 +51,13 @@ from collections import OrderedDict, deque
 from typing import Callable, Mapping, Union
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+from sosimple_proxy.security.kernel_bans import IBanMirror, parse_kernel_bans
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -54,6 +67,8 @@ AUTH_WINDOW = 60.0
 # sources cost memory; past the cap the least recently seen is forgotten,
 # which only gives that source a fresh bucket.
 MAX_SOURCES = 200_000
+# Longest wait for the kernel's copy of the bans to catch up (settled()).
+SETTLE_TIMEOUT = 5.0
 # Seconds between full sweeps (start_sweeping).
 SWEEP_INTERVAL = 60.0
 # Stale entries dropped per check: amortised O(1), and memory follows the
@@ -159,6 +174,15 @@ class LimitsConfig:
     max_connections_per_source: int = 32
     # Live transactions beyond which new requests get 503.
     max_transactions: int = 100000
+    # New TCP/TLS connections per second per source (a bucket twice as deep
+    # as max_connections_per_source); the first one over it bans the source.
+    # A TLS handshake costs the reactor tens of requests' worth of work, so
+    # handshake floods need their own, lower rate; 0 = no connection rate.
+    connections_per_second: float = 10.0
+    # Mirror bans into an nftables set (security/kernel_bans.py): auto =
+    # when root (or CAP_NET_ADMIN) and nft is installed; yes = startup stops
+    # otherwise; no = never.
+    kernel_bans: str = "auto"
 
 
 # The config.py schema shape: key -> (parser, default as written in site.ini).
@@ -171,6 +195,8 @@ LIMITS_SCHEMA: dict[str, tuple[Callable[[str], object], str]] = {
     "max_connections": (parse_count, "1024"),
     "max_connections_per_source": (parse_count, "32"),
     "max_transactions": (parse_count, "100000"),
+    "connections_per_second": (parse_rate, "10"),
+    "kernel_bans": (parse_kernel_bans, "auto"),
 }
 
 
@@ -228,6 +254,9 @@ class ILimitsView(Interface):
     def unban(address: str) -> bool:
         """Lift the ban of ``address`` (any IP spelling); whether there was one."""
 
+    def settled() -> Deferred:
+        """Fires once a lifted ban is lifted everywhere (the kernel too)."""
+
 
 @implementer(ILimitsView)
 class Limits:
@@ -259,10 +288,25 @@ class Limits:
         self._expiries: list[tuple[float, str]] = []  # heap; stale entries skipped
         self._expiry_call: IDelayedCall | None = None
         self._connections: dict[str, int] = {}
+        # New connections per source: a bucket refilled at
+        # connections_per_second.
+        self._conn_rate = config.connections_per_second
+        # Twice the per-source cap: a source may fill its cap, lose every
+        # connection and fill it again at once before the rate bites.
+        self._conn_burst = float(2 * (config.max_connections_per_source or 32))
+        self._conn_buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._tls_failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._sweeper: LoopingCall | None = None
         self.connections = 0
         #: bans ever made (read by metrics)
         self.bans_total = 0
+        #: messages from banned sources dropped unparsed (the stack's gate
+        #: counts them here) and connections refused because banned
+        self.dropped = 0
+        self.refused = 0
+        #: the kernel's copy of the bans (security/kernel_bans.py), if any:
+        #: wired to on_ban/on_lift by whoever made it; shown by report()
+        self.mirror: IBanMirror | None = None
         # Hear of each ban made and lifted ([proxy] workers share them);
         # empty in a single process, so they cost nothing there.
         self.on_ban: list[Callable[[Ban], object]] = []
@@ -394,9 +438,13 @@ class Limits:
         caps all the same, because only its first message can say whether it
         is an emergency call (the caller drops anything else and closes)."""
         if not banned_ok and self.is_banned(source):
+            self.refused += 1
             return BANNED
         allowed = self.is_allowed(source)
         per_source = self._connections.get(source, 0)
+        if not allowed and self._conn_rate > 0 and not self._take_connection(source) and not banned_ok:
+            self.refused += 1
+            return BANNED if self.is_banned(source) else LIMITED  # ban_seconds = 0: a cap, no ban
         if not allowed:
             cap = self.config.max_connections
             if cap and self.connections >= cap:
@@ -406,6 +454,68 @@ class Limits:
                 return LIMITED
         self._connections[source] = per_source + 1
         self.connections += 1
+        return ALLOW
+
+    def _take_connection(self, source: str) -> bool:
+        """One token from ``source``'s connection bucket; False (and the
+        source banned) when it had none.  A TLS handshake is the dearest
+        thing a stranger can make us do, so opening connections faster
+        than ``connections_per_second`` (beyond a burst of twice
+        ``max_connections_per_source``) bans like a request flood.  Every
+        attempt counts, those the caps refuse too."""
+        now = self._clock.seconds()
+        buckets = self._conn_buckets
+        bucket = buckets.get(source)
+        if bucket is None:
+            bucket = buckets[source] = _Bucket(self._conn_burst, now, False)
+            if len(buckets) > self._max_sources:
+                buckets.popitem(last=False)
+            self._drop_idle_connections(now, _LAZY_DROPS)
+        else:
+            buckets.move_to_end(source)
+            bucket.tokens = min(self._conn_burst, bucket.tokens + (now - bucket.stamp) * self._conn_rate)
+            bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        del buckets[source]
+        self.ban(source, f"over {self._conn_rate:g} new connections/s (burst {self._conn_burst:g})")
+        return False
+
+    def _drop_idle_connections(self, now: float, most: int | None) -> int:
+        idle = self._conn_burst / self._conn_rate if self._conn_rate > 0 else 0.0
+        buckets, dropped = self._conn_buckets, 0
+        while buckets and (most is None or dropped < most):
+            source, bucket = next(iter(buckets.items()))
+            if now - bucket.stamp < idle:
+                break
+            del buckets[source]
+            dropped += 1
+        return dropped
+
+    def handshake_failed(self, source: str) -> Verdict:
+        """An inbound TLS connection from ``source`` closed before its
+        handshake finished.  ``auth_failures`` of them within 60 s ban the
+        source, as wrong passwords do: a peer that cannot finish a
+        handshake again and again is probing or flooding, not calling."""
+        limit = self.config.auth_failures
+        if limit <= 0 or self.is_allowed(source) or self.is_banned(source):
+            return ALLOW
+        now = self._clock.seconds()
+        window = self._tls_failures.get(source)
+        if window is None:
+            window = self._tls_failures[source] = deque()
+            if len(self._tls_failures) > self._max_sources:
+                self._tls_failures.popitem(last=False)
+        else:
+            self._tls_failures.move_to_end(source)
+        window.append(now)
+        while window and now - window[0] >= AUTH_WINDOW:
+            window.popleft()
+        if len(window) >= limit:
+            del self._tls_failures[source]
+            self.ban(source, f"{len(window)} failed TLS handshakes in {AUTH_WINDOW:g} s")
+            return BANNED
         return ALLOW
 
     def connection_closed(self, source: str) -> None:
@@ -465,6 +575,17 @@ class Limits:
                 return True
         return False
 
+    def settled(self) -> Deferred:
+        """Fires once the kernel's copy of the bans (if any) has caught up:
+        the admin API answers an unblock after it, so a source it lets back
+        in is let in by the kernel too."""
+        if self.mirror is None:
+            return succeed(None)
+        # Never more than a few seconds: a stuck nft must not hang the API.
+        d = self.mirror.idle().addTimeout(SETTLE_TIMEOUT, self._clock)
+        d.addErrback(lambda _: None)
+        return d
+
     def bans(self) -> list[dict[str, object]]:
         """``GET /limits``'s ``banned`` list: address, reason, remaining
         whole seconds (rounded up), soonest to end first."""
@@ -477,8 +598,12 @@ class Limits:
         return sorted((b for b in self._banned.values() if b.until > now), key=lambda b: b.until)
 
     def report(self) -> dict[str, object]:
-        """The body of ``GET /limits``."""
-        return {"banned": self.bans()}
+        """The body of ``GET /limits``: the bans, what was dropped and
+        refused in the process, and the kernel's copy (when there is one)."""
+        body: dict[str, object] = {"banned": self.bans(), "dropped": self.dropped, "refused_connections": self.refused}
+        if self.mirror is not None:
+            body["kernel"] = self.mirror.report()
+        return body
 
     def _lift(self, source: str, why: str) -> None:
         ban = self._banned.pop(source)
@@ -519,12 +644,17 @@ class Limits:
         it now and then (a minute's ``LoopingCall``) so memory follows a
         flood down even when traffic stops."""
         now = self._clock.seconds()
-        return self._drop_idle(now, None) + self._drop_stale_failures(now, None)
+        stale_tls = [s for s, w in self._tls_failures.items() if not w or now - w[-1] >= AUTH_WINDOW]
+        for source in stale_tls:
+            del self._tls_failures[source]
+        return (self._drop_idle(now, None) + self._drop_stale_failures(now, None)
+                + self._drop_idle_connections(now, None) + len(stale_tls))
 
     def tracked(self) -> int:
         """Sources currently holding memory (buckets, failure windows, bans,
         connection counters)."""
-        return len(self._buckets) + len(self._failures) + len(self._banned) + len(self._connections)
+        return (len(self._buckets) + len(self._failures) + len(self._banned) + len(self._connections)
+                + len(self._conn_buckets) + len(self._tls_failures))
 
     def start_sweeping(self, interval: float = SWEEP_INTERVAL) -> None:
         """Run :meth:`sweep` every ``interval`` seconds on the clock."""

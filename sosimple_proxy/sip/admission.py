@@ -132,6 +132,7 @@ class Gate:
         limits = self.limits
         if limits.is_banned(host):
             self.dropped += 1
+            limits.dropped += 1
             return DROP
         if data.startswith(b"SIP/"):
             return PASS  # a response answers what we sent: not counted
@@ -142,6 +143,7 @@ class Gate:
             self.limited += 1
             return LIMITED
         self.dropped += 1
+        limits.dropped += 1
         return DROP
 
     # -- emergency calls

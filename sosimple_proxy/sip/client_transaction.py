@@ -160,7 +160,9 @@ class ClientTransaction(Transaction):
         self._send(self._wire)
 
     def _send(self, data: bytes) -> None:
-        self.layer._send(data, self.dest, None).addErrback(self._send_failed)
+        d = self.layer._send(data, self.dest, None)
+        if d is not None:
+            d.addErrback(self._send_failed)
 
     # -- timers
 
@@ -355,7 +357,9 @@ class ClientTransaction(Transaction):
         assert self._ack is not None
         # An ACK send failure is not reported: the response retransmission
         # will make us send it again, and the TU already has its response.
-        self.layer._send(self._ack, self.dest, None).addErrback(_log_ack_failure, self)
+        d = self.layer._send(self._ack, self.dest, None)
+        if d is not None:
+            d.addErrback(_log_ack_failure, self)
 
     # -- for the TU
 

@@ -15,6 +15,7 @@ import ipaddress
 import re
 from typing import Iterable, Optional
 
+from sosimple_proxy.sip import accel
 from sosimple_proxy.sip.errors import ParseError, show
 
 __all__ = [
@@ -175,7 +176,7 @@ class Params(dict):  # type: ignore[type-arg]
         return dict.__getitem__(self, name.lower())
 
     def copy(self) -> "Params":
-        p = Params()
+        p = _dict_new(Params)  # no Python-level __init__ (hot path: a stamped Via's view)
         dict.update(p, self)
         p._names = dict(self._names)
         return p
@@ -191,6 +192,8 @@ class Params(dict):  # type: ignore[type-arg]
         return out
 
 
+
+accel.register_class("Params", Params)
 
 
 def new_params() -> Params:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Union
 
+from sosimple_proxy.sip import accel
 from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip.grammar import (
     QUOTED_RE,
@@ -88,6 +89,25 @@ class CSeq:
         yield self.method
 
 
+accel.register_class("CSeq", CSeq)
+
+# The compiled fast paths (accel.py), None when the pure code runs alone:
+# each returns what the code below returns for its input, or None.
+_C_CSEQ = _C_MAX_FORWARDS = _C_NAME_ADDR = _C_NAME_ADDRS = _C_LAZY_URI = _C_PARAMS = None
+
+
+def _bind(c: object) -> None:
+    global _C_CSEQ, _C_MAX_FORWARDS, _C_NAME_ADDR, _C_NAME_ADDRS, _C_LAZY_URI, _C_PARAMS
+    _C_LAZY_URI = getattr(c, "lazy_uri", None)
+    _C_PARAMS = getattr(c, "params", None)
+    _C_CSEQ = getattr(c, "cseq", None)
+    _C_MAX_FORWARDS = getattr(c, "max_forwards", None)
+    _C_NAME_ADDR = getattr(c, "name_addr", None)
+    _C_NAME_ADDRS = getattr(c, "name_addrs", None)
+
+
+accel.register(_bind)
+
 _METHODS = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
      "INFO", "REFER", "MESSAGE", "UPDATE")
@@ -97,6 +117,10 @@ _METHODS = frozenset(
 def parse_cseq(value: Optional[str]) -> CSeq:
     if value is None:
         raise ParseError("missing CSeq header")
+    if _C_CSEQ is not None:
+        c = _C_CSEQ(value)
+        if c is not None:
+            return c  # type: ignore[no-any-return]
     seq, sp, method = value.partition(" ")
     if sp and method in _METHODS and seq.isdigit() and seq.isascii() and len(seq) < 10:
         cseq = CSeq.__new__(CSeq)
@@ -122,6 +146,10 @@ def parse_max_forwards(value: Optional[str]) -> Optional[int]:
     """Max-Forwards as an int 0-255 (RFC 3261 20.22), None when absent."""
     if value is None:
         return None
+    if _C_MAX_FORWARDS is not None:
+        n = _C_MAX_FORWARDS(value)
+        if n is not None:
+            return n  # type: ignore[no-any-return]
     v = unfold(value).strip()
     if not v.isdigit() or not v.isascii():
         raise ParseError(f"Max-Forwards {show(v)!r} is not a number")
@@ -187,6 +215,11 @@ class NameAddr:
     def uri(self) -> URI:
         uri = self._uri
         if uri is None:
+            if _C_LAZY_URI is not None:
+                uri = _C_LAZY_URI(self._lazy)
+                if uri is not None:
+                    self._uri = uri
+                    return uri
             scheme, user, host, port, uparams, _ptext = self._lazy  # type: ignore[misc]
             uri = self._uri = build_sip_uri(scheme, user, host, port, uparams, "URI")
         return uri
@@ -200,6 +233,11 @@ class NameAddr:
         params = self._params
         if params is None:
             ptext = self._lazy[5]  # type: ignore[index]
+            if ptext and _C_PARAMS is not None:
+                params = _C_PARAMS(ptext)
+                if params is not None:
+                    self._params = params
+                    return params
             params = self._params = simple_params(ptext) if ptext else new_params()  # type: ignore[assignment]
         return params  # type: ignore[return-value]
 
@@ -260,6 +298,8 @@ class NameAddr:
         return f"<NameAddr {self}>"
 
 
+accel.register_class("NameAddr", NameAddr)
+
 _PV = rf"[{TOKEN_CHARS}:\[\]]+"
 # The common shapes, no optional white space around ';' and '=':
 # [display] <sip:...>;a=b  and  sip:...;a=b
@@ -284,6 +324,10 @@ _SPEC_SIP_FAST = re.compile(
 
 
 def _fast_name_addr(text: str, what: str, brackets_required: bool) -> Optional[NameAddr]:
+    if _C_NAME_ADDR is not None:
+        na = _C_NAME_ADDR(text)
+        if na is not None:
+            return na  # type: ignore[no-any-return]
     m = _NA_SIP_FAST(text)
     if m is not None:
         quoted, tokens, scheme, user, host, port, uparams, ptext = m.groups()
@@ -429,6 +473,10 @@ def parse_name_addrs(
     values: Iterable[str], header_name: str, *, brackets_required: bool = False, star: bool = False
 ) -> list[NameAddr]:
     """Every value of a list of name-addr fields (Route, Record-Route, Path...)."""
+    if _C_NAME_ADDRS is not None:
+        got = _C_NAME_ADDRS(values)
+        if got is not None:
+            return got  # type: ignore[no-any-return]
     out: list[NameAddr] = []
     for raw in values:
         if "," not in raw and "\n" not in raw:

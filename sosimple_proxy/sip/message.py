@@ -138,12 +138,15 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: str) -> bool:
-        key = header_key(name)
-        return any(f[0] == key for f in self._fields)
+        key = _KEY_CACHE.get(name) or header_key(name)
+        for f in self._fields:
+            if f[0] == key:
+                return True
+        return False
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first field of this name, or ``default``."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         for f in self._fields:
             if f[0] == key:
                 return f[2]
@@ -151,7 +154,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every field value of this name, one per header line, in order."""
-        key = header_key(name)
+        key = _KEY_CACHE.get(name) or header_key(name)
         return [f[2] for f in self._fields if f[0] == key]
 
     def values(self, name: str) -> list[str]:
@@ -228,14 +231,43 @@ class Headers:
             self._edited(key)
         return removed
 
+    def replace_first(self, name: str, value: str) -> str | None:
+        """Put ``value`` in place of the first field line of this name (its
+        name as written kept) when that line holds one value; returns the
+        old value, or None (nothing changed) when the line holds several
+        or there is none."""
+        key = _KEY_CACHE.get(name) or header_key(name)
+        fields = self._fields
+        for i, f in enumerate(fields):
+            if f[0] == key:
+                old = f[2]
+                if "," in old:
+                    return None
+                fields[i] = (key, f[1], value)
+                self._edited(key)
+                return old
+        return None
+
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. top Via).
 
         If the first field line holds several comma-separated values, only
         the first value is removed and the rest stay on that line.
         """
+        key = _KEY_CACHE.get(name) or header_key(name)
+        fields = self._fields
+        for i, f in enumerate(fields):
+            if f[0] == key:
+                value = f[2]
+                if "," not in value:
+                    # One value on the line (the usual top Via): no splitting.
+                    value = value.strip()
+                    if value:
+                        del fields[i]
+                        self._edited(key)
+                        return value
+                break
         split_commas = _grammar.split_commas
-        key = header_key(name)
         i = 0
         while i < len(self._fields):
             f = self._fields[i]
@@ -274,7 +306,7 @@ class Headers:
 class Message:
     """What requests and responses share: headers, body, parsed-view cache."""
 
-    __slots__ = ("headers", "body", "version", "_cache", "_cache_version", "_validated")
+    __slots__ = ("headers", "body", "version", "_cache", "_cache_version", "_validated", "_raw", "_wire")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0") -> None:
         self.headers = headers if headers is not None else Headers()
@@ -284,6 +316,10 @@ class Message:
         self._cache_version = -1
         # headers.version at the last successful validate_request/response.
         self._validated = -1
+        # (headers.version, the bytes as received): see keep_raw.
+        self._raw: tuple[int, bytes] | None = None
+        # (headers.version, body, start line fields, wire bytes): see set_wire.
+        self._wire: tuple[int, bytes, Any, Any, bytes] | None = None
 
     def _sync(self) -> dict[str, Any]:
         """The view cache once the headers changed: the views of headers
@@ -294,11 +330,16 @@ class Message:
         cache = self._cache
         edits = h._edits
         if cache and edits is not None and h._edits_from == self._cache_version:
-            drop = {view for key in edits for view in _VIEWS_OF.get(key, ())}
-            cache = {k: v for k, v in cache.items() if k not in drop and (k in _HEADER_VIEW or k[:5] == "ruri:")}
+            # In place (the dict is this message's own): the views of the
+            # edited headers go, and the views derived from several.
+            pop = cache.pop
+            for key in edits:
+                for view in _VIEWS_OF.get(key, ()):
+                    pop(view, None)
+            for view in _DERIVED:
+                pop(view, None)
         else:
-            cache = {}
-        self._cache = cache
+            cache = self._cache = {}
         self._cache_version = h._version
         h._edits = []
         h._edits_from = h._version
@@ -314,15 +355,86 @@ class Message:
             h._edits = []
             h._edits_from = h._version
 
+    def put_view(self, key: str, value: Any) -> None:
+        """Store a parsed view the caller built itself (our own Via, a
+        stamped Via): it must be what parsing the header would give, so
+        that nobody parses again what we have just written."""
+        cache = self._cache
+        if self._cache_version != self.headers._version:
+            cache = self._sync()
+        cache[key] = value
+
+    def peek_view(self, key: str) -> Any:
+        """A parsed view if it is cached and current, else None (no parse)."""
+        if self._cache_version != self.headers._version:
+            return None
+        return self._cache.get(key)
+
+    # -- the bytes as received (RFC 3261 16.7 step 9: a proxy forwards a
+    # response as it came, minus its own top Via; so we send those bytes)
+
+    def keep_raw(self, data: bytes) -> None:
+        """Remember the bytes this message was parsed from, valid while the
+        headers are not changed."""
+        self._raw = (self.headers._version, data)
+
+    def _wire_for(self) -> tuple[Any, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set_wire(self, data: bytes) -> None:
+        """The bytes :meth:`serialize` returns while headers, body and start
+        line stay as they are now."""
+        a, b = self._wire_for()
+        self._wire = (self.headers._version, self.body, a, b, data)
+
+    def raw_without_top_via(self) -> bytes | None:
+        """The received bytes with the top Via's line left out, when that is
+        exactly this message with its first Via value removed: headers
+        unchanged since parsing, no folded line (so line i + 1 is field i),
+        a top Via line holding one value, and a Content-Length (the parser
+        made the body agree with it).  Else None: serialize instead."""
+        raw = self._raw
+        if raw is None or raw[0] != self.headers._version:
+            return None
+        data = raw[1]
+        if data[:2] == b"\r\n":
+            return None  # keep-alive CRLFs in front: rare, serialize
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = data[:end]
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return None
+        fields = self.headers._fields
+        via = -1
+        length = False
+        for i, f in enumerate(fields):
+            key = f[0]
+            if key == "via":
+                if via < 0:
+                    if "," in f[2]:
+                        return None
+                    via = i
+            elif key == "content-length":
+                length = True
+        if via < 0 or not length:
+            return None
+        lines = head.split(b"\r\n")
+        if len(lines) != len(fields) + 1:
+            return None
+        del lines[via + 1]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
     def cached(self, key: str, compute: Any) -> Any:
         """A parsed view of the headers, recomputed after a change of them."""
         if self._cache_version != self.headers._version:
             self._sync()
-        try:
-            return self._cache[key]
-        except KeyError:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            if key[:5] != "ruri:" and key not in _DERIVED and key not in _REGISTERED:
+                _DERIVED.add(key)  # dropped on any edit (see _sync)
             value = self._cache[key] = compute()
-            return value
+        return value
 
     def _view(self, key: str, parse: Any, name: str, every: bool = False) -> Any:
         """``parse`` of header ``name`` (its first value, or ``every`` value),
@@ -341,6 +453,11 @@ class Message:
 
     def serialize(self) -> bytes:
         """Wire bytes; Content-Length is always written and always right."""
+        wire = self._wire
+        if wire is not None and wire[0] == self.headers._version and wire[1] is self.body:
+            a, b = self._wire_for()
+            if wire[2] == a and wire[3] == b:
+                return wire[4]
         out = [self.start_line(), "\r\n"]
         self.headers.serialize_into(out, skip="content-length")
         out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
@@ -423,6 +540,9 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
+    def _wire_for(self) -> tuple[Any, Any]:
+        return self.method, self.uri
+
     @property
     def ruri(self) -> "URI":
         uri = self.uri
@@ -454,6 +574,9 @@ class Response(Message):
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def _wire_for(self) -> tuple[Any, Any]:
+        return self.status, self.reason
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
@@ -592,9 +715,25 @@ _HEADER_VIEW = {
     "route": "route",
     "record-route": "record-route",
 }
+# Keys of views computed from several headers (Message.cached): any edit drops them.
+_DERIVED: set[str] = set()
+# Keys of views computed from the headers named in register_view: an edit of those drops them.
+_REGISTERED: set[str] = set()
 _VIEWS_OF: dict[str, tuple[str, ...]] = {}
 for _view_key, _header in _HEADER_VIEW.items():
     _VIEWS_OF[_header] = _VIEWS_OF.get(_header, ()) + (_view_key,)
+
+
+def register_view(key: str, names: Iterable[str]) -> None:
+    """Declare that the view ``Message.cached(key, ...)`` is computed from
+    the headers ``names`` only: an edit of another header (a Route popped,
+    a Via added) keeps it, where an undeclared view is dropped by any edit."""
+    for name in names:
+        h = header_key(name)
+        if key not in _VIEWS_OF.get(h, ()):
+            _VIEWS_OF[h] = _VIEWS_OF.get(h, ()) + (key,)
+    _REGISTERED.add(key)
+    _DERIVED.discard(key)
 
 
 # At the end: the structured views import this module's types for hints only.

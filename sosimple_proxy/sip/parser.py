@@ -53,6 +53,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Union
 
+from sosimple_proxy.sip import accel
 from sosimple_proxy.sip import headers as _h
 from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip.headers import _fast_name_addr, parse_content_length
@@ -84,6 +85,30 @@ _KNOWN_METHODS = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
      "INFO", "REFER", "MESSAGE", "UPDATE")
 )
+
+
+# The compiled fast paths (accel.py), None when the pure code runs alone.
+# Each returns what the pure code below would produce, or None ("not my
+# shape": the pure code then runs and, for bad input, says what is wrong).
+_C_HEAD: Any = None
+_C_CLASSIFY: Any = None
+_C_CALLID: Any = None
+_C_VIA: Any = None
+_C_NAME_ADDR: Any = None
+_C_CSEQ: Any = None
+
+
+def _bind(c: Any) -> None:
+    global _C_HEAD, _C_CLASSIFY, _C_CALLID, _C_VIA, _C_NAME_ADDR, _C_CSEQ
+    _C_HEAD = getattr(c, "parse_head", None)
+    _C_CLASSIFY = getattr(c, "classify", None)
+    _C_CALLID = getattr(c, "callid", None)
+    _C_VIA = getattr(c, "via", None)
+    _C_NAME_ADDR = getattr(c, "name_addr", None)
+    _C_CSEQ = getattr(c, "cseq", None)
+
+
+accel.register(_bind)
 
 
 def _key_for(name: str) -> str:
@@ -166,6 +191,22 @@ def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -
 
 
 def _parse(data: bytes, stream: bool, validate: bool) -> Message:
+    if _C_HEAD is not None:
+        got = _C_HEAD(data, stream, _KEYS, COMPACT)
+        if got is not None:
+            # The common shape, framed and checked in C: what the code
+            # below would build, without a ParseError to raise.
+            is_req, a, b, version, cfields, body = got
+            headers = Headers.from_parsed(cfields)
+            if is_req:
+                req = Request(a, b, headers, body, version)
+                if validate:
+                    validate_request(req)
+                return req
+            resp = Response(a, b, headers, body, version)
+            if validate:
+                validate_response(resp)
+            return resp
     start = 0
     # RFC 3261 7.5: ignore CRLFs before the start line.
     while data.startswith(b"\r\n", start):
@@ -197,7 +238,9 @@ def _parse(data: bytes, stream: bool, validate: bool) -> Message:
         kget = _KEYS.get
         for i in range(1, len(lines)):
             name, sep, value = lines[i].partition(":")
-            key = kget(name)
+            # A line without a colon is never a header, whatever names were
+            # seen before (the result must not depend on _KEYS' history).
+            key = kget(name) if sep else None
             if key is None:
                 if not sep or not _TOKEN_FULL(name):
                     fields = None
@@ -324,31 +367,21 @@ def _validate(msg: Message, is_request: bool) -> None:
     once, straight into the message's view cache (the accessors then find
     it there: validation costs the proxy nothing it would not do anyway)."""
     h = msg.headers
-    single: dict[str, str] = {}
-    lists: dict[str, list[str]] = {}
-    kind = _KIND.get
-    for key, _name, value in h._fields:
-        k = kind(key)
-        if k is None:
-            continue
-        if k:
-            if key in single:
-                raise ParseError(f"more than one {_SPELL[key]} header")
-            single[key] = value
-        else:
-            got = lists.get(key)
-            if got is None:
-                lists[key] = [value]
-            else:
-                got.append(value)
+    classified = _C_CLASSIFY(h._fields) if _C_CLASSIFY is not None else None
+    if classified is not None:
+        single, lists = classified
+    else:
+        single, lists = _classify(h._fields)
     if not ("via" in lists and "cseq" in single and "from" in single and "to" in single and "call-id" in single):
         missing = [_SPELL[k] for k in _REQUIRED if k not in single and k not in lists]
         # RFC 3261 8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are
         # mandatory; a proxy adds a missing Max-Forwards (16.6 step 3).
         raise ParseError("missing " + ", ".join(missing) + (" header" if len(missing) == 1 else " headers"))
-    call_id = single["call-id"].strip()
-    if not _CALL_ID(call_id):
-        raise ParseError(f"invalid Call-ID {show(call_id)!r}")
+    call_id = single["call-id"]
+    if _C_CALLID is None or not _C_CALLID(call_id):
+        call_id = call_id.strip()
+        if not _CALL_ID(call_id):
+            raise ParseError(f"invalid Call-ID {show(call_id)!r}")
     if msg._cache_version != h._version:
         msg._cache = {}
         msg._cache_version = h._version
@@ -364,12 +397,27 @@ def _validate(msg: Message, is_request: bool) -> None:
     # The common one-value shapes go straight to the fast parsers.
     vias = lists["via"]
     v = vias[0]
-    cache["vias"] = [_parse_via(v)] if len(vias) == 1 and "," not in v and "\n" not in v else _parse_vias(vias)
+    if "," in v or "\n" in v:
+        cache["vias"] = _parse_vias(vias)
+    elif len(vias) == 1:
+        cache["vias"] = [(_C_VIA is not None and _C_VIA(v)) or _parse_via(v)]
+    elif is_request:
+        cache["vias"] = _parse_vias(vias)
+    else:
+        # A response: the proxy matches and pops the top Via (RFC 3261
+        # 16.7 step 3); the others go upstream as they came.
+        cache["top_via"] = (_C_VIA is not None and _C_VIA(v)) or _parse_via(v)
+    v = single["cseq"]
+    cseq = cache["cseq"] = (_C_CSEQ is not None and _C_CSEQ(v)) or _h.parse_cseq(v)
+    if not is_request:
+        # A response: what a proxy reads of it (RFC 3261 16.7) is its Via,
+        # to match and to pop, and its CSeq; From, To, Contact and
+        # Record-Route go upstream untouched and are parsed when asked.
+        return
     v = single["from"]
-    cache["from"] = _fast_name_addr(v, "From", False) or _h.parse_from(v)
+    cache["from"] = (_C_NAME_ADDR is not None and _C_NAME_ADDR(v)) or _fast_name_addr(v, "From", False) or _h.parse_from(v)
     v = single["to"]
-    cache["to"] = _fast_name_addr(v, "To", False) or _h.parse_to(v)
-    cseq = cache["cseq"] = _h.parse_cseq(single["cseq"])
+    cache["to"] = (_C_NAME_ADDR is not None and _C_NAME_ADDR(v)) or _fast_name_addr(v, "To", False) or _h.parse_to(v)
     if is_request:
         # RFC 3261 8.1.1.5: "The method MUST match that of the request."
         if cseq.method != msg.method:  # type: ignore[union-attr]
@@ -379,8 +427,30 @@ def _validate(msg: Message, is_request: bool) -> None:
         else:
             cache["max-forwards"] = None
         cache["route"] = _name_addrs(lists, "route", "Route", True, _h.parse_routes)
-    cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
-    cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
+        cache["contact"] = _name_addrs(lists, "contact", "Contact", False, _h.parse_contacts)
+        cache["record-route"] = _h.parse_record_routes(lists["record-route"]) if "record-route" in lists else []
+
+
+def _classify(fields: list[tuple[str, str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The single-value headers and the list headers _validate looks at."""
+    single: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}
+    kind = _KIND.get
+    for key, _name, value in fields:
+        k = kind(key)
+        if k is None:
+            continue
+        if k:
+            if key in single:
+                raise ParseError(f"more than one {_SPELL[key]} header")
+            single[key] = value
+        else:
+            got = lists.get(key)
+            if got is None:
+                lists[key] = [value]
+            else:
+                got.append(value)
+    return single, lists
 
 
 def _name_addrs(lists: dict[str, list[str]], key: str, what: str, brackets: bool, general: Any) -> list[Any]:
@@ -419,8 +489,11 @@ def validate_request(req: Request) -> None:
 
 def validate_response(resp: Response) -> None:
     """What a proxy checks before processing a response: Via, From, To,
-    Call-ID, CSeq present and well formed, Contact and Record-Route (a
-    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19)."""
+    Call-ID, CSeq present, the top Via, Call-ID and CSeq well formed (a
+    malformed response is dropped, RFC 4475 3.1.2.5, 3.1.2.19).  From, To,
+    Contact, Record-Route and the Vias below the top one are what a proxy
+    forwards untouched (RFC 3261 16.7): they are parsed when read, and
+    their accessors raise ParseError then."""
     if resp._validated == resp.headers._version and resp._validated >= 0:
         return
     try:

@@ -191,7 +191,9 @@ class ServerTransaction(Transaction):
             return None
 
     def _send(self, data: bytes) -> None:
-        self.layer._send(data, self.dest, self.local).addErrback(self._send_failed, data)
+        d = self.layer._send(data, self.dest, self.local)
+        if d is not None:
+            d.addErrback(self._send_failed, data)
 
     # -- requests from the wire
 

@@ -162,6 +162,8 @@ class SipStack(MultiService):
             if admission is not LIMITED:
                 self._bad_message(e, source, local, len(data))
             return
+        if type(msg) is Response and type(data) is bytes:
+            msg.keep_raw(data)  # forwarded upstream as these bytes (context.forwarded)
         if admission is LIMITED:
             self._refuse(msg, source, local, f"over {self.limits.config.requests_per_second:g} requests/s",
                          self.limits.retry_after(source.host))

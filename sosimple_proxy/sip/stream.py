@@ -185,6 +185,10 @@ class StreamConnection(Protocol):
                 self._lost_reason = Failure(HandshakeTimeout(f"TLS handshake not finished in {seconds:g} s"))
             self._deadline.cancel()
             self._deadline = None
+            limits = self.layer.limits
+            if limits is not None and self.inbound and self.admitted and self.peer is not None:
+                # [limits]: failing handshakes again and again bans a source
+                limits.handshake_failed(self.peer.host)
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.errback(self._lost_reason)

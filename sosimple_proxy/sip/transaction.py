@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -366,12 +367,19 @@ class TransactionLayer:
         Returns the transport's Deferred; errors are logged and swallowed.
         """
         d = self._send(msg.serialize(), dest, local)
+        if d is None:
+            return succeed(None)
         d.addErrback(lambda f: log.info("stateless send to {dest} failed: {f}", dest=dest, f=f.getErrorMessage()))
         return d
 
     # -- internals the transactions call
 
     def _send(self, data: bytes, dest: Peer, local: ListenAddress | None) -> Any:
+        """The transport's Deferred, or None when the message has gone
+        (a transport with ``send_nowait``: no Deferred per datagram)."""
+        now = getattr(self.transport, "send_nowait", None)
+        if now is not None:
+            return now(data, dest, local)
         if local is None:
             return self.transport.send(data, dest)
         return self.transport.send(data, dest, local)

@@ -333,6 +333,34 @@ class TransportLayer(service.Service):
             log.failure("sending to {dest}", dest=dest)
             return defer.fail(TransportError(dest, _reason(e)))
 
+    def send_nowait(self, data: bytes, dest: Peer, local: ListenAddress | None = None) -> defer.Deferred | None:
+        """:meth:`send`, but None once a datagram to an address literal has
+        gone: the transactions send a dozen messages per call, and a
+        Deferred with an errback each, only to learn that nothing failed,
+        was a measurable part of the cost.  Anything else -- a stream, a
+        failed or refused ``sendto``, a host to normalise -- goes through
+        :meth:`send` and its Deferred."""
+        if dest.transport == "udp" and 0 < dest.port < 65536:
+            host = dest.host
+            try:
+                ok = normal_host(host) == host
+            except ValueError:
+                ok = False
+            if ok:
+                port = self._udpPort(dest, local)
+                sock = getattr(port, "socket", None) if port is not None else None
+                if sock is not None:
+                    try:
+                        sock.sendto(data, (host, dest.port))
+                        return None
+                    except OSError as e:
+                        # Not sent.  An ICMP error for an earlier datagram
+                        # (see _sendUDP): report it; send() below sends again
+                        # and handles any other error.
+                        if e.errno in ICMP_ERRNOS and getattr(port, "recverr", False):
+                            port.read_errors()
+        return self.send(data, dest, local)
+
     def _udpPort(self, dest: Peer, local: ListenAddress | None) -> Any:
         if local is not None:
             port = self._udp_by_local.get(local)

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from typing import Optional
 
+from sosimple_proxy.sip import accel
 from sosimple_proxy.sip.errors import ParseError, show
 from sosimple_proxy.sip.grammar import Params, check_host, check_ipv6, parse_hostport, new_params, simple_params
 
@@ -253,6 +254,8 @@ class URI:
         return hash(key)
 
 
+accel.register_class("URI", URI)
+
 _MUST_MATCH = frozenset(("user", "ttl", "method", "maddr", "transport"))
 
 
@@ -424,12 +427,28 @@ def _parse_tel(rest: str, what: str) -> URI:
 _OPAQUE_BAD = re.compile(r"[\x00-\x20\x7f<>\"]")
 
 
+_C_SIP_URI = None
+
+
+def _bind(c: object) -> None:
+    global _C_SIP_URI
+    _C_SIP_URI = getattr(c, "sip_uri", None)
+
+
+accel.register(_bind)
+
+
 def parse_uri(text: str, what: str = "URI") -> URI:
     """Parse an absolute URI; raise :class:`ParseError` naming ``what``.
 
     Unknown schemes (e.g. ``soap.beep://...``, RFC 4475 3.3.3) are kept
     opaque: a proxy may not understand them but must not choke on them.
     """
+    if _C_SIP_URI is not None:
+        # The compiled fast path (accel.py): the same URI, or None.
+        u = _C_SIP_URI(text)
+        if u is not None:
+            return u  # type: ignore[no-any-return]
     if text[:4] == "sip:" and "%" not in text:
         return _parse_sip("sip", text[4:], what)
     colon = text.find(":")

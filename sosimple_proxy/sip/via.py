@@ -31,7 +31,7 @@ from sosimple_proxy.sip.grammar import (
     split_commas,
     unfold,
 )
-from sosimple_proxy.sip import worker_tag
+from sosimple_proxy.sip import accel, worker_tag
 from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.timers import is_reliable
 
@@ -163,7 +163,14 @@ class Via:
             self.params[name] = value
 
     def copy(self) -> "Via":
-        return Via(self.transport, self.host, self.port, self.params.copy(), self.protocol, self.version)
+        via = Via.__new__(Via)  # the fields are valid already: no __init__ checks
+        via.protocol = self.protocol
+        via.version = self.version
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        via.params = self.params.copy()
+        return via
 
     def __str__(self) -> str:
         h = self.host
@@ -184,6 +191,20 @@ class Via:
     __hash__ = None  # type: ignore[assignment]
 
 
+accel.register_class("Via", Via)
+
+# The compiled fast path (accel.py): the same Via for the shapes below, or None.
+_C_VIA = _C_VIAS = None
+
+
+def _bind(c: object) -> None:
+    global _C_VIA, _C_VIAS
+    _C_VIA = getattr(c, "via", None)
+    _C_VIAS = getattr(c, "vias", None)
+
+
+accel.register(_bind)
+
 # The common shape, no optional white space: SIP/2.0/UDP host:port;a=b;c
 _VIA_FAST = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
@@ -200,6 +221,10 @@ _VIA_HOT = re.compile(
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 25.1)."""
+    if _C_VIA is not None:
+        via = _C_VIA(text)
+        if via is not None:
+            return via  # type: ignore[no-any-return]
     m = _VIA_HOT(text)
     if m is not None:
         transport, host, port, branch, rport = m.groups()
@@ -329,6 +354,10 @@ def parse_vias(values: Iterable[str] | str | None) -> list[Via]:
         return []
     if isinstance(values, str):
         values = [values]
+    if _C_VIAS is not None:
+        vias = _C_VIAS(values)
+        if vias is not None:
+            return vias  # type: ignore[no-any-return]
     if len(values) == 1 and "," not in values[0] and "\n" not in values[0]:  # type: ignore[arg-type]
         return [parse_via(values[0])]  # type: ignore[index]
     out: list[Via] = []
@@ -388,6 +417,16 @@ def _split_at_semicolons(text: str) -> list[str]:
 
 
 def _stamped_via_text(raw: str, received: str | None, rport: int | None) -> str:
+    low = raw.lower()
+    if rport is not None and raw.endswith(";rport") and "received" not in low and low.count("rport") == 1:
+        # What user agents send (RFC 3581): rport last and valueless, no
+        # received yet -- the general case below gives the same text.
+        tail = f";received={received}" if received is not None else ""
+        return f"{raw[:-6]};rport={rport}{tail}"
+    return _stamped_via_text_general(raw, received, rport)
+
+
+def _stamped_via_text_general(raw: str, received: str | None, rport: int | None) -> str:
     parts = _split_at_semicolons(raw)
     out = [parts[0]]
     for p in parts[1:]:
@@ -433,10 +472,27 @@ def stamp_via(request: Request, source: Peer) -> bool:
     if received is None and rport is None:
         return False
     headers = request.headers
-    name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
-    raw = headers.pop_first_value("via")
-    assert raw is not None
-    headers.prepend(name, _stamped_via_text(raw, received, rport))
+    vias = request.peek_view("vias")
+    raw = headers.get("via")
+    if raw is not None and "," not in raw:
+        # The usual case: the top Via alone on its line, replaced in place.
+        headers.replace_first("via", _stamped_via_text(raw.strip(), received, rport))
+    else:
+        name = next(n for n, _v in headers if n.lower() in ("via", "v"))  # as written, compact or not
+        raw = headers.pop_first_value("via")
+        assert raw is not None
+        headers.prepend(name, _stamped_via_text(raw, received, rport))
+    # The stamped Via as a view, so that nobody parses it again: the same
+    # parameters, received and rport set as in the text above.
+    stamped = via.copy()
+    if received is not None:
+        stamped.params.pop("received", None)
+        stamped.params["received"] = received
+    if rport is not None:
+        stamped.params["rport"] = str(rport)
+    request.put_view("top_via", stamped)
+    if vias:
+        request.put_view("vias", [stamped, *vias[1:]])
     return True
 
 

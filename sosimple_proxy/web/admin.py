@@ -447,6 +447,9 @@ class AdminAPI(Resource):
     async def unban(self, address: str) -> tuple:
         if self.limits is None or not self.limits.unban(address):
             raise ApiError(404, f"{address} is not banned")
+        settled = getattr(self.limits, "settled", None)
+        if settled is not None:  # the kernel's copy lifted too ([limits] kernel_bans)
+            await settled()
         return 204, {}, b"", ""
 
     # ------------------------------------------- domain and user keys (issue 11)

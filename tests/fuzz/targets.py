@@ -8,6 +8,10 @@ unexpected exception escape) only when the code under test misbehaves:
   "internal parser error" wrapper (that is a bug it caught), and every
   structured view of a message it accepted parses or raises ParseError.
   A message it accepts serializes into bytes it accepts again.
+- ``parser_c_vs_pure``: the compiled fast paths of the parser
+  (``sip/_cparse.c``) against the pure code: the same message, views and
+  serialization, or the same error (``sip_parser`` runs the compiled code,
+  as the proxy does, when it is built).
 - ``framing``: :class:`StreamFramer` fed the bytes in chunks (the first
   byte chooses the chunk size): never an exception, never more buffered
   than ``max_size`` plus one chunk, and the bytes it framed are the bytes
@@ -47,7 +51,7 @@ from sosimple_proxy.sip.parser import parse_message
 from sosimple_proxy.sip.stack import SipStack
 from sosimple_proxy.sip.transaction import TransactionUser
 
-__all__ = ["FuzzBug", "TARGETS", "sip_parser", "framing", "transaction_input", "amp_decoder"]
+__all__ = ["FuzzBug", "TARGETS", "sip_parser", "parser_c_vs_pure", "framing", "transaction_input", "amp_decoder"]
 
 
 class FuzzBug(AssertionError):
@@ -127,6 +131,21 @@ def sip_parser(data: bytes) -> None:
             raise FuzzBug(f"a message accepted (stream={stream}) does not parse once serialized")
         if type(again) is not type(msg):
             raise FuzzBug("serializing turned a request into a response or back")
+
+
+def parser_c_vs_pure(data: bytes) -> None:
+    """Differential: the compiled fast paths (sip/_cparse.c) and the pure
+    code give the same message, views and serialization, or the same error
+    (``sip_parser`` already runs the compiled code, as the proxy does)."""
+    from sosimple_proxy.sip import accel
+    from tests.sip.differential import both, outcome
+
+    if not accel.available():
+        return
+    for stream in (False, True):
+        pure, fast = both(lambda: outcome(data, stream))
+        if pure != fast:
+            raise FuzzBug(f"compiled and pure parsers differ (stream={stream}):\npure: {pure!r}\nfast: {fast!r}")
 
 
 # -- stream framing
@@ -332,6 +351,7 @@ def amp_decoder(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "sip_parser": sip_parser,
+    "parser_c_vs_pure": parser_c_vs_pure,
     "framing": framing,
     "transaction_input": transaction_input,
     "amp_decoder": amp_decoder,

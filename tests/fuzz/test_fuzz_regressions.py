@@ -30,7 +30,7 @@ def test_every_target_has_a_place_for_its_crashes() -> None:
     assert names <= set(TARGETS)
 
 
-@pytest.mark.parametrize("target", ["sip_parser", "framing", "transaction_input"])
+@pytest.mark.parametrize("target", ["sip_parser", "parser_c_vs_pure", "framing", "transaction_input"])
 def test_torture_corpus_through_target(target: str) -> None:
     for path in TORTURE:
         data = path.read_bytes()

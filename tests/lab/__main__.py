@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     results: dict[str, object] = {}
     t0 = time.monotonic()
-    lab = Lab(args.nodes, seed=args.seed, overlay={"replicas": args.replicas})
+    lab = Lab(args.nodes, seed=args.seed, overlay={"replicas": args.replicas},
+              extra={"limits": {"kernel_bans": "yes"}})  # floods: banned sources dropped by nft
 
     def abort(signum: int, frame: object) -> None:
         # Ctrl-C or a kill: worker threads may hold the main thread in a

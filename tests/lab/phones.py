@@ -68,6 +68,7 @@ class Phones:
         self.lock = threading.Lock()
         self.received: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()  # status lines of failed MESSAGEs
+        self.register_failures: Counter[str] = Counter()  # of failed REGISTERs, or "unanswered"
         self.cseq: dict[str, int] = {}
         self.home: dict[str, int] = {}
         self._stop = False
@@ -193,7 +194,9 @@ class Phones:
                 self.home[user] = p
                 return p
             if answer is not None:
+                self.register_failures[answer.split("\r\n", 1)[0][8:80]] += 1
                 return None  # answered, but not 200: no failover for a refusal
+        self.register_failures["unanswered"] += 1
         return None
 
     def message(self, caller: str, callee: str, via: int, timeout: float = 8.0) -> int | None:

@@ -379,14 +379,31 @@ def _flood_tcp(lab: Lab, target: int, seconds: float, tls: bool) -> int:
 
 def floods(world: World, rng: random.Random, seconds: float, target: int = 0) -> dict:
     """Each flood at node ``target`` from the flooder's namespace while the
-    users in the other namespaces register and send MESSAGEs through it."""
+    users in the other namespaces register, send MESSAGEs and place calls
+    through it.  Figures per flood: the users' failures, how soon the ban
+    was seen (``/limits`` asked every 0.1 s during the flood, from the
+    flood's start: an upper bound, the flooded node answers late), and what was
+    dropped unread: by the kernel (``[limits] kernel_bans``, its nft
+    counter) and by the process (its drop count)."""
     lab = world.lab
+    # What an earlier scenario left (a node still down after the soak's
+    # churn, a ring still repairing) is not the flood's doing: start whole.
+    _restart_dead(lab)
+    settled_before, _ = world.settled(sample=100)
     node = lab.nodes[target]
     results: dict[str, Any] = {}
+
+    def limits_now() -> dict:
+        return node.admin("/limits") or {}
+
     for kind in ("tls handshake", "tcp connection", "udp request"):
         node.admin_delete(f"/limits/banned/{lab.FLOOD_ADDRESS}")
         stats: Counter[str] = Counter()
         stop = threading.Event()
+        before = limits_now()
+        banned_after: list[float] = []
+        register_failures_before = sum((p.register_failures for p in world.phones), Counter())
+        call_failures: Counter[str] = Counter()
 
         def users_meanwhile() -> None:
             while not stop.is_set():
@@ -398,23 +415,51 @@ def floods(world: World, rng: random.Random, seconds: float, target: int = 0) ->
                 m = world.lookups(20, rng, among=[target])
                 stats["message_ok"] += m["ok"]
                 stats["message_failed"] += m["sent"] - m["ok"]
+                pairs = [p for p in (world._pair(rng, [target]) for _ in range(4)) if p is not None]
+                for outcome in world.pool.map(lambda p: world.phone(p[0]).call(*p), pairs):
+                    stats["call_ok" if outcome == "ok" else "call_failed"] += 1
+                    if outcome != "ok":
+                        call_failures[outcome] += 1
+
+        def watch_ban(started: float) -> None:
+            while not stop.is_set() and not banned_after:
+                if any(b.get("address") == lab.FLOOD_ADDRESS for b in limits_now().get("banned", [])):
+                    banned_after.append(round(time.monotonic() - started, 2))
+                    return
+                time.sleep(0.1)
 
         meanwhile = threading.Thread(target=users_meanwhile, daemon=True)
         meanwhile.start()
+        watcher = threading.Thread(target=watch_ban, args=(time.monotonic(),), daemon=True)
+        watcher.start()
         if kind == "udp request":
             sent = _flood_udp(lab, target, seconds)
         else:
             sent = _flood_tcp(lab, target, seconds, tls=kind.startswith("tls"))
         stop.set()
         meanwhile.join(60)
-        limits = node.admin("/limits") or {}
+        watcher.join(10)
+        limits = limits_now()
+        time.sleep(0.5)  # a GET /limits asks nft for its counter; the next one shows it
+        after = limits_now()
         banned = [b for b in limits.get("banned", []) if b.get("address") == lab.FLOOD_ADDRESS]
         total = sum(stats.values())
-        failed = stats["register_failed"] + stats["message_failed"]
+        failed = stats["register_failed"] + stats["message_failed"] + stats["call_failed"]
+        kernel = after.get("kernel") or {}
+        register_failures = sum((p.register_failures for p in world.phones), Counter()) - register_failures_before
         results[kind] = {
-            "flood_sent": sent, "flood_unit": "datagrams" if kind == "udp request" else "connections", **stats, "user_failure_rate": round(failed / total, 4) if total else None,
+            "flood_sent": sent, "flood_unit": "datagrams" if kind == "udp request" else "connections", **stats,
+            "user_failure_rate": round(failed / total, 4) if total else None,
+            "register_failure_reasons": dict(register_failures.most_common(3)),
+            "message_failure_reasons": [r for r in world.failure_reasons(3)] if stats["message_failed"] else [],
+            "call_failure_reasons": dict(call_failures.most_common(3)),
             "flooder_banned": bool(banned), "ban_reason": banned[0].get("reason") if banned else None,
-            "target_running": node.running,
+            "ban_seen_after_seconds": banned_after[0] if banned_after else None,
+            "kernel_bans": kernel.get("state"),
+            "dropped_by_kernel": kernel.get("dropped_packets", 0) - (before.get("kernel") or {}).get("dropped_packets", 0),
+            "dropped_by_process": after.get("dropped", 0) - before.get("dropped", 0),
+            "refused_by_process": after.get("refused_connections", 0) - before.get("refused_connections", 0),
+            "target_running": node.running, "settled_before": settled_before,
         }
     node.admin_delete(f"/limits/banned/{lab.FLOOD_ADDRESS}")
     return _print("floods", results)

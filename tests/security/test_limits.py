@@ -111,7 +111,11 @@ def test_never_more_than_burst_plus_rate_times_time(gaps):
 def test_report_is_the_limits_body():
     limits, _, _ = make()
     limits.ban(SRC, "testing")
-    assert limits.report() == {"banned": [{"address": SRC, "reason": "testing", "remaining": 300}]}
+    assert limits.report() == {
+        "banned": [{"address": SRC, "reason": "testing", "remaining": 300}],
+        "dropped": 0,
+        "refused_connections": 0,
+    }
 
 
 def test_unban():
@@ -203,7 +207,8 @@ def test_auth_failures_zero_is_off():
 
 
 def test_connection_caps():
-    limits, _, _ = make(max_connections=5, max_connections_per_source=3, allow=parse_limits({"allow": "10.0.0.0/8"}).allow)
+    limits, _, _ = make(max_connections=5, max_connections_per_source=3, connections_per_second=0,
+                        allow=parse_limits({"allow": "10.0.0.0/8"}).allow)
     assert [limits.connection_opened("192.0.2.1") for _ in range(4)] == [ALLOW] * 3 + [LIMITED]
     assert limits.connections_from("192.0.2.1") == 3
     assert [limits.connection_opened("192.0.2.2") for _ in range(3)] == [ALLOW, ALLOW, LIMITED]  # 5 in total
@@ -329,3 +334,57 @@ def test_bad_values_name_the_key(key, value, problem):
     assert problem in caught.value.problem
     assert str(caught.value).startswith(f"[limits] {key}: ")
     assert isinstance(caught.value, ValueError)
+
+
+# --- connection rate and failed TLS handshakes (issue 15: handshake floods)
+
+
+def test_connections_faster_than_the_rate_ban_the_source():
+    limits, clock, events = make(connections_per_second=10, max_connections_per_source=4)
+    # a burst of twice the per-source cap; each closes at once (a flooder's habit)
+    for _ in range(8):
+        assert limits.connection_opened(SRC) is ALLOW
+        limits.connection_closed(SRC)
+    assert limits.connection_opened(SRC) is BANNED
+    assert limits.is_banned(SRC) and limits.refused == 1
+    assert events.about("banned")[0]["reason"] == "over 10 new connections/s (burst 8)"
+    assert limits.connection_opened(SRC) is BANNED and limits.refused == 2
+
+
+def test_connections_at_the_rate_pass_and_the_allowed_are_never_counted():
+    limits, clock, _ = make(connections_per_second=10, max_connections_per_source=4, allow=parse_limits({"allow": "10.0.0.0/8"}).allow)
+    for _ in range(200):  # 10/s for 20 s
+        assert limits.connection_opened(SRC) is ALLOW
+        limits.connection_closed(SRC)
+        assert limits.connection_opened("10.0.0.1") is ALLOW
+        limits.connection_closed("10.0.0.1")
+        clock.advance(0.1)
+    clock.advance(10)
+    assert limits.sweep() >= 1 and limits.tracked() == 0
+
+
+def test_refused_attempts_count_toward_the_rate():
+    # A source hammering at its cap is banned too, not refused forever.
+    limits, _, _ = make(connections_per_second=1, max_connections_per_source=2)
+    verdicts = [limits.connection_opened(SRC) for _ in range(6)]
+    assert verdicts == [ALLOW, ALLOW, LIMITED, LIMITED, BANNED, BANNED]
+
+
+def test_failed_tls_handshakes_ban_like_wrong_passwords():
+    limits, clock, events = make(auth_failures=3)
+    assert limits.handshake_failed(SRC) is ALLOW
+    clock.advance(61)  # the first has left the window
+    assert [limits.handshake_failed(SRC) for _ in range(3)] == [ALLOW, ALLOW, BANNED]
+    assert limits.is_banned(SRC)
+    assert events.about("banned")[0]["reason"] == "3 failed TLS handshakes in 60 s"
+    assert limits.handshake_failed(SRC) is ALLOW, "already banned: nothing more"
+
+
+def test_the_gate_counts_what_it_drops_on_the_limiter():
+    from sosimple_proxy.sip.admission import DROP, Gate
+
+    limits, _, _ = make()
+    limits.ban(SRC, "flood")
+    gate = Gate(limits)
+    assert [gate.admit(b"OPTIONS sip:x SIP/2.0\r\n\r\n", SRC) for _ in range(3)] == [DROP] * 3
+    assert limits.dropped == 3 and limits.report()["dropped"] == 3

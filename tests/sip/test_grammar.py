@@ -12,6 +12,9 @@ from sosimple_proxy.sip.headers import parse_name_addr
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.sip.via import parse_via
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 GOOD = ["example.com", "a-b.c", "a.", "a.b.", "a_b", "_a", "a.1b", "1.2.3.4", "0.0.0.0", "1.2.3.4.", "x"]
 BAD = ["a.-b", "a-.b", "a..b", "-a", "a-", ".a", "a.b-", "x.y-.z", "123", "1.2.3", "1.2.3.256", "01.2.3.4",
        "1.2.3.04", "a b"]

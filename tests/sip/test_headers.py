@@ -17,6 +17,9 @@ from sosimple_proxy.sip.headers import (
 from sosimple_proxy.sip.parser import ParseError
 from sosimple_proxy.sip.via import Via, parse_top_via, parse_vias, parse_via
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 
 def test_via_basic() -> None:
     v = parse_via("SIP/2.0/UDP pc33.example.com:5066;branch=z9hG4bK776asdhds;rport;received=192.0.2.1")

@@ -3,8 +3,13 @@ Via or decrements Max-Forwards without parsing From, To, CSeq again."""
 
 from __future__ import annotations
 
+import pytest
+
 from sosimple_proxy.proxy.routing import copy_request
 from sosimple_proxy.sip.parser import parse_message
+
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
 
 RAW = (
     b"INVITE sip:bob@example.com SIP/2.0\r\n"

@@ -9,6 +9,9 @@ import pytest
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.parser import ParseError, parse_message, validate_request
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
     b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport\r\n"
@@ -253,3 +256,11 @@ def test_garbage_is_neither_request_nor_response() -> None:
 def test_max_forwards_errors(mf: bytes, text: str) -> None:
     with pytest.raises(ParseError, match=re.escape(text)):
         parse_message(req().replace(b"Max-Forwards: 70", b"Max-Forwards: " + mf))
+
+
+def test_a_line_without_colon_is_never_a_header_whatever_was_seen_before() -> None:
+    """The parser is a pure function of its bytes: a bare ``Via`` line is an
+    error even after messages whose Via lines filled the name cache."""
+    parse_message(req())  # "Via" is a known name now
+    with pytest.raises(ParseError, match="invalid header line 'Via'"):
+        parse_message(req(b"Via"))

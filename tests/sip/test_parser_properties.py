@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,9 @@ from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.parser import ParseError, parse_message
 from sosimple_proxy.sip.uri import parse_uri
 from sosimple_proxy.sip.via import parse_via
+
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
 
 ROOT = Path(__file__).parent.parent / "data" / "torture"
 MANIFEST = json.loads((ROOT / "manifest.json").read_text())

@@ -40,7 +40,8 @@ def limited_layer(**config: Any) -> tuple[Any, Any, Any, Limits]:
 
 
 def test_connections_beyond_the_per_source_cap_are_closed_at_once(refusals: list) -> None:
-    layer, r, sink, limits = limited_layer(max_connections_per_source=2, max_connections=10)
+    # the caps alone (the connection rate has its own test)
+    layer, r, sink, limits = limited_layer(max_connections_per_source=2, max_connections=10, connections_per_second=0)
     a1, t1 = accept(r, "10.0.0.1", 5001)
     a2, t2 = accept(r, "10.0.0.1", 5002)
     assert not t1.disconnecting and not t2.disconnecting
@@ -260,7 +261,7 @@ def test_tls_connections_are_refused_before_their_handshake(tmp_path: Any) -> No
     from tests.sip.test_transport import FakeReactor, RecordingSink
 
     r = FakeReactor()
-    limits = Limits(r, LimitsConfig(max_connections_per_source=1))
+    limits = Limits(r, LimitsConfig(max_connections_per_source=1, connections_per_second=0))
     layer = TransportLayer(
         r, [ListenAddress("tls", "127.0.0.1", 5061)], RecordingSink(), tls_server=Certs(tmp_path).server(),
         limits=limits,
@@ -279,3 +280,33 @@ def test_tls_connections_are_refused_before_their_handshake(tmp_path: Any) -> No
     assert not first.disconnecting and second.disconnecting
     assert second.value() == b"", "not one byte of a handshake for a refused connection"
     assert len(r.getDelayedCalls()) == calls, "no timer for a refused connection"
+
+
+def test_a_tls_connection_flood_is_banned_and_then_refused_before_the_handshake(tmp_path) -> None:
+    """Connections opened faster than [limits] connections_per_second ban
+    their source; from then on each is closed before a byte of TLS."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from sosimple_proxy.sip.address import ListenAddress
+    from sosimple_proxy.sip.transport import TransportLayer
+    from tests.sip.test_tls_transport import Certs
+    from tests.sip.test_transport import FakeReactor, RecordingSink
+
+    r = FakeReactor()
+    limits = Limits(r, LimitsConfig(max_connections_per_source=2, connections_per_second=5))
+    layer = TransportLayer(
+        r, [ListenAddress("tls", "127.0.0.1", 5061)], RecordingSink(), tls_server=Certs(tmp_path).server(), limits=limits,
+    )
+    layer.startService()
+    transports = []
+    for port in range(40000, 40010):
+        proto = r.tcpServers[0][1].buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port), hostAddress=IPv4Address("TCP", "127.0.0.1", 5061))
+        proto.makeConnection(t)
+        transports.append(t)
+        if not t.disconnecting:
+            proto.connectionLost(Failure(ConnectionDone()))  # the flooder hangs up mid-handshake
+    assert limits.is_banned("192.0.2.7")
+    assert [b["reason"] for b in limits.report()["banned"]] == ["over 5 new connections/s (burst 4)"]
+    assert all(t.disconnecting and t.value() == b"" for t in transports[4:]), "no handshake once banned"

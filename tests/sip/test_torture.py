@@ -18,6 +18,9 @@ import pytest
 from sosimple_proxy.sip.message import Request, Response
 from sosimple_proxy.sip.parser import ParseError, parse_message
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 ROOT = Path(__file__).parent.parent / "data" / "torture"
 MANIFEST = json.loads((ROOT / "manifest.json").read_text())
 

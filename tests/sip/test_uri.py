@@ -7,6 +7,9 @@ import pytest
 from sosimple_proxy.sip.parser import ParseError
 from sosimple_proxy.sip.uri import URI, canonical, parse_uri, unescape
 
+# Every test here runs with the pure-Python parser and with the compiled one.
+pytestmark = pytest.mark.usefixtures("parser_impl")
+
 
 @pytest.mark.parametrize(
     "text",

@@ -42,7 +42,7 @@ class LimitsApiTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_get_limits_lists_bans_with_reason_and_remaining_seconds(self):
         code, headers, body = yield self.call("GET", "/limits")
-        self.assertEqual((code, json.loads(body)), (200, {"banned": []}))
+        self.assertEqual((code, json.loads(body)), (200, {"banned": [], "dropped": 0, "refused_connections": 0}))
         self.limits.ban("192.0.2.7", "over 50 requests/s")
         self.clock.advance(100.5)
         self.limits.ban("2001:db8::1", "10 wrong credentials in 60 s")
@@ -55,7 +55,9 @@ class LimitsApiTests(unittest.TestCase):
                 "banned": [
                     {"address": "192.0.2.7", "reason": "over 50 requests/s", "remaining": 200},
                     {"address": "2001:db8::1", "reason": "10 wrong credentials in 60 s", "remaining": 300},
-                ]
+                ],
+                "dropped": 0,
+                "refused_connections": 0,
             },
         )
         self.clock.advance(200)

@@ -144,6 +144,10 @@ class ViewsTests(unittest.TestCase):
     def test_metrics_follow_the_same_counts(self):
         self.feed("MESSAGE", 3)
         self.limits.ban("192.0.2.99", "too many requests")
+        from sosimple_proxy.sip.admission import Gate
+
+        Gate(self.limits).admit(b"OPTIONS sip:x SIP/2.0\r\n\r\n", "192.0.2.99")  # dropped unparsed
+        self.limits.connection_opened("192.0.2.99")  # refused
         code, body = yield self.get("/metrics")
         self.assertEqual(code, 200)
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -152,6 +156,9 @@ class ViewsTests(unittest.TestCase):
         self.assertEqual(samples[("sosimple_sip_responses_total", (("code", "404"), ("method", "MESSAGE")))], 3)
         self.assertEqual(samples[("sosimple_bans_total", ())], 1)
         self.assertEqual(samples[("sosimple_banned_sources", ())], 1)
+        self.assertEqual(samples[("sosimple_banned_dropped_total", ())], 1)
+        self.assertEqual(samples[("sosimple_banned_refused_connections_total", ())], 1)
+        self.assertNotIn(("sosimple_kernel_dropped_packets_total", ()), samples)  # no kernel copy here
         self.assertEqual(samples[("sosimple_gateway_state", (("gateway", "carrier"), ("state", "up")))], 1)
         self.assertEqual(samples[("sosimple_sip_active_transactions", (("side", "server"),))], self.layer.server_count)
 
