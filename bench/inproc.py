@@ -9,23 +9,28 @@ scheduled), repeatable to a few percent on a shared machine, which the
 sipp runs (``bench.cpu_quick``) are not.  The kernel's part (epoll, recvfrom,
 sendto, wake-ups) is not in these figures.
 
-    python -m bench.inproc [REGISTER] [MESSAGE] [INVITE] [--calls=N] [--profile] [--nogc]
+    python -m bench.inproc [REGISTER] [REGISTER-AUTH] [MESSAGE] [INVITE] [--calls=N] [--profile] [--nogc]
     python -m bench.inproc --summary   # top 15 functions per workload, markdown
+    python -m bench.inproc --summary --out=bench/profiles   # one file per workload (bench.profiles)
 """
 
 from __future__ import annotations
 
 import cProfile
 import gc
+import hashlib
 import io
 import pstats
+import re
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 
-from bench.sip_load import BENCH_LIMITS, DOMAIN
+from bench.sip_load import BENCH_LIMITS, DOMAIN, PASSWORD, write_users_file
 from sosimple_proxy.config import parse_config
 from sosimple_proxy.testing import free_port
 from sosimple_proxy.wiring import build_service
@@ -87,12 +92,20 @@ SDP = (b"v=0\r\no=sipp 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 
        b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
 
 
+WORKLOADS = ("REGISTER", "REGISTER-AUTH", "MESSAGE", "INVITE")
+
+
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, auth: bool = False) -> None:
         port = free_port("udp")
         ini = (f"[proxy]\nlisten = udp:127.0.0.1:{port}\ndomains = {DOMAIN}\n"
                "[overlay]\nlisten =\n[admin]\nlisten =\n[location]\norder = local\n[limits]\n"
                + "".join(f"{k} = {v}\n" for k, v in BENCH_LIMITS.items()))
+        if auth:  # as bench.sip_load's REGISTER-AUTH: every user's password PASSWORD, MD5 only
+            self.tmp = Path(tempfile.mkdtemp(prefix="bench-inproc-"))
+            ini += ("auth_failures = 0\n[auth]\n"
+                    f"users_file = {write_users_file(self.tmp / 'users')}\nrequired = yes\nrealm = {DOMAIN}\n"
+                    f"algorithms = MD5\ntrusted =\nnonce_secret_file = {self.tmp / 'nonce-secret'}\n")
         self.cfg = parse_config(ini, "inproc.ini")
         self.top = build_service(self.cfg, _reactor)
         self.top.startService()
@@ -124,6 +137,42 @@ class Harness:
                "User-Agent: sipp bench\r\n"
                "Content-Length: 0\r\n\r\n").encode()
         self.feed(msg, contact)
+        out = self.cap.take()
+        assert out and out[-1][0].startswith(b"SIP/2.0 200"), out
+
+    def register_auth(self, user: str, contact: tuple[str, int] = UAC) -> None:
+        """REGISTER, its 401, the REGISTER with an MD5 qop=auth answer, its 200."""
+        self.n += 1
+        n = self.n
+
+        def register(cseq: int, extra: str = "") -> bytes:
+            return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {contact[0]}:{contact[1]};branch=z9hG4bK-a{n}-{cseq};rport\r\n"
+                    "Max-Forwards: 70\r\n"
+                    f"From: <sip:{user}@{DOMAIN}>;tag={n}A\r\n"
+                    f"To: <sip:{user}@{DOMAIN}>\r\n"
+                    f"Call-ID: {n}-areg@127.0.0.1\r\n"
+                    f"CSeq: {cseq} REGISTER\r\n"
+                    f"Contact: <sip:{user}@{contact[0]}:{contact[1]}>\r\n"
+                    f"{extra}Expires: 3600\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+
+        self.feed(register(1), contact)
+        out = self.cap.take()
+        assert out and out[-1][0].startswith(b"SIP/2.0 401"), out
+        challenge = _get(_lines(out[-1][0]), b"www-authenticate")[0].decode()
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+        uri, nc, cnonce = f"sip:{DOMAIN}", "00000001", f"c{n}"
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()
+
+        ha1, ha2 = md5(f"{user}:{params['realm']}:{PASSWORD}"), md5(f"REGISTER:{uri}")
+        resp = md5(f"{ha1}:{params['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+        opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
+        self.feed(register(2, f'Authorization: Digest username="{user}", realm="{params["realm"]}", '
+                              f'nonce="{params["nonce"]}", uri="{uri}", response="{resp}", algorithm=MD5, '
+                              f'qop=auth, nc={nc}, cnonce="{cnonce}"{opaque}\r\n'), contact)
         out = self.cap.take()
         assert out and out[-1][0].startswith(b"SIP/2.0 200"), out
 
@@ -213,6 +262,7 @@ def run_calls(h: Harness, workload: str, calls: int, warmup: int = 200) -> float
     if workload == "MESSAGE" or workload == "INVITE":
         h.register("uas", UAS)
     one = {"REGISTER": lambda i: h.register(f"user{i % 10000:05d}"),
+           "REGISTER-AUTH": lambda i: h.register_auth(f"user{i % 10000:05d}"),
            "MESSAGE": lambda i: h.message(), "INVITE": lambda i: h.invite()}[workload]
     tick = _reactor.runUntilCurrent  # expired timers run, as in the real loop
     for i in range(warmup):  # warm-up
@@ -230,16 +280,23 @@ def profile_summary(workloads: tuple[str, ...] = ("REGISTER", "MESSAGE", "INVITE
     """The top functions by own time for each workload (cProfile, cyclic GC
     off so that no collection is charged to an allocation site), with
     calls per SIP call: the counts are exact, the times relative."""
-    out = []
+    return "\n".join(profile_summaries(workloads, calls, top).values())
+
+
+def profile_summaries(workloads: tuple[str, ...] = WORKLOADS, calls: int = 1000, top: int = 15) -> dict[str, str]:
+    """:func:`profile_summary`, one markdown text per workload."""
+    out: dict[str, list[str]] = {}
     gc.freeze()
     was = gc.isenabled()
     gc.disable()
     try:
         for w in workloads:
-            h = Harness()
+            h = Harness(auth=w == "REGISTER-AUTH")
             try:
                 run_calls(h, w, 100, 100)
-                prof = cProfile.Profile()
+                # process time, not wall time: on a shared machine a preempted
+                # function would be charged for the wait
+                prof = cProfile.Profile(time.process_time)
                 prof.enable()
                 run_calls(h, w, calls, 0)
                 prof.disable()
@@ -249,33 +306,43 @@ def profile_summary(workloads: tuple[str, ...] = ("REGISTER", "MESSAGE", "INVITE
             total = sum(v[2] for v in st.values())
             ncalls = sum(v[1] for v in st.values())
             rows = sorted(st.items(), key=lambda kv: -kv[1][2])[:top]
-            out.append(f"### {w}: {ncalls / calls:,.0f} Python function calls per call")
-            out.append("")
-            out.append("| own time | calls per call | function |")
-            out.append("| ---: | ---: | --- |")
+            text = out[w] = [f"### {w}: {ncalls / calls:,.0f} Python function calls per call", ""]
+            text.append(f"In process (`bench.inproc`), {calls:,} calls, cProfile, cyclic GC off: the counts are exact, "
+                        f"the times relative (process time; {total * 1e6 / calls:,.0f} us per call under the profiler).")
+            text.append("")
+            text.append("| own time | calls per call | function |")
+            text.append("| ---: | ---: | --- |")
             for (path, line, name), (_cc, nc, tt, _ct, _callers) in rows:
                 where = path.split("/sosimple_proxy/")[-1].split("/site-packages/")[-1]
-                out.append(f"| {100 * tt / total:.1f}% | {nc / calls:.1f} | `{name}` ({where}:{line}) |")
-            out.append("")
+                text.append(f"| {100 * tt / total:.1f}% | {nc / calls:.1f} | `{name}` ({where}:{line}) |")
+            text.append("")
     finally:
         if was:
             gc.enable()
-    return "\n".join(out)
+    return {w: "\n".join(lines) for w, lines in out.items()}
 
 
 def main(argv: list[str]) -> None:
-    if "--summary" in argv:
-        print(profile_summary())
-        return
-    wls = [a for a in argv if a in ("REGISTER", "MESSAGE", "INVITE")] or ["REGISTER", "MESSAGE", "INVITE"]
     opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    if "--summary" in argv:
+        chosen = tuple(a for a in argv if a in WORKLOADS)
+        if "out" in opts:  # bench.profiles: one file per workload
+            out = Path(opts["out"])
+            out.mkdir(parents=True, exist_ok=True)
+            for w, text in profile_summaries(chosen or WORKLOADS).items():
+                (out / f"{w}.md").write_text(text)
+                print(f"{out / (w + '.md')}", flush=True)
+        else:
+            print(profile_summary(chosen or ("REGISTER", "MESSAGE", "INVITE")))
+        return
+    wls = [a for a in argv if a in WORKLOADS] or ["REGISTER", "MESSAGE", "INVITE"]
     calls = int(opts.get("calls", 5000))
     gc.freeze()
     gc.set_threshold(10_000, 10, 1_000)  # as sosimple_proxy.service does
     if "--nogc" in argv:
         gc.disable()  # the profile then charges no collection to an allocation
     for w in wls:
-        h = Harness()
+        h = Harness(auth=w == "REGISTER-AUTH")
         try:
             if "--profile" in argv:
                 prof = cProfile.Profile()

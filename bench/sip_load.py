@@ -396,10 +396,17 @@ class Server:
 class Ours(Server):
     name, label = "ours", "sosimple-proxy"
 
+    def __init__(self, auth: bool = False, workers: int = 1) -> None:
+        super().__init__(auth)
+        self.workers = workers  # [proxy] workers: above 1, a parent and that many worker processes
+
     def start(self, workdir: Path) -> None:
         self.port = free_port("udp")
         listen = f"udp:127.0.0.1:{self.port}"
-        config: dict[str, dict[str, object]] = {"proxy": {"listen": listen, "domains": DOMAIN}, "limits": BENCH_LIMITS}
+        proxy: dict[str, object] = {"listen": listen, "domains": DOMAIN}
+        if self.workers > 1:
+            proxy["workers"] = self.workers
+        config: dict[str, dict[str, object]] = {"proxy": proxy, "limits": BENCH_LIMITS}
         if self.auth:
             config["auth"] = {
                 "users_file": write_users_file(workdir / "users"),
@@ -410,15 +417,31 @@ class Ours(Server):
                 "nonce_secret_file": workdir / "nonce-secret",
             }
             config["limits"] = {**BENCH_LIMITS, "auth_failures": "0"}
-        self.proxy = ProxyProcess(config, port=self.port, workdir=workdir)
+        # several Python processes start slower on a loaded machine
+        self.proxy = ProxyProcess(config, port=self.port, workdir=workdir, startup_timeout=30.0 * self.workers)
         self.proxy.start()
         assert self.proxy.process is not None
         self.pid = self.proxy.process.pid
+        if self.workers > 1:
+            self._await_workers()
+
+    def _await_workers(self, timeout: float = 30.0) -> None:
+        """The proxy answers OPTIONS once one worker serves: wait for all of
+        them (each logs "serving SIP" through the parent)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.proxy.log_path.read_text(errors="replace") if self.proxy.log_path.exists() else ""
+            if text.count("serving SIP") >= self.workers:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"not every one of {self.workers} workers serves after {timeout:g} s")
 
     def stop(self) -> None:
         self.proxy.stop()
 
     def cpu(self) -> float:
+        if self.workers > 1:
+            return tree_cpu_seconds(self.pid)  # the parent and its workers
         return cpu_seconds(self.pid)  # one process; its stat counts every thread
 
 
@@ -455,13 +478,17 @@ class _Subprocess(Server):
 class Kamailio(_Subprocess):
     name, label = "kamailio", "Kamailio"
 
+    def __init__(self, auth: bool = False, children: int = 1) -> None:
+        super().__init__(auth)
+        self.children = children  # -n: UDP worker processes
+
     def start(self, workdir: Path) -> None:
         self.port = free_port("udp")
         exe = shutil.which("kamailio")
         if exe is None:
             raise FileNotFoundError("kamailio is not installed (Debian package kamailio)")
         self._start(
-            [exe, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-m", "256", "-n", "1", "-x", "tlsf",
+            [exe, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-m", "256", "-n", str(self.children), "-x", "tlsf",
              *(["-A", "WITH_AUTH"] if self.auth else []),
              "-l", f"udp:127.0.0.1:{self.port}", "-w", str(workdir)],
             workdir,
@@ -837,6 +864,11 @@ class Bench:
             (workdir / f"{name}.xml").write_text(text)
         self.counter = 0
         self.probe_uas: socket.socket | None = None
+        # bench.workers: ``taskset -c 0`` before each sipp, and the UAC's
+        # transport (``-t un -max_socket 64``: many source ports, which
+        # SO_REUSEPORT spreads over the workers; one port would reach one)
+        self.sipp_prefix: list[str] = []
+        self.uac_extra: list[str] = []
 
     def step(self, server: Server, workload: str, rate: int, calls: int, uas_port: int | None,
              users: Path | None = None) -> Step:
@@ -852,8 +884,10 @@ class Bench:
         uas = None
         if workload in UAS and server.has_uas and uas_port is not None:
             uas = subprocess.Popen(
-                [sipp, "-sf", str(self.dir / f"uas-{workload}.xml"), *common, "-p", str(uas_port),
-                 "-m", str(calls), "-recv_timeout", str(RECV_TIMEOUT_MS * 2), "-default_behaviors", "all,-bye",
+                [*self.sipp_prefix, sipp, "-sf", str(self.dir / f"uas-{workload}.xml"), *common, "-p", str(uas_port),
+                 # -m: room for the previous step's retransmissions, which a UAS that
+                 # stopped at `calls` would leave to ICMP errors (503s) after an overload
+                 "-m", str(calls * 3), "-recv_timeout", str(RECV_TIMEOUT_MS * 2), "-default_behaviors", "all,-bye",
                  "-trace_err", "-error_file", str(run / "uas-errors.log")],
                 cwd=run, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / "uas.err", "wb"),
             )
@@ -861,7 +895,8 @@ class Bench:
                 if _port_bound(uas_port) or uas.poll() is not None:
                     break
                 time.sleep(0.02)
-        args = [sipp, "-sf", str(self.dir / f"uac-{workload}.xml"), *common, "-p", str(free_port("udp")),
+        args = [*self.sipp_prefix, sipp, "-sf", str(self.dir / f"uac-{workload}.xml"), *common, *self.uac_extra,
+                "-p", str(free_port("udp")),
                 "-m", str(calls), "-r", str(rate), "-rp", "1000", "-l", str(max(2000, rate * 4)),
                 "-recv_timeout", str(RECV_TIMEOUT_MS), "-default_behaviors", "all,-bye",
                 "-trace_logs", "-log_file", str(run / "rtt.log"),

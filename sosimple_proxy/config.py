@@ -266,6 +266,9 @@ OVERLAY: Schema = {
     # always, or only those not reached directly (proxy/routing.py,
     # reached_directly: UDP from the Contact's own address, no NAT)
     "publish_path": (_choice("always", "needed"), "always"),
+    # seconds one ring call may take; 0: half of stabilize_interval, at most 2
+    # (a lookup gets four calls' worth)
+    "rpc_timeout": (_float(0.0, strict=False), "0"),
 }
 # [tls]: the parsers live with the TLS code (security/tls.py); verify
 # defaults to yes, min_version to 1.2.

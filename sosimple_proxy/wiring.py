@@ -55,6 +55,7 @@ from sosimple_proxy.proxy.registrar import Registrar
 from sosimple_proxy.proxy.stack_link import StackLink
 from sosimple_proxy.proxy.authenticate import Authenticate, TrustedSources
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
+from sosimple_proxy.proxy.path_stamp import PathStamp
 from sosimple_proxy.proxy.relay import AckGate, ContactIndex, EmergencyNumbers, PstnCallers, Relay
 from sosimple_proxy.providers import ProviderParts, build_providers, gateways_of
 from sosimple_proxy.reloads import Reloads
@@ -186,6 +187,8 @@ class Security:
     branch_policy: Callable[[Any, Any, Any], None]
     users: UsersFile | None
     digest: DigestAuthenticator | None
+    # stamps the Path entries we publish in the rings (proxy/path_stamp.py)
+    path_stamp: PathStamp | None = None
 
 
 def gateway_matcher(gateways: Callable[[], Sequence[Any]]) -> Callable[[Any], bool]:
@@ -237,6 +240,7 @@ def build_security(
     )
     trusted = TrustedSources(auth["trusted"])
     stamp = DialogStamp(secret)
+    path_stamp = PathStamp(secret, reactor)
     emergency = EmergencyNumbers(pstn["emergency"])
     authenticate = Authenticate(
         is_ours=addressing.is_ours,
@@ -249,6 +253,7 @@ def build_security(
         is_emergency=emergency,
         on_auth_failure=on_auth_failure,
         members=members,
+        path_stamp=path_stamp,
     )
 
     contacts = ContactIndex(bindings.lookup)
@@ -271,7 +276,8 @@ def build_security(
         if target.source != "pstn" and dest.host not in trusted:
             copy.headers.remove("P-Asserted-Identity")
 
-    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest)
+    return Security(authenticate, relay, AckGate(relay, trusted, stamp, digest.realm if digest is not None else None), stamp, branch_policy, users, digest,
+                    path_stamp)
 
 
 def build_proxy(
@@ -372,7 +378,12 @@ def build_proxy(
 
     def self_route_for(overlay: Any) -> Callable[[Any], str | None]:
         publish_path = _publish_path(overlay)
-        return lambda binding: routing.self_route(stack.listening(), binding, publish_path)
+
+        def self_route(binding: Any) -> str | None:
+            stamp = security.path_stamp.value if security.path_stamp is not None else None
+            return routing.self_route(stack.listening(), binding, stamp, publish_path)
+
+        return self_route
 
     publishers = []
     for name, (overlay, ring_addressing) in (ring_parts.items() if publish else ()):
@@ -680,11 +691,12 @@ def build_worker_parent(cfg: Config, reactor: Any, top: MultiService, admin: Any
     table = BindingTable(reactor)
     listening = list(cfg.proxy["listen"])
     addressing = Addressing(cfg.proxy["domains"], listening, StackLink())
+    path_stamp = PathStamp(secret, reactor)  # the workers check it with the same secret
     for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
         ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
         if any(d in ring_addressing.domains for d in addressing.domains):
             publish_path = _publish_path(overlay)
-            RingPublisher(overlay, table, lambda b, p=publish_path: routing.self_route(listening, b, p), reactor,
+            RingPublisher(overlay, table, lambda b, p=publish_path: routing.self_route(listening, b, path_stamp.value, p), reactor,
                           accepts=_holds(ring_addressing))
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]

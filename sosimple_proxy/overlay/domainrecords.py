@@ -24,6 +24,7 @@ from typing import Sequence
 
 import attrs
 
+from .records import register_kind
 from .signing import CredentialError, fingerprint, load_public_key
 
 #: the kind of a domain record
@@ -35,6 +36,11 @@ USER_KINDS = frozenset({"presence", "blob"})
 #: what the users' store keeps for her (``userdata.py``): written by a node
 #: of her domain that authenticated her, or signed by her own key
 STORE_KIND = "userdata"
+# Every node that judges these records must know their kinds, whether or not
+# it serves the users' store itself (a storage-only peer holds them too).
+register_kind(STORE_KIND, dictionary=True)
+register_kind(PUBLICKEY, dictionary=False)
+
 #: a domain record lives this long unless renewed (seconds)
 DOMAIN_TTL = 7 * 24 * 3600.0
 #: a user's public key record lives this long (seconds)

@@ -30,6 +30,20 @@ def needed(write_quorum: int, replicas: int, holders: Iterable[Hashable]) -> int
     return max(1, min(write_quorum, replicas + 1, live))
 
 
+def reads(write_quorum: int, replicas: int) -> int:
+    """Holders a read asks (when they answer) before it believes what they say.
+
+    A write is done once ``write_quorum`` of the ``replicas + 1`` holders
+    took it, so the key's primary may be one that missed it (a lost
+    message, a store call that timed out half-way) while it still vouches
+    for its range.  Asking ``R`` holders with ``R + write_quorum >
+    replicas + 1`` meets at least one copy of every done write, and the
+    newest version of each entry wins the merge (issue 15: lookups right
+    after a REGISTER's 200 missed for a second or two, until the next sync).
+    """
+    return max(1, replicas + 2 - max(1, write_quorum))
+
+
 def check(acks: int, write_quorum: int, replicas: int, holders: Iterable[Hashable], key: int) -> None:
     """Raise :class:`QuorumFailed` (or :class:`StoreFailed` for none) unless ``acks`` suffice."""
     need = needed(write_quorum, replicas, holders)

@@ -17,6 +17,7 @@ from typing import Hashable, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from .errors import StoreRefused
 from .interfaces import IPeerCalls
 from .messages import EntryId, Peer
 from .records import Record, merge, newer
@@ -89,7 +90,10 @@ class ReadRepair:
                 continue
             given += len(give)
             if peer.address == self.me.address:
-                self.take(give)
+                try:
+                    self.take(give)
+                except StoreRefused:
+                    pass  # our disk is full: the store said so once; the other copies serve
                 continue
             try:
                 yield self.calls.call(peer.address, "store", tuple(give))

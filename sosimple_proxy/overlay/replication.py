@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from . import ids, quorum
-from .errors import LookupFailed, NotRunning, OverlayError
+from .errors import LookupFailed, NotRunning, OverlayError, StoreRefused
 from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
 from .lookup import LookupResult
@@ -274,6 +274,7 @@ class Replicator:
         vouched = False
         holders = result.successors[:want]
         answers: list[tuple[Peer, tuple[Record, ...]]] = []
+        reads = quorum.reads(self.config.write_quorum, self.config.replicas)
         for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
@@ -288,8 +289,9 @@ class Replicator:
             answered += 1
             answers.append((p, answer.records))
             collected.extend(answer.records)
-            if answer.authoritative:
-                vouched = True
+            vouched = vouched or answer.authoritative
+            # enough holders to meet every write a quorum took (quorum.py)
+            if vouched and answered >= reads:
                 break
         if repair and self.repair is not None and answers and self.jobs.running:
             # in the background: the reader does not wait (overlay/repair.py)
@@ -312,9 +314,9 @@ class Replicator:
     def take(self, records: Sequence[Record], origin: str = "store") -> int:
         """Merge records another node (or our own write) hands us: how many were new."""
         if self.guard is None:
-            return self.store.put_many(records)
+            return self._put_many(records)
         decided: list = []
-        d = self.guard.accept(records, origin).addCallback(self.store.put_many)
+        d = self.guard.accept(records, origin).addCallback(self._put_many)
         d.addBoth(decided.append)
         if decided:
             if isinstance(decided[0], Failure):
@@ -324,6 +326,18 @@ class Replicator:
         # now, not after the caller's call timed out; what passes is kept later.
         d.addErrback(self.jobs.log_failure, "checking records")
         return 0
+
+    def _put_many(self, records: Sequence[Record]) -> int:
+        try:
+            return self.store.put_many(records)
+        except StoreRefused:
+            # Our store refused a record (a full disk): we lack it, and a
+            # later write that fits (a smaller record, a page freed) does not
+            # bring it back.  So we vouch for no miss in our range until a
+            # sync with our replicas has pulled what we lack (_sync_range
+            # covers the range again only when its take succeeded).
+            self._covered_from = None
+            raise
 
     def answer_fetch(self, key: int, kind: str | None) -> FetchResult:
         lo = ids.add(key, -1, self.config.m)
@@ -416,6 +430,11 @@ class Replicator:
                 self.repairs += len(give)
                 try:
                     yield self.calls.call(peer.address, "store", tuple(give))
+                except StoreRefused:
+                    # its disk is full: it answered, so it is alive and stays
+                    # in our lists (evicting it made the ring flap around it);
+                    # what we pulled from it still counts
+                    return result
                 except Exception:
                     self.table.failed(peer.address)
                     return None

@@ -50,6 +50,7 @@ def node_config(settings: Mapping[str, Any], m: int = ids.DEFAULT_BITS) -> NodeC
         stabilize_interval=float(settings.get("stabilize_interval", 5.0)),
         write_quorum=int(settings.get("write_quorum", 2)),
         read_repair=bool(settings.get("read_repair", True)),
+        rpc_timeout=float(settings.get("rpc_timeout", 0) or 0),
     )
 
 

@@ -41,6 +41,7 @@ from twisted.logger import Logger
 
 from sosimple_proxy.proxy.chain import CONTINUE, Job, Step, Trust
 from sosimple_proxy.proxy.dialog_stamp import DialogStamp
+from sosimple_proxy.proxy.path_stamp import PathStamp
 from sosimple_proxy.security.authparams import MalformedCredentials, parse_auth_header
 from sosimple_proxy.security.digest import DigestAuthenticator, Outcome, Verdict
 from sosimple_proxy.sip import headers as H
@@ -117,6 +118,7 @@ class Authenticate:
         is_emergency: Callable[[Request], bool] = lambda request: False,
         on_auth_failure: Callable[[str], Any] | None = None,
         members: Callable[[Any], Sequence[str] | None] | None = None,
+        path_stamp: PathStamp | None = None,
     ) -> None:
         # is_ours: a Request-URI for us (our domains and our own addresses);
         # our_domain: a From/To of our users ([proxy] domains and every ring's).
@@ -125,6 +127,8 @@ class Authenticate:
         self.primary_domain = primary_domain
         self.trusted = trusted
         self.stamp = stamp
+        # our Path entries in the ring: read before 16.4 removes them
+        self.path_stamp = path_stamp
         self.digest = digest
         self.required = required and digest is not None
         self.is_emergency = is_emergency
@@ -148,6 +152,8 @@ class Authenticate:
     def _mark(self, job: Job, proxy_credentials: list[str]) -> Step:
         request = job.request
         job.stamped = self.stamp.verify(request, self.is_ours)
+        if self.path_stamp is not None:
+            job.path_stamped = self.path_stamp.verify(request, self.is_ours)
         if job.txn.source.host in self.trusted:
             job.trust = Trust.TRUSTED
             return CONTINUE

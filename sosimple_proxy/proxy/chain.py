@@ -93,6 +93,9 @@ class Job:
     user: str | None = None
     # The top Route was our own Record-Route, stamped for this very dialog.
     stamped: bool = False
+    # The top Route was a Path entry we published, stamped for the
+    # Request-URI's contact (proxy/path_stamp.py).
+    path_stamped: bool = False
 
 
 @attrs.define(eq=False)

@@ -7,9 +7,11 @@ and no Route header the sender wrote, can bypass it):
   our users, may only reach our own users: targets from ``local`` or a ring
   (providers of our domains), a connection one of our users registered
   over, a contact one of our users registered (another proxy of the ring
-  routing through us along a Path), or an in-dialog route set we stamped
-  ourselves (:mod:`sosimple_proxy.proxy.dialog_stamp`).  That is how other
-  domains call us.
+  routing through us along a Path, or along a Path entry we published and
+  stamped for that contact, :mod:`sosimple_proxy.proxy.path_stamp`), or an
+  in-dialog route set we stamped ourselves
+  (:mod:`sosimple_proxy.proxy.dialog_stamp`).  That is how other domains
+  call us.
 - Every other next hop (another domain through ``routes`` or DNS, a PSTN
   gateway, a DID that maps out, a Route the sender preloaded, a dialog we
   did not stamp) is refused ``403 Relaying Denied``, or challenged 407 when
@@ -35,6 +37,7 @@ from sosimple_proxy.location.interfaces import Found
 from sosimple_proxy.proxy import routing
 from sosimple_proxy.proxy.authenticate import challenge_response, remove_credentials
 from sosimple_proxy.proxy.chain import CONTINUE, Job, Kind, Step, Trust
+from sosimple_proxy.proxy.path_stamp import contact_key
 from sosimple_proxy.security.digest import DigestAuthenticator
 from sosimple_proxy.sip.message import Request, Response, make_response
 from sosimple_proxy.sip.uri import is_ip, parse_uri
@@ -171,6 +174,8 @@ class Relay:
             peer = routing.parse_flow(request.flow)
             if peer is not None and self.has_connection(peer):
                 return None  # one of our users' own connection
+            if job.path_stamped:
+                return None  # the flow our stamped Path names (it may be gone: the forwarder says so)
             return None if self._registered_contact(request) else "a flow we do not hold"
         located = job.located
         if isinstance(located, Found):
@@ -185,6 +190,10 @@ class Relay:
             return None  # nothing serves it: Forward answers 404
         if self._registered_contact(request):
             return None  # a contact of one of our users (a Path through us)
+        if job.path_stamped:
+            # a contact the ring holds for one of our users, along the Path we
+            # published and stamped for it (we may have restarted since)
+            return None
         return "an address not of our users"
 
     def _registered_contact(self, request: Request) -> bool:
@@ -219,16 +228,6 @@ def _provider(found: Found) -> str:
     if found.provider:
         return found.provider
     return found.targets[0].source if found.targets else ""
-
-
-def contact_key(uri: Any) -> tuple[str, str, str, int]:
-    """What makes two contact URIs the same place (parameters aside)."""
-    return (
-        getattr(uri, "scheme", "") or "",
-        getattr(uri, "user", None) or "",
-        (getattr(uri, "host", None) or "").strip("[]").lower(),
-        getattr(uri, "port", None) or 5060,
-    )
 
 
 class ContactIndex:

@@ -398,10 +398,17 @@ PATH_ALWAYS = "always"
 PATH_NEEDED = "needed"
 
 
-def self_route(listening: Sequence[ListenAddress], binding: Any = None, publish_path: str = PATH_ALWAYS) -> str | None:
+def self_route(
+    listening: Sequence[ListenAddress],
+    binding: Any = None,
+    stamp: Callable[[Any, float], str] | None = None,
+    publish_path: str = PATH_ALWAYS,
+) -> str | None:
     """How other proxies of the ring reach this one: a Route value (UDP
     first); for a binding registered over a connection, one that names the
-    flow, so the request leaves by the UA's own connection.
+    flow, so the request leaves by the UA's own connection.  ``stamp(contact,
+    expires_at)`` (:class:`sosimple_proxy.proxy.path_stamp.PathStamp.value`)
+    adds ``;pst=``, by which we know the entry again after a restart.
 
     With ``publish_path = needed`` a binding :func:`reached_directly` gets
     none: RFC 3327 (section 5) leaves adding Path to the registrar's edge
@@ -420,7 +427,14 @@ def self_route(listening: Sequence[ListenAddress], binding: Any = None, publish_
     received = getattr(binding, "received", None)
     flow = parse_flow(received)
     user = flow_token(received) if flow is not None and flow.reliable else None  # type: ignore[arg-type]
-    return record_route_value(first, user=user)
+    value = record_route_value(first, user=user)
+    if stamp is not None and binding is not None:
+        try:
+            contact = parse_uri(binding.contact)
+        except Exception:
+            return value
+        value = f"{value[:-1]};pst={stamp(contact, binding.expires_at)}>"
+    return value
 
 
 def reached_directly(binding: Any) -> bool:

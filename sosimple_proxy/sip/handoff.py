@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.protocol import DatagramProtocol
@@ -43,6 +44,18 @@ _TOP_BRANCH = re.compile(rb"\n(?:via|v)[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]
 # placeholders in packets that carry no address (H, C, X, O name no local port)
 _NO_LOCAL = ListenAddress("udp", "0.0.0.0", 0)
 _NO_PEER = Peer("udp", "0.0.0.0", 0)
+
+# A worker's inbox holds few datagrams (Linux: net.unix.max_dgram_qlen, 10 by
+# default); past that a send fails with EAGAIN, which Twisted's port.write
+# drops without a word.  On a loaded machine a worker waits for the CPU long
+# enough for 10 responses to queue up for it, and each one lost cost a
+# retransmission (or, from a UA that does not answer it again, the call).
+# What does not fit waits here and is sent again every RETRY_INTERVAL
+# seconds, in order, for at most MAX_WAIT seconds (T1: by then the sender
+# retransmits anyway), at most MAX_BACKLOG packets.
+RETRY_INTERVAL = 0.002
+MAX_WAIT = 0.5
+MAX_BACKLOG = 1000
 
 
 def response_owner(data: bytes) -> int | None:
@@ -124,6 +137,8 @@ class Handoff:
         self.port: Any = None
         self.remote_streams: dict[Peer, int] = {}  # peer -> the worker holding a connection to it
         self.hops = 0  # of the CANCEL being handled (set while the inbox feeds the sink)
+        self._backlog: deque[tuple[int, bytes, float]] = deque()  # (owner, packet, since) waiting for room
+        self._retry: Any = None
 
     def start(self) -> None:
         path = socket_path(self.directory, self.index)
@@ -140,6 +155,10 @@ class Handoff:
         self._broadcast(encode(b"", _NO_PEER, _NO_LOCAL, "H", self.index))
 
     def stop(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._backlog.clear()
         if self.port is not None:
             self.port.stopListening()
             self.port = None
@@ -147,14 +166,56 @@ class Handoff:
     def _write(self, owner: int, packet: bytes) -> bool:
         if self.port is None:
             return False
+        if self._backlog:  # behind what already waits, in order
+            return self._wait(owner, packet)
         try:
-            self.port.write(packet, socket_path(self.directory, owner))
+            if not self._send(owner, packet):
+                return self._wait(owner, packet)
         except OSError as e:
             # That worker is restarting: lost like a datagram on the wire;
             # retransmissions (or its hello) make up for it.
             log.debug("handoff to worker {owner} failed: {why}", owner=owner, why=e)
             return False
         return True
+
+    def _send(self, owner: int, packet: bytes) -> bool:
+        """One send; False if that worker's inbox is full (EAGAIN)."""
+        sock = getattr(self.port, "socket", None)
+        if sock is None:
+            self.port.write(packet, socket_path(self.directory, owner))
+            return True
+        try:
+            sock.sendto(packet, socket_path(self.directory, owner))  # not port.write: it drops on EAGAIN
+        except BlockingIOError:
+            return False
+        return True
+
+    def _wait(self, owner: int, packet: bytes) -> bool:
+        if len(self._backlog) >= MAX_BACKLOG:
+            log.debug("handoff to worker {owner}: {n} packets wait already; dropped", owner=owner, n=MAX_BACKLOG)
+            return False
+        self._backlog.append((owner, packet, self.reactor.seconds()))
+        if self._retry is None:
+            self._retry = self.reactor.callLater(RETRY_INTERVAL, self._drain)
+        return True
+
+    def _drain(self) -> None:
+        """Send what waits, oldest first, until an inbox is full again."""
+        self._retry = None
+        now = self.reactor.seconds()
+        while self._backlog and self.port is not None:
+            owner, packet, since = self._backlog[0]
+            if now - since > MAX_WAIT:
+                self._backlog.popleft()
+                log.debug("handoff to worker {owner}: no room for {wait:.3f} s; dropped", owner=owner, wait=now - since)
+                continue
+            try:
+                if not self._send(owner, packet):
+                    self._retry = self.reactor.callLater(RETRY_INTERVAL, self._drain)
+                    return
+            except OSError as e:
+                log.debug("handoff to worker {owner} failed: {why}", owner=owner, why=e)
+            self._backlog.popleft()
 
     def _broadcast(self, packet: bytes) -> None:
         for other in range(self.count):

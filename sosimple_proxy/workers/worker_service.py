@@ -50,7 +50,7 @@ class WorkerService(MultiService):
         assert self.table is not None
         table = self.table
         endpoint = UNIXClientEndpoint(self.reactor, os.path.join(self.directory, HUB_SOCKET))
-        d = endpoint.connect(Factory.forProtocol(lambda: WorkerLink(table, self._lost)))
+        d = endpoint.connect(Factory.forProtocol(lambda: WorkerLink(table, self._lost, self.reactor)))
         d.addCallback(self._connected)
         d.addErrback(self._failed)
 
@@ -86,6 +86,8 @@ class WorkerService(MultiService):
             self.reactor.stop()
 
     def stopService(self) -> Any:
+        if self.link is not None:
+            self.link.flush()  # the last bindings, before the line goes
         if not self._children_started:
             self.running = 0
             return None

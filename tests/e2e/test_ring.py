@@ -311,6 +311,33 @@ def test_a_ua_behind_its_tcp_connection_is_reached_from_another_proxy(tmp_path):
             p.stop()
 
 
+def test_a_user_is_reached_through_her_proxy_after_it_restarted(tmp_path):
+    """Issue 15: alice's proxy restarts (SIGKILL, then started again with its
+    state directory): it no longer holds her binding in memory, but the ring
+    does, with the Path through it that it stamped (proxy/path_stamp.py).
+    A MESSAGE from the other proxy goes along that Path and reaches her
+    (before: 403 Relaying Denied from her own proxy, until she registered
+    again).  Neither proxy trusts the other ([auth] trusted is empty)."""
+    procs = start_ring([None, None], tmp_path)
+    alice = AnsweringUA()
+    try:
+        a, b = procs
+        assert register(a.port, "alice", alice.port) == "SIP/2.0 200 OK"
+        wait_until(lambda: message(b.port, "alice", "before") == "SIP/2.0 200 OK", 15, 0.3)
+        kill(a)
+        a.process = None
+        a.start()
+        text = f"after-restart-{uuid.uuid4().hex[:6]}"
+        answers: list[str | None] = []
+        wait_until(lambda: answers.append(message(b.port, "alice", text)) or answers[-1] == "SIP/2.0 200 OK", 20, 0.3)
+        assert alice.received(text)
+        assert "SIP/2.0 403 Relaying Denied" not in answers, answers
+    finally:
+        alice.close()
+        for p in procs:
+            p.stop()
+
+
 def test_publish_path_needed_reaches_a_direct_ua_without_its_registrar(tmp_path):
     """``[overlay] publish_path = needed``: carol registers over UDP from her
     Contact's own address, so the ring holds her binding without her

@@ -10,11 +10,15 @@ Layout (every name carries this process's id, so two labs never meet):
   and one ``flooder`` at 10.77.2.1.
 
 10.77.0.0/16 exists only inside these namespaces.  Loss between two
-proxies is an nft ``numgen random`` drop rule in the receiving namespace;
-delay needs ``tc netem``, which is used when the kernel has it and
-reported absent otherwise (this machine's kernel has none).  A partition
-is an nft drop of the other side's addresses.  Everything is made by
-:meth:`Lab.up` and removed by :meth:`Lab.down` (also on a failed start).
+proxies is an nft ``numgen random`` drop rule in the receiving namespace.
+Delay between two proxies is ``tc netem`` when the kernel has it (one
+delay per node: netem delays a device's egress), else the userspace relay
+of :mod:`tests.lab.delay_relay` (this machine's kernel has no netem): a TUN
+per proxy namespace carrying 10.77.0.0/24, each packet held for its link's
+one-way delay and handed on unchanged (source addresses kept).
+:meth:`Lab.describe` says which.  A partition is an nft drop of the other
+side's addresses.  Everything is made by :meth:`Lab.up` and removed by
+:meth:`Lab.down` (also on a failed start).
 
 Work inside a namespace (a socket, an HTTP call) runs on a thread that
 entered it with ``setns(2)``: a socket belongs to the namespace it was
@@ -27,9 +31,11 @@ import ctypes
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -175,7 +181,10 @@ class LabNode(ProxyProcess):
 class Lab:
     """``nodes`` proxies in namespaces on one bridge, ``users`` namespaces
     for phones, one flooder namespace.  ``loss`` (0..1) and ``delay``
-    (seconds) ranges are drawn per proxy-to-proxy link with ``seed``."""
+    (seconds, one way) ranges are drawn per proxy-to-proxy link with
+    ``seed``.  ``delay_by``: ``auto`` (netem if the kernel has it, else the
+    relay), ``netem``, ``relay`` or ``none``.  ``tag`` prefixes every
+    namespace name (default: ``sl`` and this process's id)."""
 
     def __init__(
         self,
@@ -189,8 +198,15 @@ class Lab:
         extra: dict | None = None,
         workdir: Path | None = None,
         tls: bool = True,
+        tag: str | None = None,
+        delay_by: str = "auto",
     ) -> None:
-        self.tag = f"sl{os.getpid() % 100000}"
+        if delay_by not in ("auto", "netem", "relay", "none"):
+            raise ValueError(f"delay_by: {delay_by!r} is not auto, netem, relay or none")
+        self.tag = tag or f"sl{os.getpid() % 100000}"
+        self.delay_by = delay_by
+        self.relay: subprocess.Popen | None = None
+        self.relay_figures: dict | None = None
         self.n, self.n_users = nodes, users
         self.rng = random.Random(seed)
         self.loss_range, self.delay_range = loss, delay
@@ -277,8 +293,11 @@ class Lab:
             self.user_pools.append(NamespacePool(self.user_ns(k), 16))
         self._add_ns(self.flood_ns, self.FLOOD_ADDRESS, 200)
         self.flood_pool = NamespacePool(self.flood_ns, 8)
-        self.netem = sh("tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms",
-                        ns=self.node_ns(0), check=False).returncode == 0
+        self.netem = self.delay_by in ("auto", "netem") and sh(
+            "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms", ns=self.node_ns(0), check=False
+        ).returncode == 0
+        if self.delay_by == "netem" and not self.netem:
+            raise RuntimeError("delay_by='netem': this kernel has no sch_netem (`tc qdisc add ... netem` fails)")
         if self.netem:
             sh("tc", "qdisc", "del", "dev", "eth0", "root", ns=self.node_ns(0), check=False)
         for i in range(self.n):
@@ -308,9 +327,56 @@ class Lab:
                 mean = sum(self.links[(i, j)][1] for j in range(self.n) if j != i) / max(1, self.n - 1)
                 sh("tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", f"{mean * 1000:.0f}ms", ns=self.node_ns(i))
             self.notes.append("delay: tc netem (per node, the mean of its links)")
+        elif self.delay_by in ("auto", "relay") and self.n > 1:
+            self._start_relay()
+            delays = [d for _, d in self.links.values()]
+            self.notes.append(
+                f"delay: userspace relay (tests/lab/delay_relay.py; this kernel has no sch_netem): one-way "
+                f"{dlo * 1000:g}-{dhi * 1000:g} ms per direction of each proxy-to-proxy link, mean "
+                f"{sum(delays) / len(delays) * 1000:.1f} ms, packets unchanged (source addresses kept)")
         else:
-            self.notes.append("delay: none applied (this kernel has no sch_netem; `tc qdisc add ... netem` fails)")
+            self.notes.append("delay: none applied" + ("" if self.delay_by == "none" else
+                              " (this kernel has no sch_netem; `tc qdisc add ... netem` fails)"))
         self.notes.append(f"loss: nft numgen random drop per proxy-to-proxy link, {lo * 100:g}-{hi * 100:g} %")
+
+    def _start_relay(self, timeout: float = 20.0) -> None:
+        """The delay relay (a child process) and the routes over its TUNs."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "delay.json"
+        config.write_text(json.dumps({
+            "nodes": [[self.node_ns(i), self.node_address(i)] for i in range(self.n)],
+            "delay": [[s, r, d] for (s, r), (_, d) in sorted(self.links.items())],
+        }))
+        self.relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("delay_relay.py")), str(config)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.relay.stdout is not None
+        ready, _, _ = select.select([self.relay.stdout], [], [], timeout)
+        line = self.relay.stdout.readline().strip() if ready else ""
+        if line != "ready":
+            self._stop_relay()
+            raise RuntimeError(f"the delay relay did not start: {line!r} {self.relay_figures}")
+        for i in range(self.n):
+            ns = self.node_ns(i)
+            sh("ip", "link", "set", "dly", "txqueuelen", "5000", "up", ns=ns)
+            for conf in ("all", "dly"):
+                sh("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0", ns=ns, check=False)
+            sh("sysctl", "-qw", "net.ipv6.conf.dly.disable_ipv6=1", ns=ns, check=False)
+            sh("ip", "route", "add", "10.77.0.0/24", "dev", "dly", "src", self.node_address(i), ns=ns)
+
+    def _stop_relay(self) -> None:
+        """End the relay; its figures (a JSON line) in ``relay_figures``."""
+        relay, self.relay = self.relay, None
+        if relay is None:
+            return
+        if relay.poll() is None:
+            relay.send_signal(signal.SIGTERM)
+        try:
+            out, err = relay.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            out, err = relay.communicate()
+        last = [line for line in out.splitlines() if line.startswith("{")]
+        self.relay_figures = json.loads(last[-1]) if last else {"exit": relay.returncode, "stderr": err.strip()[-500:]}
 
     def describe(self) -> str:
         losses = [loss for loss, _ in self.links.values()]
@@ -329,6 +395,9 @@ class Lab:
                 "advertise": f"{addr}:{RING_PORT}",
                 "bootstrap": boot,
                 "stabilize_interval": "1",
+                # links of up to 100 ms round trip and 2 % loss (a lost SYN
+                # costs a second): half an interval per call is too short
+                "rpc_timeout": "2",
                 "state_dir": "overlay",
                 # ten proxies of one organisation: each writes example.com
                 "domain_writers": "any",
@@ -359,6 +428,9 @@ class Lab:
             node.pool.close()
         for pool in self.user_pools + ([self.flood_pool] if self.flood_pool else []):
             pool.close()
+        if self.relay is not None:
+            self._stop_relay()
+            print(f"[lab] delay relay: {json.dumps(self.relay_figures)}", flush=True)
         for mount in self.mounts:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
         for name in reversed(self.namespaces):
@@ -385,8 +457,13 @@ class Lab:
         for i in range(self.n):
             sh("nft", "flush chain inet lab cut", ns=self.node_ns(i))
 
-    def small_disk(self, i: int, size: str = "4m") -> Path:
-        """Node ``i``'s state directory on a tmpfs of ``size`` (mounted before it starts)."""
+    def small_disk(self, i: int, size: str = "16m") -> Path:
+        """Node ``i``'s state directory on a tmpfs of ``size`` (mounted before it starts).
+
+        Room for SQLite's write-ahead log, which grows to about 4 MB before
+        its automatic checkpoint: on a 4 MB disk the log alone filled it
+        again after the disk-full scenario freed its filler, and the node
+        stayed full for the scenarios after it."""
         state = self.dir / f"n{i}" / "overlay"
         state.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(state)], check=True)

@@ -71,6 +71,10 @@ class Phones:
         self.register_failures: Counter[str] = Counter()  # of failed REGISTERs, or "unanswered"
         self.cseq: dict[str, int] = {}
         self.home: dict[str, int] = {}
+        # a phone's Call-ID for its REGISTERs lasts one boot (RFC 3261 10.2):
+        # a new population of the same users is a reboot, or the registrar
+        # would refuse its first CSeq as older than the last one it saw
+        self.boot = secrets.token_hex(3)
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"phones-{address}")
         self.thread.start()
@@ -185,7 +189,7 @@ class Phones:
                 continue
             self.cseq[user] = self.cseq.get(user, 0) + 1
             data, branch = self._request(
-                "REGISTER", f"sip:{DOMAIN}", from_user=user, to=user, call_id=f"reg-{user}@{self.address}",
+                "REGISTER", f"sip:{DOMAIN}", from_user=user, to=user, call_id=f"reg-{user}-{self.boot}@{self.address}",
                 cseq=self.cseq[user], extra=[f"Contact: <sip:{user}@{self.address}:{self.port}>", f"Expires: {expires}"],
                 from_tag=f"r{user}",
             )
@@ -207,7 +211,9 @@ class Phones:
             cseq=1, extra=["Content-Type: text/plain"], body=f"hello {callee}",
         )
         answer = self._transaction(data, self.proxy_addr(via), branch, timeout, False)
-        if answer is not None and not answer.startswith("SIP/2.0 200"):
+        if answer is None:
+            self.failures["(no final answer)"] += 1
+        elif not answer.startswith("SIP/2.0 200"):
             self.failures[answer.split("\r\n", 1)[0][8:80]] += 1
         return int(answer[8:11]) if answer else None
 

@@ -103,12 +103,19 @@ class World:
         return {"sent": len(pairs), "ok": ok, "rate": round(ok / len(pairs), 4) if pairs else None,
                 "statuses": dict(Counter(str(s) for s in statuses))}
 
-    def failure_reasons(self, top: int = 4) -> list[tuple[str, int]]:
-        """The commonest status lines of failed MESSAGEs so far."""
+    def failure_reasons(self, top: int = 4, since: Counter[str] | None = None) -> list[tuple[str, int]]:
+        """The commonest status lines of failed MESSAGEs so far (or since
+        ``since``, an earlier :meth:`failures`)."""
+        total = self.failures()
+        if since is not None:
+            total.subtract(since)
+        return [(k, v) for k, v in total.most_common(top) if v > 0]
+
+    def failures(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for p in self.phones:
             total.update(p.failures)
-        return total.most_common(top)
+        return total
 
     def calls(self, count: int, rng: random.Random | None = None) -> dict:
         rng = rng or self.rng
@@ -137,11 +144,19 @@ class World:
         users = [u for u, until in self.registered.items() if until > now + 5 + recheck]
         if sample is not None and len(users) > sample:
             users = self.rng.sample(users, sample)
-        missing = [u for u, f in zip(users, self.pool.map(self.found, users)) if f is not True]
+        missing = [u for u, f in zip(users, self.pool.map(self._found_unexpired, users)) if f is not True]
         if missing and recheck:
             time.sleep(recheck)
-            missing = [u for u, f in zip(missing, self.pool.map(self.found, missing)) if f is False]
+            missing = [u for u, f in zip(missing, self.pool.map(self._found_unexpired, missing)) if f is False]
         return missing
+
+    def _found_unexpired(self, user: str) -> bool | None:
+        """:meth:`found`, or True for a binding that expired before its turn
+        came (checking 10,000 users takes minutes; an expired binding is
+        gone by design, not lost)."""
+        if self.registered.get(user, 0.0) <= time.monotonic() + 2:
+            return True
+        return self.found(user)
 
     def settled(self, sample: int = 200, timeout: float | None = None) -> tuple[bool, float]:
         """Wait until one ring and no sampled registration missing."""
@@ -168,6 +183,27 @@ def _holders(world: World, users: list[str]) -> dict[str, set[str]]:
     return dict(zip(users, world.pool.map(locate, users)))
 
 
+def _log_sizes(lab: Lab) -> dict[int, int]:
+    return {n.index: n.log_path.stat().st_size for n in lab.nodes if n.log_path.exists()}
+
+
+def _logged(lab: Lab, since: dict[int, int], marker: str, top: int = 4) -> list[tuple[str, int]]:
+    """The commonest texts after ``marker`` in the nodes' logs since ``since``
+    (why a ring lookup failed, what the relay rule refused)."""
+    seen: Counter[str] = Counter()
+    for n in lab.nodes:
+        try:
+            with open(n.log_path, "rb") as f:
+                f.seek(since.get(n.index, 0))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if marker in line:
+                seen[line.split(marker, 1)[1].strip()[:100]] += 1
+    return seen.most_common(top)
+
+
 def _restart_dead(lab: Lab) -> None:
     dead = [n for n in lab.nodes if not n.running]
     with ThreadPoolExecutor(max(1, len(dead))) as pool:
@@ -187,19 +223,26 @@ def kill_nodes(world: World, count: int, name: str, rng: random.Random, repair_t
     users = [u for u in world.registered]
     holders = _holders(world, users)
     doomed = {u for u, h in holders.items() if h and h <= addresses}
-    t0 = time.monotonic()
+    failed_before = world.failures()
+    logs = _log_sizes(lab)
     for i in victims:
         lab.nodes[i].kill()
     during = world.lookups(100, rng)
+    failed_during = world.failures()
     repaired, repair = wait_for(lambda: lab.one_ring() and not world.lost(200, recheck=0), repair_timeout, 1.0)
     lost = world.lost()
+    # callees registered at a live proxy (their Path leads through it), from any live proxy
     after = world.lookups(200, rng)
     figures = {
         "killed": sorted(victims), "registered": len(users), "every_copy_on_killed": len(doomed),
         "lost": len(lost), "lost_with_a_surviving_copy": len(set(lost) - doomed),
-        "lookup_rate_right_after": during["rate"], "lookup_rate_after_repair": after["rate"],
-        "statuses_after_repair": after["statuses"], "failure_reasons": world.failure_reasons(),
-        "repaired": repaired, "repair_seconds": round(repair, 1), "settled_before": ok,
+        "lookup_rate_right_after": during["rate"], "statuses_right_after": during["statuses"],
+        "failure_reasons_right_after": world.failure_reasons(since=failed_before),
+        "lookups_after_repair": after["sent"], "lookup_rate_after_repair": after["rate"],
+        "statuses_after_repair": after["statuses"], "failure_reasons": world.failure_reasons(since=failed_during),
+        "repaired": repaired, "repair_seconds": round(repair, 1), "settled_before": ok, "settle_seconds_before": round(took, 1),
+        "ring_lookup_failures_logged": _logged(lab, logs, "lookup failed:"),
+        "relaying_denied_logged": _logged(lab, logs, "relaying denied:"),
     }
     _print(name, figures)
     _restart_dead(lab)
@@ -291,6 +334,7 @@ def rolling_restart(world: World, rng: random.Random, count: int | None = None) 
         "settled_before": settled_before, "settle_before_seconds": round(settle_before, 1),
         "rings_after": [len(r) for r in lab.rings()],
         "settled_after": settled, "settle_seconds": round(settle, 1), "lost": len(lost),
+        "failure_reasons": world.failure_reasons(),
     })
 
 
@@ -306,8 +350,11 @@ def disk_full(world: World, index: int, rng: random.Random, users: list[str]) ->
     state = lab.dir / f"n{index}" / "overlay"
     filled = lab.fill(state)
     ok, failed = world.register_all(users)
-    found_wait, took = wait_for(lambda: not [u for u in users if not world.found(u)], 30, 1.0)
-    missing = [u for u in users if not world.found(u)]
+    def missing_now() -> list[str]:
+        return [u for u, f in zip(users, world.pool.map(world.found, users)) if f is not True]
+
+    found_wait, took = wait_for(lambda: not missing_now(), 30, 1.0)
+    missing = missing_now()
     log = node.log_path.read_text(errors="replace")
     refusals = log.count("refusing writes")
     lookups = world.lookups(100, rng)
@@ -474,7 +521,9 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
     Poisson churn: a random node killed (and restarted a little later) at
     exponential intervals of mean ``churn_mean`` seconds."""
     lab = world.lab
-    world.expires = max(60, int(seconds))  # refreshes happen well before expiry
+    # refreshes happen well before expiry, and no binding expires while
+    # the final check (minutes, for 10,000 users) is still going
+    world.expires = max(300, int(seconds))
     t0 = time.monotonic()
     ok, failed = world.register_all(per_second=register_rate)
     reg_seconds = time.monotonic() - t0
@@ -528,7 +577,7 @@ def soak(world: World, seconds: float, rng: random.Random, churn_mean: float, sa
         "call_success": round(stats["call_ok"] / called, 4) if called else None,
         "registrations_lost": len(lost), "registrations_checked": check_sample or len(world.registered), "longest_repair_seconds": round(max(repairs), 1) if repairs else None,
         "settled_at_end": settled, "rings_at_end": [len(r) for r in lab.rings()], "settle_seconds": round(settle, 1), "final_check_seconds": round(checks, 1),
-        "wall_seconds": round(time.monotonic() - t0, 1),
+        "wall_seconds": round(time.monotonic() - t0, 1), "failure_reasons": world.failure_reasons(),
         "memory_mb_first_last_max": {i: [v[0], v[-1], max(x for x in v if x is not None)] for i, v in per_node.items()
                                      if v and v[0] is not None and v[-1] is not None},
         "memory_samples": memory,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sosimple_proxy.overlay import quorum
 from sosimple_proxy.overlay.tuning import NodeConfig
 from sosimple_proxy.testing.ring import run_until_answered, sim_ring
 
@@ -58,13 +59,15 @@ def test_a_read_asks_the_successor_once_and_its_fetch_verifies_it():
     cluster = sim_ring(8, 31, config(), settle_rounds=3)
     rec = cluster.make_record(value=b"x")
     assert run_until_answered(cluster, cluster.joined()[0].put(rec)) == 3
-    primary = holders_of(cluster, rec.key)[0]
+    holders = holders_of(cluster, rec.key)
     reader = outsider(cluster, rec.key)
     got, calls = counted(cluster, reader, lambda: reader.get(rec.key))
     assert got == [rec]
     # the reader's tables know the key's successor; before, a verifying
-    # find went to it first, then the fetch
-    assert calls == [("fetch", primary.address)]
+    # find went to it first, then the fetches (as many holders as a read
+    # quorum, quorum.reads)
+    reads = quorum.reads(cluster.config.write_quorum, cluster.config.replicas)
+    assert calls == [("fetch", h.address) for h in holders[:reads]]
 
 
 def test_put_value_writes_to_the_holders_its_read_found():
@@ -74,9 +77,10 @@ def test_put_value_writes_to_the_holders_its_read_found():
     writer = outsider(cluster, key)
     record, calls = counted(cluster, writer, lambda: writer.put_value(key, "blob", b"v1", 3600))
     assert record.value == b"v1"
-    # one fetch (read and verification at once), then a store at each holder: no find
-    assert calls[0] == ("fetch", holders[0].address)
-    assert sorted(calls[1:], key=str) == sorted((("store", h.address) for h in holders), key=str)
+    # the fetches of a read (the first one its verification too), then a store at each holder: no find
+    reads = quorum.reads(cluster.config.write_quorum, cluster.config.replicas)
+    assert calls[:reads] == [("fetch", h.address) for h in holders[:reads]]
+    assert sorted(calls[reads:], key=str) == sorted((("store", h.address) for h in holders), key=str)
     assert all(h.store.entry(record.entry_id) == record for h in holders)
 
 

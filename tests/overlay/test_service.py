@@ -83,3 +83,14 @@ class ServiceTests(unittest.TestCase):
         yield again.stopService()
         yield first.stopService()
         yield until_quiet(1.0)
+
+
+def test_rpc_timeout_is_derived_unless_set() -> None:
+    """[overlay] rpc_timeout (the lab's slow, lossy links with a short
+    stabilize_interval): 0 keeps half an interval, at most 2 s."""
+    from sosimple_proxy.overlay.service import node_config
+
+    derived = node_config({"stabilize_interval": 1.0, "rpc_timeout": 0.0})
+    assert (derived.rpc_timeout, derived.lookup_timeout) == (0.5, 2.0)
+    set_ = node_config({"stabilize_interval": 1.0, "rpc_timeout": 2.0})
+    assert (set_.rpc_timeout, set_.lookup_timeout) == (2.0, 8.0)

@@ -286,6 +286,7 @@ def test_a_reader_drops_a_forged_record_a_replica_serves():
     c, _ = open_ring(seed=7)
     a = c.joined()[0]
     c.wait(a.put(registration(a, ALICE, "sip:alice@10.0.0.1")))
+    c.run(2)  # a holder keeps a record once its check (a ring read) passed, after it acknowledged
     key = KEYS.key(ALICE)
     nodes = c.by_id()
     # every holder's copy is edited in place (a lying replica, or a bad disk)

@@ -54,3 +54,62 @@ def test_full_store_refuses_writes_then_recovers(tmp_path, logged) -> None:
     again = SQLiteRecordStore(str(tmp_path), lambda: 0.0)
     assert sorted(r.key for r in again.records()) == sorted(kept + [refused])
     again.close()
+
+
+def test_a_node_that_refused_a_record_vouches_for_no_miss_until_synced() -> None:
+    """Issue 15 (the lab's disk-full scenario): a full node refused a user's
+    record, then took a smaller one (room for that); its store no longer
+    says it refuses, but it still lacks the first: a reader asking it first
+    must not hear an authoritative miss while the other copies hold it."""
+    from sosimple_proxy.overlay.node import NodeConfig
+    from sosimple_proxy.testing.ring import sim_ring
+
+    c = sim_ring(8, 3, NodeConfig(m=16, stabilize_interval=1.0, successors=4, replicas=2), per_round=4)
+    ring = c.ring()
+    nodes = c.by_id()
+    owner = nodes[ring[2]]
+    big, small = ring[2] - 1, ring[2]  # both in the owner's range
+    reader = nodes[ring[5]]
+    store = owner.store
+    real_put = store.put
+
+    def put(record: Record) -> bool:
+        if record.key == big:  # too large for what is left on the disk
+            store.refusing = "database or disk is full"
+            raise StoreRefused("the store of this node refuses writes: database or disk is full")
+        store.refusing = None
+        return real_put(record)
+
+    store.put = put  # type: ignore[method-assign]
+    assert owner.authoritative(big)
+    wanted = c.make_record(key=big)
+    assert c.wait(reader.put(wanted)) >= 2  # the other holders took it
+    assert c.wait(reader.put(c.make_record(key=small))) == 3  # the owner took this one
+    assert getattr(store, "refusing", None) is None
+    assert c.wait(reader.get(big)) == [wanted]
+
+
+def test_a_full_successor_stays_in_its_predecessors_lists() -> None:
+    """Issue 15: a full node answers (it refuses the records its predecessor's
+    sync hands it); it is alive and must not be dropped from the successor
+    list, or the ring flaps around it every sync."""
+    from sosimple_proxy.overlay.node import NodeConfig
+    from sosimple_proxy.testing.ring import sim_ring
+
+    c = sim_ring(6, 4, NodeConfig(m=16, stabilize_interval=1.0, successors=4, replicas=2), per_round=3)
+    ring = c.ring()
+    nodes = c.by_id()
+    pred, full = nodes[ring[1]], nodes[ring[2]]
+    for r in (c.make_record(key=ring[1] - k) for k in range(5)):  # pred's range: its syncs offer them to full
+        pred.store.put(r)
+
+    def refuse(record: Record) -> bool:
+        full.store.refusing = "database or disk is full"
+        raise StoreRefused("the store of this node refuses writes: database or disk is full")
+
+    full.store.put = refuse  # type: ignore[method-assign]
+    firsts = []
+    for _ in range(12):
+        c.run(1)
+        firsts.append(pred.successors[0].id)
+    assert set(firsts) == {full.id}, "the full node was dropped from its predecessor's list"

@@ -554,11 +554,11 @@ def test_publish_path_needed_leaves_out_only_bindings_reached_directly():
     ours = "<sip:127.0.0.1:5060;lr>"
     for binding in direct:
         assert routing.reached_directly(binding), binding
-        assert routing.self_route(listening, binding, routing.PATH_NEEDED) is None, binding
+        assert routing.self_route(listening, binding, publish_path=routing.PATH_NEEDED) is None, binding
         assert routing.self_route(listening, binding) == ours  # the default: always
     for binding in indirect:
         assert not routing.reached_directly(binding), binding
-        assert routing.self_route(listening, binding, routing.PATH_NEEDED) is not None, binding
+        assert routing.self_route(listening, binding, publish_path=routing.PATH_NEEDED) is not None, binding
 
 
 def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout():

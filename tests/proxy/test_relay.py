@@ -343,3 +343,39 @@ def test_a_path_request_whose_to_is_not_the_aor_still_reaches_the_contact():
     h.receive(from_stranger(BOB, branch="z9hG4bK-x2", call_id="x2"), STRANGER)
     sent = h.wire.take()
     assert forwarded(h, sent) == [] and final(sent).status == 403
+
+
+def test_a_request_along_our_stamped_path_reaches_the_contact_after_a_restart():
+    """Issue 15: the ring keeps a registration with the Path we published
+    (``;pst=``) while we restarted and lost our bindings from memory; another
+    proxy routes a request to the contact along it: it goes through.  A
+    forged stamp, a stamp for another contact, an expired one, or no stamp
+    at all get 403 as before."""
+    from sosimple_proxy.location.bindings import Binding
+    from sosimple_proxy.proxy import routing
+
+    h = relay_harness()
+    auth = next(p for p in h.core.chain.processors if getattr(p, "name", "") == "authenticate")
+    before = Binding("bob@example.com", BOB, h.clock.seconds() + 600, "c", 1)  # what we held before the restart
+    path = routing.self_route(h.wire.listening(), before, auth.path_stamp.value)
+    assert ";pst=" in path
+
+    def along(route: str, uri: str = BOB, n: str = "1"):
+        h.receive(from_stranger(uri, branch=f"z9hG4bK-p{n}", call_id=f"p{n}", extra=f"Route: {route}\n")
+                  .replace(f"To: <{uri}>", "To: <sip:bob@example.com>"), STRANGER)
+        return h.wire.take()
+
+    sent = along(path)
+    (inv, dest), = forwarded(h, sent)
+    assert inv.uri == BOB and (dest.host, dest.port) == ("10.0.0.5", 6001)
+    assert "route" not in inv.headers  # our own entry was removed (RFC 3261 16.4)
+    mac = path.split(";pst=", 1)[1].rstrip(">")
+    forged = path.replace(mac, mac.split(".")[0] + "." + "0" * 32)
+    for n, (route, uri) in enumerate([(forged, BOB), (path, "sip:eve@192.0.2.99:5060"),
+                                      ("<sip:127.0.0.1:5060;lr>", BOB)], 2):
+        sent = along(route, uri, str(n))
+        assert forwarded(h, sent) == [] and final(sent).status == 403, route
+    h.advance(601)
+    h.wire.take()
+    sent = along(path, BOB, "9")
+    assert forwarded(h, sent) == [] and final(sent).status == 403  # the binding it was made for has expired
