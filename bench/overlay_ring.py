@@ -15,6 +15,13 @@ its 8 closest nodes and a get gathers values from several of them, so the
 work per operation differs from ours; the figures compare what a client
 sees.  Both run in the same ``make bench`` run on the same machine, one
 after the other.  ``python -m bench overlay_ring``.
+
+Knobs for a shorter run while working on speed (the recorded section uses
+the defaults): ``OVERLAY_RING_RECORDS`` (operations per phase),
+``OVERLAY_RING_OPENDHT=0`` (skip the reference).  Besides latency and
+throughput, the section gives the CPU time of all our peers per operation
+(utime + stime from /proc, every peer process): on a shared machine that
+is the figure that compares before and after.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 NODES = 10
-RECORDS = 1000
+RECORDS = int(os.environ.get("OVERLAY_RING_RECORDS", 1000))
 CONCURRENCY = 16
 VALUE_SIZE = 200
 PHASE_TIMEOUT = 120.0
@@ -147,14 +154,26 @@ def measure_ours() -> dict:
         def get(i: int) -> bool:
             return entry.call("GET", f"/records/{quote(_name(i))}") == (200, _value(i))
 
+        pids = [p.process.pid for p in peers if p.process is not None]
+        cpu0 = _cpu(pids)
         lat, ok, wall = _run_ops(put, RECORDS)
+        cpu1 = _cpu(pids)
         puts = _stats(lat, wall, ok, RECORDS)
+        puts["cpu_us"] = 1e6 * (cpu1 - cpu0) / RECORDS
         lat, ok, wall = _run_ops(get, RECORDS)
         gets = _stats(lat, wall, ok, RECORDS)
+        gets["cpu_us"] = 1e6 * (_cpu(pids) - cpu1) / RECORDS
         return {"put": puts, "get": gets}
     finally:
         for p in peers:
             p.cleanup()
+
+
+def _cpu(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds."""
+    from bench.sip_load import cpu_seconds
+
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 # ----------------------------------------------------------------- OpenDHT
@@ -246,10 +265,17 @@ def measure_opendht() -> dict:
 
             local.get(dht.InfoHash.get(_name(i)), on_value, lambda ok, nodes: finish(t0, bool(ok) and _value(i) in found))
 
+        # CPU of its 9 processes and of this one (its 10th node's threads,
+        # and the workload's callbacks, counted against OpenDHT)
+        pids = [p.pid for p in procs] + [os.getpid()]
+        cpu0 = _cpu(pids)
         lat, ok, wall = timed(put)
+        cpu1 = _cpu(pids)
         puts = _stats(lat, wall, ok, RECORDS)
+        puts["cpu_us"] = 1e6 * (cpu1 - cpu0) / RECORDS
         lat, ok, wall = timed(get)
         gets = _stats(lat, wall, ok, RECORDS)
+        gets["cpu_us"] = 1e6 * (_cpu(pids) - cpu1) / RECORDS
         return {"put": puts, "get": gets}
     finally:
         for p in procs:
@@ -272,13 +298,19 @@ def _row(who: str, op: str, s: dict) -> str:
     )
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b > 0 else "-"
+
+
 def run() -> str:
     load = os.getloadavg()[0]
     ours = measure_ours()
     version = opendht_version()
     ref: dict | None = None
     why = ""
-    if version is None:
+    if os.environ.get("OVERLAY_RING_OPENDHT", "1") == "0":
+        version, why = None, "skipped (OVERLAY_RING_OPENDHT=0)"
+    elif version is None:
         why = "the `opendht` package is not installed (`make bench` installs the wheel from PyPI; it could not here)"
     else:
         try:
@@ -307,6 +339,17 @@ def run() -> str:
             lines.append(f"- {op} throughput ratio (ours / OpenDHT): {r:.2f}x")
     else:
         lines += ["", f"- No reference figures: {why}."]
+    lines.append(
+        f"- CPU of all our peers per operation (utime + stime, /proc): put {ours['put']['cpu_us']:,.0f} us, "
+        f"get {ours['get']['cpu_us']:,.0f} us"
+    )
+    if ref is not None:
+        lines.append(
+            f"- CPU of all OpenDHT nodes per operation (its 9 processes and the client's, /proc): put "
+            f"{ref['put']['cpu_us']:,.0f} us, get {ref['get']['cpu_us']:,.0f} us; ours / OpenDHT: put "
+            f"{_ratio(ours['put']['cpu_us'], ref['put']['cpu_us'])}, get {_ratio(ours['get']['cpu_us'], ref['get']['cpu_us'])} "
+            f"(on a loaded machine the figure that compares; ops/s there follow each side's share of the CPU)"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -34,8 +34,13 @@ For each setup:
     the callee's proxy), with the probe's MESSAGE median alongside and the
     CPU of all the setup's proxies per MESSAGE.
 
+A third setup is the ring with ``[overlay] publish_path = needed``: the
+UAS's binding (registered from its Contact's own address) goes into the
+ring without proxy 1's Path, and proxy 3 sends to the UAS directly.
+
 Every wait is bounded; the section keeps to RING_SIP_BUDGET seconds
-(default 300).
+(default 420).  ``RING_SIP_MESSAGE=0`` skips the MESSAGE searches (call
+setup only, for a quick run; not for the recorded section).
 
     python -m bench ring_sip         # as a section of `make bench`
     python -m bench.ring_sip         # alone, printing the section
@@ -80,7 +85,7 @@ IDLE_CALLS = 100
 IDLE_GAP = 0.02  # seconds of idle before each "idle" call
 CALL_TIMEOUT = 3.0
 STABILIZE = 0.5
-BUDGET = float(os.environ.get("RING_SIP_BUDGET", 300))
+BUDGET = float(os.environ.get("RING_SIP_BUDGET", 420))
 
 
 # --- the setups
@@ -105,9 +110,12 @@ class Setup(Server):
     ``port`` is the caller's proxy (the last), the callee registers at
     ``home`` (the first), ``cpu()`` sums every proxy's CPU."""
 
-    def __init__(self, name: str, nodes: int) -> None:
+    def __init__(self, name: str, nodes: int, publish_path: str = "always") -> None:
         self.name, self.nodes = name, nodes
+        self.publish_path = publish_path
         self.label = "one proxy" if nodes == 1 else f"{nodes}-node ring"
+        if publish_path != "always":
+            self.label += f", publish_path = {publish_path}"
         self.proxies: list[ProxyProcess] = []
         self.admin: list[str] = []
         self.ids: list[int] = []
@@ -133,6 +141,7 @@ class Setup(Server):
                     "bootstrap": f"127.0.0.1:{overlay_ports[0]}" if i else "",
                     "stabilize_interval": str(STABILIZE),
                     "state_dir": "overlay",
+                    "publish_path": self.publish_path,
                     **self.overlay_keys(workdir / f"{self.name}-proxy{i + 1}", nid),
                 },
                 "admin": {"listen": f"tcp:{admin}:interface=127.0.0.1"},
@@ -382,6 +391,8 @@ class Result:
     cold: list[tuple[int, float | None]] = field(default_factory=list)  # (holder, us)
     warm: list[float] = field(default_factory=list)
     idle: list[float] = field(default_factory=list)
+    warm_cpu_us: float | None = None  # CPU of all proxies per warm call (INVITE to BYE answered)
+    warm_path: list[str] | None = None  # the Path the ring holds for the warm calls' first AoR
     call_failures: int = 0
     call_errors: list[str] = field(default_factory=list)
     best: Step | None = None
@@ -411,11 +422,13 @@ def measure_setup(setup: Setup, workdir: Path, bench: Bench, search_budget: floa
     try:
         home = _At(setup.home, f"{setup.label} proxy 1")
         uas_port = free_port("udp")
-        register_uas(home, uas_port)  # sip:uas@ -> the sipp UAS of each MESSAGE step
-        register_uas(home, msg_probe_uas.getsockname()[1], "probe")  # the MESSAGE probe's UAS
+        # each UAS registers from its own Contact address, as a phone does
+        # (what publish_path = needed looks at)
+        register_uas(home, uas_port, from_contact=True)  # sip:uas@ -> the sipp UAS of each MESSAGE step
+        register_uas(home, msg_probe_uas.getsockname()[1], "probe", sock=msg_probe_uas)  # the MESSAGE probe's UAS
         cold = [f"callee{i:02d}" for i in range(COLD_AORS)]
         for user in cold:
-            register_uas(home, probe.uas_port, user)
+            register_uas(home, probe.uas_port, user, sock=probe.uas)
         if not setup.published([f"{u}@{DOMAIN}" for u in [*cold, "uas", "probe"]]):
             res.oddities.append("not every registration was visible in the ring 20 s after the REGISTER")
         # (a) call setup: the first call to each AoR (cold), then warm calls
@@ -424,10 +437,15 @@ def measure_setup(setup: Setup, workdir: Path, bench: Bench, search_budget: floa
         for user in cold:
             us = probe.call(user)
             res.cold.append((setup.holder(f"{user}@{DOMAIN}") if setup.nodes > 1 else 1, us))
+        cpu0 = setup.cpu()
         for i in range(WARM_CALLS):
             us = probe.call(cold[i % len(cold)])
             if us is not None:
                 res.warm.append(us)
+        res.warm_cpu_us = 1e6 * (setup.cpu() - cpu0) / WARM_CALLS
+        seen = _get_json(f"{setup.admin[0]}/registrations/{cold[0]}@{DOMAIN}")
+        if seen and seen.get("bindings"):
+            res.warm_path = list(seen["bindings"][0].get("path") or [])
         for i in range(IDLE_CALLS):
             probe.drain(IDLE_GAP)
             us = probe.call(cold[i % len(cold)])
@@ -438,6 +456,8 @@ def measure_setup(setup: Setup, workdir: Path, bench: Bench, search_budget: floa
         say(f"  call setup: cold median {_fmt(_median(res.cold_us))} us, warm median {_fmt(_median(res.warm))} us "
             f"p90 {_fmt(_p90(res.warm))} us, {res.call_failures} failures {probe.errors[:3]}")
         # (b) MESSAGE rate
+        if os.environ.get("RING_SIP_MESSAGE", "1") == "0":
+            return res  # call setup only (a quick run while working on it)
         bench.probe_uas = msg_probe_uas
         res.best, res.steps = bench.search(setup, "MESSAGE", uas_port, search_budget)
         if res.best is None and res.steps:
@@ -509,7 +529,9 @@ def measure(say: Callable[[str], None] = print) -> tuple[dict[str, Result], dict
         # the single proxy a bit under half of what is left
         results["single"] = measure_setup(single, work, bench, max(30.0, (deadline - time.monotonic() - 40) * 0.45), say)
         ring = Setup("ring", NODES)
-        results["ring"] = measure_setup(ring, work, bench, max(30.0, deadline - time.monotonic() - 25), say)
+        results["ring"] = measure_setup(ring, work, bench, max(30.0, (deadline - time.monotonic() - 50) * 0.5), say)
+        direct = Setup("direct", NODES, publish_path="needed")
+        results["direct"] = measure_setup(direct, work, bench, max(30.0, deadline - time.monotonic() - 25), say)
     finally:
         info["load_after"] = os.getloadavg()
         info["elapsed"] = time.monotonic() - started
@@ -521,7 +543,7 @@ def measure(say: Callable[[str], None] = print) -> tuple[dict[str, Result], dict
 
 
 def report(results: dict[str, Result], info: dict[str, Any]) -> str:
-    s, r = results.get("single"), results.get("ring")
+    s, r, d = results.get("single"), results.get("ring"), results.get("direct")
     lb, la = info.get("load_before", (0, 0, 0)), info.get("load_after", (0, 0, 0))
     lines = [
         "## SIP through a 3-node ring vs one proxy: call setup and MESSAGE rate",
@@ -533,7 +555,9 @@ def report(results: dict[str, Result], info: dict[str, Any]) -> str:
         f"`stabilize_interval = {STABILIZE:g}`. **One proxy**: a ring of one node; callee and caller use it. "
         "**Ring**: 3 proxies (node ids 0, 1/3, 2/3 of the circle); the callee registers at proxy 1, the caller sends "
         "to proxy 3, which finds the binding in the ring and forwards through proxy 1 (the binding's path), so a "
-        "request crosses two proxies. "
+        "request crosses two proxies. **Ring, publish_path = needed**: the same ring with `[overlay] publish_path = "
+        "needed`: a UA that registered over UDP from its Contact's own address goes into the ring without proxy 1's "
+        "Path, so proxy 3 sends to it directly (every UAS here registers from its Contact's address). "
         "Call setup = INVITE sent to 180 received, timed with `perf_counter` by a Python probe that is UAC and UAS "
         "(answers 180 then 200 at once, completes ACK and BYE), one call at a time, each started as soon as the last "
         "ended (BYE answered), the proxies otherwise idle. "
@@ -547,20 +571,22 @@ def report(results: dict[str, Result], info: dict[str, Any]) -> str:
         "median: a Python MESSAGE probe (about 50/s) alongside the load at that rate; CPU: all the setup's proxies, "
         "from /proc, per MESSAGE at that rate.",
         "",
-        "| | one proxy | 3-node ring | ring / one |",
-        "| --- | ---: | ---: | ---: |",
+        "| | one proxy | 3-node ring | ring / one | ring, publish_path = needed | needed / one |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def row(label: str, f: Callable[[Result], float | None], unit: str = "") -> None:
         a = f(s) if s else None
         b = f(r) if r else None
-        lines.append(f"| {label} | {_fmt(a)}{unit} | {_fmt(b)}{unit} | {_ratio(b, a)} |")
+        c = f(d) if d else None
+        lines.append(f"| {label} | {_fmt(a)}{unit} | {_fmt(b)}{unit} | {_ratio(b, a)} | {_fmt(c)}{unit} | {_ratio(c, a)} |")
 
     row("call setup, cold, median (us)", lambda x: _median(x.cold_us))
     row("call setup, cold, p90 (us)", lambda x: _p90(x.cold_us))
     row("call setup, cold, first call (us)", lambda x: x.cold[0][1] if x.cold else None)
     row("call setup, warm, median (us)", lambda x: _median(x.warm))
     row("call setup, warm, p90 (us)", lambda x: _p90(x.warm))
+    row("call setup, warm: CPU of all proxies per call, INVITE to BYE (us)", lambda x: x.warm_cpu_us)
     row(f"call setup, warm, {IDLE_GAP * 1000:g} ms idle before each call, median (us)", lambda x: _median(x.idle))
     row(f"call setup, warm, {IDLE_GAP * 1000:g} ms idle before each call, p90 (us)", lambda x: _p90(x.idle))
     row("MESSAGE: highest rate at <= 0.1% failures (/s)", lambda x: x.best.rate if x.best else None)
@@ -574,12 +600,14 @@ def report(results: dict[str, Result], info: dict[str, Any]) -> str:
         parts = [f"proxy {h} ({'the caller' if h == NODES else 'the callee' if h == 1 else 'neither'}'s proxy) "
                  f"{len(v)} AoRs, median {_fmt(_median(v))} us" for h, v in sorted(by.items())]
         lines += ["", "Ring, cold call setup by the node responsible for the AoR's key: " + "; ".join(parts) + "."]
-    for res in (s, r):
+    for res in (s, r, d):
         if res is None:
             continue
         steps = ", ".join(f"{st.rate:,}/s {'pass' if st.passed else 'FAIL'} ({st.calls - st.ok} failed, {st.retrans} retr.)"
                           for st in res.steps)
         lines += ["", f"{res.label}: MESSAGE steps: {steps or '-'}."]
+        if res.warm_path is not None and res.name != "single":
+            lines.append(f"{res.label}: the ring's Path for the callees: {', '.join(res.warm_path) or 'none (reached directly)'}.")
         if res.call_failures:
             lines.append(f"{res.label}: {res.call_failures} probe calls failed, e.g. {'; '.join(res.call_errors)}.")
         if res.note:

@@ -505,10 +505,22 @@ class Responder(_Subprocess):
         self._start([sys.executable, str(HERE / "udp_responder.py"), str(self.port)], workdir)
 
 
-def register_uas(server: Server, uas_port: int, user: str = "uas") -> None:
-    """Bind sip:USER@example.com to a UAS's 127.0.0.1 port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+def register_uas(server: Server, uas_port: int, user: str = "uas", sock: socket.socket | None = None,
+                 from_contact: bool = False) -> None:
+    """Bind sip:USER@example.com to a UAS's 127.0.0.1 port.
+
+    The REGISTER leaves from a socket of its own, or from ``sock`` (the
+    UAS's, left open), or with ``from_contact`` from the Contact's port
+    itself (bound for the REGISTER, free again for the UAS after it): the
+    last two as a phone registers, received/rport equal to its Contact.
+    """
+    own = sock is None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if own else sock
+    assert s is not None
+    try:
+        if own:
+            s.bind(("127.0.0.1", uas_port if from_contact else 0))
+        old_timeout = s.gettimeout()
         s.settimeout(2.0)
         me = s.getsockname()[1]
         tag = random.getrandbits(32)
@@ -526,8 +538,12 @@ def register_uas(server: Server, uas_port: int, user: str = "uas") -> None:
             except socket.timeout:
                 continue
             if answer.startswith(b"SIP/2.0 200"):
+                s.settimeout(old_timeout)
                 return
             raise RuntimeError(f"{server.label} refused the UAS's REGISTER: {answer.splitlines()[0]!r}")
+    finally:
+        if own:
+            s.close()
     raise RuntimeError(f"{server.label} did not answer the UAS's REGISTER")
 
 

@@ -262,6 +262,10 @@ OVERLAY: Schema = {
     "write_quorum": (_int(1, 17), "2"),
     "write_timeout": (_float(), "4"),
     "read_repair": (_bool, "yes"),
+    # which of our registrar's bindings go into the ring with our Path:
+    # always, or only those not reached directly (proxy/routing.py,
+    # reached_directly: UDP from the Contact's own address, no NAT)
+    "publish_path": (_choice("always", "needed"), "always"),
     # seconds one ring call may take; 0: half of stabilize_interval, at most 2
     # (a lookup gets four calls' worth)
     "rpc_timeout": (_float(0.0, strict=False), "0"),

@@ -376,16 +376,21 @@ def build_proxy(
     )
     core = ProxyCore(chain, registrar, forwarder, addressing, stack, ack_gate=security.ack_gate)
 
-    def self_route(binding: Any) -> str | None:
-        stamp = security.path_stamp.value if security.path_stamp is not None else None
-        return routing.self_route(stack.listening(), binding, stamp)
+    def self_route_for(overlay: Any) -> Callable[[Any], str | None]:
+        publish_path = _publish_path(overlay)
+
+        def self_route(binding: Any) -> str | None:
+            stamp = security.path_stamp.value if security.path_stamp is not None else None
+            return routing.self_route(stack.listening(), binding, stamp, publish_path)
+
+        return self_route
 
     publishers = []
     for name, (overlay, ring_addressing) in (ring_parts.items() if publish else ()):
         # Our registrar's users go to every ring that holds their domain.
         if any(d in ring_addressing.domains for d in addressing.domains):
             holds = _holds(ring_addressing)
-            publishers.append(RingPublisher(overlay, bindings, self_route, reactor, accepts=holds))
+            publishers.append(RingPublisher(overlay, bindings, self_route_for(overlay), reactor, accepts=holds))
     if publishers:
         # issue 15: the 200 to a REGISTER waits for the rings' write quorum
         registrar.commit = ring_commit(publishers)
@@ -693,8 +698,10 @@ def build_worker_parent(
     for name, overlay in dict(top.rings).items():  # type: ignore[attr-defined]
         ring_addressing = Addressing(ring_domains(cfg, name), listening, StackLink())
         if any(d in ring_addressing.domains for d in addressing.domains):
-            publishers.append(RingPublisher(overlay, table, lambda b: routing.self_route(listening, b, path_stamp.value),
-                                            reactor, accepts=_holds(ring_addressing)))
+            publish_path = _publish_path(overlay)
+            publishers.append(RingPublisher(
+                overlay, table, lambda b, p=publish_path: routing.self_route(listening, b, path_stamp.value, p),
+                reactor, accepts=_holds(ring_addressing)))
     if admin is not None:  # GET /registrations: every worker's users
         admin.registrations.table = table  # type: ignore[attr-defined]
     hub = Hub(table, dict(top.rings))  # type: ignore[attr-defined]
@@ -818,6 +825,11 @@ def build_store(cfg: Config, reactor: Any, ring: Any) -> Any:
         reactor, auth["users_file"], auth["realm"], auth["algorithms"], auth["nonce_ttl"], secret
     )
     return store_api(reactor, dict(cfg.section("store")), ring, credentials, our_domains(cfg))
+
+
+def _publish_path(overlay: Any) -> str:
+    """A ring's ``publish_path``: which bindings go into it with our Path."""
+    return str(getattr(overlay, "settings", {}).get("publish_path", routing.PATH_ALWAYS))
 
 
 def _ring_tls(section: str, settings: Mapping[str, Any]) -> Any:

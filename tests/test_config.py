@@ -77,6 +77,7 @@ def test_ipv6_listen_and_domain_lists():
         ("[overlay]\nwrite_quorum = 0\n", "overlay", "write_quorum", "below the minimum"),
         ("[overlay]\nwrite_timeout = 0\n", "overlay", "write_timeout", "greater than 0"),
         ("[overlay]\nread_repair = maybe\n", "overlay", "read_repair", "yes"),
+        ("[overlay]\npublish_path = sometimes\n", "overlay", "publish_path", "not one of always, needed"),
         ("[overlay]\nrpc_timeout = -1\n", "overlay", "rpc_timeout", "greater than 0"),
         ("[admin]\nlisten = tcp:8080:interfase=127.0.0.1\n", "admin", "listen", "not a Twisted server endpoint string"),
         ("[admin]\nmax_value = 0\n", "admin", "max_value", "below the minimum"),

@@ -171,6 +171,20 @@ class OverlayProtocol(amp.AMP):
         self.handshake_done = False
         self.lost: defer.Deferred = defer.Deferred()
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Calls are small request/answer boxes, many in flight on one pooled
+        # connection: with Nagle's algorithm a box written while an earlier
+        # one is unacknowledged waits for that ACK (a delayed ACK: up to
+        # 40 ms on Linux).  Twisted already sends each reactor turn's writes
+        # in one go, so turning Nagle off adds no small segments of its own.
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)  # a TLS wrapper passes it on
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass  # not a TCP socket (a test's loopback transport)
+
     def handshakeCompleted(self) -> None:
         """TLS is up (a CA ring): the peer's certificate is known now."""
         self.handshake_done = True

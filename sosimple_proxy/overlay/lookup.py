@@ -7,7 +7,9 @@ suspect, routes around it at once with the next best candidate, and no
 intermediate node holds state for someone else's lookup.  A lookup ends by
 asking the candidate successor itself (one more hop), so a dead successor
 or a newcomer its predecessor has not yet heard of does not produce a
-wrong answer.
+wrong answer.  A read makes that last step its fetch instead
+(``replication.Replicator._read``): the candidate's authoritative answer
+vouches for the same thing, one call fewer.
 """
 
 from __future__ import annotations

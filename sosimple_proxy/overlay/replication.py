@@ -22,6 +22,7 @@ from . import ids, quorum
 from .errors import LookupFailed, NotRunning, OverlayError, StoreRefused
 from .interfaces import ILookup, IPeerCalls
 from .jobs import Jobs
+from .lookup import LookupResult
 from .messages import EntryId, FetchResult, Peer, SyncResult, Version, versions_of
 from .records import Record, merge_all
 from .repair import ReadRepair
@@ -123,8 +124,7 @@ class Replicator:
         self._last_seq = seq
         return seq
 
-    @defer.inlineCallbacks
-    def put(self, records: Record | Sequence[Record]):
+    def put(self, records: Record | Sequence[Record]) -> defer.Deferred:
         """Store records (all under one key) at the key's successor and replicas.
 
         Deferred[int]: how many nodes took them (up to ``replicas + 1``);
@@ -133,15 +133,22 @@ class Replicator:
         """
         batch = (records,) if isinstance(records, Record) else tuple(records)
         if not batch:
-            return 0
+            return defer.succeed(0)
         key = batch[0].key
         if any(r.key != key for r in batch):
-            raise ValueError("put takes records of a single key")
+            return defer.fail(ValueError("put takes records of a single key"))
+        return self._put(batch, None)
+
+    @defer.inlineCallbacks
+    def _put(self, batch: tuple[Record, ...], result: LookupResult | None):
+        """:meth:`put`, at the holders ``result`` names when a read just found them."""
+        key = batch[0].key
         if not self.jobs.running:
             raise NotRunning("the node is not running")
         if self.guard is not None:
             batch = yield self.guard.prepare(batch)
-        result = yield self.lookups.lookup(key)
+        if result is None:
+            result = yield self.lookups.lookup(key)
         missed: list[Peer] = []
         acks = yield self._store_at(result.successors, batch, self.config.replicas + 1, missed)
         holders = [p.address for p in result.successors]
@@ -187,12 +194,15 @@ class Replicator:
         Reads the entry first so the new sequence number beats the stored
         one even if another writer's clock runs ahead of ours.
         """
-        current = yield self._fetch(key, kind)
+        # The read finds the holders too: the write goes to them without a
+        # second lookup, and skips read repair (the write itself brings
+        # every holder to the newest version of the entry).
+        current, result = yield self._read(key, kind, repair=False)
         floor = max((r.seq for r in current if r.entry == entry), default=0)
         record = Record(
             key, kind, entry, self.writer, value, self.clock.seconds() + ttl, self.next_seq(floor), owner_key_id, name=name
         )
-        yield self.put(record)
+        yield self._put((record,), result)
         return record
 
     @defer.inlineCallbacks
@@ -202,11 +212,12 @@ class Replicator:
         Writes tombstones, so replicas that missed the removal cannot bring
         the records back.
         """
-        current = yield self.get(key, kind)
+        found, result = yield self._read(key, kind, repair=False)
+        current = merge_all(found, self.clock.seconds())
         gone = [r for r in current if entry is None or r.entry == entry]
         if not gone:
             return False
-        yield self.put([r.tombstone(seq=self.next_seq(r.seq), writer=self.writer) for r in gone])
+        yield self._put(tuple(r.tombstone(seq=self.next_seq(r.seq), writer=self.writer) for r in gone), result)
         return True
 
     # ------------------------------------------------------------------ reads
@@ -224,18 +235,51 @@ class Replicator:
 
     @defer.inlineCallbacks
     def _fetch(self, key: int, kind: str | None):
+        records, _ = yield self._read(key, kind)
+        return records
+
+    @defer.inlineCallbacks
+    def _read(self, key: int, kind: str | None, repair: bool = True):
+        """Deferred[(records, LookupResult)]: what the holders of ``key`` hold, and who they are.
+
+        The lookup's last step (asking the candidate successor whether the
+        key is in its range) and the read are one call: the lookup runs
+        unverified, and the candidate's *authoritative* fetch answer says
+        the same as the verifying ``find`` would (the key is in its range,
+        and it has synced that range).  Anything else (no answer, not
+        authoritative, a successor list too short to name every holder)
+        falls back to the verified lookup, as before.
+        """
         if not self.jobs.running:
             raise NotRunning("the node is not running")
-        result = yield self.lookups.lookup(key)
+        want = self.config.replicas + 1
+        first_answer: FetchResult | None = None
+        result = yield self.lookups.lookup(key, verify=False)
+        first = result.successors[0]
+        if first.address == self.me.address:
+            pass  # our own tables say we hold it: as verified as a lookup gets
+        elif len(_distinct(result.successors)) < want:
+            result = yield self.lookups.lookup(key)  # a list cut short: the successor's own names them all
+        else:
+            try:
+                first_answer = yield self.calls.hop(first.address, "fetch", key, kind)
+            except Exception:
+                self.table.failed(first.address)
+            if first_answer is None or not first_answer.authoritative:
+                # its answer stays good as that holder's (used if the verified
+                # lookup names it), but only the verified lookup says who holds the key
+                result = yield self.lookups.lookup(key)
         collected: list[Record] = []
         answered = 0
         vouched = False
-        holders = result.successors[: self.config.replicas + 1]
+        holders = result.successors[:want]
         answers: list[tuple[Peer, tuple[Record, ...]]] = []
         reads = quorum.reads(self.config.write_quorum, self.config.replicas)
         for p in holders:
             if p.address == self.me.address:
                 answer = self.answer_fetch(key, kind)
+            elif first_answer is not None and p.address == first.address:
+                answer = first_answer
             else:
                 try:
                     answer = yield self.calls.hop(p.address, "fetch", key, kind)
@@ -249,7 +293,7 @@ class Replicator:
             # enough holders to meet every write a quorum took (quorum.py)
             if vouched and answered >= reads:
                 break
-        if self.repair is not None and answers and self.jobs.running:
+        if repair and self.repair is not None and answers and self.jobs.running:
             # in the background: the reader does not wait (overlay/repair.py)
             self.repair.after_read(key, kind, answers, holders, self.answer_fetch).addErrback(
                 self.jobs.log_failure, "read repair"
@@ -263,7 +307,7 @@ class Replicator:
             # holds it may be off for a moment after a failure): a miss here
             # is not a real miss, and saying so would break completeness.
             raise LookupFailed(f"no holder of key {key:x} could vouch for a miss yet")
-        return collected
+        return collected, result
 
     # ------------------------------------------------- answering other nodes
 
@@ -465,3 +509,9 @@ class Replicator:
         if pred is not None:
             return self.store.in_range(pred.id, self.me.id)
         return list(self.store.records())
+
+
+def _distinct(peers: Sequence[Peer]) -> list[Peer]:
+    """``peers`` without repeats (a small ring's successor list wraps round)."""
+    seen: set[Any] = set()
+    return [p for p in peers if not (p.address in seen or seen.add(p.address))]

@@ -20,7 +20,7 @@ from sosimple_proxy.sip.address import ListenAddress, Peer
 from sosimple_proxy.sip.message import Request
 from sosimple_proxy.sip.randomness import random_hex
 from sosimple_proxy.sip.grammar import new_params
-from sosimple_proxy.sip.uri import URI, format_host, parse_uri
+from sosimple_proxy.sip.uri import URI, format_host, is_ip, parse_uri
 from sosimple_proxy.sip.via import Via
 
 # Our branches: the RFC 3261 magic cookie, then a tag of ours, then the loop
@@ -392,15 +392,36 @@ def flow_user(flow: Peer | None) -> str | None:
     return flow_token(f"{flow.transport}:{flow.hostport()}")
 
 
+#: ``[overlay] publish_path``: every binding goes into the ring with our Path
+PATH_ALWAYS = "always"
+#: ... or only those the other proxies cannot reach without us (:func:`reached_directly`)
+PATH_NEEDED = "needed"
+
+
 def self_route(
-    listening: Sequence[ListenAddress], binding: Any = None, stamp: Callable[[Any, float], str] | None = None
+    listening: Sequence[ListenAddress],
+    binding: Any = None,
+    stamp: Callable[[Any, float], str] | None = None,
+    publish_path: str = PATH_ALWAYS,
 ) -> str | None:
     """How other proxies of the ring reach this one: a Route value (UDP
     first); for a binding registered over a connection, one that names the
     flow, so the request leaves by the UA's own connection.  ``stamp(contact,
     expires_at)`` (:class:`sosimple_proxy.proxy.path_stamp.PathStamp.value`)
-    adds ``;pst=``, by which we know the entry again after a restart."""
+    adds ``;pst=``, by which we know the entry again after a restart.
+
+    With ``publish_path = needed`` a binding :func:`reached_directly` gets
+    none: RFC 3327 (section 5) leaves adding Path to the registrar's edge
+    proxy, and a UA that registered over UDP from the very address its
+    Contact names is reached as well from any proxy of the ring, one proxy
+    and two datagrams fewer per message.  Only for rings whose proxies can
+    all reach the UAs' addresses (one network, public addresses): a proxy
+    elsewhere cannot route to a private Contact, and a UA's firewall may
+    let in only its own registrar.
+    """
     if not listening:
+        return None
+    if publish_path == PATH_NEEDED and binding is not None and reached_directly(binding):
         return None
     first = next((a for a in listening if a.transport == "udp"), listening[0])
     received = getattr(binding, "received", None)
@@ -414,6 +435,34 @@ def self_route(
             return value
         value = f"{value[:-1]};pst={stamp(contact, binding.expires_at)}>"
     return value
+
+
+def reached_directly(binding: Any) -> bool:
+    """Whether a binding needs no proxy of ours on the way to it: registered
+    over UDP (no connection to keep using) from the address and port its
+    Contact names (no NAT rewrote them: the RFC 3581 received/rport are the
+    Contact's), a plain ``sip:`` Contact over UDP with an IP literal (no
+    ``maddr``, no name to resolve differently elsewhere), no Path of its own
+    (an edge proxy in front of it) and no RFC 5626 reg-id (an outbound flow,
+    which the edge proxy keeps alive)."""
+    if getattr(binding, "path", ()) or getattr(binding, "reg_id", None) is not None:
+        return False
+    flow = parse_flow(getattr(binding, "received", None))
+    if flow is None or flow.transport != "udp":
+        return False
+    try:
+        uri = parse_uri(binding.contact)
+    except Exception:
+        return False
+    if uri.scheme != "sip" or not uri.host or not is_ip(uri.host) or "maddr" in uri.params:
+        return False
+    if (uri.params.get("transport") or "udp").lower() != "udp":
+        return False
+    try:
+        same_host = ipaddress.ip_address(uri.host.strip("[]")) == ipaddress.ip_address(flow.host)
+    except ValueError:
+        return False
+    return same_host and (uri.port or 5060) == flow.port
 
 
 def has_to_tag(request: Request) -> bool:

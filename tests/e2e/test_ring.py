@@ -32,6 +32,7 @@ from sosimple_proxy.testing import (
     free_port,
     message_request,
     register_contact,
+    register_request,
     run_sipp,
     send_message,
     start_sipp,
@@ -61,7 +62,11 @@ def ring_binding(admin_url: str, aor: str) -> list[dict]:
 
 
 def start_ring(
-    node_ids: list[str | None], tmp_path, admin: dict[int, int] | None = None, redirect: set[int] = frozenset()
+    node_ids: list[str | None],
+    tmp_path,
+    admin: dict[int, int] | None = None,
+    redirect: set[int] = frozenset(),
+    overlay_keys: dict[str, str] | None = None,
 ) -> list[ProxyProcess]:
     ports = [free_port("tcp") for _ in node_ids]
     procs: list[ProxyProcess] = []
@@ -76,6 +81,7 @@ def start_ring(
                 # authorized by another (test_signed_records_processes.py does that)
                 "domain_writers": "any",
             }
+            overlay.update(overlay_keys or {})
             if nid:
                 overlay["node_id"] = nid
             overlay["allow_chosen_ids"] = "yes"  # a test ring: its members sit at the ids it chose
@@ -328,5 +334,43 @@ def test_a_user_is_reached_through_her_proxy_after_it_restarted(tmp_path):
         assert "SIP/2.0 403 Relaying Denied" not in answers, answers
     finally:
         alice.close()
+        for p in procs:
+            p.stop()
+
+
+def test_publish_path_needed_reaches_a_direct_ua_without_its_registrar(tmp_path):
+    """``[overlay] publish_path = needed``: carol registers over UDP from her
+    Contact's own address, so the ring holds her binding without her
+    proxy's Path, and another proxy sends to her directly (its Via alone
+    above the sender's), even once her proxy is dead.  dave registers from
+    another port (as through a NAT): his binding keeps the Path."""
+    admin = free_port("tcp")
+    url = f"http://127.0.0.1:{admin}"
+    procs = start_ring([None, None], tmp_path, admin={0: admin}, overlay_keys={"publish_path": "needed"})
+    home, other = procs
+    try:
+        with AnsweringUA() as carol, AnsweringUA() as dave:
+            carol.sock.sendto(  # her own socket: the 200 is read (and skipped) by her thread
+                register_request("carol@example.com", f"sip:carol@127.0.0.1:{carol.port}", via_port=carol.port).encode(),
+                ("127.0.0.1", home.port),
+            )
+            assert register(home.port, "dave", dave.port) == "SIP/2.0 200 OK"
+            wait_until(lambda: ring_binding(url, "carol@example.com") and ring_binding(url, "dave@example.com"), 20, 0.2)
+            assert ring_binding(url, "carol@example.com")[0]["path"] == []
+            dave_path = ring_binding(url, "dave@example.com")[0]["path"]  # ours, stamped (;pst=, path_stamp.py)
+            assert len(dave_path) == 1 and dave_path[0].startswith(f"<sip:127.0.0.1:{home.port};lr")
+            for ua, user in ((carol, "carol"), (dave, "dave")):
+                text = f"to-{user}-{uuid.uuid4().hex[:6]}"
+                wait_until(lambda: message(other.port, user, text) == "SIP/2.0 200 OK", 10, 0.3)
+                got = next(r for r in ua.requests if text in r)
+                vias = [line for line in got.split("\r\n") if line.lower().startswith(("via:", "v:"))]
+                hops = [f"127.0.0.1:{p.port}" for p in (other, home) if any(f"127.0.0.1:{p.port}" in v for v in vias)]
+                # carol: straight from the other proxy; dave: through his own
+                assert hops == ([f"127.0.0.1:{other.port}"] if user == "carol" else [f"127.0.0.1:{other.port}", f"127.0.0.1:{home.port}"])
+            kill(home)
+            text = f"after-{uuid.uuid4().hex[:6]}"
+            wait_until(lambda: message(other.port, "carol", text) == "SIP/2.0 200 OK", 10, 0.3)
+            assert carol.received(text)
+    finally:
         for p in procs:
             p.stop()

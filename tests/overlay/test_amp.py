@@ -196,6 +196,24 @@ class AMPRingTests(unittest.TestCase):
         client.close()
 
     @defer.inlineCallbacks
+    def test_connections_send_without_nagle_delays(self):
+        """Both ends of a pooled connection set TCP_NODELAY: a box written
+        while an earlier one is unacknowledged leaves at once (issue 12)."""
+        import socket
+
+        r = yield self.start(7)
+        client = AMPRPC(reactor)
+        try:
+            yield client.state(r.node.address)
+            ends = [client._open[r.node.address], *r.factory.connections]
+            self.assertEqual(len(ends), 2)
+            for proto in ends:
+                sock = proto.transport.getHandle()
+                self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        finally:
+            client.close()
+
+    @defer.inlineCallbacks
     def test_an_unreachable_address_fails_the_call(self):
         rpc = AMPRPC(reactor, connect_timeout=1)
         # a port we bound and closed: nothing listens there

@@ -520,6 +520,47 @@ def test_self_route_names_the_flow_of_a_binding_registered_over_a_connection():
     assert routing.self_route(h.wire.listening(), udp) == "<sip:127.0.0.1:5060;lr>"
 
 
+def test_publish_path_needed_leaves_out_only_bindings_reached_directly():
+    """[overlay] publish_path = needed: a UA that registered over UDP from
+    its Contact's own address and port goes into the ring without our
+    Path; anything a proxy elsewhere could not reach as well keeps it."""
+    from sosimple_proxy.location.bindings import Binding
+    from sosimple_proxy.proxy import routing
+
+    listening = Harness().wire.listening()
+
+    def b(contact: str, received: str | None, **kw) -> Binding:
+        return Binding("a@example.com", contact, 1e9, "c", 1, received=received, **kw)
+
+    direct = [
+        b("sip:a@127.0.0.1:5070", "udp:127.0.0.1:5070"),
+        b("sip:a@127.0.0.1:5060", "udp:127.0.0.1:5060"),
+        b("sip:a@127.0.0.1", "udp:127.0.0.1:5060"),  # no port: 5060
+        b("sip:a@127.0.0.1:5070;transport=udp", "udp:127.0.0.1:5070"),
+        b("sip:a@[::1]:5070", "udp:[::1]:5070"),
+    ]
+    indirect = [
+        b("sip:a@127.0.0.1:5070", "udp:127.0.0.1:40999"),  # NAT: rport differs
+        b("sip:a@10.0.0.5:5070", "udp:127.0.0.1:5070"),  # NAT: received differs
+        b("sip:a@127.0.0.1:5070", "tcp:127.0.0.1:5070"),  # a connection
+        b("sip:a@127.0.0.1:5070;transport=tcp", "udp:127.0.0.1:5070"),
+        b("sips:a@127.0.0.1:5070", "udp:127.0.0.1:5070"),
+        b("sip:a@phone.example.com:5070", "udp:127.0.0.1:5070"),  # a name, resolved elsewhere differently
+        b("sip:a@127.0.0.1:5070;maddr=10.0.0.1", "udp:127.0.0.1:5070"),
+        b("sip:a@127.0.0.1:5070", "udp:127.0.0.1:5070", path=("<sip:edge.example.com;lr>",)),  # an edge proxy
+        b("sip:a@127.0.0.1:5070", "udp:127.0.0.1:5070", reg_id=1),  # an outbound flow (RFC 5626)
+        b("sip:a@127.0.0.1:5070", None),
+    ]
+    ours = "<sip:127.0.0.1:5060;lr>"
+    for binding in direct:
+        assert routing.reached_directly(binding), binding
+        assert routing.self_route(listening, binding, publish_path=routing.PATH_NEEDED) is None, binding
+        assert routing.self_route(listening, binding) == ours  # the default: always
+    for binding in indirect:
+        assert not routing.reached_directly(binding), binding
+        assert routing.self_route(listening, binding, publish_path=routing.PATH_NEEDED) is not None, binding
+
+
 def test_a_fresh_lookup_that_finds_nobody_answers_404_not_the_dead_hops_timeout():
     from twisted.internet.defer import Deferred
 
