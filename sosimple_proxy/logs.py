@@ -153,6 +153,13 @@ class TracingTransport:
         _trace("sent to", dest, data)
         return self.inner.send(data, dest, *local)
 
+    def send_nowait(self, data: bytes, dest: Any, *local: Any) -> Any:
+        # The transactions prefer this path when the transport has it: without
+        # it here, __getattr__ would hand them the inner one and skip the trace.
+        _trace("sent to", dest, data)
+        inner = getattr(self.inner, "send_nowait", None)
+        return inner(data, dest, *local) if inner is not None else self.inner.send(data, dest, *local)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

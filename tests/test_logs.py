@@ -148,3 +148,32 @@ def test_log_keys_in_site_ini():
         assert where in str(e.value) and "\n" not in str(e.value)
     url = "https://ring.example:8443/.well-known/sosimple-config"
     assert parse_config(f"[overlay]\nbootstrap = {url}\n").section("overlay")["bootstrap"] == (url,)
+
+
+def test_a_send_without_waiting_is_traced_too():
+    """The transactions send through ``send_nowait`` when the transport has
+    one (UDP); the trace must see those messages as well."""
+    from twisted.logger import LogPublisher, Logger
+
+    captured: list = []
+    publisher = LogPublisher(captured.append)
+    old = logs.trace_log
+    logs.trace_log = Logger(namespace="sosimple.sip.trace", observer=publisher)
+
+    class Nowait:
+        def __init__(self):
+            self.data = []
+
+        def send(self, data, dest, *local):
+            raise AssertionError("send_nowait should have been used")
+
+        def send_nowait(self, data, dest, *local):
+            self.data.append(data)
+
+    inner = Nowait()
+    try:
+        assert logs.TracingTransport(inner).send_nowait(b"SIP/2.0 401 Unauthorized\r\n\r\n", "udp:127.0.0.1:5070") is None
+    finally:
+        logs.trace_log = old
+    assert inner.data == [b"SIP/2.0 401 Unauthorized\r\n\r\n"]
+    assert [e["direction"] for e in captured] == ["sent to"]
