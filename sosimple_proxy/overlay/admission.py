@@ -177,24 +177,34 @@ class PeerGate:
         known = self._known(peer)
         if known is not None:
             return defer.succeed(known)
-        if (peer.id, peer.address) not in self._pending and len(self._pending) >= self.trust.max_pending:
-            return defer.succeed(False)  # too many at once: it asks again next round
-        mine: defer.Deferred = defer.Deferred()
-        self._challenge(peer).append(mine)
-        return mine
-
-    def _challenge(self, peer: Peer) -> list[defer.Deferred]:
         key = (peer.id, peer.address)
         waiters = self._pending.get(key)
+        if waiters is None and len(self._pending) >= self.trust.max_pending:
+            return defer.succeed(False)  # too many at once: it asks again next round
+        mine: defer.Deferred = defer.Deferred()
         if waiters is not None:
-            return waiters
-        waiters = self._pending[key] = []
+            waiters.append(mine)
+        else:
+            # The waiter is in the list before the call starts: a call that
+            # fails at once (a peer known to be down) settles the list
+            # synchronously, and a waiter added after that never fired (a
+            # node joining through it waited forever).
+            self._pending[key] = [mine]
+            self._start(peer, key)
+        return mine
+
+    def _challenge(self, peer: Peer) -> None:
+        key = (peer.id, peer.address)
+        if key not in self._pending:
+            self._pending[key] = []
+            self._start(peer, key)
+
+    def _start(self, peer: Peer, key: tuple[int, Hashable]) -> None:
         nonce = self.trust.random_bytes(NONCE_BYTES)
         self.challenges += 1
         d = self.calls.call(peer.address, "prove", nonce)
         d.addCallbacks(self._answered, self._failed, (peer, nonce), None, (peer,))
         d.addBoth(self._settle, key)
-        return waiters
 
     def _answered(self, proof: Proof, peer: Peer, nonce: bytes) -> bool:
         reason = check_proof(proof, peer, nonce, self.m, self.trust.domain_bits, self.trust.allow_chosen_ids)

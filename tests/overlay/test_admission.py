@@ -287,3 +287,30 @@ class OpenRingOverAMPTests(unittest.TestCase):
 
 def signer_of(seed: int) -> NodeSigner:
     return signer(seed)
+
+
+def test_a_challenge_that_fails_at_once_still_answers_its_waiter():
+    """A call to a peer known to be down fails synchronously; the waiter of
+    ``verify`` must still hear "no" (a node joining through that peer once
+    waited forever, stuck "joining the ring" while its ring formed)."""
+    from twisted.internet import defer, error, task
+
+    from sosimple_proxy.overlay.admission import PeerGate
+
+    class DownCalls:
+        def __init__(self):
+            self.asked = 0
+
+        def call(self, address, name, *args):
+            self.asked += 1
+            return defer.fail(error.ConnectionRefusedError())
+
+    me = signer(1)
+    calls = DownCalls()
+    gate = PeerGate(Peer(1, "10.0.0.1:7000"), calls, task.Clock(), OpenRingTrust(me))
+    peer = Peer(12345, "10.0.0.2:7000")
+    answers = []
+    gate.verify(peer).addCallback(answers.append)
+    assert answers == [False] and calls.asked == 1
+    gate.verify(peer).addCallback(answers.append)  # asked again: a new challenge, answered too
+    assert answers == [False, False] and calls.asked == 2
