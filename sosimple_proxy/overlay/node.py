@@ -190,6 +190,17 @@ class ChordNode:
                 except Exception:
                     continue
                 peers = [p for p in result.successors if p.address != self.address and p.id != self.id]
+                if not peers and result.successors and result.successors[0].address == self.address:
+                    # The ring already names us as our own id's successor: the
+                    # others joined through us while we waited for our
+                    # bootstraps, and their lists end at us.  Take the
+                    # answering node's successors; stabilisation then puts us
+                    # in our place (waiting for a better answer never ended).
+                    try:
+                        state = yield self.calls.call(address, "state")
+                    except Exception:
+                        continue
+                    peers = [p for p in state.successors if p.address != self.address and p.id != self.id]
                 if not peers:
                     continue
                 first = peers[0]
