@@ -25,7 +25,7 @@ from tests.proxy.harness import Harness, invite
 STRANGER = Peer("udp", "192.0.2.66", 5070)
 GW = Peer("udp", "127.0.0.1", 5081)
 OTHER = Peer("udp", "127.0.0.1", 5090)
-BOB = "sip:bob@10.0.0.5:6001"
+BOB = "sip:bob@127.0.0.5:6001"
 
 PSTN = (
     "[pstn]\ncountry_code = 1\nlocal_patterns = ^(911)$ => +\\1\nprobe_interval = 0\n"
@@ -149,19 +149,19 @@ def test_a_stranger_reaches_our_users_and_the_dialog_both_ways():
     assert bye.uri == BOB
     # the callee's BYE back to the foreign caller: tags swapped
     h.receive(
-        "BYE sip:x@192.0.2.66:5070 SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.5:6001;branch=z9hG4bK-bye2;rport\n"
+        "BYE sip:x@192.0.2.66:5070 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.5:6001;branch=z9hG4bK-bye2;rport\n"
         "Max-Forwards: 70\nFrom: <sip:bob@example.com>;tag=bobtag\nTo: <sip:x@other.test>;tag=a1\n"
         f"Call-ID: call-1@caller\nCSeq: 1 BYE\nRoute: {rr}\nContent-Length: 0\n\n",
-        Peer("udp", "10.0.0.5", 6001),
+        Peer("udp", "127.0.0.5", 6001),
     )
     (back, dest), = forwarded(h)
     assert back.uri == "sip:x@192.0.2.66:5070" and dest == Peer("udp", "192.0.2.66", 5070)
     # the same BYE in another dialog: the stamp does not match
     h.receive(
-        "BYE sip:x@192.0.2.66:5070 SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.5:6001;branch=z9hG4bK-bye3;rport\n"
+        "BYE sip:x@192.0.2.66:5070 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.5:6001;branch=z9hG4bK-bye3;rport\n"
         "Max-Forwards: 70\nFrom: <sip:bob@example.com>;tag=bobtag\nTo: <sip:x@other.test>;tag=a1\n"
         f"Call-ID: another-call\nCSeq: 1 BYE\nRoute: {rr}\nContent-Length: 0\n\n",
-        Peer("udp", "10.0.0.5", 6001),
+        Peer("udp", "127.0.0.5", 6001),
     )
     sent = h.wire.take()
     assert forwarded(h, sent) == [] and final(sent).status == 403
@@ -367,7 +367,7 @@ def test_a_request_along_our_stamped_path_reaches_the_contact_after_a_restart():
 
     sent = along(path)
     (inv, dest), = forwarded(h, sent)
-    assert inv.uri == BOB and (dest.host, dest.port) == ("10.0.0.5", 6001)
+    assert inv.uri == BOB and (dest.host, dest.port) == ("127.0.0.5", 6001)
     assert "route" not in inv.headers  # our own entry was removed (RFC 3261 16.4)
     mac = path.split(";pst=", 1)[1].rstrip(">")
     forged = path.replace(mac, mac.split(".")[0] + "." + "0" * 32)

@@ -282,7 +282,7 @@ def test_unavailable_says_why() -> None:
 
 
 def test_table_name_follows_the_first_listen_address() -> None:
-    assert table_name([("10.0.0.1", 5060), ("10.0.0.1", 5061)]) == "sosimple_10_0_0_1_5060"
+    assert table_name([("127.0.0.9", 5060), ("127.0.0.9", 5061)]) == "sosimple_127_0_0_9_5060"
     assert table_name([("0.0.0.0", 5070)]) == "sosimple_any_5070"
     assert table_name([("2001:db8::1", 5060)]) == "sosimple_2001_db8_1_5060"
 
