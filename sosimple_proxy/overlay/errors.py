@@ -11,6 +11,11 @@ class LookupFailed(OverlayError):
     """No live node answered for the key within the lookup's time."""
 
 
+class NotVouched(LookupFailed):
+    """Holders answered, held nothing, and none of them has synced its range
+    yet (a ring still settling): not a miss, and not yet an answer."""
+
+
 class StoreFailed(OverlayError):
     """No node took the records."""
 

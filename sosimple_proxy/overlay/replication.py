@@ -19,9 +19,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from . import ids, quorum
-from .errors import LookupFailed, NotRunning, OverlayError, StoreRefused
+from .errors import LookupFailed, NotRunning, NotVouched, OverlayError, StoreRefused
 from .interfaces import ILookup, IPeerCalls
-from .jobs import Jobs
+from .jobs import Jobs, sleep
 from .lookup import LookupResult
 from .messages import EntryId, FetchResult, Peer, SyncResult, Version, versions_of
 from .records import Record, merge_all
@@ -36,6 +36,9 @@ class Replicator:
 
     #: keys of stray records handed over per sweep
     STRAYS_PER_ROUND = 50
+    #: a read nobody could vouch for is asked again this many times, one
+    #: RPC timeout apart (a ring settling syncs its ranges within a round)
+    UNVOUCHED_RETRIES = 3
 
     def __init__(
         self,
@@ -242,6 +245,25 @@ class Replicator:
     def _read(self, key: int, kind: str | None, repair: bool = True):
         """Deferred[(records, LookupResult)]: what the holders of ``key`` hold, and who they are.
 
+        A miss nobody could vouch for (holders that joined or grew their
+        range a moment ago and have not synced it) is asked again a few
+        times, an RPC timeout apart, before it fails: a write right after a
+        ring formed, or a lookup during churn, then waits for the sync
+        instead of failing or calling a present key absent.
+        """
+        for _ in range(self.UNVOUCHED_RETRIES):
+            try:
+                return (yield self._read_once(key, kind, repair))
+            except NotVouched:
+                yield sleep(self.clock, self.config.rpc_timeout)
+                if not self.jobs.running:
+                    raise NotRunning("the node is not running") from None
+        return (yield self._read_once(key, kind, repair))
+
+    @defer.inlineCallbacks
+    def _read_once(self, key: int, kind: str | None, repair: bool = True):
+        """One round of :meth:`_read`.
+
         The lookup's last step (asking the candidate successor whether the
         key is in its range) and the read are one call: the lookup runs
         unverified, and the candidate's *authoritative* fetch answer says
@@ -306,7 +328,7 @@ class Replicator:
             # Nobody who answered could vouch for the key (our view of who
             # holds it may be off for a moment after a failure): a miss here
             # is not a real miss, and saying so would break completeness.
-            raise LookupFailed(f"no holder of key {key:x} could vouch for a miss yet")
+            raise NotVouched(f"no holder of key {key:x} could vouch for a miss yet")
         return collected, result
 
     # ------------------------------------------------- answering other nodes

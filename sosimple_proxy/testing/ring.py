@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from sosimple_proxy.overlay.tuning import NodeConfig
 from sosimple_proxy.overlay.simnet import SimCluster
+from sosimple_proxy.testing.polling import wait_until
 from sosimple_proxy.testing.proxy import PeerProcess
 
 __all__ = ["sim_ring", "run_until_answered", "ring_settled", "overlay_settings", "peer_ring"]
@@ -96,18 +97,45 @@ def overlay_settings(state_dir: str, bootstrap: Iterable[tuple[str, int]] = (), 
     return settings
 
 
+def peers_settled(peers: Iterable[PeerProcess]) -> bool:
+    """``ring_settled`` for members under twistd, read from their ``GET /ring``."""
+    import json
+    import urllib.request
+
+    views = []
+    for p in peers:
+        try:
+            with urllib.request.urlopen(p.admin_url + "/ring", timeout=2.0) as answer:
+                views.append(json.load(answer))
+        except (OSError, ValueError):
+            return False
+    order = sorted(views, key=lambda v: int(v["id"], 16))
+    for i, v in enumerate(order):
+        succ, pred = order[(i + 1) % len(order)], order[i - 1]
+        if not v["successors"] or v["successors"][0]["address"] != succ["address"]:
+            return False
+        if len(order) > 1 and (v["predecessor"] or {}).get("address") != pred["address"]:
+            return False
+        if not v["synced"]:
+            return False
+    return True
+
+
 @contextmanager
 def peer_ring(
     overlay: Mapping[str, object],
     workdir: Path,
     count: int,
     sections: Mapping[str, Mapping[str, object]] | None = None,
+    settle: float = 0.0,
 ) -> Iterator[list[PeerProcess]]:
     """``count`` storage-only ring members under twistd, the first starting
     the ring and the others joining it in parallel (member ``i`` in
     ``workdir/n{i}``); on a failure their log tails are printed, and every
     one is stopped and cleaned up at the end.  ``sections`` adds other
-    ``site.ini`` sections (``[auth]``...) to every member's."""
+    ``site.ini`` sections (``[auth]``...) to every member's.  ``settle``:
+    wait up to that many seconds for every member to know its true
+    neighbours and have synced its range (fails the test if not)."""
     started: list[PeerProcess] = []
     extra = {name: dict(keys) for name, keys in (sections or {}).items()}
     try:
@@ -122,6 +150,8 @@ def peer_ring(
         if rest:
             with ThreadPoolExecutor(len(rest)) as pool:
                 list(pool.map(lambda p: p.start(), rest))
+        if settle:
+            wait_until(lambda: peers_settled(started), settle, 0.2, "the members' ring to settle")
         yield started
     except BaseException:
         for p in started:

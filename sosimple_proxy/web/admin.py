@@ -347,6 +347,8 @@ class AdminAPI(Resource):
             "id": ids.format_id(node.id, m),
             "address": str(node.address),
             "predecessor": _peer(node.predecessor, m),
+            # it has synced its whole range: a miss there is a real miss
+            "synced": node.authoritative(node.id),
             "successors": [_peer(p, m) for p in node.successors],
             "fingers": [_peer(p, m) for p in node.finger_peers()],
             "records": primary + replica,

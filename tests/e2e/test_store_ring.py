@@ -51,7 +51,7 @@ def test_put_through_one_node_get_through_another_and_after_a_crash(tmp_path):
     value = os.urandom(3000) + b"\x00\n end"
     source = tmp_path / "friends.bin"
     source.write_bytes(value)
-    with peer_ring({"stabilize_interval": 0.3, "replicas": 2, "successors": 4}, tmp_path, 3, sections) as nodes:
+    with peer_ring({"stabilize_interval": 0.3, "replicas": 2, "successors": 4}, tmp_path, 3, sections, settle=30) as nodes:
         first, third = nodes[0].admin_url, nodes[2].admin_url
         put = sosimple(first, "put", AOR, "friends", str(source), password=USERS["alice"])
         assert put.returncode == 0, put.stderr

@@ -109,3 +109,41 @@ def test_a_successor_list_too_short_to_name_the_holders_is_completed_by_the_look
     record, calls = counted(cluster, writer, lambda: writer.put_value(key, "blob", b"v", 3600))
     assert ("find", holders[0].address) in calls
     assert all(h.store.entry(record.entry_id) == record for h in holders)
+
+
+def test_a_miss_nobody_can_vouch_for_yet_waits_for_the_holders_sync():
+    """Right after a ring formed (CI saw it: a put's read 503'd "no holder
+    could vouch for a miss yet") the holders have not synced their ranges:
+    the read asks again an RPC timeout later instead of failing at once."""
+    cluster = sim_ring(8, 35, config(), settle_rounds=3)
+    key = cluster.random_key()
+    holders = holders_of(cluster, key)
+    saved = [h.replication._covered_from for h in holders]
+    for h in holders:
+        h.replication._covered_from = None  # none has synced its range
+
+    def synced() -> None:
+        for h, lo in zip(holders, saved):
+            h.replication._covered_from = lo
+
+    cluster.clock.callLater(cluster.config.rpc_timeout * 1.5, synced)
+    reader = outsider(cluster, key)
+    got, calls = counted(cluster, reader, lambda: reader.get(key))
+    assert got == []  # a real miss, once a holder could vouch for it
+    assert [m for m, _ in calls].count("fetch") > len(holders)  # asked again
+
+
+def test_a_miss_nobody_ever_vouches_for_fails_after_the_retries():
+    from sosimple_proxy.overlay.errors import NotVouched
+    from sosimple_proxy.overlay.replication import Replicator
+
+    cluster = sim_ring(8, 36, config(), settle_rounds=3)
+    key = cluster.random_key()
+    for h in holders_of(cluster, key):
+        h.replication._covered_from = None
+    reader = outsider(cluster, key)
+    started = cluster.clock.seconds()
+    failure = run_until_answered(cluster, reader.get(key), rounds=40)
+    assert failure.check(NotVouched), failure
+    waited = cluster.clock.seconds() - started
+    assert waited >= Replicator.UNVOUCHED_RETRIES * cluster.config.rpc_timeout

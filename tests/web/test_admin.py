@@ -89,8 +89,10 @@ class OneNodeTests(AdminTestBase):
         code, view = yield self.json_call("GET", self.url + "/ring")
         self.assertEqual(code, 200)
         self.assertEqual(
-            set(view), {"id", "address", "predecessor", "successors", "fingers", "records", "primary", "replica"}
+            set(view),
+            {"id", "address", "predecessor", "synced", "successors", "fingers", "records", "primary", "replica"},
         )
+        self.assertIs(view["synced"], True)  # a one-node ring vouches for the whole ring
         self.assertEqual(view["id"], ids.format_id(self.node.id))
         self.assertEqual(view["address"], self.node.address)
         self.assertEqual((view["records"], view["primary"], view["replica"]), (0, 0, 0))
