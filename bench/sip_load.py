@@ -1196,7 +1196,7 @@ def report(results: dict[tuple[str, str], Result], elapsed: float | None = None)
         "REGISTER with sipp's MD5 `[authentication]` answer (qop=auth), 200, counted as one call; every password `secret`; "
         "ours with an `[auth] users_file` of the users and `algorithms = MD5` (sipp answers only an MD5 first challenge), "
         "Kamailio with `-A WITH_AUTH` (the `auth` module, `pv_www_authenticate` against the fixed password, no database); "
-        "the responder challenges nobody, so it has no figure there. A step sends rate x {STEP_SECONDS:g} s calls (at least {MIN_STEP_CALLS:,}); "
+        f"the responder challenges nobody, so it has no figure there. A step sends rate x {STEP_SECONDS:g} s calls (at least {MIN_STEP_CALLS:,}); "
         "it passes when failed calls + retransmissions are at most 0.1% and sipp sent at >= 95% of the rate. "
         "Rates double from 500/s (or halve, down to 125/s) then bisect, so the highest rate is within about 1/8 of the true one; "
         "\"sipp-bound\": the sipp UAC used > 90% of a core at the first failing rate, so the server's limit may be higher. "
